@@ -1,0 +1,233 @@
+"""On-disk format of the activation cache: shard header, manifest, checksum.
+
+A cache is one directory per (anchor, split)::
+
+    manifest.json         written last; its presence means the cache is complete
+    progress.json         while extraction runs: the shards finished so far (for resume)
+    shard-00000.bin ...   fixed-layout binary shards (layout below, same as csrc/shard.h)
+
+Shard layout (little-endian): a 64-byte header (magic ``KLASSHRD``, u32 version, u32 dtype code,
+u64 rows, u64 row_bytes, u64 labels_offset, zero padding), then the features ``[rows, row_bytes]``
+(every block's pooled output side by side, then the anchor's logits), then the int64 labels
+``[rows]`` at ``labels_offset`` (64 + rows * row_bytes rounded up to a multiple of 64). The
+manifest's CRC-32C covers the whole file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from klas.errors import CacheError
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "HEADER_BYTES",
+    "DTYPES",
+    "BlockEntry",
+    "ShardEntry",
+    "Manifest",
+    "checksum",
+    "labels_offset",
+    "shard_file_bytes",
+    "pack_header",
+    "read_manifest",
+    "write_json_atomic",
+]
+
+FORMAT_NAME = "klas-activation-cache"
+FORMAT_VERSION = 1
+SHARD_MAGIC = b"KLASSHRD"
+SHARD_VERSION = 1
+HEADER_BYTES = 64
+
+# Cache dtype name -> (code stored in the shard header, NumPy storage dtype). bfloat16 is kept as
+# its raw 16 bits (NumPy has no bfloat16); Batch.torch() views them as torch.bfloat16.
+DTYPES: dict[str, tuple[int, np.dtype]] = {
+    "float16": (1, np.dtype(np.float16)),
+    "bfloat16": (2, np.dtype(np.uint16)),
+    "float32": (3, np.dtype(np.float32)),
+}
+
+
+def checksum(data, crc: int = 0) -> int:
+    """CRC-32C of a contiguous buffer (bytes, memoryview, C-contiguous ndarray), continuing `crc`."""
+    try:
+        from klas import _C
+
+        return _C.crc32c(data, crc)
+    except ImportError:
+        import crc32c as _crc32c
+
+        return _crc32c.crc32c(memoryview(data).cast("B"), crc)
+
+
+def labels_offset(rows: int, row_bytes: int) -> int:
+    """Byte offset of the labels in a shard of `rows` rows."""
+    end = HEADER_BYTES + rows * row_bytes
+    return (end + 63) // 64 * 64
+
+
+def shard_file_bytes(rows: int, row_bytes: int) -> int:
+    """Exact size of a complete shard file."""
+    return labels_offset(rows, row_bytes) + 8 * rows
+
+
+def pack_header(dtype_code: int, rows: int, row_bytes: int) -> bytes:
+    """The 64-byte shard header."""
+    head = SHARD_MAGIC + struct.pack(
+        "<IIQQQ", SHARD_VERSION, dtype_code, rows, row_bytes, labels_offset(rows, row_bytes)
+    )
+    return head + b"\0" * (HEADER_BYTES - len(head))
+
+
+@dataclass(frozen=True)
+class BlockEntry:
+    """One column group of a row: a block's pooled output, or the anchor's logits.
+
+    `index` is the 1-indexed block number (KLAS notation), 0 for the logits.
+    """
+
+    name: str
+    index: int
+    width: int
+    offset: int  # first column of this group in a row
+    grid: tuple[int, ...] = ()  # spatial / token grid of the unpooled output
+    kind: str = "block"  # "block" or "logits"
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    file: str
+    rows: int
+    crc32c: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a complete cache holds. Everything a reader needs to check the shards."""
+
+    anchor: str  # the anchor spec string
+    split: str
+    dtype: str
+    num_samples: int
+    row_width: int  # columns per row (Σ block widths + num_classes)
+    num_classes: int
+    blocks: tuple[BlockEntry, ...]
+    shards: tuple[ShardEntry, ...]
+    source: dict[str, Any] = field(default_factory=dict)  # dataset and extraction settings
+
+    @property
+    def row_bytes(self) -> int:
+        return self.row_width * DTYPES[self.dtype][1].itemsize
+
+    @property
+    def block_entries(self) -> tuple[BlockEntry, ...]:
+        return tuple(b for b in self.blocks if b.kind == "block")
+
+    @property
+    def logits_entry(self) -> BlockEntry:
+        return next(b for b in self.blocks if b.kind == "logits")
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
+        out.update(asdict(self))
+        return out
+
+    @staticmethod
+    def from_json(data: Any, where: str) -> "Manifest":
+        """Validates a parsed manifest; raises CacheError naming `where` and the bad field."""
+        try:
+            if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+                raise ValueError(f"not a {FORMAT_NAME} manifest")
+            if data.get("version") != FORMAT_VERSION:
+                raise ValueError(f"format version {data.get('version')!r}, this klas reads {FORMAT_VERSION}")
+            dtype = data["dtype"]
+            if dtype not in DTYPES:
+                raise ValueError(f"unknown dtype {dtype!r}")
+            blocks = tuple(
+                BlockEntry(
+                    name=str(b["name"]), index=int(b["index"]), width=int(b["width"]),
+                    offset=int(b["offset"]), grid=tuple(int(g) for g in b.get("grid", ())),
+                    kind=str(b.get("kind", "block")),
+                )
+                for b in data["blocks"]
+            )
+            shards = tuple(
+                ShardEntry(file=str(s["file"]), rows=int(s["rows"]), crc32c=int(s["crc32c"]))
+                for s in data["shards"]
+            )
+            m = Manifest(
+                anchor=str(data["anchor"]), split=str(data["split"]), dtype=dtype,
+                num_samples=int(data["num_samples"]), row_width=int(data["row_width"]),
+                num_classes=int(data["num_classes"]), blocks=blocks, shards=shards,
+                source=dict(data.get("source", {})),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CacheError(f"{where}: invalid manifest ({e}); re-run extraction") from None
+        m.check(where)
+        return m
+
+    def check(self, where: str) -> None:
+        """Internal consistency: widths tile the row, shard rows add up, files stay inside."""
+        problems = []
+        if sum(b.width for b in self.blocks) != self.row_width:
+            problems.append("block widths do not add up to row_width")
+        col = 0
+        for b in self.blocks:
+            if b.offset != col or b.width <= 0:
+                problems.append(f"block {b.name!r} has offset {b.offset}, width {b.width}")
+                break
+            col += b.width
+        if sum(1 for b in self.blocks if b.kind == "logits") != 1:
+            problems.append("needs exactly one logits entry")
+        if sum(s.rows for s in self.shards) != self.num_samples:
+            problems.append("shard rows do not add up to num_samples")
+        for s in self.shards:
+            if s.rows <= 0 or not (0 <= s.crc32c < 2**32):
+                problems.append(f"shard {s.file!r} has rows={s.rows}, crc32c={s.crc32c}")
+            if Path(s.file).name != s.file or s.file in (".", ".."):
+                problems.append(f"shard file {s.file!r} is not a plain name inside the cache directory")
+        if not self.shards:
+            problems.append("lists no shards")
+        if problems:
+            raise CacheError(f"{where}: manifest does not add up: " + "; ".join(problems) + "; re-run extraction")
+
+
+def read_manifest(cache_dir: str | os.PathLike) -> Manifest:
+    """Reads and validates `cache_dir/manifest.json`; CacheError if missing or malformed."""
+    path = Path(cache_dir) / "manifest.json"
+    if not path.is_file():
+        hint = " (extraction was interrupted: run it again to resume)" if (Path(cache_dir) / "progress.json").exists() else ""
+        raise CacheError(f"{path}: no manifest, so no complete cache here{hint}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CacheError(f"{path}: unreadable manifest ({e}); re-run extraction") from None
+    return Manifest.from_json(data, str(path))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Writes JSON under a temporary name, fsyncs, then renames over `path`."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Makes a rename inside `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,240 @@
+"""Reading an activation cache in batches: the native streaming reader, or a NumPy fallback.
+
+`CacheReader(cache_dir).batches(batch_size, shuffle=..., seed=..., epoch=...)` yields `Batch`es:
+features ``[b, row_width]`` in the cache dtype and labels ``[b]``. The native reader (klas._C)
+memory-maps the shards, reads ahead on a background thread without the GIL and hands out
+zero-copy arrays; the pure-Python reader gives identical bytes and exists for a missing build.
+
+Sample order is one function, `row_ranges`, shared by both readers: sequential, or chunks of
+`chunk_rows` contiguous rows in a seeded random order (per epoch), optionally one rank's share.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from klas.cache.format import DTYPES, HEADER_BYTES, Manifest, checksum, labels_offset, read_manifest, shard_file_bytes
+from klas.errors import CacheError
+
+__all__ = ["Batch", "CacheReader", "row_ranges", "native_available"]
+
+try:
+    from klas import _C
+except ImportError as _e:  # pragma: no cover - exercised only on a broken build
+    _C = None
+    _IMPORT_ERROR = _e
+
+
+def native_available() -> bool:
+    return _C is not None
+
+
+def row_ranges(
+    num_rows: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    chunk_rows: int = 256,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[tuple[int, int]]:
+    """The order in which rows are read, as ``(start, count)`` runs of contiguous rows.
+
+    Chunks of `chunk_rows` rows are permuted by `np.random.default_rng((seed, epoch))` when
+    `shuffle`; rank `rank` of `world_size` takes every `world_size`-th chunk of that order.
+    """
+    if chunk_rows <= 0:
+        raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    starts = np.arange(0, num_rows, chunk_rows, dtype=np.int64)
+    if shuffle:
+        starts = starts[np.random.default_rng((seed, epoch)).permutation(len(starts))]
+    starts = starts[rank::world_size]
+    return [(int(s), int(min(chunk_rows, num_rows - s))) for s in starts]
+
+
+@dataclass
+class Batch:
+    """One batch. features: ``[b, row_width]`` (float16/float32, or uint16 bits for bfloat16);
+    labels: int64 ``[b]``. With the native reader both view the reader's buffer, which is
+    recycled once they are freed."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    dtype: str
+
+    def torch(self):
+        """``(features, labels)`` as torch tensors sharing this batch's memory."""
+        import torch
+
+        feats = torch.from_numpy(self.features)
+        if self.dtype == "bfloat16":
+            feats = feats.view(torch.bfloat16)
+        return feats, torch.from_numpy(self.labels)
+
+
+class CacheReader:
+    """A complete cache directory, ready to stream.
+
+    Args:
+        cache_dir: directory holding manifest.json and the shards.
+        verify: check each shard's CRC-32C the first time it is read (once per reader).
+        backend: "auto" (native when built), "native" or "python".
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, *, verify: bool = True, backend: str = "auto"):
+        self.dir = Path(cache_dir)
+        self.manifest: Manifest = read_manifest(self.dir)
+        if backend not in ("auto", "native", "python"):
+            raise ValueError(f"backend must be 'auto', 'native' or 'python', got {backend!r}")
+        if backend == "auto":
+            if _C is None:
+                warnings.warn(
+                    f"klas._C is not built ({_IMPORT_ERROR}); reading the cache with the slower "
+                    "pure-Python reader. Reinstall with `pip install -e .` to build it.",
+                    RuntimeWarning, stacklevel=2,
+                )
+            backend = "native" if _C is not None else "python"
+        if backend == "native" and _C is None:
+            raise ImportError("klas._C is not built; reinstall with `pip install -e .`")
+        self.backend = backend
+        self.verify = verify
+        m = self.manifest
+        self._dtype_code, self._storage = DTYPES[m.dtype]
+        paths = [str(self.dir / s.file) for s in m.shards]
+        if backend == "native":
+            specs = [_C.ShardSpec(p, s.rows, s.crc32c) for p, s in zip(paths, m.shards)]
+            self._shards = _C.ShardSet(specs, m.row_bytes, self._dtype_code, verify)
+        else:
+            self._shards = _PythonShards(paths, m, self._dtype_code, verify)
+
+    @property
+    def num_samples(self) -> int:
+        return self.manifest.num_samples
+
+    def check(self) -> None:
+        """Opens and verifies every shard now; CacheError names the first bad one."""
+        self._shards.check_all()
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        chunk_rows: int = 256,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        num_buffers: int = 4,
+    ) -> Iterator[Batch]:
+        """Yields batches in the order of `row_ranges` (same arguments)."""
+        ranges = row_ranges(self.num_samples, shuffle=shuffle, seed=seed, epoch=epoch,
+                            chunk_rows=chunk_rows, rank=rank, world_size=world_size)
+        return self.batches_over(ranges, batch_size, drop_last=drop_last, num_buffers=num_buffers)
+
+    def batches_over(self, ranges: list[tuple[int, int]], batch_size: int, *, drop_last: bool = False,
+                     num_buffers: int = 4) -> Iterator[Batch]:
+        """Yields batches over explicit ``(start, count)`` row runs."""
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if self.backend == "native":
+            stream = _C.StreamReader(self._shards, ranges, batch_size, drop_last, num_buffers)
+            return self._native_iter(stream)
+        return self._python_iter(ranges, batch_size, drop_last)
+
+    def _native_iter(self, stream) -> Iterator[Batch]:
+        while (item := stream.next()) is not None:
+            raw, labels = item
+            yield Batch(raw.view(self._storage), labels, self.manifest.dtype)
+
+    def _python_iter(self, ranges, batch_size, drop_last) -> Iterator[Batch]:
+        feats, labels, have = [], [], 0
+        for start, count in ranges:
+            for f, l in self._shards.read(start, count):
+                feats.append(f)
+                labels.append(l)
+                have += len(l)
+                while have >= batch_size:
+                    yield self._cut(feats, labels, batch_size)
+                    have -= batch_size
+        if have and not drop_last:
+            yield self._cut(feats, labels, have)
+
+    def _cut(self, feats: list, labels: list, n: int) -> Batch:
+        f = np.concatenate(feats)
+        l = np.concatenate(labels)
+        feats[:] = [f[n:]]
+        labels[:] = [l[n:]]
+        return Batch(np.ascontiguousarray(f[:n]).view(self._storage), l[:n].copy(), self.manifest.dtype)
+
+
+class _PythonShards:
+    """The fallback: np.memmap per shard, with the same checks and messages as csrc/shard.cpp."""
+
+    def __init__(self, paths: list[str], manifest: Manifest, dtype_code: int, verify: bool):
+        self.paths = paths
+        self.m = manifest
+        self.dtype_code = dtype_code
+        self.verify = verify
+        self.starts = np.cumsum([0] + [s.rows for s in manifest.shards])
+        self._open: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def check_all(self) -> None:
+        for i in range(len(self.paths)):
+            self._shard(i)
+
+    def _shard(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if i in self._open:
+            return self._open[i]
+        path, spec, rb = self.paths[i], self.m.shards[i], self.m.row_bytes
+
+        def fail(what: str):
+            raise CacheError(f"cache shard {path}: {what}")
+
+        expected = shard_file_bytes(spec.rows, rb)
+        try:
+            actual = os.stat(path).st_size
+        except OSError as e:
+            fail(f"cannot open ({e.strerror})")
+        if actual != expected:
+            fail(f"{'truncated' if actual < expected else 'too long'}: {actual} bytes on disk, "
+                 f"the manifest implies {expected}; re-run extraction for this anchor and split")
+        data = np.memmap(path, dtype=np.uint8, mode="r")
+        if bytes(data[:8]) != b"KLASSHRD":
+            fail("not a klas shard (bad magic bytes)")
+        version, dtype, rows, row_bytes, lo = struct.unpack("<IIQQQ", bytes(data[8:40]))
+        if version != 1:
+            fail(f"shard format version {version}, this reader reads 1")
+        if (dtype, rows, row_bytes, lo) != (self.dtype_code, spec.rows, rb, labels_offset(spec.rows, rb)):
+            fail(f"header does not match the manifest (header: dtype {dtype}, {rows} rows of {row_bytes} bytes; "
+                 f"manifest: dtype {self.dtype_code}, {spec.rows} rows of {rb} bytes)")
+        if self.verify:
+            crc = checksum(np.ascontiguousarray(data))
+            if crc != spec.crc32c:
+                fail(f"checksum mismatch (crc32c on disk 0x{crc:x}, manifest 0x{spec.crc32c:x}): the file is "
+                     "corrupted; re-run extraction for this anchor and split")
+        feats = data[HEADER_BYTES:HEADER_BYTES + spec.rows * rb].reshape(spec.rows, rb)
+        labels = data[lo:lo + 8 * spec.rows].view(np.int64)
+        self._open[i] = (feats, labels)
+        return self._open[i]
+
+    def read(self, start: int, count: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yields (raw rows uint8 [n, row_bytes], labels [n]) covering rows [start, start+count)."""
+        end = start + count
+        while start < end:
+            i = int(np.searchsorted(self.starts, start, side="right")) - 1
+            feats, labels = self._shard(i)
+            lo = start - int(self.starts[i])
+            hi = min(end, int(self.starts[i + 1])) - int(self.starts[i])
+            yield np.array(feats[lo:hi]), np.array(labels[lo:hi])
+            start += hi - lo

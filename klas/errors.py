@@ -1,0 +1,25 @@
+"""Exceptions that klas raises for bad input and damaged files.
+
+Every message says what was wrong and what to do about it.
+"""
+
+__all__ = ["KlasError", "CacheError", "AnchorError", "DataError"]
+
+
+class KlasError(Exception):
+    """Base class of every error klas raises on purpose."""
+
+
+class CacheError(KlasError):
+    """An activation cache is missing, damaged, or does not match what was asked for.
+
+    The native reader (klas._C) raises this same class.
+    """
+
+
+class AnchorError(KlasError):
+    """An anchor spec, checkpoint or model cannot be loaded or used as asked."""
+
+
+class DataError(KlasError):
+    """A dataset folder or zip is empty, unreadable, or does not fit the anchor."""

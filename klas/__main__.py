@@ -1,0 +1,5 @@
+import sys
+
+from klas.cli import main
+
+sys.exit(main())

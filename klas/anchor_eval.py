@@ -1,0 +1,58 @@
+"""Top-1 accuracy of an anchor on a dataset split: the first sanity check of an anchor."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from klas.anchors import Anchor, load_anchor
+from klas.data import check_classes, make_loader, resolve_split
+
+__all__ = ["AnchorAccuracy", "evaluate_anchor"]
+
+
+@dataclass(frozen=True)
+class AnchorAccuracy:
+    anchor: str
+    split: str
+    top1: float  # percent
+    correct: int
+    total: int
+    gflops: float  # per image
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@torch.inference_mode()
+def evaluate_anchor(
+    anchor: str | Anchor,
+    data: str | os.PathLike,
+    *,
+    split: str = "test",
+    batch_size: int = 256,
+    device: str = "cpu",
+    limit: int | None = None,
+    num_workers: int = 0,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+) -> AnchorAccuracy:
+    """Top-1 of the anchor's own forward on `split` of the data root."""
+    anchor = load_anchor(anchor) if isinstance(anchor, str) else anchor
+    anchor = anchor.to(device).eval()
+    source, indices = resolve_split(data, split, val_fraction=val_fraction, seed=seed)
+    check_classes(source, anchor)
+    if limit is not None:
+        indices = indices[:limit]
+    correct = torch.zeros((), dtype=torch.int64)  # on the CPU: one sync per batch is fine here
+    loader = make_loader(source, indices, anchor, batch_size=batch_size, num_workers=num_workers)
+    for images, labels in tqdm(loader, disable=not progress, desc=f"eval {anchor.name}/{split}", unit="batch"):
+        logits = anchor(images.to(device))
+        correct += (logits.argmax(dim=1).cpu() == labels).sum()
+    total = len(indices)
+    n = int(correct)
+    return AnchorAccuracy(anchor=anchor.spec, split=split, top1=100.0 * n / max(total, 1), correct=n,
+                          total=total, gflops=anchor.flops.total / 1e9)

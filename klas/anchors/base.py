@@ -1,0 +1,199 @@
+"""The anchor protocol: a pretrained model seen as ``head ∘ block_m ∘ … ∘ block_1 ∘ stem``.
+
+Everything downstream (extraction, probes, stitching, FLOPs) talks to models only through this
+class. An adapter subclass says how to run the stem and the head of its model family and which
+modules are the blocks; the base class derives the rest (block widths and grids, pooling, FLOPs).
+
+Block indices are 1-indexed as in KLAS: ``forward_front(x, i)`` runs the stem and blocks 1..i,
+``forward_back(h, j)`` runs blocks j+1..m and the head.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import nn
+
+__all__ = ["Anchor", "BlockInfo", "AnchorFlops", "LAYOUTS"]
+
+# How a block's output tensor is laid out, and so how it is pooled and what its grid is.
+LAYOUTS = ("nchw", "nhwc", "nlc")
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """Block `index` (1-indexed): output width (channels) and grid ((H, W) or (tokens,))."""
+
+    index: int
+    name: str
+    width: int
+    grid: tuple[int, ...]
+    layout: str
+
+
+@dataclass(frozen=True)
+class AnchorFlops:
+    """FLOPs of one image through each part, counted by torch.utils.flop_counter."""
+
+    stem: int
+    blocks: tuple[int, ...]
+    head: int
+
+    @property
+    def total(self) -> int:
+        return self.stem + sum(self.blocks) + self.head
+
+
+class Anchor(nn.Module):
+    """A model of the family to stitch, cut into stem, blocks and head.
+
+    Subclasses call ``super().__init__(...)`` and implement `run_stem` and `run_head`.
+
+    Args:
+        spec: the spec string that loads this anchor (see klas.anchors.load_anchor).
+        name: short name, used for cache directories.
+        model: the module that owns every parameter (the original model).
+        blocks: the ordered blocks, each a module inside `model`.
+        block_names: one name per block (e.g. "layer2.0", "blocks.5").
+        layouts: output layout of every block, one of LAYOUTS (one string for all).
+        input_size: (C, H, W) the anchor expects.
+        mean, std: per-channel input normalisation on RGB in [0, 1].
+        num_classes: width of the head's output.
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: str,
+        name: str,
+        model: nn.Module,
+        blocks: list[nn.Module],
+        block_names: list[str],
+        layouts: str | list[str],
+        input_size: tuple[int, int, int],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        num_classes: int,
+    ):
+        super().__init__()
+        if isinstance(layouts, str):
+            layouts = [layouts] * len(blocks)
+        if not blocks or len(blocks) != len(block_names) or len(blocks) != len(layouts):
+            raise ValueError("an anchor needs one name and one layout per block, and at least one block")
+        for layout in layouts:
+            if layout not in LAYOUTS:
+                raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.spec = spec
+        self.name = name
+        self.model = model  # owns all parameters; the block list below only points into it
+        self._blocks = list(blocks)
+        self.block_names = list(block_names)
+        self.layouts = list(layouts)
+        self.input_size = tuple(input_size)
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.num_classes = num_classes
+
+    # -- what adapters provide ------------------------------------------------------------
+    def run_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, C, H, W]`` (normalised) -> input of block 1."""
+        raise NotImplementedError
+
+    def run_head(self, h: torch.Tensor) -> torch.Tensor:
+        """Output of the last block -> logits ``[B, num_classes]``."""
+        raise NotImplementedError
+
+    # -- the protocol -----------------------------------------------------------------------
+    @property
+    def blocks(self) -> list[nn.Module]:
+        return self._blocks
+
+    @property
+    def depth(self) -> int:
+        """Number of blocks m."""
+        return len(self._blocks)
+
+    def _check_cut(self, k: int) -> None:
+        if not 0 <= k <= self.depth:
+            raise IndexError(f"block index {k} is outside 0..{self.depth} for anchor {self.name}")
+
+    def forward_front(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Stem and blocks 1..i. x: images ``[B, C, H, W]``."""
+        self._check_cut(i)
+        h = self.run_stem(x)
+        for block in self._blocks[:i]:
+            h = block(h)
+        return h
+
+    def forward_back(self, h: torch.Tensor, j: int) -> torch.Tensor:
+        """Blocks j+1..m and the head: the output of block j -> logits ``[B, num_classes]``."""
+        self._check_cut(j)
+        for block in self._blocks[j:]:
+            h = block(h)
+        return self.run_head(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_back(self.forward_front(x, self.depth), self.depth)
+
+    def block_outputs(self, x: torch.Tensor):
+        """Yields ``(k, output of block k)`` for k = 1..m, then ``(0, logits)``: one forward."""
+        h = self.run_stem(x)
+        for k, block in enumerate(self._blocks, start=1):
+            h = block(h)
+            yield k, h
+        yield 0, self.run_head(h)
+
+    def pool(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        """Global average over the grid of block k's output -> ``[B, width_k]``."""
+        layout = self.layouts[k - 1]
+        if layout == "nchw":
+            return h.mean(dim=(2, 3))
+        if layout == "nhwc":
+            return h.mean(dim=(1, 2))
+        return h.mean(dim=1)
+
+    @cached_property
+    def block_info(self) -> tuple[BlockInfo, ...]:
+        """Width and grid of every block's output, from one forward of a blank image."""
+        infos = []
+        with torch.no_grad():
+            for k, h in self.block_outputs(self._blank_input()):
+                if k == 0:
+                    break
+                layout = self.layouts[k - 1]
+                if layout == "nchw":
+                    width, grid = h.shape[1], tuple(h.shape[2:])
+                elif layout == "nhwc":
+                    width, grid = h.shape[-1], tuple(h.shape[1:-1])
+                else:
+                    width, grid = h.shape[-1], (h.shape[1],)
+                infos.append(BlockInfo(k, self.block_names[k - 1], int(width), tuple(int(g) for g in grid), layout))
+        return tuple(infos)
+
+    @cached_property
+    def flops(self) -> AnchorFlops:
+        """FLOPs per part for one image at `input_size` (torch.utils.flop_counter)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        def count(fn, arg):
+            with FlopCounterMode(display=False) as counter:
+                out = fn(arg)
+            return out, int(counter.get_total_flops())
+
+        with torch.no_grad():
+            h, stem = count(self.run_stem, self._blank_input())
+            blocks = []
+            for block in self._blocks:
+                h, f = count(block, h)
+                blocks.append(f)
+            _, head = count(self.run_head, h)
+        return AnchorFlops(stem=stem, blocks=tuple(blocks), head=head)
+
+    def _blank_input(self) -> torch.Tensor:
+        p = next(self.model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+        return torch.zeros((1, *self.input_size), device=device)
+
+    def extra_repr(self) -> str:
+        return f"spec={self.spec!r}, depth={self.depth}, input_size={self.input_size}"

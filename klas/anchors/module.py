@@ -1,0 +1,76 @@
+"""A user's own model as an anchor: `module:package.module:factory`.
+
+The factory (called with the spec's options as keyword arguments) returns either an `Anchor`, or
+a dict with ``stem``, ``blocks`` (a sequence of modules), ``head`` and optionally ``layout``
+(one of LAYOUTS or a list), ``input_size``, ``mean``, ``std``, ``num_classes``, ``name``.
+`ModuleAnchor.from_parts(...)` builds the same from Python directly.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from klas.anchors.base import Anchor
+from klas.errors import AnchorError
+
+__all__ = ["ModuleAnchor", "load_module"]
+
+
+class ModuleAnchor(Anchor):
+    """Stem, blocks and head given as modules."""
+
+    @classmethod
+    def from_parts(
+        cls,
+        stem: nn.Module,
+        blocks: Sequence[nn.Module],
+        head: nn.Module,
+        *,
+        input_size: tuple[int, int, int],
+        layout: str | list[str] = "nchw",
+        mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+        std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        num_classes: int | None = None,
+        name: str = "module",
+        spec: str | None = None,
+    ) -> "ModuleAnchor":
+        model = nn.ModuleDict({"stem": stem, "blocks": nn.ModuleList(blocks), "head": head})
+        anchor = cls(
+            spec=spec or f"module:{name}", name=name, model=model, blocks=list(model["blocks"]),
+            block_names=[f"blocks.{k}" for k in range(len(blocks))], layouts=layout,
+            input_size=input_size, mean=mean, std=std, num_classes=num_classes or 0,
+        )
+        if num_classes is None:
+            with torch.no_grad():
+                anchor.num_classes = int(anchor(anchor._blank_input()).shape[-1])
+        return anchor.eval()
+
+    def run_stem(self, x):
+        return self.model["stem"](x)
+
+    def run_head(self, h):
+        return self.model["head"](h)
+
+
+def load_module(spec: str, args: list[str], options: dict) -> Anchor:
+    if len(args) != 2 or not all(args):
+        raise AnchorError(f"anchor spec {spec!r}: expected module:package.module:factory")
+    mod_name, fn_name = args
+    try:
+        factory = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise AnchorError(f"anchor spec {spec!r}: cannot import {mod_name}.{fn_name} ({e})") from None
+    made = factory(**options)
+    if isinstance(made, Anchor):
+        made.spec = spec
+        return made.eval()
+    if not isinstance(made, dict) or not {"stem", "blocks", "head"} <= set(made):
+        raise AnchorError(f"{mod_name}.{fn_name} must return an Anchor or a dict with stem, blocks, head")
+    if "input_size" not in made:
+        raise AnchorError(f"{mod_name}.{fn_name}: the dict needs input_size (C, H, W)")
+    parts = dict(made)
+    return ModuleAnchor.from_parts(parts.pop("stem"), parts.pop("blocks"), parts.pop("head"),
+                                   name=parts.pop("name", fn_name), spec=spec, **parts)

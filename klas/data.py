@@ -1,0 +1,174 @@
+"""Image datasets: a class-per-folder directory or a zip of ``<class>/<file>`` images.
+
+A data root is either a folder holding a training and a test set (``train.zip``/``train/`` and
+``test.zip``/``test/``), or one image set (a zip or a class-per-folder directory) used for every
+split. Splits:
+
+- ``train``: the probe-training part D_t of the training set,
+- ``val``: the validation part D_v of the training set (a seeded, deterministic split),
+- ``test``: the test set, for evaluation.
+
+Class index = position of the class folder name in sorted order.
+"""
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from klas.errors import DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "SPLITS", "ImageSource", "ImageDataset", "check_classes", "make_loader", "open_images",
+    "resolve_split", "split_indices",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """The images of one set. files: ``<class>/<name>`` paths; labels: int64 ``[n]``."""
+
+    path: Path
+    is_zip: bool
+    files: tuple[str, ...]
+    classes: tuple[str, ...]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read_bytes(self, k: int, _zips: dict = {}) -> bytes:
+        if not self.is_zip:
+            return (self.path / self.files[k]).read_bytes()
+        # One ZipFile per process: DataLoader workers must not share a file handle.
+        key = (os.getpid(), str(self.path))
+        if key not in _zips:
+            _zips[key] = zipfile.ZipFile(self.path)
+        return _zips[key].read(self.files[k])
+
+
+def open_images(path: str | os.PathLike) -> ImageSource:
+    """Lists an image set; DataError if it is missing, empty, or holds non-image files."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"dataset {path} does not exist")
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"dataset {path} is a file but not a zip; give a zip or a folder of class folders")
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if not n.endswith("/")]
+        is_zip = True
+    else:
+        names = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+        is_zip = False
+    names = [n for n in names if not Path(n).name.startswith(".")]
+    if not names:
+        raise DataError(f"dataset {path} is empty: expected <class>/<image> files")
+    bad_depth = [n for n in names if len(Path(n).parts) != 2]
+    if bad_depth:
+        raise DataError(f"dataset {path}: files must be <class>/<image>; these are not: {bad_depth[:5]}")
+    not_images = [n for n in names if Path(n).suffix.lower() not in IMAGE_EXTENSIONS]
+    if not_images:
+        raise DataError(
+            f"dataset {path} holds {len(not_images)} non-image file(s), e.g. {not_images[:5]}; "
+            f"remove them (images end in {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    names.sort()
+    classes = tuple(sorted({Path(n).parts[0] for n in names}))
+    index = {c: k for k, c in enumerate(classes)}
+    labels = np.array([index[Path(n).parts[0]] for n in names], dtype=np.int64)
+    return ImageSource(path=path, is_zip=is_zip, files=tuple(names), classes=classes, labels=labels)
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic split of range(n) into (D_t, D_v) indices, each sorted."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * val_fraction)))
+    if n_val >= n:
+        raise DataError(f"cannot split {n} images into a training and a validation part")
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _find_set(root: Path, name: str) -> Path | None:
+    for candidate in (root / f"{name}.zip", root / name):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def resolve_split(
+    root: str | os.PathLike, split: str, *, val_fraction: float = 0.1, seed: int = 0
+) -> tuple[ImageSource, np.ndarray]:
+    """The image set and the indices into it that make up `split` of the data root."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    root = Path(root)
+    train, test = (_find_set(root, "train"), _find_set(root, "test")) if root.is_dir() else (None, None)
+    if train is None and test is None:
+        train = test = root  # one image set serves every split
+    chosen = test if split == "test" else train
+    if chosen is None:
+        raise DataError(f"data root {root} has no {'test' if split == 'test' else 'train'} set "
+                        "(expected test.zip/test/ and train.zip/train/)")
+    source = open_images(chosen)
+    if split == "test":
+        return source, np.arange(len(source))
+    d_t, d_v = split_indices(len(source), val_fraction, seed)
+    return source, (d_t if split == "train" else d_v)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images of `source` at `indices`, resized to `input_size` and normalised.
+
+    Returns ``(image float32 [C, H, W], label int64)``.
+    """
+
+    def __init__(self, source: ImageSource, indices: np.ndarray, *, input_size, mean, std):
+        self.source = source
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.size = (int(input_size[2]), int(input_size[1]))  # PIL wants (W, H)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        i = int(self.indices[k])
+        try:
+            with Image.open(io.BytesIO(self.source.read_bytes(i))) as img:
+                img = img.convert("RGB")
+                if img.size != self.size:
+                    img = img.resize(self.size, Image.BICUBIC)
+                arr = np.asarray(img, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"dataset {self.source.path}: cannot decode {self.source.files[i]} ({e})") from None
+        x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+        return (x - self.mean) / self.std, int(self.source.labels[i])
+
+
+def make_loader(source: ImageSource, indices: np.ndarray, anchor, *, batch_size: int,
+                num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """Batches of `source[indices]` in order, prepared for `anchor` (its size and normalisation)."""
+    dataset = ImageDataset(source, indices, input_size=anchor.input_size, mean=anchor.mean, std=anchor.std)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+def check_classes(source: ImageSource, anchor) -> None:
+    """DataError unless the dataset has as many classes as the anchor's head."""
+    if len(source.classes) != anchor.num_classes:
+        raise DataError(
+            f"dataset {source.path} has {len(source.classes)} classes but anchor {anchor.spec} predicts "
+            f"{anchor.num_classes}; use a dataset of the anchor's classes (or a spec with num_classes=…)"
+        )

@@ -1,0 +1,144 @@
+"""Extraction: one forward pass per anchor and split, every block's pooled output into the cache.
+
+For each anchor and split the cache row of an image is ``[pool(block_1) | … | pool(block_m) |
+logits]`` (the anchor's own head output serves as its last-block distribution). Rows are written
+in dataset order through `CacheWriter`, so a killed extraction resumes after its last complete
+shard and ends with the same bytes.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from klas.anchors import Anchor, load_anchor
+from klas.cache import BlockEntry, CacheWriter, Manifest, read_manifest
+from klas.cache.format import DTYPES
+from klas.data import check_classes, make_loader, resolve_split
+from klas.errors import CacheError
+
+__all__ = ["extract", "cache_dir_for", "cache_layout"]
+
+DEFAULT_SHARD_ROWS = 4096
+
+
+def cache_dir_for(out: str | os.PathLike, anchor: Anchor, split: str) -> Path:
+    """Where the cache of `anchor` on `split` lives under `out`."""
+    return Path(out) / anchor.name / split
+
+
+def cache_layout(anchor: Anchor) -> tuple[BlockEntry, ...]:
+    """Column groups of a cache row: every block's pooled output, then the logits."""
+    entries, offset = [], 0
+    for info in anchor.block_info:
+        entries.append(BlockEntry(name=info.name, index=info.index, width=info.width, offset=offset, grid=info.grid))
+        offset += info.width
+    entries.append(BlockEntry(name="logits", index=0, width=anchor.num_classes, offset=offset, kind="logits"))
+    return tuple(entries)
+
+
+def _to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":
+        return x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    return x.to(getattr(torch, dtype)).numpy()
+
+
+@torch.inference_mode()
+def _extract_one(anchor: Anchor, cache_dir: Path, *, data, split, batch_size, dtype, device,
+                 shard_rows, val_fraction, seed, limit, num_workers, progress) -> Manifest:
+    source, indices = resolve_split(data, split, val_fraction=val_fraction, seed=seed)
+    check_classes(source, anchor)
+    if limit is not None:
+        indices = indices[:limit]
+    settings = {
+        "data": str(Path(data).resolve()), "split_of": str(source.path.name), "val_fraction": val_fraction,
+        "seed": seed, "limit": limit, "num_images": len(source), "batch_size": batch_size,
+    }
+    if (cache_dir / "manifest.json").exists():
+        try:
+            existing = read_manifest(cache_dir)
+        except CacheError:
+            existing = None
+        if existing is not None:
+            if existing.anchor != anchor.spec:
+                raise CacheError(
+                    f"{cache_dir} holds the cache of anchor {existing.anchor!r}, not {anchor.spec!r}; "
+                    "choose another --out (two specs with one name cannot share a folder)"
+                )
+            if existing.dtype == dtype and existing.source == settings:
+                return existing  # complete and matching: nothing to do
+            warnings.warn(f"{cache_dir}: cache made with other settings is replaced", stacklevel=3)
+
+    # shards must hold whole batches so a resumed run sees the same batches
+    shard_rows = max(batch_size, shard_rows // batch_size * batch_size)
+    writer = CacheWriter(
+        cache_dir, anchor=anchor.spec, split=split, dtype=dtype, blocks=cache_layout(anchor),
+        num_classes=anchor.num_classes, num_samples=len(indices), shard_rows=shard_rows, source=settings,
+    )
+    start = writer.rows_done
+    loader = make_loader(source, indices[start:], anchor, batch_size=batch_size, num_workers=num_workers)
+    bar = tqdm(total=len(indices), initial=start, unit="img", disable=not progress,
+               desc=f"extract {anchor.name}/{split}")
+    for images, labels in loader:
+        pooled = [anchor.pool(h, k) if k else h for k, h in anchor.block_outputs(images.to(device))]
+        row = torch.cat(pooled, dim=1).float().cpu()
+        if not torch.isfinite(row).all():
+            raise CacheError(
+                f"anchor {anchor.spec} produced NaN/Inf activations on split {split} (rows {writer.rows_done}+); "
+                "check the checkpoint and the input normalisation"
+            )
+        writer.append(_to_storage(row, dtype), labels.numpy())
+        bar.update(len(labels))
+    bar.close()
+    return writer.finish()
+
+
+def extract(
+    anchors: Sequence[str | Anchor],
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    splits: Sequence[str] = ("train", "val"),
+    batch_size: int = 128,
+    dtype: str = "float16",
+    device: str = "cpu",
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    limit: int | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[tuple[str, str], Path]:
+    """Fills the activation cache of every anchor on every split; skips complete caches.
+
+    Args:
+        anchors: spec strings or Anchor objects.
+        data: data root (see klas.data).
+        out: cache root; caches go to ``out/<anchor name>/<split>``.
+        splits: any of "train" (D_t), "val" (D_v), "test".
+        dtype: storage dtype of the cache, one of float16, bfloat16, float32.
+        limit: use only the first `limit` images of each split (quick runs).
+
+    Returns:
+        ``{(anchor name, split): cache directory}``.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    done = {}
+    for spec in anchors:
+        anchor = load_anchor(spec) if isinstance(spec, str) else spec
+        anchor = anchor.to(device).eval()
+        for split in splits:
+            cache_dir = cache_dir_for(out, anchor, split)
+            _extract_one(anchor, cache_dir, data=data, split=split, batch_size=batch_size, dtype=dtype,
+                         device=device, shard_rows=shard_rows, val_fraction=val_fraction, seed=seed,
+                         limit=limit, num_workers=num_workers, progress=progress)
+            done[(anchor.name, split)] = cache_dir
+    return done

@@ -9,6 +9,8 @@
     module:mypkg.models:make_anchor
 
 Options after ``?`` are passed to the adapter; values parse as int, float, true/false or text.
+The option ``seed`` (default 0) seeds any randomly initialised weights, so one spec names one
+model in every process (``pretrained=false`` anchors included).
 """
 from __future__ import annotations
 
@@ -62,4 +64,11 @@ def load_anchor(spec: str) -> Anchor:
     kind, args, options = parse_spec(spec)
     if kind not in ADAPTERS:
         raise AnchorError(f"anchor spec {spec!r}: unknown kind {kind!r} (known: {', '.join(sorted(ADAPTERS))})")
-    return ADAPTERS[kind](spec, args, options)
+    seed = options.pop("seed", 0)
+    if not isinstance(seed, int):
+        raise AnchorError(f"anchor spec {spec!r}: seed must be an integer")
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ADAPTERS[kind](spec, args, options)

@@ -1,0 +1,38 @@
+"""Shared fixtures: small generated image sets, and the shared folder when present."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+from make_shapes import write_shapes  # noqa: E402
+
+from klas.settings import cifar10_dir, cifar_resnet_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    """A 10-class folder of 32x32 PNGs, 12 per class."""
+    path = tmp_path_factory.mktemp("shapes") / "images"
+    write_shapes(path, per_class=12, seed=1)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shapes_zip(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("shapes") / "images.zip"
+    write_shapes(path, per_class=12, seed=1)
+    return path
+
+
+def shared_available() -> bool:
+    return (cifar10_dir() / "test.zip").is_file() and (cifar_resnet_dir() / "resnet20.th").is_file()
+
+
+requires_shared = pytest.mark.skipif(
+    not shared_available(), reason="shared CIFAR-10 data/models not found (set KLAS_SHARED)"
+)

@@ -1,0 +1,128 @@
+"""Anchor protocol: every adapter's cut-and-rejoin equals the model's own forward."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from klas.anchors import Anchor, ModuleAnchor, load_anchor, parse_spec
+from klas.errors import AnchorError
+
+# timm models built with random weights at a small input size
+TIMM_SPECS = [
+    "timm:deit_tiny_patch16_224?pretrained=false&img_size=32&patch_size=8",
+    "timm:deit_tiny_distilled_patch16_224?pretrained=false&img_size=32&patch_size=8",
+    "timm:vit_small_patch16_224?pretrained=false&img_size=32&patch_size=16&depth=4",
+    "timm:swin_tiny_patch4_window7_224?pretrained=false&img_size=64&window_size=4",
+    "timm:resnet18?pretrained=false&num_classes=10",
+    "timm:levit_128s?pretrained=false&img_size=64",
+]
+SPECS = ["cifar-resnet:20?pretrained=false", "cifar-resnet:32?pretrained=false"] + TIMM_SPECS
+
+
+def small_module_anchor() -> Anchor:
+    torch.manual_seed(0)
+    stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+    blocks = [nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()) for _ in range(3)]
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    return ModuleAnchor.from_parts(stem, blocks, head, input_size=(3, 16, 16), name="tiny")
+
+
+@pytest.fixture(scope="module", params=SPECS)
+def anchor(request) -> Anchor:
+    torch.manual_seed(0)
+    return load_anchor(request.param)
+
+
+def test_full_forward_equals_model(anchor):
+    x = torch.randn(2, *anchor.input_size)
+    with torch.no_grad():
+        torch.testing.assert_close(anchor(x), anchor.model(x), rtol=0, atol=0)
+
+
+def test_split_and_rejoin_at_every_block_equals_model(anchor):
+    x = torch.randn(2, *anchor.input_size)
+    with torch.no_grad():
+        ref = anchor.model(x)
+        for k in range(anchor.depth + 1):
+            torch.testing.assert_close(anchor.forward_back(anchor.forward_front(x, k), k), ref,
+                                       rtol=1e-5, atol=1e-5, msg=f"cut at block {k}")
+
+
+def test_block_info_and_pooling_agree(anchor):
+    x = torch.randn(3, *anchor.input_size)
+    infos = anchor.block_info
+    assert len(infos) == anchor.depth
+    with torch.no_grad():
+        for k, h in anchor.block_outputs(x):
+            if k == 0:
+                assert h.shape == (3, anchor.num_classes)
+                continue
+            pooled = anchor.pool(h, k)
+            assert pooled.shape == (3, infos[k - 1].width)
+            assert torch.isfinite(pooled).all()
+
+
+def test_flops_are_positive_and_add_up(anchor):
+    f = anchor.flops
+    assert len(f.blocks) == anchor.depth
+    assert f.stem >= 0 and all(b > 0 for b in f.blocks) and f.head > 0
+    assert f.total == f.stem + sum(f.blocks) + f.head
+
+
+def test_cifar_resnet_structure_and_flops():
+    a = load_anchor("cifar-resnet:20?pretrained=false")
+    assert a.depth == 9
+    assert [i.width for i in a.block_info] == [16] * 3 + [32] * 3 + [64] * 3
+    assert [i.grid for i in a.block_info] == [(32, 32)] * 3 + [(16, 16)] * 3 + [(8, 8)] * 3
+    # two 3x3 convs 16->16 on 32x32: 2 * (2 * 32*32 * 16*16*9) FLOPs (multiply-add = 2)
+    assert a.flops.blocks[0] == 2 * 2 * 32 * 32 * 16 * 16 * 9
+    assert load_anchor("cifar-resnet:56?pretrained=false").depth == 27
+
+
+def test_module_anchor_and_module_spec():
+    a = small_module_anchor()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ref = a.model["head"](a.model["blocks"][2](a.model["blocks"][1](a.model["blocks"][0](a.model["stem"](x)))))
+        torch.testing.assert_close(a(x), ref)
+    assert a.num_classes == 5 and a.depth == 3
+    b = load_anchor("module:tests.test_anchors:small_module_anchor")
+    assert b.spec == "module:tests.test_anchors:small_module_anchor" and b.depth == 3
+
+
+def test_spec_parsing():
+    assert parse_spec("timm:resnet18?pretrained=false&img_size=64&x=1.5&y=abc") == (
+        "timm", ["resnet18"], {"pretrained": False, "img_size": 64, "x": 1.5, "y": "abc"})
+    assert parse_spec("cifar-resnet:20:/a/b.th") == ("cifar-resnet", ["20", "/a/b.th"], {})
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("nonsense", "KIND:NAME"),
+    ("foo:bar", "unknown kind"),
+    ("timm:not_a_model_xyz", "unknown timm model"),
+    ("cifar-resnet:21?pretrained=false", "6n \\+ 2"),
+    ("cifar-resnet:20:/no/such/file.th", "does not exist"),
+    ("module:no_such_pkg.mod:f", "cannot import"),
+    ("timm:resnet18?pretrained=false&a", "not key=value"),
+])
+def test_bad_specs_raise_clear_errors(spec, message):
+    with pytest.raises(AnchorError, match=message):
+        load_anchor(spec)
+
+
+def test_checkpoint_of_wrong_depth_names_the_keys(tmp_path):
+    from klas.anchors import CifarResNet
+
+    path = tmp_path / "r32.th"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in CifarResNet(32).state_dict().items()}}, path)
+    with pytest.raises(AnchorError, match=r"unexpected keys \[layer1\.3\.bn1"):
+        load_anchor(f"cifar-resnet:20:{path}")
+    assert load_anchor(f"cifar-resnet:32:{path}").depth == 15
+
+
+def test_checkpoint_that_needs_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.th"
+    torch.save({"state_dict": {}, "obj": object()}, path)  # not loadable with weights_only=True
+    with pytest.raises(AnchorError, match="weights-only"):
+        load_anchor(f"cifar-resnet:20:{path}")

@@ -36,10 +36,19 @@ const MappedShard& ShardSet::ensure_open(size_t index) {
   return *shards_[index];
 }
 
-const MappedShard& ShardSet::shard_for_row(uint64_t row, uint64_t* local_row) {
+size_t ShardSet::shard_index(uint64_t row) const {
   if (row >= num_rows()) throw std::out_of_range("row index past the end of the cache");
   const auto it = std::upper_bound(starts_.begin(), starts_.end(), row);
-  const size_t index = static_cast<size_t>(it - starts_.begin()) - 1;
+  return static_cast<size_t>(it - starts_.begin()) - 1;
+}
+
+bool ShardSet::is_open(size_t index) {
+  std::lock_guard<std::mutex> lock(*open_mu_[index]);
+  return shards_[index] != nullptr;
+}
+
+const MappedShard& ShardSet::shard_for_row(uint64_t row, uint64_t* local_row) {
+  const size_t index = shard_index(row);
   *local_row = row - starts_[index];
   return ensure_open(index);
 }
@@ -117,7 +126,38 @@ StreamReader::StreamReader(std::shared_ptr<ShardSet> shards, std::vector<RowRang
   ring_->batch_rows = batch_size_;
   ring_->row_bytes = shards_->row_bytes();
   for (size_t k = 0; k < num_buffers; ++k) ring_->add_slot();
+
+  // Shards in the order the worker will first touch them; those not yet open are opened and
+  // checksummed on a second thread, so verifying shard k+1 overlaps copying out of shard k.
+  std::vector<size_t> order;
+  std::vector<bool> seen(shards_->num_shards(), false);
+  for (const auto& r : ranges_) {
+    uint64_t row = r.start;
+    while (row < r.start + r.count) {
+      const size_t index = shards_->shard_index(row);
+      if (!seen[index]) {
+        seen[index] = true;
+        if (!shards_->is_open(index)) order.push_back(index);
+      }
+      row = std::min(r.start + r.count, shards_->shard_end(index));
+    }
+  }
   worker_ = std::thread([this] { produce(); });
+  if (!order.empty()) opener_ = std::thread([this, order] { open_ahead(order); });
+}
+
+void StreamReader::open_ahead(std::vector<size_t> order) {
+  for (size_t index : order) {
+    {
+      std::lock_guard<std::mutex> lock(ring_->mu);
+      if (ring_->stop || ring_->producer_done) return;
+    }
+    try {
+      shards_->ensure_open(index);
+    } catch (const std::exception&) {
+      return;  // the worker meets the same error when it reaches this shard, and reports it
+    }
+  }
 }
 
 StreamReader::~StreamReader() {
@@ -127,6 +167,7 @@ StreamReader::~StreamReader() {
   }
   ring_->cv.notify_all();
   if (worker_.joinable()) worker_.join();
+  if (opener_.joinable()) opener_.join();
 }
 
 uint64_t StreamReader::fill(uint8_t* features, int64_t* labels, uint64_t rows) {

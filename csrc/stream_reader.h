@@ -33,9 +33,14 @@ class ShardSet {
   size_t num_shards() const { return shards_.size(); }
   // Opens and verifies every shard now (the reader otherwise does it on first use).
   void check_all();
+  // Opens and verifies shard `index` unless done before; throws CacheError. Thread-safe: a
+  // second caller waits for the first.
+  const MappedShard& ensure_open(size_t index);
+  size_t shard_index(uint64_t row) const;
+  uint64_t shard_end(size_t index) const { return starts_[index + 1]; }  // first row after it
+  bool is_open(size_t index);
 
  private:
-  const MappedShard& ensure_open(size_t index);
 
   std::vector<ShardSpec> specs_;
   std::vector<uint64_t> starts_;  // [num_shards + 1], prefix sums of rows
@@ -84,6 +89,7 @@ class StreamReader {
 
  private:
   void produce();
+  void open_ahead(std::vector<size_t> order);
   uint64_t fill(uint8_t* features, int64_t* labels, uint64_t rows);
 
   std::shared_ptr<ShardSet> shards_;
@@ -95,6 +101,7 @@ class StreamReader {
   uint64_t range_offset_ = 0;
   std::shared_ptr<Ring> ring_;
   std::thread worker_;
+  std::thread opener_;  // opens and verifies shards ahead of the copying worker
 };
 
 }  // namespace klas

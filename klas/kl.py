@@ -1,0 +1,245 @@
+"""The divergence Θ between probe distributions, for every pair of probes at once.
+
+    Θ[a, b] = mean over samples x of KL(softmax(src[a](x) / T) ‖ softmax(tgt[b](x) / T))
+
+With p = softmax(z_a), log q = z_b − lse(z_b), the sum over samples and classes splits into
+a per-source term and one matrix product::
+
+    Σ_x Σ_c p_a log p_a  −  Σ_x Σ_c p_a log q_b        ( [Ks] − [Ks, Kt] )
+
+The second term is ``P [Ks, N·C] @ logQ [Kt, N·C]^T``: no loop over pairs. Samples stream through in
+chunks (`ThetaAccumulator`), so neither logits nor probabilities for all N exist at once.
+Cancellation: the two terms are each about N·entropy and nearly cancel for near-identical probes,
+so the product is done as a batch of short fp32 products (≤ ~4096 terms each) summed in float64.
+Θ ≈ 0 then comes out ≈ 0 (tested to 1e-5), not as a large negative rounding error.
+
+Backends of `kl_matrix`: "reference" (float64, one F.kl_div per pair: the oracle), "torch" (the
+chunked matrix form above), "triton" (kernels/kl_matrix.py), "auto" (triton for CUDA tensors when
+Triton is importable, else torch).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ThetaAccumulator",
+    "kl_matrix",
+    "kl_matrix_reference",
+    "kl_matrix_torch",
+    "kl_matrix_from_features",
+    "probe_logits",
+    "default_chunk",
+]
+
+BACKENDS = ("auto", "reference", "torch", "triton")
+
+
+def default_chunk(num_probes: int, num_classes: int, budget_bytes: int = 64 << 20) -> int:
+    """Samples per chunk so that one chunk's fp32 probabilities of all probes fit `budget_bytes`."""
+    return max(16, budget_bytes // (4 * max(1, num_probes) * max(1, num_classes)))
+
+
+def _check_logits(src: torch.Tensor, tgt: torch.Tensor) -> None:
+    for name, t in (("logits_src", src), ("logits_tgt", tgt)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise ValueError(f"{name} must be a tensor [K, N, C], got {getattr(t, 'shape', type(t))}")
+        if 0 in t.shape:
+            raise ValueError(f"{name} has an empty dimension: {list(t.shape)}")
+    if src.shape[1] != tgt.shape[1]:
+        raise ValueError(f"sample counts differ: logits_src has N={src.shape[1]}, logits_tgt N={tgt.shape[1]}")
+    if src.shape[2] != tgt.shape[2]:
+        raise ValueError(f"class counts differ: logits_src has C={src.shape[2]}, logits_tgt C={tgt.shape[2]}")
+    for name, t in (("logits_src", src), ("logits_tgt", tgt)):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name} holds NaN or Inf values")
+
+
+class ThetaAccumulator:
+    """Running sums of Θ over chunks of samples.
+
+    Args:
+        num_src, num_tgt: probe counts Ks, Kt.
+        temperature: softmax temperature T.
+    """
+
+    def __init__(self, num_src: int, num_tgt: int, *, temperature: float = 1.0, device=None):
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = float(temperature)
+        self.self_term = torch.zeros(num_src, dtype=torch.float64, device=device)  # Σ p_a log p_a
+        self.cross = torch.zeros(num_src, num_tgt, dtype=torch.float64, device=device)  # Σ p_a log q_b
+        self.count = 0
+
+    def update(self, z_src: torch.Tensor, z_tgt: torch.Tensor) -> None:
+        """Adds one chunk. z_src: ``[Ks, n, C]``, z_tgt: ``[Kt, n, C]`` logits of the same n samples."""
+        ks, n, c = z_src.shape
+        log_p = torch.log_softmax(z_src.float() / self.temperature, dim=-1)
+        log_q = torch.log_softmax(z_tgt.float() / self.temperature, dim=-1)
+        p = log_p.exp()
+        self.self_term += (p * log_p).sum(dim=(1, 2), dtype=torch.float64)
+        # The cross term as a batch of short matrix products, summed in float64: each fp32 product
+        # reduces at most ~4096 numbers, so its rounding stays far below the divergences even when
+        # the full sum (about n·entropy) is huge and the two terms nearly cancel.
+        s = max(1, 4096 // c)
+        pad = (-n) % s
+        if pad:
+            p = F.pad(p, (0, 0, 0, pad))
+            log_q = F.pad(log_q, (0, 0, 0, pad))
+        blocks = (n + pad) // s
+        pb = p.reshape(ks, blocks, s * c).transpose(0, 1)  # [blocks, Ks, s·C]
+        qb = log_q.reshape(log_q.shape[0], blocks, s * c).permute(1, 2, 0)  # [blocks, s·C, Kt]
+        self.cross += torch.bmm(pb, qb).sum(dim=0, dtype=torch.float64)
+        self.count += n
+
+    def add_partial(self, self_term: torch.Tensor, cross: torch.Tensor, count: int) -> None:
+        """Adds sums computed elsewhere (a kernel, another rank)."""
+        self.self_term += self_term.double()
+        self.cross += cross.double()
+        self.count += count
+
+    def result(self) -> torch.Tensor:
+        """Θ ``[Ks, Kt]`` float32."""
+        if self.count == 0:
+            raise ValueError("no samples were accumulated")
+        return ((self.self_term[:, None] - self.cross) / self.count).float()
+
+
+def kl_matrix_reference(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+    """The oracle: float64, one F.kl_div per (a, b) pair."""
+    _check_logits(logits_src, logits_tgt)
+    log_p = torch.log_softmax(logits_src.double() / temperature, dim=-1)
+    log_q = torch.log_softmax(logits_tgt.double() / temperature, dim=-1)
+    n = logits_src.shape[1]
+    out = torch.empty(len(log_p), len(log_q), dtype=torch.float64)
+    for a in range(len(log_p)):
+        for b in range(len(log_q)):
+            out[a, b] = F.kl_div(log_q[b], log_p[a], log_target=True, reduction="sum") / n
+    return out.float()
+
+
+def kl_matrix_torch(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature: float = 1.0,
+                    chunk_size: int | None = None) -> torch.Tensor:
+    """Vectorised Θ, chunked over samples (the CPU path)."""
+    _check_logits(logits_src, logits_tgt)
+    ks, n, c = logits_src.shape
+    chunk = chunk_size or default_chunk(ks + logits_tgt.shape[0], c)
+    acc = ThetaAccumulator(ks, logits_tgt.shape[0], temperature=temperature, device=logits_src.device)
+    for s in range(0, n, chunk):
+        acc.update(logits_src[:, s:s + chunk], logits_tgt[:, s:s + chunk])
+    return acc.result()
+
+
+def _triton_usable(t: torch.Tensor) -> bool:
+    if not t.is_cuda:
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def kl_matrix(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature: float = 1.0,
+              backend: str = "auto") -> torch.Tensor:
+    """Θ ``[Ks, Kt]`` float32 for logits_src ``[Ks, N, C]`` and logits_tgt ``[Kt, N, C]``.
+
+    Θ[a, b] = mean over the N samples of KL(softmax(src[a]/T) ‖ softmax(tgt[b]/T)).
+    Raises ValueError for bad shapes, mismatched N or C, or non-finite logits.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = "triton" if _triton_usable(logits_src) else "torch"
+    if backend == "reference":
+        return kl_matrix_reference(logits_src, logits_tgt, temperature=temperature)
+    if backend == "triton":
+        from klas.kernels.kl_matrix import kl_matrix_triton
+
+        _check_logits(logits_src, logits_tgt)
+        return kl_matrix_triton(logits_src, logits_tgt, temperature=temperature)
+    return kl_matrix_torch(logits_src, logits_tgt, temperature=temperature)
+
+
+Probe = "tuple[torch.Tensor, torch.Tensor] | None"
+
+
+def probe_logits(features: Sequence[torch.Tensor], probes: Sequence) -> torch.Tensor:
+    """Logits ``[K, n, C]`` of K probes on one chunk: features[k] ``[n, d_k]``, probes[k] = (W ``[C, d_k]``,
+    b ``[C]``), or None where features[k] already are logits (an anchor's own head)."""
+    out = []
+    for f, probe in zip(features, probes):
+        f = f.float()
+        out.append(f if probe is None else torch.addmm(probe[1].float(), f, probe[0].float().T))
+    return torch.stack(out)
+
+
+def _chunks(feats, chunk: int) -> Iterable[list[torch.Tensor]]:
+    """Chunks of a feature source: a list of ``[N, d_k]`` tensors, or a `FeatureStream`."""
+    if hasattr(feats, "chunks"):
+        yield from feats.chunks(chunk)
+        return
+    n = feats[0].shape[0]
+    for s in range(0, n, chunk):
+        yield [f[s:s + chunk] for f in feats]
+
+
+def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, temperature: float = 1.0,
+                            backend: str = "auto", chunk_size: int | None = None) -> torch.Tensor:
+    """Θ ``[Ks, Kt]`` straight from pooled block features and probe weights.
+
+    Args:
+        feats_src, feats_tgt: a list of ``[N, d_k]`` tensors (one per probe), or a FeatureStream
+            (klas.features.CacheFeatures) over a cache; both over the same N samples in the same order.
+        probes_src, probes_tgt: one ``(W [C, d_k], b [C])`` per feature, or None for logits.
+        chunk_size: samples per chunk. Peak extra memory is about
+            ``chunk * (Ks + Kt) * C * 12`` bytes (logits, log-probabilities, probabilities in fp32)
+            plus the chunk's features; by default `default_chunk` keeps the probabilities near 64 MiB.
+
+    The "triton" backend (CUDA) fuses projection, softmax and KL so that logits are never written.
+    """
+    if len(probes_src) != _num_features(feats_src) or len(probes_tgt) != _num_features(feats_tgt):
+        raise ValueError("one probe per feature block is needed on each side")
+    ks, kt = len(probes_src), len(probes_tgt)
+    c = _num_classes(probes_src, feats_src)
+    if _num_classes(probes_tgt, feats_tgt) != c:
+        raise ValueError("source and target probes predict different class counts")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    chunk = chunk_size or default_chunk(ks + kt, c)
+    acc = None
+    use_triton = None
+    for fs, ft in zip(_chunks(feats_src, chunk), _chunks(feats_tgt, chunk)):
+        if fs[0].shape[0] != ft[0].shape[0]:
+            raise ValueError("source and target features cover different sample counts")
+        if use_triton is None:
+            use_triton = backend == "triton" or (backend == "auto" and _triton_usable(fs[0]))
+            acc = ThetaAccumulator(ks, kt, temperature=temperature, device=fs[0].device)
+        if use_triton:
+            from klas.kernels.fused_probe_kl import probe_kl_partial
+
+            self_term, cross = probe_kl_partial(fs, probes_src, ft, probes_tgt, temperature=temperature)
+            acc.add_partial(self_term, cross, fs[0].shape[0])
+        else:
+            zs, zt = probe_logits(fs, probes_src), probe_logits(ft, probes_tgt)
+            if not (torch.isfinite(zs).all() and torch.isfinite(zt).all()):
+                raise ValueError("features or probes produce NaN/Inf logits")
+            acc.update(zs, zt)
+    if acc is None:
+        raise ValueError("no samples in the features")
+    return acc.result()
+
+
+def _num_features(feats) -> int:
+    return feats.num_blocks if hasattr(feats, "num_blocks") else len(feats)
+
+
+def _num_classes(probes, feats) -> int:
+    for p in probes:
+        if p is not None:
+            return int(p[0].shape[0])
+    if hasattr(feats, "widths"):
+        return int(feats.widths[0])
+    return int(feats[0].shape[1])

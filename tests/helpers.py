@@ -1,0 +1,31 @@
+"""Test data builders: learnable synthetic caches."""
+from __future__ import annotations
+
+import numpy as np
+
+from klas.cache import BlockEntry, CacheWriter
+
+
+def feature_cache(path, n: int, widths, num_classes: int, *, seed: int = 0, data_seed: int = 0,
+                  noise: float = 1.0, anchor: str = "test:synthetic", split: str = "train", dtype: str = "float32"):
+    """Rows whose every block is a noisy linear image of a one-hot label (so probes can learn it),
+    followed by logits of a fixed linear head on the last block. Labels depend on data_seed only,
+    so caches of several 'anchors' (seeds) cover the same samples."""
+    rng = np.random.default_rng(data_seed)
+    labels = rng.integers(0, num_classes, size=n)
+    frng = np.random.default_rng(seed + 1000)
+    cols, blocks, offset = [], [], 0
+    for k, w in enumerate(widths, start=1):
+        basis = frng.standard_normal((num_classes, w)) * 3
+        cols.append(basis[labels] + noise * frng.standard_normal((n, w)))
+        blocks.append(BlockEntry(name=f"b{k}", index=k, width=w, offset=offset, grid=(4, 4)))
+        offset += w
+    head = frng.standard_normal((widths[-1], num_classes)) * 0.3
+    cols.append(cols[-1] @ head)
+    blocks.append(BlockEntry(name="logits", index=0, width=num_classes, offset=offset, kind="logits"))
+    rows = np.concatenate(cols, axis=1).astype(np.float32)
+    w = CacheWriter(path, anchor=anchor, split=split, dtype=dtype, blocks=tuple(blocks), num_classes=num_classes,
+                    num_samples=n, shard_rows=256, source={"seed": seed, "data_seed": data_seed})
+    w.append(rows.astype(np.float16) if dtype == "float16" else rows, labels)
+    w.finish()
+    return rows, labels

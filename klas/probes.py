@@ -253,7 +253,7 @@ def train_probes(
             opt.step()
             sched.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss) / sum(m.num_blocks for m in models):.3f}")  # display only
+            bar.set_postfix(loss=f"{loss.item() / sum(m.num_blocks for m in models):.3f}")  # display only
     bar.close()
 
     train_acc, _ = _accuracy(models, readers, labels, 4 * batch_size, device)

@@ -13,14 +13,15 @@ def feature_cache(path, n: int, widths, num_classes: int, *, seed: int = 0, data
     so caches of several 'anchors' (seeds) cover the same samples."""
     rng = np.random.default_rng(data_seed)
     labels = rng.integers(0, num_classes, size=n)
-    frng = np.random.default_rng(seed + 1000)
+    frng = np.random.default_rng(seed + 1000)  # the "anchor": its bases and head
+    bases = [frng.standard_normal((num_classes, w)) * 3 for w in widths]
+    head = frng.standard_normal((widths[-1], num_classes)) * 0.3
+    nrng = np.random.default_rng((seed, data_seed))
     cols, blocks, offset = [], [], 0
-    for k, w in enumerate(widths, start=1):
-        basis = frng.standard_normal((num_classes, w)) * 3
-        cols.append(basis[labels] + noise * frng.standard_normal((n, w)))
+    for k, (w, basis) in enumerate(zip(widths, bases), start=1):
+        cols.append(basis[labels] + noise * nrng.standard_normal((n, w)))
         blocks.append(BlockEntry(name=f"b{k}", index=k, width=w, offset=offset, grid=(4, 4)))
         offset += w
-    head = frng.standard_normal((widths[-1], num_classes)) * 0.3
     cols.append(cols[-1] @ head)
     blocks.append(BlockEntry(name="logits", index=0, width=num_classes, offset=offset, kind="logits"))
     rows = np.concatenate(cols, axis=1).astype(np.float32)

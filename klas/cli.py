@@ -1,6 +1,8 @@
 """The `klas` command: one subcommand per pipeline stage.
 
     klas extract --anchor SPEC [--anchor SPEC ...] --data PATH --out DIR
+    klas probes --cache DIR
+    klas score --cache DIR
     klas eval-anchor SPEC --data PATH [--split test] [--json]
 
 Errors in the user's input print one line saying what is wrong and exit with status 2.
@@ -56,6 +58,64 @@ def _cmd_eval_anchor(args) -> int:
     return 0
 
 
+def _anchor_names(args, split: str) -> list[str]:
+    from klas.errors import CacheError
+    from klas.extract import cached_anchors
+
+    names = args.anchors.split(",") if args.anchors else cached_anchors(args.cache, split)
+    if not names:
+        raise CacheError(f"no complete {split!r} caches under {args.cache}; run `klas extract` first")
+    return names
+
+
+def _cmd_probes(args) -> int:
+    from pathlib import Path
+
+    from klas.probes import probe_table, train_probes
+
+    names = _anchor_names(args, "train")
+    root = Path(args.cache)
+    sets = train_probes(
+        [root / n / "train" for n in names], [root / n / "val" for n in names], epochs=args.epochs,
+        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing, labels=args.labels, seed=args.seed, device=args.device,
+        progress=not args.quiet,
+    )
+    out = Path(args.out) if args.out else root / "probes"
+    for ps in sets:
+        ps.save(out)
+    print(probe_table(sets))
+    print(f"probes written to {out}")
+    return 0
+
+
+def _cmd_score(args) -> int:
+    from pathlib import Path
+
+    from klas.scores import score
+
+    root = Path(args.cache)
+    probes = Path(args.probes) if args.probes else root / "probes"
+    out = Path(args.out) if args.out else root / "scores"
+    names = args.anchors.split(",") if args.anchors else None
+    s = score(root, probes, out, anchors=names, split=args.split, temperature=args.temperature, floor=args.floor,
+              backend=args.backend, device=args.device, plots=not args.no_plots)
+    order = [a.name for a in s.anchors]
+    print("Θ between the anchors' heads (row: source, column: target):")
+    width = max(10, max(len(n) for n in order) + 2)
+    print(" " * width + "".join(f"{n:>{width}}" for n in order))
+    for n, row in zip(order, s.last_block().tolist()):
+        print(f"{n:<{width}}" + "".join(f"{v:>{width}.4f}" for v in row))
+    print("\nbest stitch per anchor pair (1-indexed blocks):")
+    for f, g in s.pairs():
+        gamma = s.gamma(f, g)
+        k = int(gamma.argmin())
+        i, j = divmod(k, gamma.shape[1])
+        print(f"  {f} -> {g}: min Γ = {gamma.min():.4f} at (i={i + 1}, j={j + 1})")
+    print(f"scores written to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="klas", description="Choose where to stitch pretrained networks (KLAS).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +128,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-rows", type=int, default=4096, help="images per cache shard")
     _add_data_options(p)
     p.set_defaults(run=_cmd_extract)
+
+    p = sub.add_parser("probes", help="train a linear probe on every block of every anchor (from the caches)")
+    p.add_argument("--cache", required=True, help="extraction output folder (OUT of klas extract)")
+    p.add_argument("--anchors", help="comma-separated anchor names (default: every cached anchor)")
+    p.add_argument("--out", help="where to write the probes (default CACHE/probes)")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"])
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--labels", default="true", choices=["true", "pseudo"],
+                   help="dataset labels, or label-free: each anchor's own predictions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_cmd_probes)
+
+    p = sub.add_parser("score", help="Θ for every block pair over D_v, Σ and Γ for every anchor pair")
+    p.add_argument("--cache", required=True, help="extraction output folder")
+    p.add_argument("--probes", help="probe folder (default CACHE/probes)")
+    p.add_argument("--out", help="where to write the scores (default CACHE/scores)")
+    p.add_argument("--anchors", help="comma-separated anchor names (default: every anchor with probes)")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--floor", type=float, default=1e-6, help="floor on Σ in Γ = Ω / Σ")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-plots", action="store_true", help="skip the heatmap PNGs")
+    p.set_defaults(run=_cmd_score)
 
     p = sub.add_parser("eval-anchor", help="top-1 accuracy of one anchor on a dataset split")
     p.add_argument("spec", help="anchor spec, e.g. cifar-resnet:20 or timm:deit_tiny_patch16_224")

@@ -22,7 +22,7 @@ from klas.cache.format import DTYPES
 from klas.data import check_classes, make_loader, resolve_split
 from klas.errors import CacheError
 
-__all__ = ["extract", "cache_dir_for", "cache_layout"]
+__all__ = ["extract", "anchor_info", "cache_dir_for", "cache_layout", "cached_anchors"]
 
 DEFAULT_SHARD_ROWS = 4096
 
@@ -40,6 +40,13 @@ def cache_layout(anchor: Anchor) -> tuple[BlockEntry, ...]:
         offset += info.width
     entries.append(BlockEntry(name="logits", index=0, width=anchor.num_classes, offset=offset, kind="logits"))
     return tuple(entries)
+
+
+def anchor_info(anchor: Anchor) -> dict:
+    """What later stages need to know of the anchor without loading it again."""
+    f = anchor.flops
+    return {"input_size": list(anchor.input_size), "layouts": anchor.layouts,
+            "flops": {"stem": f.stem, "blocks": list(f.blocks), "head": f.head}}
 
 
 def _to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
@@ -79,6 +86,7 @@ def _extract_one(anchor: Anchor, cache_dir: Path, *, data, split, batch_size, dt
     writer = CacheWriter(
         cache_dir, anchor=anchor.spec, split=split, dtype=dtype, blocks=cache_layout(anchor),
         num_classes=anchor.num_classes, num_samples=len(indices), shard_rows=shard_rows, source=settings,
+        anchor_info=anchor_info(anchor),
     )
     start = writer.rows_done
     loader = make_loader(source, indices[start:], anchor, batch_size=batch_size, num_workers=num_workers)
@@ -142,3 +150,8 @@ def extract(
                          limit=limit, num_workers=num_workers, progress=progress)
             done[(anchor.name, split)] = cache_dir
     return done
+
+
+def cached_anchors(out: str | os.PathLike, split: str) -> list[str]:
+    """Names of the anchors with a complete `split` cache under `out`."""
+    return sorted(p.parent.parent.name for p in Path(out).glob(f"*/{split}/manifest.json"))

@@ -211,7 +211,10 @@ def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, tem
     chunk = chunk_size or default_chunk(ks + kt, c)
     acc = None
     use_triton = None
-    for fs, ft in zip(_chunks(feats_src, chunk), _chunks(feats_tgt, chunk)):
+    same = feats_tgt is feats_src  # Θ of a set against itself: read each chunk once
+    pairs = ((f, f) for f in _chunks(feats_src, chunk)) if same else zip(_chunks(feats_src, chunk),
+                                                                           _chunks(feats_tgt, chunk))
+    for fs, ft in pairs:
         if fs[0].shape[0] != ft[0].shape[0]:
             raise ValueError("source and target features cover different sample counts")
         if use_triton is None:
@@ -223,7 +226,8 @@ def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, tem
             self_term, cross = probe_kl_partial(fs, probes_src, ft, probes_tgt, temperature=temperature)
             acc.add_partial(self_term, cross, fs[0].shape[0])
         else:
-            zs, zt = probe_logits(fs, probes_src), probe_logits(ft, probes_tgt)
+            zs = probe_logits(fs, probes_src)
+            zt = zs if same and probes_tgt is probes_src else probe_logits(ft, probes_tgt)
             if not (torch.isfinite(zs).all() and torch.isfinite(zt).all()):
                 raise ValueError("features or probes produce NaN/Inf logits")
             acc.update(zs, zt)

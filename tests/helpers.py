@@ -26,7 +26,8 @@ def feature_cache(path, n: int, widths, num_classes: int, *, seed: int = 0, data
     blocks.append(BlockEntry(name="logits", index=0, width=num_classes, offset=offset, kind="logits"))
     rows = np.concatenate(cols, axis=1).astype(np.float32)
     w = CacheWriter(path, anchor=anchor, split=split, dtype=dtype, blocks=tuple(blocks), num_classes=num_classes,
-                    num_samples=n, shard_rows=256, source={"seed": seed, "data_seed": data_seed})
+                    num_samples=n, shard_rows=256, source={"seed": seed, "data_seed": data_seed},
+                    anchor_info={"flops": {"stem": 100, "blocks": [1000 * w for w in widths], "head": 10 * num_classes}})
     w.append(rows.astype(np.float16) if dtype == "float16" else rows, labels)
     w.finish()
     return rows, labels

@@ -122,6 +122,7 @@ class Manifest:
     blocks: tuple[BlockEntry, ...]
     shards: tuple[ShardEntry, ...]
     source: dict[str, Any] = field(default_factory=dict)  # dataset and extraction settings
+    anchor_info: dict[str, Any] = field(default_factory=dict)  # input size, FLOPs per part
 
     @property
     def row_bytes(self) -> int:
@@ -167,7 +168,7 @@ class Manifest:
                 anchor=str(data["anchor"]), split=str(data["split"]), dtype=dtype,
                 num_samples=int(data["num_samples"]), row_width=int(data["row_width"]),
                 num_classes=int(data["num_classes"]), blocks=blocks, shards=shards,
-                source=dict(data.get("source", {})),
+                source=dict(data.get("source", {})), anchor_info=dict(data.get("anchor_info", {})),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CacheError(f"{where}: invalid manifest ({e}); re-run extraction") from None

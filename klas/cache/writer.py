@@ -44,6 +44,7 @@ class CacheWriter:
         anchor, split, dtype, blocks, num_classes, num_samples: what the manifest will say.
         shard_rows: rows per shard (the last shard may be shorter).
         source: dataset and extraction settings; a resume only continues matching settings.
+        anchor_info: facts about the anchor kept with the cache (input size, FLOPs per part).
     """
 
     def __init__(
@@ -58,6 +59,7 @@ class CacheWriter:
         num_samples: int,
         shard_rows: int,
         source: dict[str, Any],
+        anchor_info: dict[str, Any] | None = None,
     ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -74,6 +76,7 @@ class CacheWriter:
         self._header_fields = dict(
             anchor=anchor, split=split, dtype=dtype, num_samples=num_samples,
             row_width=self.row_width, num_classes=num_classes, blocks=blocks, source=source,
+            anchor_info=anchor_info or {},
         )
         self._settings = {
             "manifest": Manifest(shards=(), **self._header_fields).to_json(),

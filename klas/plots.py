@@ -1,0 +1,40 @@
+"""Figures: Θ / Γ heatmaps per anchor pair. matplotlib with the Agg backend (no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+__all__ = ["pair_heatmap"]
+
+
+def pair_heatmap(theta: torch.Tensor, gamma: torch.Tensor, source: str, target: str, path: Path) -> Path:
+    """Θ(P^f_i ‖ P^g_j) ``[m_f, m_g]`` and Γ ``[m_f − 1, m_g − 1]`` side by side, 1-indexed axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), constrained_layout=True)
+    for ax, data, title in ((axes[0], theta, "Θ(P^f_i ‖ P^g_j)  (last row/column: heads)"),
+                            (axes[1], gamma, "Γ(i, j) = Ω / Σ  (lower is better)")):
+        im = ax.imshow(data.numpy(), origin="lower", aspect="auto", cmap="viridis",
+                       extent=(0.5, data.shape[1] + 0.5, 0.5, data.shape[0] + 0.5))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(f"target block j ({target})")
+        ax.set_ylabel(f"source block i ({source})")
+        ax.set_title(title, fontsize=10)
+        fig.colorbar(im, ax=ax)
+    best = torch.nonzero(gamma == gamma.min())[0]
+    axes[1].plot(best[1] + 1, best[0] + 1, "r*", markersize=12, label=f"min Γ at (i={best[0] + 1}, j={best[1] + 1})")
+    axes[1].legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"{source} → {target}")
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

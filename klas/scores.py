@@ -1,0 +1,270 @@
+"""Scoring: Θ for every pair of probe distributions over D_v, Σ per target block, Γ per anchor pair.
+
+For anchor g with m blocks the distributions are P^g_1 … P^g_{m-1} (its probes) and P^g_m (its
+own head). One streaming pass over all anchors' D_v caches gives Θ between every pair of these
+distributions of every anchor (one ``[K, K]`` matrix, K = Σ m). From it:
+
+- ``theta[f, g]`` ``[m_f, m_g]``: Θ(P^f_i ‖ P^g_j) for each ordered pair, cheaper anchor f first;
+- ``last_block`` ``[A, A]``: Θ between the anchors' heads, every ordered pair (for the anchor chain);
+- ``sigma[g]`` ``[m_g − 1]``: Σ_j = Θ(P^g_j ‖ P^g_{j+1}), the capacity of target block j+1;
+- ``gamma[f, g]`` ``[m_f − 1, m_g − 1]``: Γ(i, j) = Ω / Σ = Θ(P^f_i ‖ P^g_j) / max(Σ_j, floor).
+
+Written as ``scores.safetensors`` + ``scores.json`` (+ a heatmap PNG per anchor pair).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from klas.cache import CacheReader
+from klas.cache.format import write_json_atomic
+from klas.errors import CacheError
+from klas.features import CacheFeatures
+from klas.kl import kl_matrix_from_features
+from klas.probes import load_probes
+
+__all__ = ["stitch_scores", "floored_blocks", "AnchorEntry", "Scores", "score", "load_scores", "DEFAULT_FLOOR"]
+
+DEFAULT_FLOOR = 1e-6
+
+
+def floored_blocks(theta_target_next: torch.Tensor, floor: float = DEFAULT_FLOOR) -> list[int]:
+    """1-indexed target blocks j whose Σ_j is below the floor."""
+    return [j + 1 for j in torch.nonzero(theta_target_next < floor).flatten().tolist()]
+
+
+def stitch_scores(theta_cross: torch.Tensor, theta_target_next: torch.Tensor, *,
+                  floor: float = DEFAULT_FLOOR) -> torch.Tensor:
+    """Γ ``[m_f − 1, m_g − 1]`` from Θ ``[m_f, m_g]`` (blocks 1..m, the last being the head) and
+    Σ ``[m_g − 1]`` (Σ_j = Θ(P^g_j ‖ P^g_{j+1})).
+
+    Γ(i, j) = Θ(P^f_i ‖ P^g_j) / max(Σ_j, floor). Blocks whose Σ was floored are reported with a
+    warning (and by `floored_blocks`).
+    """
+    if theta_cross.dim() != 2 or theta_target_next.dim() != 1:
+        raise ValueError("theta_cross must be [m_f, m_g] and theta_target_next [m_g - 1]")
+    m_f, m_g = theta_cross.shape
+    if theta_target_next.shape[0] != m_g - 1:
+        raise ValueError(f"theta_target_next has {theta_target_next.shape[0]} entries; a target of {m_g} "
+                         f"blocks has {m_g - 1} (Σ_j for j = 1..{m_g - 1})")
+    if m_f < 2 or m_g < 2:
+        raise ValueError("both anchors need at least 2 blocks to be stitched")
+    if floor <= 0:
+        raise ValueError(f"floor must be positive, got {floor}")
+    low = floored_blocks(theta_target_next, floor)
+    if low:
+        warnings.warn(f"Σ below the floor {floor:g} at target block(s) j = {low}: Γ uses the floor there",
+                      stacklevel=2)
+    sigma = theta_target_next.clamp_min(floor)
+    return theta_cross[:-1, :-1] / sigma[None, :]
+
+
+@dataclass(frozen=True)
+class AnchorEntry:
+    name: str
+    spec: str
+    depth: int
+    flops: dict  # {"stem": int, "blocks": [int], "head": int}
+    widths: list
+    grids: list
+    offset: int  # first row/column of this anchor in theta_all
+    probe_val_acc: list = field(default_factory=list)
+    head_val_acc: float | None = None
+
+    @property
+    def total_flops(self) -> int:
+        return self.flops["stem"] + sum(self.flops["blocks"]) + self.flops["head"]
+
+
+@dataclass
+class Scores:
+    anchors: list[AnchorEntry]  # sorted by FLOPs, cheapest first
+    theta_all: torch.Tensor  # [K, K]
+    floor: float
+    temperature: float
+    split: str
+    caches: dict  # anchor name -> manifest fingerprint
+    probe_labels: str = "true"
+
+    def anchor(self, name: str) -> AnchorEntry:
+        for a in self.anchors:
+            if a.name == name:
+                return a
+        raise KeyError(f"no anchor {name!r} in these scores (have {[a.name for a in self.anchors]})")
+
+    def theta(self, f: str, g: str) -> torch.Tensor:
+        """Θ(P^f_i ‖ P^g_j) ``[m_f, m_g]``."""
+        a, b = self.anchor(f), self.anchor(g)
+        return self.theta_all[a.offset:a.offset + a.depth, b.offset:b.offset + b.depth]
+
+    def sigma(self, g: str) -> torch.Tensor:
+        """Σ_j for j = 1..m_g − 1."""
+        t = self.theta(g, g)
+        return t.diagonal(offset=1).clone()
+
+    def gamma(self, f: str, g: str) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # reported once, in scores.json and by `score`
+            return stitch_scores(self.theta(f, g), self.sigma(g), floor=self.floor)
+
+    def last_block(self) -> torch.Tensor:
+        """Θ between the anchors' own heads ``[A, A]`` (row = source)."""
+        idx = torch.tensor([a.offset + a.depth - 1 for a in self.anchors])
+        return self.theta_all[idx][:, idx]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Ordered pairs (cheaper, costlier)."""
+        return [(f.name, g.name) for i, f in enumerate(self.anchors) for g in self.anchors[i + 1:]
+                if f.total_flops < g.total_flops]
+
+    def save(self, out: str | os.PathLike, *, plots: bool = True) -> Path:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {"theta_all": self.theta_all.contiguous(), "last_block": self.last_block().contiguous()}
+        for a in self.anchors:
+            tensors[f"sigma/{a.name}"] = self.sigma(a.name)
+        for f, g in self.pairs():
+            tensors[f"theta/{f}/{g}"] = self.theta(f, g).contiguous()
+            tensors[f"gamma/{f}/{g}"] = self.gamma(f, g).contiguous()
+        tmp = out / "scores.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, out / "scores.safetensors")
+        meta = {
+            "format": "klas-scores", "version": 1, "split": self.split, "temperature": self.temperature,
+            "floor": self.floor, "probe_labels": self.probe_labels, "caches": self.caches,
+            "anchors": [a.__dict__ for a in self.anchors],
+            "pairs": [{"source": f, "target": g} for f, g in self.pairs()],
+            "floored": {a.name: floored_blocks(self.sigma(a.name), self.floor) for a in self.anchors},
+            "last_block": {"order": [a.name for a in self.anchors], "theta": self.last_block().tolist()},
+        }
+        write_json_atomic(out / "scores.json", meta)
+        if plots:
+            from klas.plots import pair_heatmap
+
+            for f, g in self.pairs():
+                pair_heatmap(self.theta(f, g), self.gamma(f, g), f, g, out / "heatmaps" / f"{f}__{g}.png")
+        return out
+
+
+def load_scores(out: str | os.PathLike) -> Scores:
+    out = Path(out)
+    if not (out / "scores.json").is_file() or not (out / "scores.safetensors").is_file():
+        raise CacheError(f"no scores in {out}; run `klas score` first")
+    meta = json.loads((out / "scores.json").read_text())
+    tensors = load_file(str(out / "scores.safetensors"))
+    anchors = [AnchorEntry(**a) for a in meta["anchors"]]
+    return Scores(anchors=anchors, theta_all=tensors["theta_all"], floor=meta["floor"],
+                  temperature=meta["temperature"], split=meta["split"], caches=meta["caches"],
+                  probe_labels=meta.get("probe_labels", "true"))
+
+
+class _Lockstep:
+    """Several CacheFeatures over the same samples, read together as one feature list."""
+
+    def __init__(self, streams: Sequence[CacheFeatures]):
+        self.streams = list(streams)
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(s.num_blocks for s in self.streams)
+
+    @property
+    def widths(self) -> list[int]:
+        return [w for s in self.streams for w in s.widths]
+
+    def chunks(self, chunk: int):
+        for parts in zip(*(s.chunks(chunk) for s in self.streams)):
+            yield [t for p in parts for t in p]
+
+
+def manifest_fingerprint(cache_dir: Path) -> str:
+    return hashlib.sha256((cache_dir / "manifest.json").read_bytes()).hexdigest()[:16]
+
+
+def _anchor_flops(reader: CacheReader) -> dict:
+    info = reader.manifest.anchor_info.get("flops")
+    if info:
+        return info
+    from klas.anchors import load_anchor  # caches written before FLOPs were kept: measure again
+
+    f = load_anchor(reader.manifest.anchor).flops
+    return {"stem": f.stem, "blocks": list(f.blocks), "head": f.head}
+
+
+def score(
+    cache_root: str | os.PathLike,
+    probes_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    anchors: Sequence[str] | None = None,
+    split: str = "val",
+    temperature: float = 1.0,
+    floor: float = DEFAULT_FLOOR,
+    backend: str = "auto",
+    device: str = "cpu",
+    chunk_size: int | None = None,
+    plots: bool = True,
+) -> Scores:
+    """Θ, Σ and Γ for every anchor pair from the `split` caches and the trained probes.
+
+    Args:
+        cache_root: the extraction output (``<root>/<anchor>/<split>``).
+        probes_dir: where `klas probes` saved the probes.
+        out: where to write the scores (nothing is written when None).
+        anchors: anchor names to score (default: every anchor with probes and a cache).
+    """
+    cache_root, probes_dir = Path(cache_root), Path(probes_dir)
+    if anchors is None:
+        anchors = sorted(p.stem for p in probes_dir.glob("*.safetensors"))
+    if len(anchors) < 2:
+        raise CacheError(f"need probes of at least two anchors in {probes_dir}, found {list(anchors)}")
+    entries, streams, probes, caches = [], [], [], {}
+    readers = {}
+    for name in anchors:
+        cache_dir = cache_root / name / split
+        reader = CacheReader(cache_dir)
+        ps = load_probes(probes_dir, name)
+        if ps.anchor != reader.manifest.anchor:
+            raise CacheError(f"probes {name!r} were trained for {ps.anchor!r} but {cache_dir} caches "
+                             f"{reader.manifest.anchor!r}; re-run `klas probes`")
+        readers[name] = (reader, ps)
+    counts = {r.num_samples for r, _ in readers.values()}
+    if len(counts) != 1:
+        raise CacheError(f"the {split} caches hold different sample counts {sorted(counts)}")
+    ordered = sorted(anchors, key=lambda n: sum(_flops_total(_anchor_flops(readers[n][0]))))
+    offset = 0
+    for name in ordered:
+        reader, ps = readers[name]
+        m = reader.manifest
+        depth = len(m.block_entries)
+        entries.append(AnchorEntry(
+            name=name, spec=m.anchor, depth=depth, flops=_anchor_flops(reader),
+            widths=[b.width for b in m.block_entries], grids=[list(b.grid) for b in m.block_entries],
+            offset=offset, probe_val_acc=ps.val_acc, head_val_acc=ps.head_val_acc,
+        ))
+        offset += depth
+        # blocks 1..m-1 through their probes, block m through the anchor's own head
+        streams.append(CacheFeatures(reader, [b.index for b in m.block_entries[:-1]] + [0], device=device))
+        probes += [(w.to(device), b.to(device)) for w, b in ps.probes()[:-1]] + [None]
+        caches[name] = manifest_fingerprint(reader.dir)
+    feats = _Lockstep(streams)
+    theta_all = kl_matrix_from_features(feats, probes, feats, probes, temperature=temperature, backend=backend,
+                                        chunk_size=chunk_size)
+    labels = {readers[n][1].labels for n in anchors}
+    result = Scores(anchors=entries, theta_all=theta_all.cpu(), floor=floor, temperature=temperature, split=split,
+                    caches=caches, probe_labels=labels.pop() if len(labels) == 1 else "mixed")
+    if out is not None:
+        result.save(out, plots=plots)
+    return result
+
+
+def _flops_total(f: dict) -> list[int]:
+    return [f["stem"], *f["blocks"], f["head"]]

@@ -1,0 +1,98 @@
+"""Scores: Γ = Ω / Σ, the saved files, and the probes -> score pipeline on synthetic caches."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from klas.cli import main
+from klas.scores import load_scores, stitch_scores
+
+from helpers import feature_cache
+from test_kl import theta_numpy
+
+
+def test_stitch_scores_divide_omega_by_sigma():
+    theta = torch.rand(4, 6) + 0.1
+    sigma = torch.rand(5) + 0.1
+    gamma = stitch_scores(theta, sigma)
+    assert gamma.shape == (3, 5)
+    for i in range(3):
+        for j in range(5):
+            assert gamma[i, j] == pytest.approx(float(theta[i, j] / sigma[j]))
+
+
+def test_sigma_floor_is_applied_and_reported():
+    theta = torch.ones(3, 3)
+    sigma = torch.tensor([0.0, 0.5])
+    with pytest.warns(UserWarning, match=r"j = \[1\]"):
+        gamma = stitch_scores(theta, sigma, floor=1e-3)
+    assert gamma[0, 0] == pytest.approx(1e3) and gamma[0, 1] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("theta_shape,sigma_len,message", [((3, 4), 4, "has 4 entries"), ((1, 4), 3, "at least 2")])
+def test_stitch_scores_shape_errors(theta_shape, sigma_len, message):
+    with pytest.raises(ValueError, match=message):
+        stitch_scores(torch.rand(theta_shape), torch.rand(sigma_len))
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scores")
+    for name, widths, seed in (("small", (4, 8, 4), 1), ("mid", (6, 6, 6, 6), 2), ("big", (8,) * 5, 3)):
+        for split, n, ds in (("train", 1200, 0), ("val", 301, 5)):
+            feature_cache(root / name / split, n, widths, 5, seed=seed, data_seed=ds, noise=0.6, anchor=f"test:{name}")
+    assert main(["probes", "--cache", str(root), "--quiet", "--epochs", "2", "--batch-size", "64"]) == 0
+    assert main(["score", "--cache", str(root)]) == 0
+    return root
+
+
+def test_saved_gamma_equals_omega_over_sigma_from_saved_theta(scored):
+    from safetensors.torch import load_file
+
+    t = load_file(str(scored / "scores" / "scores.safetensors"))
+    meta = json.loads((scored / "scores" / "scores.json").read_text())
+    assert [a["name"] for a in meta["anchors"]] == ["small", "mid", "big"]  # sorted by FLOPs
+    assert {(p["source"], p["target"]) for p in meta["pairs"]} == {("small", "mid"), ("small", "big"), ("mid", "big")}
+    for p in meta["pairs"]:
+        f, g = p["source"], p["target"]
+        theta, sigma, gamma = t[f"theta/{f}/{g}"], t[f"sigma/{g}"], t[f"gamma/{f}/{g}"]
+        np.testing.assert_allclose(gamma.numpy(), (theta[:-1, :-1] / sigma.clamp_min(meta["floor"])).numpy(), rtol=1e-6)
+    assert (scored / "scores" / "heatmaps" / "small__big.png").stat().st_size > 1000
+
+
+def test_saved_theta_matches_an_independent_computation(scored):
+    from klas.cache import CacheReader
+    from klas.probes import load_probes
+
+    s = load_scores(scored / "scores")
+    logits = {}
+    for name in ("small", "big"):
+        reader = CacheReader(scored / name / "val")
+        rows = np.concatenate([b.features for b in reader.batches(1000)]).astype(np.float64)
+        ps = load_probes(scored / "probes", name)
+        m = reader.manifest
+        z = [rows[:, e.offset:e.offset + e.width] @ w.double().numpy().T + b.double().numpy()
+             for e, w, b in zip(m.block_entries[:-1], ps.weights, ps.biases)]
+        lo = m.logits_entry
+        z.append(rows[:, lo.offset:lo.offset + lo.width])
+        logits[name] = np.stack(z)
+    want = theta_numpy(logits["small"], logits["big"])
+    np.testing.assert_allclose(s.theta("small", "big").numpy(), want, atol=1e-4, rtol=1e-4)
+    # Σ_j is Θ between consecutive distributions of the target
+    sigma = [theta_numpy(logits["big"][j:j + 1], logits["big"][j + 1:j + 2])[0, 0] for j in range(4)]
+    np.testing.assert_allclose(s.sigma("big").numpy(), sigma, atol=1e-4, rtol=1e-4)
+    assert s.last_block().shape == (3, 3)
+
+
+def test_score_refuses_probes_of_another_anchor(scored, tmp_path):
+    import shutil
+
+    shutil.copytree(scored, tmp_path / "r")
+    meta = json.loads((tmp_path / "r" / "probes" / "mid.json").read_text())
+    meta["anchor"] = "test:other"
+    (tmp_path / "r" / "probes" / "mid.json").write_text(json.dumps(meta))
+    assert main(["score", "--cache", str(tmp_path / "r"), "--no-plots"]) == 2

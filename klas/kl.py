@@ -198,7 +198,8 @@ def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, tem
             ``chunk * (Ks + Kt) * C * 12`` bytes (logits, log-probabilities, probabilities in fp32)
             plus the chunk's features; by default `default_chunk` keeps the probabilities near 64 MiB.
 
-    The "triton" backend (CUDA) fuses projection, softmax and KL so that logits are never written.
+    With the "triton" backend the chunk's logits come from one matmul per probe and the fused
+    softmax-KL kernels (kernels/kl_matrix.py) turn them into the partial sums.
     """
     if len(probes_src) != _num_features(feats_src) or len(probes_tgt) != _num_features(feats_tgt):
         raise ValueError("one probe per feature block is needed on each side")
@@ -220,16 +221,15 @@ def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, tem
         if use_triton is None:
             use_triton = backend == "triton" or (backend == "auto" and _triton_usable(fs[0]))
             acc = ThetaAccumulator(ks, kt, temperature=temperature, device=fs[0].device)
+        zs = probe_logits(fs, probes_src)
+        zt = zs if same and probes_tgt is probes_src else probe_logits(ft, probes_tgt)
+        if not (torch.isfinite(zs).all() and torch.isfinite(zt).all()):
+            raise ValueError("features or probes produce NaN/Inf logits")
         if use_triton:
-            from klas.kernels.fused_probe_kl import probe_kl_partial
+            from klas.kernels.kl_matrix import kl_partial_sums
 
-            self_term, cross = probe_kl_partial(fs, probes_src, ft, probes_tgt, temperature=temperature)
-            acc.add_partial(self_term, cross, fs[0].shape[0])
+            acc.add_partial(*kl_partial_sums(zs, zt, temperature=temperature), zs.shape[1])
         else:
-            zs = probe_logits(fs, probes_src)
-            zt = zs if same and probes_tgt is probes_src else probe_logits(ft, probes_tgt)
-            if not (torch.isfinite(zs).all() and torch.isfinite(zt).all()):
-                raise ValueError("features or probes produce NaN/Inf logits")
             acc.update(zs, zt)
     if acc is None:
         raise ValueError("no samples in the features")

@@ -1,10 +1,14 @@
 """Shared fixtures: small generated image sets, and the shared folder when present."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# Triton kernels run on the CPU through the interpreter (set before anything imports triton).
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))

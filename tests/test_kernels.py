@@ -1,0 +1,65 @@
+"""Triton kernels against their PyTorch twins and the float64 oracle (interpreter on the CPU)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from klas.kernels.kl_matrix import kl_matrix_triton, kl_partial_sums  # noqa: E402
+from klas.kl import ThetaAccumulator, kl_matrix  # noqa: E402
+
+from test_kl import theta_numpy  # noqa: E402
+
+# input dtype -> (atol, rtol) of Θ against the float64 oracle (inputs rounded to the dtype first)
+TOL = {torch.float32: (2e-5, 1e-5), torch.float16: (2e-5, 1e-5), torch.bfloat16: (2e-5, 1e-5)}
+
+
+@pytest.mark.parametrize("ks,kt,n,c", [(7, 5, 1001, 37), (3, 2, 67, 1000), (17, 2, 130, 10)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_kl_kernel_matches_oracle(ks, kt, n, c, dtype):
+    src = (torch.randn(ks, n, c) * 3).to(dtype)
+    tgt = (torch.randn(kt, n, c) * 3).to(dtype)
+    got = kl_matrix_triton(src, tgt, num_slices=3)
+    want = torch.from_numpy(theta_numpy(src.float().numpy(), tgt.float().numpy())).float()
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
+
+
+def test_kernel_partial_sums_equal_the_torch_twin():
+    src, tgt = torch.randn(4, 300, 21) * 2, torch.randn(6, 300, 21) * 2
+    self_term, cross = kl_partial_sums(src, tgt, temperature=1.5, num_slices=2)
+    twin = ThetaAccumulator(4, 6, temperature=1.5)
+    twin.update(src, tgt)
+    torch.testing.assert_close(self_term, twin.self_term, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(cross, twin.cross, atol=1e-3, rtol=1e-5)
+
+
+def test_kernel_near_identical_probes_stay_near_zero():
+    src = torch.randn(3, 700, 100) * 10
+    theta = kl_matrix_triton(src, src + 1e-4 * torch.randn_like(src), num_slices=1)
+    assert theta.diagonal().min() >= -1e-5 and theta.diagonal().abs().max() <= 1e-5, theta.diagonal()
+
+
+def test_slicing_does_not_change_theta():
+    src, tgt = torch.randn(2, 250, 13), torch.randn(3, 250, 13)
+    torch.testing.assert_close(kl_matrix_triton(src, tgt, num_slices=1), kl_matrix_triton(src, tgt, num_slices=7),
+                               atol=1e-6, rtol=1e-6)
+
+
+def test_backend_triton_through_the_public_api():
+    src, tgt = torch.randn(2, 50, 9), torch.randn(2, 50, 9)
+    torch.testing.assert_close(kl_matrix(src, tgt, backend="triton"), kl_matrix(src, tgt, backend="reference"),
+                               atol=2e-5, rtol=1e-5)
+
+
+def test_features_path_with_the_triton_backend():
+    from klas.kl import kl_matrix_from_features
+
+    gen = torch.Generator().manual_seed(1)
+    fs = [torch.randn(90, 6, generator=gen), torch.randn(90, 11, generator=gen)]
+    ps = [(torch.randn(7, 6, generator=gen), torch.randn(7, generator=gen)),
+          (torch.randn(7, 11, generator=gen), torch.randn(7, generator=gen))]
+    got = kl_matrix_from_features(fs, ps, fs, ps, backend="triton", chunk_size=40)
+    torch.testing.assert_close(got, kl_matrix_from_features(fs, ps, fs, ps, backend="torch"), atol=2e-5, rtol=1e-5)

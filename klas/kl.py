@@ -9,9 +9,11 @@ a per-source term and one matrix product::
 
 The second term is ``P [Ks, N·C] @ logQ [Kt, N·C]^T``: no loop over pairs. Samples stream through in
 chunks (`ThetaAccumulator`), so neither logits nor probabilities for all N exist at once.
-Cancellation: the two terms are each about N·entropy and nearly cancel for near-identical probes,
-so the product is done as a batch of short fp32 products (≤ ~4096 terms each) summed in float64.
-Θ ≈ 0 then comes out ≈ 0 (tested to 1e-5), not as a large negative rounding error.
+Cancellation: the two terms are each about N·entropy and nearly cancel for near-identical probes.
+The torch path shifts log q_b by the target's own per-sample entropy before the product (and adds
+it back once), so the summed numbers are as small as the divergences; the Triton kernel uses Kahan
+compensation instead. Chunk sums add up in float64. Θ ≈ 0 then comes out ≈ 0 (tested to 1e-5),
+not as a large negative rounding error.
 
 Backends of `kl_matrix`: "reference" (float64, one F.kl_div per pair: the oracle), "torch" (the
 chunked matrix form above), "triton" (kernels/kl_matrix.py), "auto" (triton for CUDA tensors when
@@ -19,6 +21,8 @@ Triton is importable, else torch).
 """
 from __future__ import annotations
 
+import functools
+import os
 from typing import Iterable, Sequence
 
 import torch
@@ -37,12 +41,13 @@ __all__ = [
 BACKENDS = ("auto", "reference", "torch", "triton")
 
 
-def default_chunk(num_probes: int, num_classes: int, budget_bytes: int = 64 << 20) -> int:
-    """Samples per chunk so that one chunk's fp32 probabilities of all probes fit `budget_bytes`."""
-    return max(16, budget_bytes // (4 * max(1, num_probes) * max(1, num_classes)))
+def default_chunk(num_probes: int, num_classes: int, budget_bytes: int = 4 << 20) -> int:
+    """Samples per chunk so that one chunk's fp32 probabilities of all probes fit `budget_bytes`
+    (4 MiB by default: the chunk's few passes then run in the CPU's cache, not from DRAM)."""
+    return max(4, budget_bytes // (4 * max(1, num_probes) * max(1, num_classes)))
 
 
-def _check_logits(src: torch.Tensor, tgt: torch.Tensor) -> None:
+def _check_logits(src: torch.Tensor, tgt: torch.Tensor, *, finite: bool = True) -> None:
     for name, t in (("logits_src", src), ("logits_tgt", tgt)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
             raise ValueError(f"{name} must be a tensor [K, N, C], got {getattr(t, 'shape', type(t))}")
@@ -52,9 +57,31 @@ def _check_logits(src: torch.Tensor, tgt: torch.Tensor) -> None:
         raise ValueError(f"sample counts differ: logits_src has N={src.shape[1]}, logits_tgt N={tgt.shape[1]}")
     if src.shape[2] != tgt.shape[2]:
         raise ValueError(f"class counts differ: logits_src has C={src.shape[2]}, logits_tgt C={tgt.shape[2]}")
-    for name, t in (("logits_src", src), ("logits_tgt", tgt)):
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{name} holds NaN or Inf values")
+    if finite:
+        for name, t in (("logits_src", src), ("logits_tgt", tgt)):
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{name} holds NaN or Inf values")
+
+
+def _softmax_stats(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For logits ``[K, n, C]``: p ``[K, n, C]``, log p + H ``[K, n, C]`` and −H ``[K, n]`` (fp32),
+    where H is each (probe, sample)'s entropy."""
+    z = z.float()
+    log_p = torch.log_softmax(z if temperature == 1.0 else z / temperature, dim=-1)
+    p = log_p.exp()
+    neg_ent = torch.linalg.vecdot(p, log_p)
+    return p, log_p.sub_(neg_ent[..., None]), neg_ent
+
+
+def use_compile() -> bool:
+    """Whether the CPU path runs its elementwise work through torch.compile (KLAS_TORCH_COMPILE=1).
+    Faster by fusing the softmax passes, at the price of a compile on first use."""
+    return os.environ.get("KLAS_TORCH_COMPILE", "0") == "1"
+
+
+@functools.cache
+def _softmax_stats_compiled():
+    return torch.compile(_softmax_stats, dynamic=True)
 
 
 class ThetaAccumulator:
@@ -69,33 +96,38 @@ class ThetaAccumulator:
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
+        # Θ = (self_term[a] − cross[a, b] + shift[b]) / count, all sums over samples (and classes)
         self.self_term = torch.zeros(num_src, dtype=torch.float64, device=device)  # Σ p_a log p_a
-        self.cross = torch.zeros(num_src, num_tgt, dtype=torch.float64, device=device)  # Σ p_a log q_b
+        self.cross = torch.zeros(num_src, num_tgt, dtype=torch.float64, device=device)  # Σ p_a (log q_b + H_b)
+        self.shift = torch.zeros(num_tgt, dtype=torch.float64, device=device)  # Σ H_b
         self.count = 0
 
     def update(self, z_src: torch.Tensor, z_tgt: torch.Tensor) -> None:
-        """Adds one chunk. z_src: ``[Ks, n, C]``, z_tgt: ``[Kt, n, C]`` logits of the same n samples."""
+        """Adds one chunk. z_src: ``[Ks, n, C]``, z_tgt: ``[Kt, n, C]`` logits of the same n samples
+        (pass the same tensor twice for Θ of a set against itself: it is then normalised once).
+
+        Cancellation: Σ_c p_a log q_b is about −entropy per sample, and Θ is the small difference
+        of two such sums. Shifting log q_b(x, ·) by the target's own entropy H_b(x) (added back
+        through `shift`) makes every per-sample cross value as small as the divergence itself, so
+        one long fp32 matrix product keeps its rounding far below Θ even for near-identical probes.
+        """
         ks, n, c = z_src.shape
-        log_p = torch.log_softmax(z_src.float() / self.temperature, dim=-1)
-        log_q = torch.log_softmax(z_tgt.float() / self.temperature, dim=-1)
-        p = log_p.exp()
-        self.self_term += (p * log_p).sum(dim=(1, 2), dtype=torch.float64)
-        # The cross term as a batch of short matrix products, summed in float64: each fp32 product
-        # reduces at most ~4096 numbers, so its rounding stays far below the divergences even when
-        # the full sum (about n·entropy) is huge and the two terms nearly cancel.
-        s = max(1, 4096 // c)
-        pad = (-n) % s
-        if pad:
-            p = F.pad(p, (0, 0, 0, pad))
-            log_q = F.pad(log_q, (0, 0, 0, pad))
-        blocks = (n + pad) // s
-        pb = p.reshape(ks, blocks, s * c).transpose(0, 1)  # [blocks, Ks, s·C]
-        qb = log_q.reshape(log_q.shape[0], blocks, s * c).permute(1, 2, 0)  # [blocks, s·C, Kt]
-        self.cross += torch.bmm(pb, qb).sum(dim=0, dtype=torch.float64)
+        stats = _softmax_stats_compiled() if use_compile() else _softmax_stats
+        p, ell_p, neg_ent_p = stats(z_src, self.temperature)
+        same = z_tgt is z_src
+        _, ell, neg_ent_q = (p, ell_p, neg_ent_p) if same else stats(z_tgt, self.temperature)
+        kt = ell.shape[0]
+        # Any NaN/Inf logit makes its sample's entropy NaN: checking [K, n] numbers checks them all.
+        for name, ent in (("logits_src", neg_ent_p), ("logits_tgt", neg_ent_q)):
+            if not torch.isfinite(ent).all():
+                raise ValueError(f"{name} holds NaN or Inf values")
+        self.self_term += neg_ent_p.sum(dim=-1, dtype=torch.float64)
+        self.shift -= neg_ent_q.sum(dim=-1, dtype=torch.float64)
+        self.cross += (p.reshape(ks, n * c) @ ell.reshape(kt, n * c).T).double()
         self.count += n
 
     def add_partial(self, self_term: torch.Tensor, cross: torch.Tensor, count: int) -> None:
-        """Adds sums computed elsewhere (a kernel, another rank)."""
+        """Adds sums computed elsewhere (a kernel, another rank): Σ p_a log p_a and Σ p_a log q_b."""
         self.self_term += self_term.double()
         self.cross += cross.double()
         self.count += count
@@ -104,7 +136,8 @@ class ThetaAccumulator:
         """Θ ``[Ks, Kt]`` float32."""
         if self.count == 0:
             raise ValueError("no samples were accumulated")
-        return ((self.self_term[:, None] - self.cross) / self.count).float()
+        return ((self.self_term[:, None] - self.cross + self.shift[None, :]) / self.count).float()
+
 
 
 def kl_matrix_reference(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
@@ -123,12 +156,14 @@ def kl_matrix_reference(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, t
 def kl_matrix_torch(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature: float = 1.0,
                     chunk_size: int | None = None) -> torch.Tensor:
     """Vectorised Θ, chunked over samples (the CPU path)."""
-    _check_logits(logits_src, logits_tgt)
+    _check_logits(logits_src, logits_tgt, finite=False)  # finiteness is checked chunk by chunk
     ks, n, c = logits_src.shape
     chunk = chunk_size or default_chunk(ks + logits_tgt.shape[0], c)
     acc = ThetaAccumulator(ks, logits_tgt.shape[0], temperature=temperature, device=logits_src.device)
+    same = logits_tgt is logits_src
     for s in range(0, n, chunk):
-        acc.update(logits_src[:, s:s + chunk], logits_tgt[:, s:s + chunk])
+        zs = logits_src[:, s:s + chunk]
+        acc.update(zs, zs if same else logits_tgt[:, s:s + chunk])
     return acc.result()
 
 
@@ -196,7 +231,7 @@ def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, tem
         probes_src, probes_tgt: one ``(W [C, d_k], b [C])`` per feature, or None for logits.
         chunk_size: samples per chunk. Peak extra memory is about
             ``chunk * (Ks + Kt) * C * 12`` bytes (logits, log-probabilities, probabilities in fp32)
-            plus the chunk's features; by default `default_chunk` keeps the probabilities near 64 MiB.
+            plus the chunk's features; by default `default_chunk` keeps the probabilities near 4 MiB.
 
     With the "triton" backend the chunk's logits come from one matmul per probe and the fused
     softmax-KL kernels (kernels/kl_matrix.py) turn them into the partial sums.
@@ -223,11 +258,10 @@ def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, tem
             acc = ThetaAccumulator(ks, kt, temperature=temperature, device=fs[0].device)
         zs = probe_logits(fs, probes_src)
         zt = zs if same and probes_tgt is probes_src else probe_logits(ft, probes_tgt)
-        if not (torch.isfinite(zs).all() and torch.isfinite(zt).all()):
-            raise ValueError("features or probes produce NaN/Inf logits")
         if use_triton:
             from klas.kernels.kl_matrix import kl_partial_sums
 
+            _check_logits(zs, zt)
             acc.add_partial(*kl_partial_sums(zs, zt, temperature=temperature), zs.shape[1])
         else:
             acc.update(zs, zt)

@@ -129,3 +129,12 @@ def test_from_features_streams_a_cache(tmp_path):
     fs = [rs[:, 0:6], rs[:, 6:16], rs[:, 16:21]]
     ft = [rt[:, 0:7], rt[:, 7:12]]
     torch.testing.assert_close(got, kl_matrix_from_features(fs, ps, ft, pt), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_cpu_path_matches_oracle(monkeypatch):
+    monkeypatch.setenv("KLAS_TORCH_COMPILE", "1")
+    src, tgt = torch.randn(5, 301, 37) * 3, torch.randn(4, 301, 37) * 3
+    want = torch.from_numpy(theta_numpy(src.numpy(), tgt.numpy())).float()
+    torch.testing.assert_close(kl_matrix(src, tgt, backend="torch"), want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(kl_matrix(src, src, backend="torch").diagonal(), torch.zeros(5), atol=1e-5, rtol=0)

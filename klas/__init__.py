@@ -1,6 +1,14 @@
 """klas: choose where to stitch pretrained networks (KLAS), fast."""
 from klas.errors import AnchorError, CacheError, DataError, KlasError
+from klas.anchors import load_anchor
+from klas.extract import extract
+from klas.kl import kl_matrix, kl_matrix_from_features
+from klas.probes import train_probes
+from klas.scores import score, stitch_scores
 
 __version__ = "0.1.0"
 
-__all__ = ["AnchorError", "CacheError", "DataError", "KlasError", "__version__"]
+__all__ = [
+    "AnchorError", "CacheError", "DataError", "KlasError", "__version__", "extract", "kl_matrix",
+    "kl_matrix_from_features", "load_anchor", "score", "stitch_scores", "train_probes",
+]

@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from klas.anchors import Anchor, load_anchor
-from klas.data import check_classes, make_loader, resolve_split
+from klas.data import check_classes, make_loader, resolve_split, take_subset
 
 __all__ = ["AnchorAccuracy", "evaluate_anchor"]
 
@@ -45,8 +45,7 @@ def evaluate_anchor(
     anchor = anchor.to(device).eval()
     source, indices = resolve_split(data, split, val_fraction=val_fraction, seed=seed)
     check_classes(source, anchor)
-    if limit is not None:
-        indices = indices[:limit]
+    indices = take_subset(indices, limit, seed)
     correct = torch.zeros((), dtype=torch.int64)  # on the CPU: one sync per batch is fine here
     loader = make_loader(source, indices, anchor, batch_size=batch_size, num_workers=num_workers)
     for images, labels in tqdm(loader, disable=not progress, desc=f"eval {anchor.name}/{split}", unit="batch"):

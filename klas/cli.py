@@ -24,7 +24,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     p.add_argument("--val-fraction", type=float, default=0.1, help="part of the training set held out as D_v")
     p.add_argument("--seed", type=int, default=0, help="seed of the D_t / D_v split")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
+    p.add_argument("--limit", type=int, default=None, help="use N images of each split, drawn at random with --seed (quick runs)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -26,7 +26,7 @@ from klas.errors import DataError
 
 __all__ = [
     "IMAGE_EXTENSIONS", "SPLITS", "ImageSource", "ImageDataset", "check_classes", "make_loader", "open_images",
-    "resolve_split", "split_indices",
+    "resolve_split", "split_indices", "take_subset",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -172,3 +172,17 @@ def check_classes(source: ImageSource, anchor) -> None:
             f"dataset {source.path} has {len(source.classes)} classes but anchor {anchor.spec} predicts "
             f"{anchor.num_classes}; use a dataset of the anchor's classes (or a spec with num_classes=…)"
         )
+
+
+def take_subset(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """`limit` of `indices`, drawn at random (seeded) and kept in dataset order; all when None.
+
+    A random draw, not the first `limit`: files are sorted by class, so a prefix would hold only
+    the first classes.
+    """
+    if limit is None or limit >= len(indices):
+        return indices
+    if limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
+    chosen = np.random.default_rng((seed, 1)).choice(len(indices), size=limit, replace=False)
+    return indices[np.sort(chosen)]

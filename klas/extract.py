@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from klas.anchors import Anchor, load_anchor
 from klas.cache import BlockEntry, CacheWriter, Manifest, read_manifest
 from klas.cache.format import DTYPES
-from klas.data import check_classes, make_loader, resolve_split
+from klas.data import check_classes, make_loader, resolve_split, take_subset
 from klas.errors import CacheError
 
 __all__ = ["extract", "anchor_info", "cache_dir_for", "cache_layout", "cached_anchors"]
@@ -60,8 +60,7 @@ def _extract_one(anchor: Anchor, cache_dir: Path, *, data, split, batch_size, dt
                  shard_rows, val_fraction, seed, limit, num_workers, progress) -> Manifest:
     source, indices = resolve_split(data, split, val_fraction=val_fraction, seed=seed)
     check_classes(source, anchor)
-    if limit is not None:
-        indices = indices[:limit]
+    indices = take_subset(indices, limit, seed)
     settings = {
         "data": str(Path(data).resolve()), "split_of": str(source.path.name), "val_fraction": val_fraction,
         "seed": seed, "limit": limit, "num_images": len(source), "batch_size": batch_size,
@@ -130,7 +129,7 @@ def extract(
         out: cache root; caches go to ``out/<anchor name>/<split>``.
         splits: any of "train" (D_t), "val" (D_v), "test".
         dtype: storage dtype of the cache, one of float16, bfloat16, float32.
-        limit: use only the first `limit` images of each split (quick runs).
+        limit: use `limit` images of each split, a seeded random draw (quick runs).
 
     Returns:
         ``{(anchor name, split): cache directory}``.

@@ -202,6 +202,7 @@ def train_probes(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    evaluate: bool = True,
 ) -> list[ProbeSet]:
     """Trains one probe per block of every anchor, all together, one pass over the caches per epoch.
 
@@ -210,6 +211,7 @@ def train_probes(
         val_caches: D_v caches in the same anchor order (for validation accuracy), or None.
         labels: "true" (dataset labels) or "pseudo" (each anchor's own predictions).
         lr: learning rate; a cosine schedule decays it to 0 over the run.
+        evaluate: measure train/validation accuracy after training (one more pass over each).
 
     Returns:
         One ProbeSet per anchor, in the order given.
@@ -256,9 +258,11 @@ def train_probes(
             bar.set_postfix(loss=f"{loss.item() / sum(m.num_blocks for m in models):.3f}")  # display only
     bar.close()
 
-    train_acc, _ = _accuracy(models, readers, labels, 4 * batch_size, device)
+    train_acc = [[] for _ in models]
+    if evaluate:
+        train_acc, _ = _accuracy(models, readers, labels, 4 * batch_size, device)
     val_acc, head_acc = [None] * len(models), [None] * len(models)
-    if val_caches is not None:
+    if val_caches is not None and evaluate:
         val_readers = [c if isinstance(c, CacheReader) else CacheReader(c) for c in val_caches]
         if len(val_readers) != len(readers):
             raise ValueError("give one validation cache per training cache")

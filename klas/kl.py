@@ -233,8 +233,8 @@ def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, tem
             ``chunk * (Ks + Kt) * C * 12`` bytes (logits, log-probabilities, probabilities in fp32)
             plus the chunk's features; by default `default_chunk` keeps the probabilities near 4 MiB.
 
-    With the "triton" backend the chunk's logits come from one matmul per probe and the fused
-    softmax-KL kernels (kernels/kl_matrix.py) turn them into the partial sums.
+    With the "triton" backend (kernels/fused_probe_kl.py) projection, softmax and KL are fused:
+    features and probe weights go in, partial sums come out, and the logits are never written.
     """
     if len(probes_src) != _num_features(feats_src) or len(probes_tgt) != _num_features(feats_tgt):
         raise ValueError("one probe per feature block is needed on each side")
@@ -256,15 +256,18 @@ def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, tem
         if use_triton is None:
             use_triton = backend == "triton" or (backend == "auto" and _triton_usable(fs[0]))
             acc = ThetaAccumulator(ks, kt, temperature=temperature, device=fs[0].device)
-        zs = probe_logits(fs, probes_src)
-        zt = zs if same and probes_tgt is probes_src else probe_logits(ft, probes_tgt)
-        if use_triton:
-            from klas.kernels.kl_matrix import kl_partial_sums
+            if use_triton:
+                from klas.kernels.fused_probe_kl import ProbePack, probe_kl_partial
 
-            _check_logits(zs, zt)
-            acc.add_partial(*kl_partial_sums(zs, zt, temperature=temperature), zs.shape[1])
+                pack_s = ProbePack(probes_src, [f.shape[1] for f in fs], c, fs[0].device)
+                pack_t = pack_s if same and probes_tgt is probes_src else ProbePack(
+                    probes_tgt, [f.shape[1] for f in ft], c, fs[0].device)
+        if use_triton:  # projection, softmax and KL fused: the chunk's logits are never written
+            sums = probe_kl_partial(fs, pack_s, None if same else ft, pack_t, temperature=temperature)
+            acc.add_partial(*sums, fs[0].shape[0])
         else:
-            acc.update(zs, zt)
+            zs = probe_logits(fs, probes_src)
+            acc.update(zs, zs if same and probes_tgt is probes_src else probe_logits(ft, probes_tgt))
     if acc is None:
         raise ValueError("no samples in the features")
     return acc.result()

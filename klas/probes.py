@@ -2,8 +2,8 @@
 
 Each probe reads one block's pooled output: ``logits = W @ pool(block_k(x)) + b`` with
 ``W [C, d_k]``. All probes of all anchors train in one pass over the caches per epoch: the
-anchors' D_t caches are read in lock-step (same shuffled order, checked labels), and the probes of
-one anchor run as a few batched matmuls, one per distinct block width. Each probe's loss is its
+anchors' D_t caches are read in lock-step (same shuffled order, checked labels), and all probes
+run as a few batched matmuls, one per distinct block width (`JointProbes`). Each probe's loss is its
 own mean cross-entropy and the total is their sum, so every probe gets exactly the gradient it
 would get alone.
 
@@ -20,7 +20,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -28,7 +27,7 @@ from tqdm.auto import tqdm
 from klas.cache import CacheReader, Manifest
 from klas.errors import CacheError
 
-__all__ = ["ProbeSet", "train_probes", "load_probes", "probe_table", "CacheProbes"]
+__all__ = ["ProbeSet", "train_probes", "load_probes", "probe_table", "probe_losses", "JointProbes"]
 
 
 @dataclass
@@ -92,57 +91,103 @@ def load_probes(directory: str | os.PathLike, name: str) -> ProbeSet:
                     settings=meta.get("settings", {}))
 
 
-class CacheProbes(nn.Module):
-    """All probes of one anchor, reading a cache row ``[b, row_width]`` -> logits ``[b, m, C]``.
+class JointProbes(nn.Module):
+    """All probes of all anchors: cache rows of every anchor -> logits ``[b, M, C]`` (M = Σ blocks,
+    anchor-major block order).
 
-    Blocks of equal width are grouped so that each group is one batched matmul.
+    Probes of equal width, across anchors, form one group that runs as one batched matmul. A group's
+    input is copied out of the rows as runs of consecutive blocks (whole column ranges), never
+    gathered column by column.
     """
 
-    def __init__(self, manifest: Manifest):
+    def __init__(self, manifests: Sequence[Manifest]):
         super().__init__()
-        blocks = manifest.block_entries
-        c = manifest.num_classes
-        self.num_blocks = len(blocks)
+        c = manifests[0].num_classes
         self.num_classes = c
-        widths = sorted({b.width for b in blocks})
+        self.sizes = [len(m.block_entries) for m in manifests]
+        starts = np.cumsum([0] + self.sizes)
+        widths = sorted({b.width for m in manifests for b in m.block_entries})
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        self.group_columns: list[torch.Tensor] = []  # per group: column indices [n_g * w]
-        self.group_blocks: list[list[int]] = []  # per group: 0-based block positions
+        self.group_runs: list[list[tuple[int, int, int]]] = []  # per group: (anchor, first column, blocks)
+        order = []
         for w in widths:
-            members = [k for k, b in enumerate(blocks) if b.width == w]
-            cols = torch.cat([torch.arange(blocks[k].offset, blocks[k].offset + w) for k in members])
-            self.group_columns.append(cols)
-            self.group_blocks.append(members)
-            # nn.Linear's default initialisation, per probe
-            bound = 1.0 / w ** 0.5
-            self.weights.append(nn.Parameter(torch.empty(len(members), c, w).uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(len(members), c).uniform_(-bound, bound)))
-        order = torch.tensor([k for members in self.group_blocks for k in members])
-        self.register_buffer("unsort", torch.argsort(order), persistent=False)
+            runs = []
+            for a, m in enumerate(manifests):
+                for k, b in enumerate(m.block_entries):
+                    if b.width != w:
+                        continue
+                    order.append(int(starts[a]) + k)
+                    last = runs[-1] if runs else None
+                    if last and last[0] == a and last[1] + last[2] * w == b.offset:
+                        runs[-1] = (a, last[1], last[2] + 1)
+                    else:
+                        runs.append((a, b.offset, 1))
+            n_g = sum(r[2] for r in runs)
+            self.group_runs.append(runs)
+            bound = 1.0 / w ** 0.5  # nn.Linear's default initialisation, per probe
+            self.weights.append(nn.Parameter(torch.empty(n_g, c, w).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(n_g, c).uniform_(-bound, bound)))
+        self.register_buffer("unsort", torch.argsort(torch.tensor(order)), persistent=False)
+        self.register_buffer("anchor_of_probe", torch.repeat_interleave(
+            torch.arange(len(manifests)), torch.tensor(self.sizes)), persistent=False)
+        self._order = order
 
-    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+    @property
+    def num_blocks(self) -> int:
+        return sum(self.sizes)
+
+    def forward(self, rows: Sequence[torch.Tensor]) -> torch.Tensor:
+        """rows: one ``[b, row_width_a]`` tensor per anchor -> logits ``[b, M, C]``."""
+        n = rows[0].shape[0]
         outs = []
-        for cols, w, b in zip(self.group_columns, self.weights, self.biases):
-            n_g, c, width = w.shape
-            x = rows.index_select(1, cols.to(rows.device)).view(rows.shape[0], n_g, width).float()
+        for runs, w, b in zip(self.group_runs, self.weights, self.biases):
+            width = w.shape[2]
+            parts = [rows[a][:, col:col + k * width].float().view(n, k, width) for a, col, k in runs]
+            x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
             outs.append(torch.einsum("bnw,ncw->bnc", x, w) + b)
         return torch.cat(outs, dim=1).index_select(1, self.unsort)
 
-    def per_block(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``(W [C, d_k], b [C])`` for blocks 1..m in order."""
-        out = [None] * self.num_blocks
-        for members, w, b in zip(self.group_blocks, self.weights, self.biases):
-            for i, k in enumerate(members):
-                out[k] = (w[i].detach().clone(), b[i].detach().clone())
+    def per_anchor(self) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """``(W [C, d_k], b [C])`` for every block of every anchor, in order."""
+        flat = [None] * self.num_blocks
+        i = 0
+        for w, b in zip(self.weights, self.biases):
+            for j in range(w.shape[0]):
+                flat[self._order[i]] = (w[j].detach().clone(), b[j].detach().clone())
+                i += 1
+        out, start = [], 0
+        for size in self.sizes:
+            out.append(flat[start:start + size])
+            start += size
         return out
 
 
-def _batch_targets(batch_rows: torch.Tensor, labels: torch.Tensor, manifest: Manifest, mode: str) -> torch.Tensor:
+def _targets(batch, readers, mode: str, model: "JointProbes", device) -> torch.Tensor:
+    """Target class of every probe for every sample ``[b, M]``: the label, or (pseudo) the argmax
+    of that probe's anchor's own logits."""
     if mode == "true":
-        return labels
-    logits = manifest.logits_entry
-    return batch_rows[:, logits.offset:logits.offset + logits.width].float().argmax(dim=1)
+        y = batch[0][1].to(device)
+        return y[:, None].expand(-1, model.num_blocks)
+    per_anchor = []
+    for (rows, _), reader in zip(batch, readers):
+        lo = reader.manifest.logits_entry
+        per_anchor.append(rows[:, lo.offset:lo.offset + lo.width].to(device).float().argmax(dim=1))
+    return torch.stack(per_anchor, dim=1).index_select(1, model.anchor_of_probe)
+
+
+def probe_losses(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Each probe's mean cross-entropy over the batch, summed over the probes.
+
+    logits ``[b, M, C]``, target ``[b, M]``. Written out rather than F.cross_entropy, whose CPU
+    kernel is slow for the few classes of probes (C = 10: about 2x here); equal up to rounding.
+    """
+    m = logits.amax(dim=-1, keepdim=True).detach()
+    lse = m.squeeze(-1) + (logits - m).exp().sum(dim=-1).log()
+    nll = lse - logits.gather(2, target[..., None]).squeeze(2)
+    if label_smoothing:
+        nll = (1 - label_smoothing) * nll + label_smoothing * (lse - logits.mean(dim=-1))
+    return nll.sum() / logits.shape[0]
 
 
 def _make_optimizer(name: str, params, lr: float, weight_decay: float):
@@ -171,21 +216,23 @@ def _lockstep(readers: Sequence[CacheReader], batch_size: int, **order):
 
 
 @torch.no_grad()
-def _accuracy(models, readers, mode: str, batch_size: int, device) -> tuple[list[np.ndarray], list[float]]:
+def _accuracy(model, readers, mode: str, batch_size: int, device) -> tuple[list[np.ndarray], list[float]]:
     """Per-anchor per-block accuracy (percent), and each anchor's own head accuracy."""
-    correct = [torch.zeros(m.num_blocks, dtype=torch.int64) for m in models]
-    head = [0] * len(models)
+    correct = torch.zeros(model.num_blocks, dtype=torch.int64)
+    head = [0] * len(readers)
     total = 0
     for batch in _lockstep(readers, batch_size):
-        for a, ((rows, labels), model, reader) in enumerate(zip(batch, models, readers)):
-            rows = rows.to(device)
-            target = _batch_targets(rows, labels.to(device), reader.manifest, mode)
-            pred = model(rows).argmax(dim=-1)
-            correct[a] += (pred == target[:, None]).sum(dim=0).cpu()
+        rows = [r.to(device) for r, _ in batch]
+        target = _targets(batch, readers, mode, model, device)
+        correct += (model(rows).argmax(dim=-1) == target).sum(dim=0).cpu()
+        starts = np.cumsum([0] + model.sizes)
+        for a, reader in enumerate(readers):
             lo = reader.manifest.logits_entry
-            head[a] += int((rows[:, lo.offset:lo.offset + lo.width].float().argmax(1) == target).sum())
+            pred = rows[a][:, lo.offset:lo.offset + lo.width].float().argmax(1)
+            head[a] += int((pred == target[:, starts[a]]).sum())
         total += len(batch[0][1])
-    return [100.0 * c.numpy() / total for c in correct], [100.0 * h / total for h in head]
+    acc = 100.0 * correct.numpy() / total
+    return [acc[s:s + n] for s, n in zip(np.cumsum([0] + model.sizes), model.sizes)], [100.0 * h / total for h in head]
 
 
 def train_probes(
@@ -232,46 +279,40 @@ def train_probes(
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
-        models = [CacheProbes(r.manifest).to(device) for r in readers]
-    params = [p for m in models for p in m.parameters()]
-    opt = _make_optimizer(optimizer, params, lr, weight_decay)
+        model = JointProbes([r.manifest for r in readers]).to(device)
+    opt = _make_optimizer(optimizer, model.parameters(), lr, weight_decay)
     steps_per_epoch = -(-readers[0].num_samples // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
 
     bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, desc="probes", unit="step")
+    m = model.num_blocks
     for epoch in range(epochs):
         for batch in _lockstep(readers, batch_size, shuffle=True, seed=seed, epoch=epoch):
-            loss = 0.0
-            for (rows, y), model, reader in zip(batch, models, readers):
-                rows = rows.to(device)
-                target = _batch_targets(rows, y.to(device), reader.manifest, labels)
-                logits = model(rows)  # [b, m, C]
-                b, m, c = logits.shape
-                # mean over the batch per probe, summed over probes
-                loss = loss + F.cross_entropy(logits.reshape(b * m, c), target.repeat_interleave(m),
-                                              label_smoothing=label_smoothing) * m
+            logits = model([rows.to(device) for rows, _ in batch])  # [b, M, C]
+            target = _targets(batch, readers, labels, model, device)
+            loss = probe_losses(logits, target, label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item() / sum(m.num_blocks for m in models):.3f}")  # display only
+            if progress:
+                bar.set_postfix(loss=f"{loss.item() / m:.3f}")  # display only: one sync per step
     bar.close()
 
-    train_acc = [[] for _ in models]
+    train_acc = [[] for _ in readers]
     if evaluate:
-        train_acc, _ = _accuracy(models, readers, labels, 4 * batch_size, device)
-    val_acc, head_acc = [None] * len(models), [None] * len(models)
+        train_acc, _ = _accuracy(model, readers, labels, 4 * batch_size, device)
+    val_acc, head_acc = [None] * len(readers), [None] * len(readers)
     if val_caches is not None and evaluate:
         val_readers = [c if isinstance(c, CacheReader) else CacheReader(c) for c in val_caches]
         if len(val_readers) != len(readers):
             raise ValueError("give one validation cache per training cache")
-        val_acc, head_acc = _accuracy(models, val_readers, labels, 4 * batch_size, device)
+        val_acc, head_acc = _accuracy(model, val_readers, labels, 4 * batch_size, device)
     settings = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                     label_smoothing=label_smoothing, seed=seed)
     out = []
-    for a, (model, reader) in enumerate(zip(models, readers)):
-        w_b = model.per_block()
+    for a, (w_b, reader) in enumerate(zip(model.per_anchor(), readers)):
         m = reader.manifest
         out.append(ProbeSet(
             anchor=m.anchor, name=reader.dir.parent.name, block_names=[b.name for b in m.block_entries],

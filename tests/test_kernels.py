@@ -27,13 +27,13 @@ def test_kl_kernel_matches_oracle(ks, kt, n, c, dtype):
     torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
 
 
-def test_kernel_partial_sums_equal_the_torch_twin():
+def test_kernel_partial_sums_give_the_torch_twins_theta():
     src, tgt = torch.randn(4, 300, 21) * 2, torch.randn(6, 300, 21) * 2
-    self_term, cross = kl_partial_sums(src, tgt, temperature=1.5, num_slices=2)
+    from_kernel = ThetaAccumulator(4, 6, temperature=1.5)
+    from_kernel.add_partial(*kl_partial_sums(src, tgt, temperature=1.5, num_slices=2), 300)
     twin = ThetaAccumulator(4, 6, temperature=1.5)
     twin.update(src, tgt)
-    torch.testing.assert_close(self_term, twin.self_term, atol=1e-3, rtol=1e-5)
-    torch.testing.assert_close(cross, twin.cross, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(from_kernel.result(), twin.result(), atol=2e-6, rtol=1e-5)
 
 
 def test_kernel_near_identical_probes_stay_near_zero():
@@ -63,3 +63,43 @@ def test_features_path_with_the_triton_backend():
           (torch.randn(7, 11, generator=gen), torch.randn(7, generator=gen))]
     got = kl_matrix_from_features(fs, ps, fs, ps, backend="triton", chunk_size=40)
     torch.testing.assert_close(got, kl_matrix_from_features(fs, ps, fs, ps, backend="torch"), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("c,widths_s,widths_t", [(10, (6, 20, 3), (13, 10)), (37, (16, 33), (8,)), (1000, (24,), (17, 5))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_probe_kl_matches_the_torch_twin(c, widths_s, widths_t, dtype):
+    """Features + probe weights -> Θ without logits, against probe_logits + the float64 oracle."""
+    from klas.kl import kl_matrix_from_features, probe_logits
+
+    n = 20 if c == 1000 else 301  # the interpreter is slow on the 1000-wide identity probe
+    fs = [torch.randn(n, w).to(dtype) for w in widths_s]
+    ft = [torch.randn(n, w).to(dtype) for w in widths_t] + [torch.randn(n, c).to(dtype)]
+    ps = [(torch.randn(c, w) * 0.4, torch.randn(c)) for w in widths_s]
+    pt = [(torch.randn(c, w) * 0.4, torch.randn(c)) for w in widths_t] + [None]
+    got = kl_matrix_from_features(fs, ps, ft, pt, backend="triton", chunk_size=64)
+    zs, zt = probe_logits(fs, ps), probe_logits(ft, pt)
+    want = torch.from_numpy(theta_numpy(zs.numpy(), zt.numpy())).float()
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+def test_fused_probe_kl_of_a_set_against_itself_has_zero_diagonal():
+    from klas.kl import kl_matrix_from_features
+
+    fs = [torch.randn(150, w) for w in (7, 12)] + [torch.randn(150, 9)]
+    ps = [(torch.randn(9, 7), torch.randn(9)), (torch.randn(9, 12), torch.randn(9)), None]
+    theta = kl_matrix_from_features(fs, ps, fs, ps, backend="triton")
+    assert theta.diagonal().abs().max() < 1e-5 and theta.min() > -1e-5
+    torch.testing.assert_close(theta, kl_matrix_from_features(fs, ps, fs, ps, backend="torch"), atol=2e-5, rtol=1e-5)
+
+
+def test_fused_probe_kl_rejects_bad_input():
+    from klas.kl import kl_matrix_from_features
+
+    fs = [torch.randn(20, 4)]
+    fs[0][3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        kl_matrix_from_features(fs, [(torch.randn(5, 4), torch.randn(5))], fs, [(torch.randn(5, 4), torch.randn(5))],
+                                backend="triton")
+    with pytest.raises(ValueError, match="does not match"):
+        kl_matrix_from_features([torch.randn(20, 4)], [(torch.randn(5, 3), torch.randn(5))],
+                                [torch.randn(20, 4)], [(torch.randn(5, 4), torch.randn(5))], backend="triton")

@@ -7,7 +7,7 @@ import torch
 
 from klas.cache import CacheReader
 from klas.errors import CacheError
-from klas.probes import CacheProbes, load_probes, probe_table, train_probes
+from klas.probes import JointProbes, load_probes, probe_table, train_probes
 
 from helpers import feature_cache
 
@@ -42,13 +42,16 @@ def test_probes_learn_separable_blocks(two_anchors, tmp_path):
 
 
 def test_grouped_probes_match_per_block_linear(two_anchors):
-    reader = CacheReader(two_anchors["a"][0])
-    probes = CacheProbes(reader.manifest)
-    rows, _ = next(iter(reader.batches(10))).torch()
+    readers = [CacheReader(two_anchors[k][0]) for k in "ab"]
+    probes = JointProbes([r.manifest for r in readers])
+    rows = [next(iter(r.batches(10))).torch()[0] for r in readers]
     out = probes(rows)
-    for k, (w, b) in enumerate(probes.per_block()):
-        e = reader.manifest.block_entries[k]
-        torch.testing.assert_close(out[:, k], rows[:, e.offset:e.offset + e.width].float() @ w.T + b)
+    assert out.shape == (10, 5, 5)
+    k = 0
+    for reader, per_block, r in zip(readers, probes.per_anchor(), rows):
+        for e, (w, b) in zip(reader.manifest.block_entries, per_block):
+            torch.testing.assert_close(out[:, k], r[:, e.offset:e.offset + e.width].float() @ w.T + b)
+            k += 1
 
 
 def test_pseudo_labels_follow_the_anchor_head(two_anchors):
@@ -71,3 +74,15 @@ def test_training_is_reproducible(two_anchors):
     b = train_probes([two_anchors["a"][0]], **kw)[0]
     for w0, w1 in zip(a.weights, b.weights):
         torch.testing.assert_close(w0, w1, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_probe_losses_equal_cross_entropy_per_probe(smoothing):
+    import torch.nn.functional as F
+
+    from klas.probes import probe_losses
+
+    logits = torch.randn(33, 7, 10) * 4
+    target = torch.randint(0, 10, (33, 7))
+    want = sum(F.cross_entropy(logits[:, k], target[:, k], label_smoothing=smoothing) for k in range(7))
+    torch.testing.assert_close(probe_losses(logits, target, smoothing), want)

@@ -137,16 +137,37 @@ class JointProbes(nn.Module):
     def num_blocks(self) -> int:
         return sum(self.sizes)
 
-    def forward(self, rows: Sequence[torch.Tensor]) -> torch.Tensor:
-        """rows: one ``[b, row_width_a]`` tensor per anchor -> logits ``[b, M, C]``."""
+    def _group_inputs(self, rows: Sequence[torch.Tensor]):
+        """Per width group: (features ``[b, n_g, w]`` fp32, weights, bias, global probe indices)."""
         n = rows[0].shape[0]
-        outs = []
+        start = 0
         for runs, w, b in zip(self.group_runs, self.weights, self.biases):
             width = w.shape[2]
             parts = [rows[a][:, col:col + k * width].float().view(n, k, width) for a, col, k in runs]
             x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-            outs.append(torch.einsum("bnw,ncw->bnc", x, w) + b)
+            yield x, w, b, self._order[start:start + w.shape[0]]
+            start += w.shape[0]
+
+    def forward(self, rows: Sequence[torch.Tensor]) -> torch.Tensor:
+        """rows: one ``[b, row_width_a]`` tensor per anchor -> logits ``[b, M, C]``."""
+        outs = [torch.einsum("bnw,ncw->bnc", x, w) + b for x, w, b, _ in self._group_inputs(rows)]
         return torch.cat(outs, dim=1).index_select(1, self.unsort)
+
+    def loss(self, rows: Sequence[torch.Tensor], target: torch.Tensor, label_smoothing: float = 0.0,
+             *, fused: bool = False) -> torch.Tensor:
+        """Σ over probes of each probe's mean cross-entropy; target ``[b, M]``.
+
+        fused: use the Triton kernel (kernels/fused_linear_ce.py), which never writes the logits.
+        """
+        if not fused:
+            return probe_losses(self(rows), target, label_smoothing)
+        from klas.kernels.fused_linear_ce import linear_cross_entropy
+
+        total = 0.0
+        for x, w, b, idx in self._group_inputs(rows):
+            group_target = target.index_select(1, torch.tensor(idx, device=target.device))
+            total = total + linear_cross_entropy(x, w, b, group_target, label_smoothing)
+        return total
 
     def per_anchor(self) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         """``(W [C, d_k], b [C])`` for every block of every anchor, in order."""
@@ -174,6 +195,14 @@ def _targets(batch, readers, mode: str, model: "JointProbes", device) -> torch.T
         lo = reader.manifest.logits_entry
         per_anchor.append(rows[:, lo.offset:lo.offset + lo.width].to(device).float().argmax(dim=1))
     return torch.stack(per_anchor, dim=1).index_select(1, model.anchor_of_probe)
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def probe_losses(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -250,6 +279,7 @@ def train_probes(
     device: str = "cpu",
     progress: bool = True,
     evaluate: bool = True,
+    backend: str = "auto",
 ) -> list[ProbeSet]:
     """Trains one probe per block of every anchor, all together, one pass over the caches per epoch.
 
@@ -259,6 +289,8 @@ def train_probes(
         labels: "true" (dataset labels) or "pseudo" (each anchor's own predictions).
         lr: learning rate; a cosine schedule decays it to 0 over the run.
         evaluate: measure train/validation accuracy after training (one more pass over each).
+        backend: "torch", "triton" (the fused linear + cross-entropy kernel) or "auto" (Triton on
+            CUDA devices when it is importable).
 
     Returns:
         One ProbeSet per anchor, in the order given.
@@ -267,6 +299,9 @@ def train_probes(
         raise ValueError(f"labels must be 'true' or 'pseudo', got {labels!r}")
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch_size must be at least 1")
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    fused = backend == "triton" or (backend == "auto" and torch.device(device).type == "cuda" and _has_triton())
     readers = [c if isinstance(c, CacheReader) else CacheReader(c) for c in train_caches]
     if not readers:
         raise ValueError("no caches given")
@@ -288,9 +323,8 @@ def train_probes(
     m = model.num_blocks
     for epoch in range(epochs):
         for batch in _lockstep(readers, batch_size, shuffle=True, seed=seed, epoch=epoch):
-            logits = model([rows.to(device) for rows, _ in batch])  # [b, M, C]
             target = _targets(batch, readers, labels, model, device)
-            loss = probe_losses(logits, target, label_smoothing)
+            loss = model.loss([rows.to(device) for rows, _ in batch], target, label_smoothing, fused=fused)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

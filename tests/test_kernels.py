@@ -103,3 +103,38 @@ def test_fused_probe_kl_rejects_bad_input():
     with pytest.raises(ValueError, match="does not match"):
         kl_matrix_from_features([torch.randn(20, 4)], [(torch.randn(5, 3), torch.randn(5))],
                                 [torch.randn(20, 4)], [(torch.randn(5, 4), torch.randn(5))], backend="triton")
+
+
+@pytest.mark.parametrize("b,n,c,w,smoothing", [(37, 3, 10, 24, 0.0), (20, 2, 37, 70, 0.1), (9, 1, 1000, 16, 0.0)])
+def test_fused_linear_cross_entropy_matches_the_torch_twin(b, n, c, w, smoothing):
+    from klas.kernels.fused_linear_ce import linear_cross_entropy
+    from klas.probes import probe_losses
+
+    x = torch.randn(b, n, w)
+    weight = (torch.randn(n, c, w) * 0.3).requires_grad_()
+    bias = torch.randn(n, c).requires_grad_()
+    y = torch.randint(0, c, (b, n))
+    fused = linear_cross_entropy(x, weight, bias, y, smoothing)
+    (2.0 * fused).backward()  # a scaled upstream gradient must scale dW and db
+    grads = weight.grad.clone(), bias.grad.clone()
+    weight.grad = bias.grad = None
+    twin = probe_losses(torch.einsum("bnw,ncw->bnc", x, weight) + bias, y, smoothing)
+    (2.0 * twin).backward()
+    torch.testing.assert_close(fused, twin, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[0], weight.grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grads[1], bias.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_probe_training_with_the_fused_loss_equals_torch(tmp_path):
+    from helpers import feature_cache
+    from klas.probes import train_probes
+
+    for name, widths, seed in (("a", (4, 8, 4), 1), ("b", (6, 6), 2)):
+        feature_cache(tmp_path / name / "train", 200, widths, 5, seed=seed)
+    paths = [tmp_path / "a" / "train", tmp_path / "b" / "train"]
+    kw = dict(epochs=1, batch_size=64, progress=False, evaluate=False)
+    fused = train_probes(paths, backend="triton", **kw)
+    plain = train_probes(paths, backend="torch", **kw)
+    for f, p in zip(fused, plain):
+        for wf, wp in zip(f.weights, p.weights):
+            torch.testing.assert_close(wf, wp, atol=1e-4, rtol=1e-4)

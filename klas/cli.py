@@ -3,6 +3,7 @@
     klas extract --anchor SPEC [--anchor SPEC ...] --data PATH --out DIR
     klas probes --cache DIR
     klas score --cache DIR
+    klas select --scores DIR
     klas eval-anchor SPEC --data PATH [--split test] [--json]
 
 Errors in the user's input print one line saying what is wrong and exit with status 2.
@@ -116,6 +117,33 @@ def _cmd_score(args) -> int:
     return 0
 
 
+def _cmd_select(args) -> int:
+    from pathlib import Path
+
+    from klas.cache.format import write_json_atomic
+    from klas.plots import selection_scatter
+    from klas.scores import load_scores
+    from klas.select import select
+
+    scores_dir = Path(args.scores)
+    out = Path(args.out) if args.out else scores_dir.parent / "selection"
+    buckets = args.buckets if args.buckets == "auto" else int(args.buckets)
+    sel = select(load_scores(scores_dir), tau=args.tau, tau_mode=args.tau_mode, buckets=buckets,
+                 chain_rule=args.chain_rule)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "selection.json", sel.to_json())
+    png = selection_scatter(sel, out / "selection.png")
+    print(f"anchor chain ({sel.chain_rule}): {' -> '.join(sel.chain)}")
+    for pair in sel.pairs:
+        print(f"\n{pair.source} -> {pair.target}: {len(pair.selected)} of {len(pair.configs)} configurations, "
+              f"{len(pair.edges) - 1} buckets" + (f", coverage added j = {pair.uncovered_added}" if pair.uncovered_added else ""))
+        print(f"  {'i':>3} {'j':>3} {'MFLOPs':>9} {'Ω':>8} {'Σ':>8} {'Γ':>8} {'bucket':>6}")
+        for c in pair.selected:
+            print(f"  {c.i:>3} {c.j:>3} {c.flops / 1e6:>9.2f} {c.omega:>8.4f} {c.sigma:>8.4f} {c.gamma:>8.4f} {c.bucket:>6}")
+    print(f"\n{len(sel.selected)} configurations + {len(sel.anchors)} anchors; written to {out / 'selection.json'}, plot {png}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="klas", description="Choose where to stitch pretrained networks (KLAS).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-plots", action="store_true", help="skip the heatmap PNGs")
     p.set_defaults(run=_cmd_score)
+
+    p = sub.add_parser("select", help="the KLAS candidate set from the scores (anchor chain, buckets, τ, coverage)")
+    p.add_argument("--scores", required=True, help="folder written by klas score")
+    p.add_argument("--out", help="where to write selection.json and selection.png (default: beside the scores)")
+    p.add_argument("--tau", type=float, default=0.05, help="tolerance: relative (τ_b = (1 + τ)·min Γ) or absolute")
+    p.add_argument("--tau-mode", default="relative", choices=["relative", "absolute"])
+    p.add_argument("--buckets", default="auto", help="FLOPs buckets per anchor pair, or auto (coverage rule)")
+    p.add_argument("--chain-rule", default="minimax", choices=["minimax", "nearest"])
+    p.set_defaults(run=_cmd_select)
 
     p = sub.add_parser("eval-anchor", help="top-1 accuracy of one anchor on a dataset split")
     p.add_argument("spec", help="anchor spec, e.g. cifar-resnet:20 or timm:deit_tiny_patch16_224")

@@ -1,11 +1,11 @@
-"""Figures: Θ / Γ heatmaps per anchor pair. matplotlib with the Agg backend (no display needed)."""
+"""Figures: Θ / Γ heatmaps per anchor pair, the selection scatter. matplotlib with the Agg backend (no display needed)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-__all__ = ["pair_heatmap"]
+__all__ = ["pair_heatmap", "selection_scatter"]
 
 
 def pair_heatmap(theta: torch.Tensor, gamma: torch.Tensor, source: str, target: str, path: Path) -> Path:
@@ -33,6 +33,37 @@ def pair_heatmap(theta: torch.Tensor, gamma: torch.Tensor, source: str, target: 
     axes[1].plot(best[1] + 1, best[0] + 1, "r*", markersize=12, label=f"min Γ at (i={best[0] + 1}, j={best[1] + 1})")
     axes[1].legend(loc="upper left", fontsize=8)
     fig.suptitle(f"{source} → {target}")
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def selection_scatter(selection, path: Path) -> Path:
+    """FLOPs vs Γ of every configuration of every anchor pair, selected ones marked, bucket edges drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pairs = selection.pairs
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4.4), squeeze=False, constrained_layout=True)
+    for ax, pair in zip(axes[0], pairs):
+        ax.scatter([c.flops / 1e6 for c in pair.configs], [c.gamma for c in pair.configs], s=10, c="0.7",
+                   label=f"all ({len(pair.configs)})")
+        ax.scatter([c.flops / 1e6 for c in pair.selected], [c.gamma for c in pair.selected], s=28, c="C3",
+                   label=f"selected ({len(pair.selected)})")
+        for e in pair.edges:
+            ax.axvline(e / 1e6, color="0.85", lw=0.8, zorder=0)
+        ax.set_yscale("log")
+        ax.set_xlabel("MFLOPs of the stitched network")
+        ax.set_ylabel("Γ (lower is better)")
+        ax.set_title(f"{pair.source} → {pair.target}", fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{selection.method}: τ = {selection.tau} ({selection.tau_mode})")
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)

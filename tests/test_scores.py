@@ -96,3 +96,15 @@ def test_score_refuses_probes_of_another_anchor(scored, tmp_path):
     meta["anchor"] = "test:other"
     (tmp_path / "r" / "probes" / "mid.json").write_text(json.dumps(meta))
     assert main(["score", "--cache", str(tmp_path / "r"), "--no-plots"]) == 2
+
+
+def test_select_cli_writes_selection_and_plot(scored, capsys):
+    assert main(["select", "--scores", str(scored / "scores"), "--tau", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "anchor chain (minimax): small" in out
+    sel = json.loads((scored / "selection" / "selection.json").read_text())
+    assert sel["chain"][0] == "small" and sel["chain"][-1] == "big"
+    for pair in sel["pairs"]:
+        assert {c["j"] for c in pair["selected"]} == {c["j"] for c in pair["configurations"]}
+    assert (scored / "selection" / "selection.png").stat().st_size > 1000
+    assert main(["select", "--scores", str(scored / "scores"), "--tau", "-1"]) == 2

@@ -1,0 +1,227 @@
+"""Selection: the anchor chain, the stitch configurations, FLOPs buckets, τ, coverage, the set S.
+
+KLAS.md §3 and §5, from the scores of `klas score`:
+
+1. anchor chain: anchors sorted by FLOPs; among the chains from the cheapest to the costliest
+   (each hop to a costlier anchor) take the one whose largest hop Θ (between the anchors' heads)
+   is smallest; ties go to fewer hops. Rules are pluggable (`CHAIN_RULES`).
+2. for each hop (f, g): every configuration (i, j), 1 ≤ i ≤ m_f − 1, 1 ≤ j ≤ m_g − 1, whose
+   blocks have the same grid, with its FLOPs (stem_f + f_1..f_i + stitching layer + g_{j+1}..g_m +
+   head_g), Ω, Σ and Γ;
+3. the FLOPs range [FLOPs(f), FLOPs(g)] in equal-width buckets; per bucket τ_b = (1 + τ)·min Γ
+   (relative) or τ (absolute); keep Γ ≤ τ_b and the argmin;
+4. coverage: from m_g − 1 buckets, refine until every target block j is in a kept configuration
+   or a cap is reached, then add the best configuration of each block still uncovered;
+5. S = the union over hops, plus the anchors.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from klas.scores import AnchorEntry, Scores
+
+__all__ = [
+    "Config", "PairSelection", "Selection", "CHAIN_RULES", "anchor_chain", "configurations", "stitch_flops",
+    "select_pair", "select",
+]
+
+
+@dataclass(frozen=True)
+class Config:
+    """One stitch (i, j) between source f and target g (1-indexed, KLAS notation)."""
+
+    source: str
+    target: str
+    i: int
+    j: int
+    flops: int
+    omega: float
+    sigma: float
+    gamma: float
+    bucket: int = -1
+
+
+@dataclass
+class PairSelection:
+    source: str
+    target: str
+    configs: list[Config]  # every valid configuration, bucket assigned
+    selected: list[Config]
+    edges: list[float]  # bucket edges in FLOPs, len = buckets + 1
+    tau: list[float]  # threshold per bucket (nan for an empty bucket)
+    uncovered_added: list[int] = field(default_factory=list)  # target blocks added by the coverage rule
+
+
+@dataclass
+class Selection:
+    method: str
+    chain: list[str]
+    chain_rule: str
+    tau: float
+    tau_mode: str
+    pairs: list[PairSelection]
+    anchors: list[AnchorEntry]
+    last_block: dict  # {"order": [...], "theta": [[...]]}
+
+    @property
+    def selected(self) -> list[Config]:
+        return [c for p in self.pairs for c in p.selected]
+
+    def to_json(self) -> dict:
+        return {
+            "format": "klas-selection", "version": 1, "method": self.method, "chain": self.chain,
+            "chain_rule": self.chain_rule, "tau": self.tau, "tau_mode": self.tau_mode,
+            "anchors": [{"name": a.name, "spec": a.spec, "depth": a.depth, "flops": a.total_flops} for a in self.anchors],
+            "last_block": self.last_block,
+            "pairs": [{
+                "source": p.source, "target": p.target, "bucket_edges": p.edges, "tau_per_bucket": p.tau,
+                "coverage_added_blocks": p.uncovered_added,
+                "selected": [asdict(c) for c in p.selected],
+                "configurations": [asdict(c) for c in p.configs],
+            } for p in self.pairs],
+        }
+
+
+# -- anchor chain -------------------------------------------------------------------------------
+
+def _chain_minimax(theta: torch.Tensor, flops: Sequence[int]) -> list[int]:
+    """Indices (in FLOPs order) of the chain cheapest -> costliest minimising the largest hop Θ,
+    then the number of hops. theta[a, b]: Θ between heads, row = source."""
+    n = len(flops)
+    best: list[tuple[float, int, list[int]] | None] = [None] * n
+    best[0] = (0.0, 0, [0])
+    for b in range(1, n):
+        for a in range(b):
+            if best[a] is None or not flops[a] < flops[b]:
+                continue
+            cand = (max(best[a][0], float(theta[a, b])), best[a][1] + 1, best[a][2] + [b])
+            if best[b] is None or cand[:2] < best[b][:2]:
+                best[b] = cand
+    if best[-1] is None:
+        raise ValueError("no chain of strictly increasing FLOPs joins the cheapest and the costliest anchor")
+    return best[-1][2]
+
+
+def _chain_nearest(theta: torch.Tensor, flops: Sequence[int]) -> list[int]:
+    """Every anchor in FLOPs order (SN-Net's neighbouring pairs)."""
+    return list(range(len(flops)))
+
+
+CHAIN_RULES: dict[str, Callable[[torch.Tensor, Sequence[int]], list[int]]] = {
+    "minimax": _chain_minimax,
+    "nearest": _chain_nearest,
+}
+
+
+def anchor_chain(scores: Scores, rule: str = "minimax") -> list[str]:
+    """Anchor names along the chosen chain, cheapest first."""
+    if rule not in CHAIN_RULES:
+        raise ValueError(f"chain rule must be one of {sorted(CHAIN_RULES)}, got {rule!r}")
+    flops = [a.total_flops for a in scores.anchors]
+    return [scores.anchors[k].name for k in CHAIN_RULES[rule](scores.last_block(), flops)]
+
+
+# -- configurations -----------------------------------------------------------------------------
+
+def stitch_flops(width_in: int, width_out: int, grid: Sequence[int]) -> int:
+    """FLOPs of a stitching layer (Linear / 1x1 conv with bias) applied at every grid position."""
+    return (2 * width_in * width_out + width_out) * math.prod(grid)
+
+
+def configurations(scores: Scores, source: str, target: str) -> list[Config]:
+    """Every valid (i, j) for source -> target with FLOPs, Ω, Σ, Γ (equal grids only)."""
+    f, g = scores.anchor(source), scores.anchor(target)
+    for a in (f, g):
+        if not a.flops or "blocks" not in a.flops:
+            raise ValueError(f"anchor {a.name} has no FLOPs in the scores; re-run `klas extract` and `klas score`")
+    theta = scores.theta(source, target)
+    sigma = scores.sigma(target)
+    gamma = scores.gamma(source, target)
+    fb, gb = f.flops["blocks"], g.flops["blocks"]
+    out = []
+    for i in range(1, f.depth):
+        front = f.flops["stem"] + sum(fb[:i])
+        for j in range(1, g.depth):
+            if list(f.grids[i - 1]) != list(g.grids[j - 1]):
+                continue
+            total = front + stitch_flops(f.widths[i - 1], g.widths[j - 1], f.grids[i - 1]) + sum(gb[j:]) + g.flops["head"]
+            out.append(Config(source, target, i, j, int(total), float(theta[i - 1, j - 1]), float(sigma[j - 1]),
+                              float(gamma[i - 1, j - 1])))
+    if not out:
+        raise ValueError(
+            f"no valid configuration between {source} and {target}: their block grids never match "
+            f"({sorted({tuple(x) for x in f.grids})} vs {sorted({tuple(x) for x in g.grids})})"
+        )
+    return out
+
+
+# -- buckets, τ, coverage -----------------------------------------------------------------------
+
+def _bucketise(configs: list[Config], lo: float, hi: float, buckets: int) -> tuple[list[Config], list[float]]:
+    width = (hi - lo) / buckets if hi > lo else 1.0
+    edges = [lo + k * width for k in range(buckets + 1)]
+    placed = []
+    for c in configs:
+        k = int((c.flops - lo) // width) if hi > lo else 0
+        placed.append(Config(**{**asdict(c), "bucket": min(max(k, 0), buckets - 1)}))
+    return placed, edges
+
+
+def _keep(configs: list[Config], buckets: int, tau: float, tau_mode: str) -> tuple[list[Config], list[float]]:
+    kept, taus = [], []
+    for b in range(buckets):
+        members = [c for c in configs if c.bucket == b]
+        if not members:
+            taus.append(float("nan"))
+            continue
+        best = min(members, key=lambda c: (c.gamma, c.flops, c.i, c.j))
+        t = (1.0 + tau) * best.gamma if tau_mode == "relative" else tau
+        taus.append(t)
+        kept += [c for c in members if c.gamma <= t or c == best]
+    return kept, taus
+
+
+def select_pair(scores: Scores, source: str, target: str, *, tau: float = 0.05, tau_mode: str = "relative",
+                buckets: int | str = "auto", max_buckets: int | None = None) -> PairSelection:
+    """KLAS's candidate configurations for one anchor pair."""
+    if tau <= 0:
+        raise ValueError(f"tau must be positive, got {tau}")
+    if tau_mode not in ("relative", "absolute"):
+        raise ValueError(f"tau_mode must be 'relative' or 'absolute', got {tau_mode!r}")
+    f, g = scores.anchor(source), scores.anchor(target)
+    configs = configurations(scores, source, target)
+    lo, hi = float(f.total_flops), float(g.total_flops)
+    targets = {c.j for c in configs}
+    if buckets == "auto":
+        count, cap = g.depth - 1, max_buckets or 4 * (g.depth - 1)
+    else:
+        if not isinstance(buckets, int) or buckets < 1:
+            raise ValueError(f"buckets must be 'auto' or an integer >= 1, got {buckets!r}")
+        count, cap = buckets, buckets
+    while True:
+        placed, edges = _bucketise(configs, lo, hi, count)
+        kept, taus = _keep(placed, count, tau, tau_mode)
+        if targets <= {c.j for c in kept} or count >= cap:
+            break
+        count += 1
+    added = []
+    for j in sorted(targets - {c.j for c in kept}):
+        best = min((c for c in placed if c.j == j), key=lambda c: (c.gamma, c.flops, c.i))
+        kept.append(best)
+        added.append(j)
+    kept = sorted(set(kept), key=lambda c: (c.flops, c.i, c.j))
+    return PairSelection(source, target, sorted(placed, key=lambda c: (c.flops, c.i, c.j)), kept, edges, taus, added)
+
+
+def select(scores: Scores, *, tau: float = 0.05, tau_mode: str = "relative", buckets: int | str = "auto",
+           chain_rule: str = "minimax") -> Selection:
+    """KLAS selection over the anchor chain."""
+    chain = anchor_chain(scores, chain_rule)
+    pairs = [select_pair(scores, f, g, tau=tau, tau_mode=tau_mode, buckets=buckets) for f, g in zip(chain, chain[1:])]
+    order = [a.name for a in scores.anchors]
+    return Selection(method="klas", chain=chain, chain_rule=chain_rule, tau=tau, tau_mode=tau_mode, pairs=pairs,
+                     anchors=scores.anchors, last_block={"order": order, "theta": scores.last_block().tolist()})

@@ -1,0 +1,101 @@
+"""Selection on random Θ tables: the τ / argmin / coverage rules, the grid rule, the anchor chain."""
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from klas.scores import AnchorEntry, Scores
+from klas.select import _bucketise, _keep, anchor_chain, configurations, select, select_pair, stitch_flops
+
+
+def make_scores(stages_per_anchor, seed: int, widths=(16, 32, 64)) -> Scores:
+    """Anchors of 3 stages (grids 8/4/2) with n blocks per stage, random positive Θ."""
+    gen = torch.Generator().manual_seed(seed)
+    anchors, offset = [], 0
+    for a, n in enumerate(stages_per_anchor):
+        grids = [[8, 8]] * n + [[4, 4]] * n + [[2, 2]] * n
+        ws = [widths[0]] * n + [widths[1]] * n + [widths[2]] * n
+        blocks = [int(1000 * w * g[0] * g[1] / 64) for w, g in zip(ws, grids)]
+        anchors.append(AnchorEntry(name=f"a{a}", spec=f"test:a{a}", depth=3 * n, flops={"stem": 500, "blocks": blocks,
+                                   "head": 100}, widths=ws, grids=grids, offset=offset))
+        offset += 3 * n
+    theta = torch.rand(offset, offset, generator=gen) * 2 + 0.01
+    theta.fill_diagonal_(0)
+    return Scores(anchors=anchors, theta_all=theta, floor=1e-6, temperature=1.0, split="val", caches={})
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), tau=st.floats(0.01, 0.5), stages=st.lists(st.integers(1, 4), min_size=2, max_size=4, unique=True))
+def test_selection_rules_hold(seed, tau, stages):
+    stages = sorted(stages)
+    scores = make_scores(stages, seed)
+    sel = select(scores, tau=tau)
+    assert sel.chain[0] == "a0" and sel.chain[-1] == f"a{len(stages) - 1}"
+    for pair in sel.pairs:
+        g = scores.anchor(pair.target)
+        selected = set(pair.selected)
+        by_bucket = {}
+        for c in pair.configs:
+            by_bucket.setdefault(c.bucket, []).append(c)
+            f_grid = scores.anchor(pair.source).grids[c.i - 1]
+            assert f_grid == g.grids[c.j - 1]  # grid rule
+        for b, members in by_bucket.items():
+            best = min(members, key=lambda c: c.gamma)
+            assert any(c.gamma == best.gamma for c in selected if c.bucket == b)  # argmin kept
+        for c in pair.selected:
+            t = pair.tau[c.bucket]
+            assert c.gamma <= t + 1e-12 or c.gamma == min(m.gamma for m in by_bucket[c.bucket]) or \
+                c.j in pair.uncovered_added
+        assert {c.j for c in pair.selected} == {c.j for c in pair.configs}  # every target block covered
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_kept_set_does_not_depend_on_listing_order(seed):
+    scores = make_scores([2, 3], seed)
+    configs = configurations(scores, "a0", "a1")
+    shuffled = configs[:]
+    random.Random(seed).shuffle(shuffled)
+    lo, hi = scores.anchor("a0").total_flops, scores.anchor("a1").total_flops
+    a, _ = _keep(_bucketise(configs, lo, hi, 5)[0], 5, 0.05, "relative")
+    b, _ = _keep(_bucketise(shuffled, lo, hi, 5)[0], 5, 0.05, "relative")
+    assert set(a) == set(b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 6))
+def test_anchor_chain_is_the_minimax_chain(seed, n):
+    scores = make_scores([1 + k for k in range(n)], seed)
+    theta = scores.last_block()
+    best = None
+    for r in range(n - 1):
+        for middle in itertools.combinations(range(1, n - 1), r):
+            chain = [0, *middle, n - 1]
+            key = (max(float(theta[a, b]) for a, b in zip(chain, chain[1:])), len(chain))
+            best = min(best, (key, chain)) if best else (key, chain)
+    assert anchor_chain(scores) == [f"a{k}" for k in best[1]]
+
+
+def test_stitch_flops_and_config_flops():
+    assert stitch_flops(16, 32, (8, 8)) == (2 * 16 * 32 + 32) * 64
+    scores = make_scores([1, 2], 0)
+    c = next(c for c in configurations(scores, "a0", "a1") if (c.i, c.j) == (1, 2))
+    f, g = scores.anchor("a0"), scores.anchor("a1")
+    assert c.flops == 500 + f.flops["blocks"][0] + stitch_flops(16, 16, (8, 8)) + sum(g.flops["blocks"][2:]) + 100
+
+
+def test_bad_requests():
+    scores = make_scores([1, 2], 0)
+    with pytest.raises(ValueError, match="tau must be positive"):
+        select(scores, tau=0)
+    with pytest.raises(ValueError, match="buckets"):
+        select(scores, buckets=0)
+    mismatched = make_scores([1, 2], 0)
+    mismatched.anchors[1] = AnchorEntry(**{**mismatched.anchors[1].__dict__, "grids": [[7, 7]] * 6})
+    with pytest.raises(ValueError, match="grids never match"):
+        select_pair(mismatched, "a0", "a1")

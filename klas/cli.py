@@ -123,16 +123,19 @@ def _cmd_select(args) -> int:
     from klas.cache.format import write_json_atomic
     from klas.plots import selection_scatter
     from klas.scores import load_scores
-    from klas.select import select
+    from klas.select import METHODS, select_snnet_nearest
 
     scores_dir = Path(args.scores)
     out = Path(args.out) if args.out else scores_dir.parent / "selection"
     buckets = args.buckets if args.buckets == "auto" else int(args.buckets)
-    sel = select(load_scores(scores_dir), tau=args.tau, tau_mode=args.tau_mode, buckets=buckets,
-                 chain_rule=args.chain_rule)
+    scores = load_scores(scores_dir)
+    sel = METHODS[args.method](scores, tau=args.tau, tau_mode=args.tau_mode, buckets=buckets,
+                               chain_rule=args.chain_rule)
+    baseline = select_snnet_nearest(scores) if args.method == "klas" else None
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "selection.json", sel.to_json())
-    png = selection_scatter(sel, out / "selection.png")
+    stem = "selection" if args.method == "klas" else f"selection-{args.method}"
+    write_json_atomic(out / f"{stem}.json", sel.to_json())
+    png = selection_scatter(sel, out / f"{stem}.png", baseline=baseline)
     print(f"anchor chain ({sel.chain_rule}): {' -> '.join(sel.chain)}")
     for pair in sel.pairs:
         print(f"\n{pair.source} -> {pair.target}: {len(pair.selected)} of {len(pair.configs)} configurations, "
@@ -140,7 +143,8 @@ def _cmd_select(args) -> int:
         print(f"  {'i':>3} {'j':>3} {'MFLOPs':>9} {'Ω':>8} {'Σ':>8} {'Γ':>8} {'bucket':>6}")
         for c in pair.selected:
             print(f"  {c.i:>3} {c.j:>3} {c.flops / 1e6:>9.2f} {c.omega:>8.4f} {c.sigma:>8.4f} {c.gamma:>8.4f} {c.bucket:>6}")
-    print(f"\n{len(sel.selected)} configurations + {len(sel.anchors)} anchors; written to {out / 'selection.json'}, plot {png}")
+    print(f"\n{len(sel.selected)} configurations + {len(sel.anchors)} anchors; written to {out / (stem + '.json')}, "
+          f"plot {png}")
     return 0
 
 
@@ -194,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau-mode", default="relative", choices=["relative", "absolute"])
     p.add_argument("--buckets", default="auto", help="FLOPs buckets per anchor pair, or auto (coverage rule)")
     p.add_argument("--chain-rule", default="minimax", choices=["minimax", "nearest"])
+    p.add_argument("--method", default="klas", choices=["klas", "snnet-nearest"],
+                   help="klas, or SN-Net's nearest stitching (neighbouring anchors, fixed configurations)")
     p.set_defaults(run=_cmd_select)
 
     p = sub.add_parser("eval-anchor", help="top-1 accuracy of one anchor on a dataset split")

@@ -40,8 +40,9 @@ def pair_heatmap(theta: torch.Tensor, gamma: torch.Tensor, source: str, target: 
     return path
 
 
-def selection_scatter(selection, path: Path) -> Path:
-    """FLOPs vs Γ of every configuration of every anchor pair, selected ones marked, bucket edges drawn."""
+def selection_scatter(selection, path: Path, baseline=None) -> Path:
+    """FLOPs vs Γ of every configuration of every anchor pair, selected ones marked, bucket edges drawn;
+    a baseline selection's configurations on the same anchor pairs are drawn as open squares."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,6 +57,12 @@ def selection_scatter(selection, path: Path) -> Path:
                    label=f"all ({len(pair.configs)})")
         ax.scatter([c.flops / 1e6 for c in pair.selected], [c.gamma for c in pair.selected], s=28, c="C3",
                    label=f"selected ({len(pair.selected)})")
+        if baseline is not None:
+            other = [c for p in baseline.pairs if (p.source, p.target) == (pair.source, pair.target)
+                     for c in p.selected if c.gamma == c.gamma]  # NaN Γ (j = 0) cannot be placed
+            if other:
+                ax.scatter([c.flops / 1e6 for c in other], [c.gamma for c in other], s=60, facecolors="none",
+                           edgecolors="C0", label=f"{baseline.method} ({len(other)})")
         for e in pair.edges:
             ax.axvline(e / 1e6, color="0.85", lw=0.8, zorder=0)
         ax.set_yscale("log")

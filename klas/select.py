@@ -25,8 +25,8 @@ import torch
 from klas.scores import AnchorEntry, Scores
 
 __all__ = [
-    "Config", "PairSelection", "Selection", "CHAIN_RULES", "anchor_chain", "configurations", "stitch_flops",
-    "select_pair", "select",
+    "Config", "PairSelection", "Selection", "CHAIN_RULES", "METHODS", "anchor_chain", "configurations",
+    "stitch_flops", "select_pair", "select", "snnet_nearest_pairs", "select_snnet_nearest",
 ]
 
 
@@ -166,7 +166,7 @@ def _bucketise(configs: list[Config], lo: float, hi: float, buckets: int) -> tup
     edges = [lo + k * width for k in range(buckets + 1)]
     placed = []
     for c in configs:
-        k = int((c.flops - lo) // width) if hi > lo else 0
+        k = int((c.flops - lo) // width) if hi > lo else 0  # outside [lo, hi]: the end buckets
         placed.append(Config(**{**asdict(c), "bucket": min(max(k, 0), buckets - 1)}))
     return placed, edges
 
@@ -225,3 +225,83 @@ def select(scores: Scores, *, tau: float = 0.05, tau_mode: str = "relative", buc
     order = [a.name for a in scores.anchors]
     return Selection(method="klas", chain=chain, chain_rule=chain_rule, tau=tau, tau_mode=tau_mode, pairs=pairs,
                      anchors=scores.anchors, last_block={"order": order, "theta": scores.last_block().tolist()})
+
+
+# -- SN-Net nearest stitching (baseline) --------------------------------------------------------
+
+def _stages(grids: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """(first block, block count) of each run of equal grids, 0-indexed."""
+    runs = []
+    for k, g in enumerate(grids):
+        if runs and list(grids[runs[-1][0]]) == list(g):
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((k, 1))
+    return runs
+
+
+def _nearest_pairs(d_f: int, d_g: int, *, hierarchical: bool) -> list[tuple[int, int]]:
+    """SN-Net's 0-indexed (a, b) within one stage (or one plain ViT): paired for equal depths,
+    unpaired (nearest-neighbour interpolation of the front's blocks) otherwise."""
+    if d_f == d_g:
+        pairs = [(a, b) for a in range(d_f) for b in range(d_g) if abs(a - b) <= 1]
+        if hierarchical:
+            pairs = [(a, b) for a, b in pairs if a < b]
+    else:
+        e = torch.nn.functional.interpolate(torch.arange(d_f, dtype=torch.float32)[None, None], size=d_g)[0, 0]
+        pairs = [(int(e[k]), k) for k in range(d_g) if int(e[k]) < k]
+    if hierarchical:
+        pairs = [(a, b) for a, b in pairs if b != 0]
+    return pairs
+
+
+def snnet_nearest_pairs(f: AnchorEntry, g: AnchorEntry) -> list[tuple[int, int]]:
+    """SN-Net's configurations for front f and end g as KLAS (i, j) = (a + 1, b), global indices.
+
+    Plain models (one grid): the rules over all blocks. Hierarchical models (several grids): the
+    rules within each stage, indices local to it; f and g need the same number of stages.
+    """
+    sf, sg = _stages(f.grids), _stages(g.grids)
+    hierarchical = len(sf) > 1 or len(sg) > 1
+    if len(sf) != len(sg):
+        raise ValueError(f"{f.name} has {len(sf)} stages and {g.name} {len(sg)}: SN-Net stitches stage to stage")
+    out = []
+    for (of, df), (og, dg) in zip(sf, sg):
+        out += [(of + a + 1, og + b) for a, b in _nearest_pairs(df, dg, hierarchical=hierarchical)]
+    return out
+
+
+def select_snnet_nearest(scores: Scores) -> Selection:
+    """The SN-Net baseline: neighbouring anchors (by FLOPs), SN-Net's fixed configurations.
+
+    Configurations with j = 0 (the end anchor runs all its blocks) lie outside KLAS's scores: their
+    Ω, Σ and Γ are NaN, their FLOPs are exact."""
+    chain = anchor_chain(scores, "nearest")
+    pairs = []
+    for source, target in zip(chain, chain[1:]):
+        f, g = scores.anchor(source), scores.anchor(target)
+        scored = {(c.i, c.j): c for c in configurations(scores, source, target)}
+        chosen = []
+        for i, j in snnet_nearest_pairs(f, g):
+            if (i, j) in scored:
+                chosen.append(scored[(i, j)])
+                continue
+            front = f.flops["stem"] + sum(f.flops["blocks"][:i])
+            grid = f.grids[i - 1]
+            width_out = g.widths[j - 1] if j > 0 else g.widths[0]
+            total = front + stitch_flops(f.widths[i - 1], width_out, grid) + sum(g.flops["blocks"][j:]) + g.flops["head"]
+            nan = float("nan")
+            chosen.append(Config(source, target, i, j, int(total), nan, nan, nan))
+        chosen.sort(key=lambda c: (c.flops, c.i, c.j))
+        pairs.append(PairSelection(source, target, sorted(scored.values(), key=lambda c: (c.flops, c.i, c.j)),
+                                   chosen, [float(f.total_flops), float(g.total_flops)], [float("nan")]))
+    order = [a.name for a in scores.anchors]
+    return Selection(method="snnet-nearest", chain=chain, chain_rule="nearest", tau=float("nan"), tau_mode="none",
+                     pairs=pairs, anchors=scores.anchors,
+                     last_block={"order": order, "theta": scores.last_block().tolist()})
+
+
+METHODS = {
+    "klas": select,
+    "snnet-nearest": lambda scores, **_: select_snnet_nearest(scores),
+}

@@ -108,3 +108,9 @@ def test_select_cli_writes_selection_and_plot(scored, capsys):
         assert {c["j"] for c in pair["selected"]} == {c["j"] for c in pair["configurations"]}
     assert (scored / "selection" / "selection.png").stat().st_size > 1000
     assert main(["select", "--scores", str(scored / "scores"), "--tau", "-1"]) == 2
+
+
+def test_select_cli_snnet_baseline(scored):
+    assert main(["select", "--scores", str(scored / "scores"), "--method", "snnet-nearest"]) == 0
+    sel = json.loads((scored / "selection" / "selection-snnet-nearest.json").read_text())
+    assert sel["method"] == "snnet-nearest" and sel["chain"] == ["small", "mid", "big"]

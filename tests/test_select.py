@@ -99,3 +99,47 @@ def test_bad_requests():
     mismatched.anchors[1] = AnchorEntry(**{**mismatched.anchors[1].__dict__, "grids": [[7, 7]] * 6})
     with pytest.raises(ValueError, match="grids never match"):
         select_pair(mismatched, "a0", "a1")
+
+
+def _entry(name, grids, widths=None):
+    widths = widths or [8] * len(grids)
+    return AnchorEntry(name=name, spec=name, depth=len(grids), flops={"stem": 1, "blocks": [1] * len(grids), "head": 1},
+                       widths=widths, grids=grids, offset=0)
+
+
+def test_snnet_paired_plain_vit():
+    from klas.select import snnet_nearest_pairs
+
+    f = _entry("f", [[197]] * 4)
+    g = _entry("g", [[197]] * 4)
+    # every (a, b) with |a - b| <= 1, as (i, j) = (a + 1, b), b = 0 kept for plain models
+    want = {(a + 1, b) for a in range(4) for b in range(4) if abs(a - b) <= 1}
+    assert set(snnet_nearest_pairs(f, g)) == want
+
+
+def test_snnet_unpaired_uses_nearest_interpolation():
+    from klas.select import snnet_nearest_pairs
+
+    f = _entry("f", [[197]] * 2)
+    g = _entry("g", [[197]] * 4)
+    # nearest interpolation of [0, 1] to length 4 is [0, 0, 1, 1]: keep (e[k], k) with e[k] < k
+    assert snnet_nearest_pairs(f, g) == [(1, 1), (2, 2), (2, 3)]
+
+
+def test_snnet_hierarchical_works_per_stage_and_drops_b0():
+    from klas.select import snnet_nearest_pairs
+
+    f = _entry("f", [[8, 8]] * 3 + [[4, 4]] * 3)
+    g = _entry("g", [[8, 8]] * 3 + [[4, 4]] * 3)
+    # paired within a stage keeps a < b only: (0,1), (1,2) per stage; stage 2 offsets by 3
+    assert snnet_nearest_pairs(f, g) == [(1, 1), (2, 2), (4, 4), (5, 5)]
+
+
+def test_snnet_selection_runs_on_scores():
+    from klas.select import select_snnet_nearest
+
+    scores = make_scores([1, 2, 3], 0)
+    sel = select_snnet_nearest(scores)
+    assert sel.chain == ["a0", "a1", "a2"] and len(sel.pairs) == 2
+    for pair in sel.pairs:
+        assert pair.selected and all(c.flops > 0 for c in pair.selected)

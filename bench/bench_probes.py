@@ -8,7 +8,7 @@ anchors of 9/15/21/27 blocks, widths 16/32/64, 10 classes, fp16, --rows rows) ar
 - joint: klas.train_probes, one pass over every anchor's cache per epoch, all probes at once;
 - naive: for every block of every anchor its own nn.Linear + AdamW loop over a full pass of its
   anchor's cache (reading its own columns), i.e. one pass per probe.
-Same batch size, optimizer and learning rate; one epoch each, best of two runs. Appended to
+Same batch size, optimizer and learning rate; one epoch each, best of three runs. Appended to
 bench/RESULTS.md.
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ def main():
             what = f"synthetic caches, {args.rows} rows"
         blocks = sum(len(CacheReader(p).manifest.block_entries) for p in paths)
         rows = CacheReader(paths[0]).num_samples
-        def best_of(fn, repeats=2):
+        def best_of(fn, repeats=3):
             times = []
             for _ in range(repeats):
                 t = time.perf_counter()
@@ -96,7 +96,7 @@ def main():
                                              progress=False, evaluate=False))
         naive = best_of(lambda: naive_epoch(paths, args.batch_size, args.lr))
     lines = [f"{len(paths)} anchors, {blocks} probes, {rows} rows per cache ({what}); batch {args.batch_size}, "
-             "AdamW; one epoch each, best of 2.", "",
+             "AdamW; one epoch each, best of 3.", "",
              "| peer | epoch s | vs naive |", "|---|---:|---:|",
              f"| naive: one loop per probe | {naive:.2f} | 1.0x |",
              f"| joint: klas.train_probes | {joint:.2f} | {naive / joint:.1f}x |", "",

@@ -3,7 +3,9 @@
     klas extract --anchor SPEC [--anchor SPEC ...] --data PATH --out DIR
     klas probes --cache DIR
     klas score --cache DIR
-    klas select --scores DIR
+    klas select --scores DIR [--method klas|snnet-nearest]
+    klas export --selection FILE [--format snnet|csv]
+    klas import-snnet FILE --scores DIR
     klas eval-anchor SPEC --data PATH [--split test] [--json]
 
 Errors in the user's input print one line saying what is wrong and exit with status 2.
@@ -136,6 +138,13 @@ def _cmd_select(args) -> int:
     stem = "selection" if args.method == "klas" else f"selection-{args.method}"
     write_json_atomic(out / f"{stem}.json", sel.to_json())
     png = selection_scatter(sel, out / f"{stem}.png", baseline=baseline)
+    _print_selection(sel)
+    print(f"\n{len(sel.selected)} configurations + {len(sel.anchors)} anchors; written to {out / (stem + '.json')}, "
+          f"plot {png}")
+    return 0
+
+
+def _print_selection(sel) -> None:
     print(f"anchor chain ({sel.chain_rule}): {' -> '.join(sel.chain)}")
     for pair in sel.pairs:
         print(f"\n{pair.source} -> {pair.target}: {len(pair.selected)} of {len(pair.configs)} configurations, "
@@ -143,8 +152,52 @@ def _cmd_select(args) -> int:
         print(f"  {'i':>3} {'j':>3} {'MFLOPs':>9} {'Ω':>8} {'Σ':>8} {'Γ':>8} {'bucket':>6}")
         for c in pair.selected:
             print(f"  {c.i:>3} {c.j:>3} {c.flops / 1e6:>9.2f} {c.omega:>8.4f} {c.sigma:>8.4f} {c.gamma:>8.4f} {c.bucket:>6}")
-    print(f"\n{len(sel.selected)} configurations + {len(sel.anchors)} anchors; written to {out / (stem + '.json')}, "
-          f"plot {png}")
+
+
+def _cmd_export(args) -> int:
+    import json
+    from pathlib import Path
+
+    from klas.cache.format import write_json_atomic
+    from klas.errors import KlasError
+    from klas.export import to_snnet, write_csv
+
+    path = Path(args.selection)
+    try:
+        selection = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise KlasError(f"cannot read the selection {path} ({e}); run `klas select` first") from None
+    if selection.get("format") != "klas-selection":
+        raise KlasError(f"{path} is not a klas selection.json")
+    suffix = {"snnet": ".snnet.json", "csv": ".csv"}[args.format]
+    out = Path(args.out) if args.out else path.with_suffix(suffix)
+    if args.format == "snnet":
+        write_json_atomic(out, to_snnet(selection))
+    else:
+        write_csv(selection, out)
+    print(f"{args.format} export written to {out}")
+    return 0
+
+
+def _cmd_import_snnet(args) -> int:
+    import json
+    from pathlib import Path
+
+    from klas.cache.format import write_json_atomic
+    from klas.errors import KlasError
+    from klas.export import from_snnet
+    from klas.scores import load_scores
+
+    try:
+        snnet = json.loads(Path(args.config).read_text())
+    except (OSError, ValueError) as e:
+        raise KlasError(f"cannot read {args.config} ({e})") from None
+    sel = from_snnet(snnet, load_scores(args.scores))
+    out = Path(args.out) if args.out else Path(args.scores).parent / "selection"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "selection-imported.json", sel.to_json())
+    _print_selection(sel)
+    print(f"\nscored with our Θ; written to {out / 'selection-imported.json'}")
     return 0
 
 
@@ -201,6 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="klas", choices=["klas", "snnet-nearest"],
                    help="klas, or SN-Net's nearest stitching (neighbouring anchors, fixed configurations)")
     p.set_defaults(run=_cmd_select)
+
+    p = sub.add_parser("export", help="write a selection in SN-Net's configuration form or as CSV")
+    p.add_argument("--selection", required=True, help="selection.json written by klas select")
+    p.add_argument("--format", default="snnet", choices=["snnet", "csv"])
+    p.add_argument("--out", help="output file (default: beside the selection)")
+    p.set_defaults(run=_cmd_export)
+
+    p = sub.add_parser("import-snnet", help="score an SN-Net configuration file with our Θ")
+    p.add_argument("config", help="an SN-Net configuration JSON (as klas export --format snnet writes)")
+    p.add_argument("--scores", required=True, help="folder written by klas score")
+    p.add_argument("--out", help="where to write selection-imported.json (default: beside the scores)")
+    p.set_defaults(run=_cmd_import_snnet)
 
     p = sub.add_parser("eval-anchor", help="top-1 accuracy of one anchor on a dataset split")
     p.add_argument("spec", help="anchor spec, e.g. cifar-resnet:20 or timm:deit_tiny_patch16_224")

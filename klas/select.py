@@ -26,7 +26,8 @@ from klas.scores import AnchorEntry, Scores
 
 __all__ = [
     "Config", "PairSelection", "Selection", "CHAIN_RULES", "METHODS", "anchor_chain", "configurations",
-    "stitch_flops", "select_pair", "select", "snnet_nearest_pairs", "select_snnet_nearest",
+    "stitch_flops", "config_flops", "unscored_config", "select_pair", "select", "snnet_nearest_pairs",
+    "select_snnet_nearest",
 ]
 
 
@@ -132,6 +133,20 @@ def stitch_flops(width_in: int, width_out: int, grid: Sequence[int]) -> int:
     return (2 * width_in * width_out + width_out) * math.prod(grid)
 
 
+def config_flops(f: AnchorEntry, g: AnchorEntry, i: int, j: int) -> int:
+    """FLOPs of the network stem_f + f_1..f_i + stitching layer + g_{j+1}..g_m + head_g (j = 0:
+    the whole of g after the stitch, whose output width is then g's first block's input width)."""
+    width_out = g.widths[j - 1] if j > 0 else g.widths[0]
+    return int(f.flops["stem"] + sum(f.flops["blocks"][:i]) + stitch_flops(f.widths[i - 1], width_out, f.grids[i - 1])
+               + sum(g.flops["blocks"][j:]) + g.flops["head"])
+
+
+def unscored_config(f: AnchorEntry, g: AnchorEntry, i: int, j: int) -> Config:
+    """A configuration outside KLAS's scores (j = 0): exact FLOPs, NaN Ω, Σ, Γ."""
+    nan = float("nan")
+    return Config(f.name, g.name, i, j, config_flops(f, g, i, j), nan, nan, nan)
+
+
 def configurations(scores: Scores, source: str, target: str) -> list[Config]:
     """Every valid (i, j) for source -> target with FLOPs, Ω, Σ, Γ (equal grids only)."""
     f, g = scores.anchor(source), scores.anchor(target)
@@ -141,16 +156,13 @@ def configurations(scores: Scores, source: str, target: str) -> list[Config]:
     theta = scores.theta(source, target)
     sigma = scores.sigma(target)
     gamma = scores.gamma(source, target)
-    fb, gb = f.flops["blocks"], g.flops["blocks"]
     out = []
     for i in range(1, f.depth):
-        front = f.flops["stem"] + sum(fb[:i])
         for j in range(1, g.depth):
             if list(f.grids[i - 1]) != list(g.grids[j - 1]):
                 continue
-            total = front + stitch_flops(f.widths[i - 1], g.widths[j - 1], f.grids[i - 1]) + sum(gb[j:]) + g.flops["head"]
-            out.append(Config(source, target, i, j, int(total), float(theta[i - 1, j - 1]), float(sigma[j - 1]),
-                              float(gamma[i - 1, j - 1])))
+            out.append(Config(source, target, i, j, config_flops(f, g, i, j), float(theta[i - 1, j - 1]),
+                              float(sigma[j - 1]), float(gamma[i - 1, j - 1])))
     if not out:
         raise ValueError(
             f"no valid configuration between {source} and {target}: their block grids never match "
@@ -281,18 +293,8 @@ def select_snnet_nearest(scores: Scores) -> Selection:
     for source, target in zip(chain, chain[1:]):
         f, g = scores.anchor(source), scores.anchor(target)
         scored = {(c.i, c.j): c for c in configurations(scores, source, target)}
-        chosen = []
-        for i, j in snnet_nearest_pairs(f, g):
-            if (i, j) in scored:
-                chosen.append(scored[(i, j)])
-                continue
-            front = f.flops["stem"] + sum(f.flops["blocks"][:i])
-            grid = f.grids[i - 1]
-            width_out = g.widths[j - 1] if j > 0 else g.widths[0]
-            total = front + stitch_flops(f.widths[i - 1], width_out, grid) + sum(g.flops["blocks"][j:]) + g.flops["head"]
-            nan = float("nan")
-            chosen.append(Config(source, target, i, j, int(total), nan, nan, nan))
-        chosen.sort(key=lambda c: (c.flops, c.i, c.j))
+        chosen = sorted((scored.get((i, j)) or unscored_config(f, g, i, j) for i, j in snnet_nearest_pairs(f, g)),
+                        key=lambda c: (c.flops, c.i, c.j))
         pairs.append(PairSelection(source, target, sorted(scored.values(), key=lambda c: (c.flops, c.i, c.j)),
                                    chosen, [float(f.total_flops), float(g.total_flops)], [float("nan")]))
     order = [a.name for a in scores.anchors]

@@ -114,3 +114,35 @@ def test_select_cli_snnet_baseline(scored):
     assert main(["select", "--scores", str(scored / "scores"), "--method", "snnet-nearest"]) == 0
     sel = json.loads((scored / "selection" / "selection-snnet-nearest.json").read_text())
     assert sel["method"] == "snnet-nearest" and sel["chain"] == ["small", "mid", "big"]
+
+
+def test_export_snnet_and_csv_and_import_round_trip(scored, tmp_path):
+    import csv
+
+    assert main(["select", "--scores", str(scored / "scores")]) == 0
+    selection = scored / "selection" / "selection.json"
+    assert main(["export", "--selection", str(selection), "--format", "snnet", "--out", str(tmp_path / "s.json")]) == 0
+    assert main(["export", "--selection", str(selection), "--format", "csv", "--out", str(tmp_path / "s.csv")]) == 0
+    sel = json.loads(selection.read_text())
+    snnet = json.loads((tmp_path / "s.json").read_text())
+    assert snnet["anchors"] == [a["spec"] for a in sel["anchors"]]
+    for pair, entry in zip(sel["pairs"], snnet["stitch_configs"]):
+        assert entry["configs"] == [[c["i"] - 1, c["j"]] for c in pair["selected"]]  # (a, b) = (i - 1, j)
+    rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert len(rows) == sum(len(p["selected"]) for p in sel["pairs"])
+    # the reverse import scores the same configurations with the same Γ
+    assert main(["import-snnet", str(tmp_path / "s.json"), "--scores", str(scored / "scores"),
+                 "--out", str(tmp_path)]) == 0
+    imported = json.loads((tmp_path / "selection-imported.json").read_text())
+    for p, q in zip(sel["pairs"], imported["pairs"]):
+        assert [(c["i"], c["j"], c["gamma"]) for c in p["selected"]] == \
+            sorted([(c["i"], c["j"], c["gamma"]) for c in q["selected"]], key=lambda t: [
+                (c["i"], c["j"]) for c in p["selected"]].index(t[:2]))
+
+
+def test_import_rejects_configurations_outside_the_anchors(scored, tmp_path):
+    bad = {"format": "snnet-stitch-configs", "version": 1, "anchors": ["test:small", "test:big"],
+           "stitch_configs": [{"front": 0, "end": 1, "configs": [[40, 2]]}]}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    assert main(["import-snnet", str(tmp_path / "bad.json"), "--scores", str(scored / "scores"),
+                 "--out", str(tmp_path)]) == 2

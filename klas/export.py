@@ -1,0 +1,87 @@
+"""Exchange formats for selections: SN-Net's configuration form, a flat CSV, and the reverse import.
+
+SN-Net form (JSON, written by `to_snnet`, read by `from_snnet`)::
+
+    {"format": "snnet-stitch-configs", "version": 1,
+     "anchors": ["cifar-resnet:20", ...],                      # anchor specs, cheapest first
+     "stitch_configs": [{"front": 0, "end": 2,                 # indices into "anchors"
+                         "configs": [[a, b], ...]}]}           # 0-indexed: front blocks 0..a, end blocks b..m-1
+
+A KLAS configuration (i, j) (1-indexed) is SN-Net's (a, b) = (i − 1, j).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+from klas.scores import Scores
+from klas.select import PairSelection, Selection, configurations, unscored_config
+
+__all__ = ["to_snnet", "write_csv", "from_snnet", "SNNET_FORMAT"]
+
+SNNET_FORMAT = "snnet-stitch-configs"
+
+
+def to_snnet(selection: dict) -> dict:
+    """SN-Net's form of a selection.json document."""
+    specs = [a["spec"] for a in selection["anchors"]]
+    index = {a["name"]: k for k, a in enumerate(selection["anchors"])}
+    return {
+        "format": SNNET_FORMAT, "version": 1, "anchors": specs, "method": selection["method"],
+        "stitch_configs": [{
+            "front": index[p["source"]], "end": index[p["target"]],
+            "configs": [[c["i"] - 1, c["j"]] for c in p["selected"]],
+        } for p in selection["pairs"]],
+    }
+
+
+def write_csv(selection: dict, path: str | os.PathLike) -> Path:
+    """One row per selected configuration: anchor pair, i, j (KLAS), a, b (SN-Net), FLOPs, Ω, Σ, Γ, bucket."""
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["source", "target", "i", "j", "snnet_a", "snnet_b", "flops", "omega", "sigma", "gamma", "bucket"])
+        for p in selection["pairs"]:
+            for c in p["selected"]:
+                w.writerow([p["source"], p["target"], c["i"], c["j"], c["i"] - 1, c["j"], c["flops"],
+                            c["omega"], c["sigma"], c["gamma"], c["bucket"]])
+    return path
+
+
+def from_snnet(snnet: dict, scores: Scores) -> Selection:
+    """Scores someone else's SN-Net candidate set with our Θ: a Selection of method "imported".
+
+    Anchors are matched by spec; configurations with b = 0 (outside KLAS's scores) keep NaN Ω, Σ, Γ.
+    """
+    if not isinstance(snnet, dict) or snnet.get("format") != SNNET_FORMAT:
+        raise ValueError(f"not an SN-Net configuration file (expected format {SNNET_FORMAT!r})")
+    by_spec = {a.spec: a for a in scores.anchors}
+    missing = [s for s in snnet["anchors"] if s not in by_spec]
+    if missing:
+        raise ValueError(f"the scores have no anchor(s) {missing}; score those anchors first")
+    pairs = []
+    for entry in snnet["stitch_configs"]:
+        f = by_spec[snnet["anchors"][entry["front"]]]
+        g = by_spec[snnet["anchors"][entry["end"]]]
+        scored = {(c.i, c.j): c for c in configurations(scores, f.name, g.name)}
+        chosen = []
+        for a, b in entry["configs"]:
+            i, j = int(a) + 1, int(b)
+            if not (1 <= i <= f.depth - 1 and 0 <= j <= g.depth - 1):
+                raise ValueError(f"configuration (a={a}, b={b}) is outside {f.name} -> {g.name}")
+            if j > 0 and (i, j) not in scored:
+                raise ValueError(f"configuration (a={a}, b={b}) joins different grids {f.grids[i - 1]} and {g.grids[j - 1]}")
+            chosen.append(scored.get((i, j)) or unscored_config(f, g, i, j))
+        pairs.append(PairSelection(f.name, g.name, sorted(scored.values(), key=lambda c: (c.flops, c.i, c.j)),
+                                   sorted(chosen, key=lambda c: (c.flops, c.i, c.j)),
+                                   [float(f.total_flops), float(g.total_flops)], [math.nan]))
+    chain = []
+    for p in pairs:
+        for name in (p.source, p.target):
+            if name not in chain:
+                chain.append(name)
+    return Selection(method="imported", chain=chain, chain_rule="imported", tau=math.nan, tau_mode="none", pairs=pairs,
+                     anchors=scores.anchors,
+                     last_block={"order": [a.name for a in scores.anchors], "theta": scores.last_block().tolist()})

@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from klas.kernels.kl_matrix import online_softmax_step
+
 __all__ = ["ProbePack", "probe_kl_partial"]
 
 
@@ -69,12 +71,7 @@ def _probe_row_stats_kernel(
         z = (z + tl.load(b_ptr + k * C + offs_c, mask=mask_c, other=0.0)[None, :]) * inv_t
         mask = mask_n[:, None] & mask_c[None, :]
         z = tl.where(mask, z, float("-inf"))
-        m_new = tl.where(mask_n, tl.maximum(m, tl.max(z, axis=1)), 0.0)
-        alpha = tl.exp(m - m_new)
-        e = tl.where(mask, tl.exp(z - m_new[:, None]), 0.0)
-        s = s * alpha + tl.sum(e, axis=1)
-        t = t * alpha + tl.sum(e * tl.where(mask, z, 0.0), axis=1)
-        m = m_new
+        m, s, t = online_softmax_step(m, s, t, z, mask, mask_n)
     s = tl.where(mask_n, s, 1.0)
     lse = m + tl.log(s)
     tl.store(lse_ptr + k * n + offs_n, lse, mask=mask_n)

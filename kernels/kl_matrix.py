@@ -31,6 +31,18 @@ __all__ = ["kl_partial_sums", "kl_matrix_triton"]
 
 
 @triton.jit
+def online_softmax_step(m, s, t, z, mask, mask_n):
+    """Folds one tile of classes z ``[rows, classes]`` into each row's running max m, Σ exp(z − m) s
+    and Σ exp(z − m)·z t; rows outside mask_n stay finite."""
+    m_new = tl.where(mask_n, tl.maximum(m, tl.max(z, axis=1)), 0.0)
+    alpha = tl.exp(m - m_new)
+    e = tl.where(mask, tl.exp(z - m_new[:, None]), 0.0)
+    s = s * alpha + tl.sum(e, axis=1)
+    t = t * alpha + tl.sum(e * tl.where(mask, z, 0.0), axis=1)
+    return m_new, s, t
+
+
+@triton.jit
 def _row_stats_kernel(
     z_ptr,  # [K, N, C] logits, any float dtype, contiguous
     lse_ptr,  # [K, N] fp32 out: log-sum-exp of z/T over classes
@@ -49,13 +61,7 @@ def _row_stats_kernel(
         offs_c = c0 + tl.arange(0, BLOCK_C)
         mask = mask_n[:, None] & (offs_c < C)[None, :]
         z = tl.load(row + offs_c[None, :], mask=mask, other=float("-inf")).to(tl.float32) * inv_t
-        m_new = tl.maximum(m, tl.max(z, axis=1))
-        m_new = tl.where(mask_n, m_new, 0.0)  # rows past N: keep the arithmetic finite
-        alpha = tl.exp(m - m_new)
-        e = tl.where(mask, tl.exp(z - m_new[:, None]), 0.0)
-        s = s * alpha + tl.sum(e, axis=1)
-        t = t * alpha + tl.sum(e * tl.where(mask, z, 0.0), axis=1)
-        m = m_new
+        m, s, t = online_softmax_step(m, s, t, z, mask, mask_n)
     s = tl.where(mask_n, s, 1.0)
     lse = m + tl.log(s)
     tl.store(lse_ptr + k * N + offs_n, lse, mask=mask_n)

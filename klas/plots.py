@@ -8,6 +8,17 @@ import torch
 __all__ = ["pair_heatmap", "selection_scatter"]
 
 
+def _save(fig, path: Path) -> Path:
+    """Writes the figure under a temporary name, then renames it over `path` (no half-written PNG)."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def pair_heatmap(theta: torch.Tensor, gamma: torch.Tensor, source: str, target: str, path: Path) -> Path:
     """Θ(P^f_i ‖ P^g_j) ``[m_f, m_g]`` and Γ ``[m_f − 1, m_g − 1]`` side by side, 1-indexed axes."""
     import matplotlib
@@ -33,11 +44,7 @@ def pair_heatmap(theta: torch.Tensor, gamma: torch.Tensor, source: str, target: 
     axes[1].plot(best[1] + 1, best[0] + 1, "r*", markersize=12, label=f"min Γ at (i={best[0] + 1}, j={best[1] + 1})")
     axes[1].legend(loc="upper left", fontsize=8)
     fig.suptitle(f"{source} → {target}")
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
 
 
 def selection_scatter(selection, path: Path, baseline=None) -> Path:
@@ -71,8 +78,4 @@ def selection_scatter(selection, path: Path, baseline=None) -> Path:
         ax.set_title(f"{pair.source} → {pair.target}", fontsize=10)
         ax.legend(fontsize=8)
     fig.suptitle(f"{selection.method}: τ = {selection.tau} ({selection.tau_mode})")
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)

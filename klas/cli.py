@@ -3,7 +3,7 @@
     klas extract --anchor SPEC [--anchor SPEC ...] --data PATH --out DIR
     klas probes --cache DIR
     klas score --cache DIR
-    klas select --scores DIR [--method klas|snnet-nearest]
+    klas select --scores DIR [--method klas|snnet-nearest|cka|mse|ce|dm|random]
     klas export --selection FILE [--format snnet|csv]
     klas import-snnet FILE --scores DIR
     klas eval-anchor SPEC --data PATH [--split test] [--json]
@@ -125,14 +125,23 @@ def _cmd_select(args) -> int:
     from klas.cache.format import write_json_atomic
     from klas.plots import selection_scatter
     from klas.scores import load_scores
-    from klas.select import METHODS, select_snnet_nearest
+    from klas.select import METHODS, METRIC_METHODS, select, select_snnet_nearest
 
     scores_dir = Path(args.scores)
     out = Path(args.out) if args.out else scores_dir.parent / "selection"
     buckets = args.buckets if args.buckets == "auto" else int(args.buckets)
     scores = load_scores(scores_dir)
-    sel = METHODS[args.method](scores, tau=args.tau, tau_mode=args.tau_mode, buckets=buckets,
-                               chain_rule=args.chain_rule)
+    options = dict(tau=args.tau, tau_mode=args.tau_mode, buckets=buckets, chain_rule=args.chain_rule)
+    if args.method in METRIC_METHODS:
+        from klas.errors import KlasError
+        from klas.metric_tables import metric_numerators
+
+        if not args.cache:
+            raise KlasError(f"--method {args.method} reads the pooled features: give --cache (the extraction output)")
+        sel = select(scores, numerators=metric_numerators(scores, args.method, args.cache, args.probes),
+                     method=args.method, **options)
+    else:
+        sel = METHODS[args.method](scores, **options)
     baseline = select_snnet_nearest(scores) if args.method == "klas" else None
     out.mkdir(parents=True, exist_ok=True)
     stem = "selection" if args.method == "klas" else f"selection-{args.method}"
@@ -251,8 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau-mode", default="relative", choices=["relative", "absolute"])
     p.add_argument("--buckets", default="auto", help="FLOPs buckets per anchor pair, or auto (coverage rule)")
     p.add_argument("--chain-rule", default="minimax", choices=["minimax", "nearest"])
-    p.add_argument("--method", default="klas", choices=["klas", "snnet-nearest"],
-                   help="klas, or SN-Net's nearest stitching (neighbouring anchors, fixed configurations)")
+    p.add_argument("--method", default="klas", choices=["klas", "snnet-nearest", "cka", "mse", "ce", "dm", "random"],
+                   help="klas; SN-Net's nearest stitching; Γ with CKA / least-squares error / cross-entropy / "
+                        "distance-matrix gap in place of Θ (needs --cache); or a random set of KLAS's size")
+    p.add_argument("--cache", help="extraction output (for the metric methods)")
+    p.add_argument("--probes", help="probe folder for --method ce (default CACHE/probes)")
     p.set_defaults(run=_cmd_select)
 
     p = sub.add_parser("export", help="write a selection in SN-Net's configuration form or as CSV")

@@ -26,8 +26,8 @@ from klas.scores import AnchorEntry, Scores
 
 __all__ = [
     "Config", "PairSelection", "Selection", "CHAIN_RULES", "METHODS", "anchor_chain", "configurations",
-    "stitch_flops", "config_flops", "unscored_config", "select_pair", "select", "snnet_nearest_pairs",
-    "select_snnet_nearest",
+    "stitch_flops", "config_flops", "unscored_config", "select_pair", "select", "select_random",
+    "snnet_nearest_pairs", "select_snnet_nearest", "METRIC_METHODS",
 ]
 
 
@@ -147,15 +147,23 @@ def unscored_config(f: AnchorEntry, g: AnchorEntry, i: int, j: int) -> Config:
     return Config(f.name, g.name, i, j, config_flops(f, g, i, j), nan, nan, nan)
 
 
-def configurations(scores: Scores, source: str, target: str) -> list[Config]:
-    """Every valid (i, j) for source -> target with FLOPs, Ω, Σ, Γ (equal grids only)."""
+def configurations(scores: Scores, source: str, target: str, numerator: torch.Tensor | None = None) -> list[Config]:
+    """Every valid (i, j) for source -> target with FLOPs, Ω, Σ, Γ (equal grids only).
+
+    numerator: another distance ``[m_f − 1, m_g − 1]`` to use as Ω in place of Θ (metric baselines);
+    Γ is then numerator / max(Σ, floor).
+    """
     f, g = scores.anchor(source), scores.anchor(target)
     for a in (f, g):
         if not a.flops or "blocks" not in a.flops:
             raise ValueError(f"anchor {a.name} has no FLOPs in the scores; re-run `klas extract` and `klas score`")
-    theta = scores.theta(source, target)
     sigma = scores.sigma(target)
-    gamma = scores.gamma(source, target)
+    if numerator is None:
+        theta, gamma = scores.theta(source, target), scores.gamma(source, target)
+    else:
+        if tuple(numerator.shape) != (f.depth - 1, g.depth - 1):
+            raise ValueError(f"numerator must be [{f.depth - 1}, {g.depth - 1}], got {list(numerator.shape)}")
+        theta, gamma = numerator, numerator / sigma.clamp_min(scores.floor)[None, :]
     out = []
     for i in range(1, f.depth):
         for j in range(1, g.depth):
@@ -198,14 +206,15 @@ def _keep(configs: list[Config], buckets: int, tau: float, tau_mode: str) -> tup
 
 
 def select_pair(scores: Scores, source: str, target: str, *, tau: float = 0.05, tau_mode: str = "relative",
-                buckets: int | str = "auto", max_buckets: int | None = None) -> PairSelection:
+                buckets: int | str = "auto", max_buckets: int | None = None,
+                numerator: torch.Tensor | None = None) -> PairSelection:
     """KLAS's candidate configurations for one anchor pair."""
     if tau <= 0:
         raise ValueError(f"tau must be positive, got {tau}")
     if tau_mode not in ("relative", "absolute"):
         raise ValueError(f"tau_mode must be 'relative' or 'absolute', got {tau_mode!r}")
     f, g = scores.anchor(source), scores.anchor(target)
-    configs = configurations(scores, source, target)
+    configs = configurations(scores, source, target, numerator)
     lo, hi = float(f.total_flops), float(g.total_flops)
     targets = {c.j for c in configs}
     if buckets == "auto":
@@ -230,13 +239,31 @@ def select_pair(scores: Scores, source: str, target: str, *, tau: float = 0.05, 
 
 
 def select(scores: Scores, *, tau: float = 0.05, tau_mode: str = "relative", buckets: int | str = "auto",
-           chain_rule: str = "minimax") -> Selection:
-    """KLAS selection over the anchor chain."""
+           chain_rule: str = "minimax", numerators: Callable[[str, str], torch.Tensor] | None = None,
+           method: str = "klas") -> Selection:
+    """KLAS selection over the anchor chain; `numerators(source, target)` swaps Θ for another distance
+    ``[m_f − 1, m_g − 1]`` in Γ's numerator (the metric baselines)."""
     chain = anchor_chain(scores, chain_rule)
-    pairs = [select_pair(scores, f, g, tau=tau, tau_mode=tau_mode, buckets=buckets) for f, g in zip(chain, chain[1:])]
+    pairs = [select_pair(scores, f, g, tau=tau, tau_mode=tau_mode, buckets=buckets,
+                         numerator=numerators(f, g) if numerators else None) for f, g in zip(chain, chain[1:])]
     order = [a.name for a in scores.anchors]
-    return Selection(method="klas", chain=chain, chain_rule=chain_rule, tau=tau, tau_mode=tau_mode, pairs=pairs,
+    return Selection(method=method, chain=chain, chain_rule=chain_rule, tau=tau, tau_mode=tau_mode, pairs=pairs,
                      anchors=scores.anchors, last_block={"order": order, "theta": scores.last_block().tolist()})
+
+
+def select_random(scores: Scores, *, seed: int = 0, **klas_options) -> Selection:
+    """For ablations: per anchor pair of KLAS's chain, a seeded random set of valid configurations
+    as large as KLAS's own."""
+    reference = select(scores, **klas_options)
+    gen = torch.Generator().manual_seed(seed)
+    pairs = []
+    for p in reference.pairs:
+        picks = torch.randperm(len(p.configs), generator=gen)[:len(p.selected)].tolist()
+        chosen = sorted((p.configs[k] for k in picks), key=lambda c: (c.flops, c.i, c.j))
+        pairs.append(PairSelection(p.source, p.target, p.configs, chosen, p.edges, p.tau))
+    return Selection(method="random", chain=reference.chain, chain_rule=reference.chain_rule, tau=reference.tau,
+                     tau_mode=reference.tau_mode, pairs=pairs, anchors=reference.anchors,
+                     last_block=reference.last_block)
 
 
 # -- SN-Net nearest stitching (baseline) --------------------------------------------------------
@@ -306,4 +333,6 @@ def select_snnet_nearest(scores: Scores) -> Selection:
 METHODS = {
     "klas": select,
     "snnet-nearest": lambda scores, **_: select_snnet_nearest(scores),
+    "random": select_random,
 }
+METRIC_METHODS = ("cka", "mse", "ce", "dm")  # Γ with another distance in the numerator: klas.metric_tables

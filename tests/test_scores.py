@@ -146,3 +146,21 @@ def test_import_rejects_configurations_outside_the_anchors(scored, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     assert main(["import-snnet", str(tmp_path / "bad.json"), "--scores", str(scored / "scores"),
                  "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("method", ["cka", "mse", "ce", "dm", "random"])
+def test_select_cli_metric_baselines(scored, method):
+    argv = ["select", "--scores", str(scored / "scores"), "--method", method, "--out", str(scored / f"sel-{method}")]
+    if method != "random":
+        assert main(argv) == 2  # the metric methods need the caches
+        argv += ["--cache", str(scored)]
+    assert main(argv) == 0
+    sel = json.loads((scored / f"sel-{method}" / f"selection-{method}.json").read_text())
+    klas_sel = json.loads((scored / "selection" / "selection.json").read_text()) if (scored / "selection" / "selection.json").exists() else None
+    assert sel["method"] == method and sel["pairs"]
+    for pair in sel["pairs"]:
+        assert pair["selected"]
+        for c in pair["selected"]:
+            assert c["gamma"] == c["gamma"] and c["gamma"] >= 0  # finite, non-negative distances
+    if method == "random" and klas_sel:
+        assert [len(p["selected"]) for p in sel["pairs"]] == [len(p["selected"]) for p in klas_sel["pairs"]]

@@ -17,7 +17,7 @@ from klas.features import CacheFeatures
 from klas.kl import probe_logits
 from klas.metrics import FEATURE_METRICS, cross_entropy
 from klas.probes import load_probes
-from klas.scores import Scores
+from klas.scores import Scores, manifest_fingerprint
 
 __all__ = ["metric_numerators"]
 
@@ -37,6 +37,9 @@ def metric_numerators(scores: Scores, metric: str, cache_root: str | os.PathLike
         m = reader.manifest
         if m.anchor != scores.anchor(name).spec:
             raise ValueError(f"{reader.dir} caches {m.anchor!r}, the scores were made for {scores.anchor(name).spec!r}")
+        if split == scores.split and scores.caches.get(name) not in (None, manifest_fingerprint(reader.dir)):
+            raise ValueError(f"the scores were computed on another cache than {reader.dir} (its manifest changed "
+                             "since `klas score`); re-run `klas score` or name the cache that was scored")
         feats = next(CacheFeatures(reader, [b.index for b in m.block_entries[:-1]]).chunks(reader.num_samples))
         feats = [f.float() for f in feats]
         if metric == "ce":

@@ -164,3 +164,15 @@ def test_select_cli_metric_baselines(scored, method):
             assert c["gamma"] == c["gamma"] and c["gamma"] >= 0  # finite, non-negative distances
     if method == "random" and klas_sel:
         assert [len(p["selected"]) for p in sel["pairs"]] == [len(p["selected"]) for p in klas_sel["pairs"]]
+
+
+def test_metric_baseline_refuses_a_cache_other_than_the_scored_one(scored, tmp_path):
+    import shutil
+
+    shutil.copytree(scored, tmp_path / "r")
+    manifest = tmp_path / "r" / "small" / "val" / "manifest.json"  # the cheapest: always in the chain
+    data = json.loads(manifest.read_text())
+    data["source"]["note"] = "re-extracted"
+    manifest.write_text(json.dumps(data))
+    argv = ["select", "--scores", str(tmp_path / "r" / "scores"), "--method", "cka", "--cache", str(tmp_path / "r")]
+    assert main(argv) == 2

@@ -250,18 +250,18 @@ def _accuracy(model, readers, mode: str, batch_size: int, device) -> tuple[list[
     correct = torch.zeros(model.num_blocks, dtype=torch.int64)
     head = [0] * len(readers)
     total = 0
+    starts = np.cumsum([0] + model.sizes)
     for batch in _lockstep(readers, batch_size):
         rows = [r.to(device) for r, _ in batch]
         target = _targets(batch, readers, mode, model, device)
         correct += (model(rows).argmax(dim=-1) == target).sum(dim=0).cpu()
-        starts = np.cumsum([0] + model.sizes)
         for a, reader in enumerate(readers):
             lo = reader.manifest.logits_entry
             pred = rows[a][:, lo.offset:lo.offset + lo.width].float().argmax(1)
             head[a] += int((pred == target[:, starts[a]]).sum())
         total += len(batch[0][1])
     acc = 100.0 * correct.numpy() / total
-    return [acc[s:s + n] for s, n in zip(np.cumsum([0] + model.sizes), model.sizes)], [100.0 * h / total for h in head]
+    return [acc[s:s + n] for s, n in zip(starts, model.sizes)], [100.0 * h / total for h in head]
 
 
 def train_probes(

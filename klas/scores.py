@@ -239,14 +239,15 @@ def score(
     counts = {r.num_samples for r, _ in readers.values()}
     if len(counts) != 1:
         raise CacheError(f"the {split} caches hold different sample counts {sorted(counts)}")
-    ordered = sorted(anchors, key=lambda n: sum(_flops_total(_anchor_flops(readers[n][0]))))
+    flops = {n: _anchor_flops(readers[n][0]) for n in anchors}  # may load the anchor: once each
+    ordered = sorted(anchors, key=lambda n: flops[n]["stem"] + sum(flops[n]["blocks"]) + flops[n]["head"])
     offset = 0
     for name in ordered:
         reader, ps = readers[name]
         m = reader.manifest
         depth = len(m.block_entries)
         entries.append(AnchorEntry(
-            name=name, spec=m.anchor, depth=depth, flops=_anchor_flops(reader),
+            name=name, spec=m.anchor, depth=depth, flops=flops[name],
             widths=[b.width for b in m.block_entries], grids=[list(b.grid) for b in m.block_entries],
             offset=offset, probe_val_acc=ps.val_acc, head_val_acc=ps.head_val_acc,
         ))
@@ -264,7 +265,3 @@ def score(
     if out is not None:
         result.save(out, plots=plots)
     return result
-
-
-def _flops_total(f: dict) -> list[int]:
-    return [f["stem"], *f["blocks"], f["head"]]

@@ -17,7 +17,7 @@ KLAS.md §3 and §5, from the scores of `klas score`:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -187,7 +187,7 @@ def _bucketise(configs: list[Config], lo: float, hi: float, buckets: int) -> tup
     placed = []
     for c in configs:
         k = int((c.flops - lo) // width) if hi > lo else 0  # outside [lo, hi]: the end buckets
-        placed.append(Config(**{**asdict(c), "bucket": min(max(k, 0), buckets - 1)}))
+        placed.append(replace(c, bucket=min(max(k, 0), buckets - 1)))
     return placed, edges
 
 

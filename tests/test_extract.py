@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from klas.anchors import load_anchor
 from klas.cache import CacheReader, read_manifest
 from klas.cli import main
 from klas.data import ImageDataset, resolve_split
-from klas.errors import CacheError, DataError
+from klas.errors import CacheError
 from klas.extract import extract
 
 from conftest import requires_shared

@@ -1,7 +1,6 @@
 """Triton kernels against their PyTorch twins and the float64 oracle (interpreter on the CPU)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

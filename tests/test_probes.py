@@ -1,7 +1,6 @@
 """Joint probe training from caches."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

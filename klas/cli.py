@@ -3,7 +3,7 @@
     klas extract --anchor SPEC [--anchor SPEC ...] --data PATH --out DIR
     klas probes --cache DIR
     klas score --cache DIR
-    klas select --scores DIR [--method klas|snnet-nearest|cka|mse|ce|dm|random]
+    klas select --scores DIR [--method klas|snnet-nearest|cka|mse|ce|dm|kl-ls|random]
     klas export --selection FILE [--format snnet|csv]
     klas import-snnet FILE --scores DIR
     klas eval-anchor SPEC --data PATH [--split test] [--json]
@@ -260,11 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau-mode", default="relative", choices=["relative", "absolute"])
     p.add_argument("--buckets", default="auto", help="FLOPs buckets per anchor pair, or auto (coverage rule)")
     p.add_argument("--chain-rule", default="minimax", choices=["minimax", "nearest"])
-    p.add_argument("--method", default="klas", choices=["klas", "snnet-nearest", "cka", "mse", "ce", "dm", "random"],
+    p.add_argument("--method", default="klas", choices=["klas", "snnet-nearest", "cka", "mse", "ce", "dm", "kl-ls", "random"],
                    help="klas; SN-Net's nearest stitching; Γ with CKA / least-squares error / cross-entropy / "
-                        "distance-matrix gap in place of Θ (needs --cache); or a random set of KLAS's size")
+                        "distance-matrix gap / Θ through a least-squares stitch (kl-ls) in place of Θ (needs --cache); "
+                        "or a random set of KLAS's size")
     p.add_argument("--cache", help="extraction output (for the metric methods)")
-    p.add_argument("--probes", help="probe folder for --method ce (default CACHE/probes)")
+    p.add_argument("--probes", help="probe folder for --method ce / kl-ls (default CACHE/probes)")
     p.set_defaults(run=_cmd_select)
 
     p = sub.add_parser("export", help="write a selection in SN-Net's configuration form or as CSV")

@@ -48,8 +48,9 @@ def pair_heatmap(theta: torch.Tensor, gamma: torch.Tensor, source: str, target: 
 
 
 def selection_scatter(selection, path: Path, baseline=None) -> Path:
-    """FLOPs vs Γ of every configuration of every anchor pair, selected ones marked, bucket edges drawn;
-    a baseline selection's configurations on the same anchor pairs are drawn as open squares."""
+    """FLOPs vs Γ of every configuration, one panel per anchor pair of `selection` or `baseline`:
+    the selected ones marked, bucket edges drawn, a baseline's configurations as open squares.
+    Configurations without a Γ (SN-Net's j = 0 or i = m_f) sit on the lower edge as crosses at their FLOPs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,25 +58,36 @@ def selection_scatter(selection, path: Path, baseline=None) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pairs = selection.pairs
-    fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4.4), squeeze=False, constrained_layout=True)
-    for ax, pair in zip(axes[0], pairs):
+    own = {(p.source, p.target): p for p in selection.pairs}
+    other = {(p.source, p.target): p for p in baseline.pairs} if baseline is not None else {}
+    keys = list(own) + [k for k in other if k not in own]
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.4), squeeze=False, constrained_layout=True)
+    for ax, key in zip(axes[0], keys):
+        pair = own.get(key) or other[key]
         ax.scatter([c.flops / 1e6 for c in pair.configs], [c.gamma for c in pair.configs], s=10, c="0.7",
                    label=f"all ({len(pair.configs)})")
-        ax.scatter([c.flops / 1e6 for c in pair.selected], [c.gamma for c in pair.selected], s=28, c="C3",
-                   label=f"selected ({len(pair.selected)})")
-        if baseline is not None:
-            other = [c for p in baseline.pairs if (p.source, p.target) == (pair.source, pair.target)
-                     for c in p.selected if c.gamma == c.gamma]  # NaN Γ (j = 0) cannot be placed
-            if other:
-                ax.scatter([c.flops / 1e6 for c in other], [c.gamma for c in other], s=60, facecolors="none",
-                           edgecolors="C0", label=f"{baseline.method} ({len(other)})")
-        for e in pair.edges:
-            ax.axvline(e / 1e6, color="0.85", lw=0.8, zorder=0)
+        if key in own:
+            _mark(ax, own[key].selected, dict(s=28, c="C3"), f"{selection.method}")
+            for e in pair.edges:
+                ax.axvline(e / 1e6, color="0.85", lw=0.8, zorder=0)
+        if key in other:
+            _mark(ax, other[key].selected, dict(s=60, facecolors="none", edgecolors="C0"), baseline.method)
         ax.set_yscale("log")
         ax.set_xlabel("MFLOPs of the stitched network")
         ax.set_ylabel("Γ (lower is better)")
-        ax.set_title(f"{pair.source} → {pair.target}", fontsize=10)
+        ax.set_title(f"{key[0]} → {key[1]}", fontsize=10)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{selection.method}: τ = {selection.tau} ({selection.tau_mode})")
+    title = f"{selection.method}: τ = {selection.tau} ({selection.tau_mode})"
+    fig.suptitle(title + (f"; {baseline.method} as open squares" if baseline is not None else ""))
     return _save(fig, path)
+
+
+def _mark(ax, configs, style: dict, label: str) -> None:
+    """Configurations with a Γ at (FLOPs, Γ); those without one as crosses on the lower edge."""
+    scored = [c for c in configs if c.gamma == c.gamma]
+    unscored = [c for c in configs if c.gamma != c.gamma]
+    ax.scatter([c.flops / 1e6 for c in scored], [c.gamma for c in scored], label=f"{label} ({len(scored)})", **style)
+    if unscored:
+        color = style.get("edgecolors", style.get("c"))
+        ax.scatter([c.flops / 1e6 for c in unscored], [0.02] * len(unscored), marker="x", c=color,
+                   transform=ax.get_xaxis_transform(), label=f"{label}, no Γ ({len(unscored)})")

@@ -27,7 +27,7 @@ from klas.scores import AnchorEntry, Scores
 __all__ = [
     "Config", "PairSelection", "Selection", "CHAIN_RULES", "METHODS", "anchor_chain", "configurations",
     "stitch_flops", "config_flops", "unscored_config", "select_pair", "select", "select_random",
-    "snnet_nearest_pairs", "select_snnet_nearest", "METRIC_METHODS",
+    "snnet_nearest_pairs", "select_snnet_nearest", "METRIC_METHODS", "config_from_json",
 ]
 
 
@@ -75,16 +75,31 @@ class Selection:
     def to_json(self) -> dict:
         return {
             "format": "klas-selection", "version": 1, "method": self.method, "chain": self.chain,
-            "chain_rule": self.chain_rule, "tau": self.tau, "tau_mode": self.tau_mode,
+            "chain_rule": self.chain_rule, "tau": _number(self.tau), "tau_mode": self.tau_mode,
             "anchors": [{"name": a.name, "spec": a.spec, "depth": a.depth, "flops": a.total_flops} for a in self.anchors],
             "last_block": self.last_block,
             "pairs": [{
-                "source": p.source, "target": p.target, "bucket_edges": p.edges, "tau_per_bucket": p.tau,
+                "source": p.source, "target": p.target, "bucket_edges": p.edges,
+                "tau_per_bucket": [_number(t) for t in p.tau],
                 "coverage_added_blocks": p.uncovered_added,
-                "selected": [asdict(c) for c in p.selected],
-                "configurations": [asdict(c) for c in p.configs],
+                "selected": [_config_json(c) for c in p.selected],
+                "configurations": [_config_json(c) for c in p.configs],
             } for p in self.pairs],
         }
+
+
+def _number(x: float) -> float | None:
+    """JSON has no NaN: an undefined value (an unscored configuration's Γ, an empty bucket's τ) is null."""
+    return None if x != x else x
+
+
+def _config_json(c: Config) -> dict:
+    return {k: _number(v) if isinstance(v, float) else v for k, v in asdict(c).items()}
+
+
+def config_from_json(d: dict) -> Config:
+    """The inverse of the selection.json form of a configuration (null -> NaN)."""
+    return Config(**{k: (float("nan") if v is None else v) for k, v in d.items()})
 
 
 # -- anchor chain -------------------------------------------------------------------------------
@@ -142,7 +157,7 @@ def config_flops(f: AnchorEntry, g: AnchorEntry, i: int, j: int) -> int:
 
 
 def unscored_config(f: AnchorEntry, g: AnchorEntry, i: int, j: int) -> Config:
-    """A configuration outside KLAS's scores (j = 0): exact FLOPs, NaN Ω, Σ, Γ."""
+    """A configuration outside KLAS's scores (j = 0, or i = m_f): exact FLOPs, NaN Ω, Σ, Γ."""
     nan = float("nan")
     return Config(f.name, g.name, i, j, config_flops(f, g, i, j), nan, nan, nan)
 
@@ -313,7 +328,7 @@ def snnet_nearest_pairs(f: AnchorEntry, g: AnchorEntry) -> list[tuple[int, int]]
 def select_snnet_nearest(scores: Scores) -> Selection:
     """The SN-Net baseline: neighbouring anchors (by FLOPs), SN-Net's fixed configurations.
 
-    Configurations with j = 0 (the end anchor runs all its blocks) lie outside KLAS's scores: their
+    Configurations with j = 0 or i = m_f (one anchor runs all its blocks) lie outside KLAS's scores: their
     Ω, Σ and Γ are NaN, their FLOPs are exact."""
     chain = anchor_chain(scores, "nearest")
     pairs = []
@@ -335,4 +350,4 @@ METHODS = {
     "snnet-nearest": lambda scores, **_: select_snnet_nearest(scores),
     "random": select_random,
 }
-METRIC_METHODS = ("cka", "mse", "ce", "dm")  # Γ with another distance in the numerator: klas.metric_tables
+METRIC_METHODS = ("cka", "mse", "ce", "dm", "kl-ls")  # Γ with another distance in the numerator: klas.metric_tables

@@ -109,10 +109,24 @@ def test_select_cli_writes_selection_and_plot(scored, capsys):
     assert main(["select", "--scores", str(scored / "scores"), "--tau", "-1"]) == 2
 
 
+def _strict_json(path):
+    """json.loads that refuses NaN / Infinity, which are not JSON."""
+    def refuse(name):
+        raise ValueError(f"{path} holds {name}")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
 def test_select_cli_snnet_baseline(scored):
     assert main(["select", "--scores", str(scored / "scores"), "--method", "snnet-nearest"]) == 0
-    sel = json.loads((scored / "selection" / "selection-snnet-nearest.json").read_text())
+    sel = _strict_json(scored / "selection" / "selection-snnet-nearest.json")
     assert sel["method"] == "snnet-nearest" and sel["chain"] == ["small", "mid", "big"]
+    # configurations outside KLAS's domain (j = 0, or i = m_f) have no Γ: null in the file, NaN once read back
+    from klas.select import config_from_json
+
+    depth = {a["name"]: a["depth"] for a in sel["anchors"]}
+    unscored = [c for p in sel["pairs"] for c in p["selected"] if c["gamma"] is None]
+    assert unscored and all(c["j"] == 0 or c["i"] == depth[c["source"]] for c in unscored)
+    assert config_from_json(unscored[0]).gamma != config_from_json(unscored[0]).gamma
 
 
 def test_export_snnet_and_csv_and_import_round_trip(scored, tmp_path):
@@ -147,7 +161,7 @@ def test_import_rejects_configurations_outside_the_anchors(scored, tmp_path):
                  "--out", str(tmp_path)]) == 2
 
 
-@pytest.mark.parametrize("method", ["cka", "mse", "ce", "dm", "random"])
+@pytest.mark.parametrize("method", ["cka", "mse", "ce", "dm", "kl-ls", "random"])
 def test_select_cli_metric_baselines(scored, method):
     argv = ["select", "--scores", str(scored / "scores"), "--method", method, "--out", str(scored / f"sel-{method}")]
     if method != "random":

@@ -15,7 +15,7 @@ from functools import cached_property
 import torch
 from torch import nn
 
-__all__ = ["Anchor", "BlockInfo", "AnchorFlops", "LAYOUTS"]
+__all__ = ["Anchor", "BlockInfo", "AnchorFlops", "AnchorParams", "LAYOUTS"]
 
 # How a block's output tensor is laid out, and so how it is pooled and what its grid is.
 LAYOUTS = ("nchw", "nhwc", "nlc")
@@ -35,6 +35,19 @@ class BlockInfo:
 @dataclass(frozen=True)
 class AnchorFlops:
     """FLOPs of one image through each part, counted by torch.utils.flop_counter."""
+
+    stem: int
+    blocks: tuple[int, ...]
+    head: int
+
+    @property
+    def total(self) -> int:
+        return self.stem + sum(self.blocks) + self.head
+
+
+@dataclass(frozen=True)
+class AnchorParams:
+    """Parameter counts of each part; stem and head counted as the parameters their forward uses."""
 
     stem: int
     blocks: tuple[int, ...]
@@ -189,6 +202,30 @@ class Anchor(nn.Module):
                 blocks.append(f)
             _, head = count(self.run_head, h)
         return AnchorFlops(stem=stem, blocks=tuple(blocks), head=head)
+
+    @cached_property
+    def params(self) -> AnchorParams:
+        """Parameters per part. Blocks own their modules; the stem and the head are whatever
+        parameters receive a gradient through `run_stem` / `run_head` (adapters need not list them)."""
+        named = [p for p in self.model.parameters() if p.requires_grad]
+
+        def used_by(fn, arg) -> int:
+            with torch.enable_grad():
+                out = fn(arg)
+                grads = torch.autograd.grad(out.float().sum(), named, allow_unused=True)
+            return sum(p.numel() for p, g in zip(named, grads) if g is not None)
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            x = self._blank_input()
+            with torch.no_grad():
+                h = self.forward_front(x, self.depth)
+            stem, head = used_by(self.run_stem, x), used_by(self.run_head, h.detach())
+        finally:
+            self.model.train(was_training)
+        blocks = tuple(sum(p.numel() for p in b.parameters()) for b in self._blocks)
+        return AnchorParams(stem=stem, blocks=blocks, head=head)
 
     def _blank_input(self) -> torch.Tensor:
         p = next(self.model.parameters(), None)

@@ -1,0 +1,208 @@
+"""The stitched supernet: the anchors plus one stitching layer per selected configuration.
+
+A *route* is one network the supernet can run: an anchor alone, or a stitch (f, i) -> (g, j) that
+runs f's stem and blocks 1..i, the stitching layer, then g's blocks j+1..m and head (KLAS
+notation; SN-Net's j = 0 and i = m_f are routes too). Routes are numbered: the anchors first, in
+FLOPs order, then the stitches in the order given.
+
+`route_parts(k)` is the one block walk: `forward(x, k)` runs it, and `route_flops(k)` /
+`route_params(k)` add up the same parts (the anchors' per-part FLOPs and parameters, plus the
+stitching layer's), so cost and computation cannot disagree.
+
+Stitching layers: a 1x1 convolution on feature maps (``[B, C, H, W]``), a Linear on tokens
+(``[B, L, C]`` / ``[B, H, W, C]``); initialised by least squares (klas.linear_fit) on a calibration
+batch, on the device of the features.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from klas.anchors import Anchor
+from klas.linear_fit import fit_linear
+from klas.select import stitch_flops
+
+__all__ = ["Route", "Part", "StitchedSupernet", "stitching_layer"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """An anchor alone (source == target, i == j == its depth) or a stitch (f, i) -> (g, j)."""
+
+    source: str
+    target: str
+    i: int
+    j: int
+
+    @property
+    def is_anchor(self) -> bool:
+        return self.source == self.target
+
+    @property
+    def name(self) -> str:
+        return self.source if self.is_anchor else f"{self.source}:{self.i}->{self.target}:{self.j}"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One step of a route: ("stem", anchor), ("block", anchor, k) 1-indexed, ("stitch", k), ("head", anchor)."""
+
+    kind: str
+    owner: str | int
+    index: int = 0
+
+
+def stitching_layer(layout: str, width_in: int, width_out: int) -> nn.Module:
+    """1x1 conv for "nchw" feature maps, Linear over the last dimension otherwise."""
+    if layout == "nchw":
+        return nn.Conv2d(width_in, width_out, kernel_size=1)
+    return nn.Linear(width_in, width_out)
+
+
+def _channels_last(h: torch.Tensor, layout: str) -> torch.Tensor:
+    """Every position's features as rows ``[B·positions, C]``."""
+    if layout == "nchw":
+        h = h.permute(0, 2, 3, 1)
+    return h.reshape(-1, h.shape[-1])
+
+
+class StitchedSupernet(nn.Module):
+    """Anchors ``{name: Anchor}`` and routes; ``forward(x, k)`` runs route k on images ``[B, C, H, W]``."""
+
+    def __init__(self, anchors: Sequence[Anchor], stitches: Iterable[tuple[str, str, int, int]]):
+        super().__init__()
+        ordered = sorted(anchors, key=lambda a: a.flops.total)
+        self.anchor_names = [a.name for a in ordered]
+        if len(set(self.anchor_names)) != len(ordered):
+            raise ValueError(f"anchor names must differ, got {self.anchor_names}")
+        self.anchors = nn.ModuleDict({_key(a.name): a for a in ordered})
+        self.routes: list[Route] = [Route(a.name, a.name, a.depth, a.depth) for a in ordered]
+        layers = []
+        for source, target, i, j in stitches:
+            f, g = self.anchor(source), self.anchor(target)
+            if source == target or not (1 <= i <= f.depth and 0 <= j <= g.depth - 1):
+                raise ValueError(f"stitch ({source}, {i}) -> ({target}, {j}) is outside the anchors "
+                                 f"(1 <= i <= {f.depth}, 0 <= j <= {g.depth - 1}, two different anchors)")
+            (w_in, grid_in, layout), (w_out, grid_out, _) = _cut_shape(f, i), _cut_shape(g, j)
+            if grid_in != grid_out:
+                raise ValueError(f"stitch ({source}, {i}) -> ({target}, {j}) joins grids {grid_in} and {grid_out}")
+            self.routes.append(Route(source, target, i, j))
+            layers.append(stitching_layer(layout, w_in, w_out))
+        self.stitches = nn.ModuleList(layers)
+        self.eval()  # finetuning switches to training mode itself
+
+    # -- lookup ---------------------------------------------------------------------------------
+    def anchor(self, name: str) -> Anchor:
+        key = _key(name)
+        if key not in self.anchors:
+            raise KeyError(f"no anchor {name!r} in the supernet (have {self.anchor_names})")
+        return self.anchors[key]
+
+    def __len__(self) -> int:
+        return len(self.routes)
+
+    # -- the block walk ---------------------------------------------------------------------------
+    def route_parts(self, k: int) -> list[Part]:
+        r = self.routes[k]
+        parts = [Part("stem", r.source)] + [Part("block", r.source, b) for b in range(1, r.i + 1)]
+        if not r.is_anchor:
+            parts.append(Part("stitch", k - len(self.anchor_names)))
+        parts += [Part("block", r.target, b) for b in range(r.j + 1, self.anchor(r.target).depth + 1)]
+        return parts + [Part("head", r.target)]
+
+    def forward(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Logits ``[B, classes]`` of route k."""
+        h = x
+        for p in self.route_parts(k):
+            if p.kind == "stitch":
+                h = self.stitches[p.owner](h)
+                continue
+            a = self.anchor(p.owner)
+            h = a.run_stem(h) if p.kind == "stem" else a.run_head(h) if p.kind == "head" else a.blocks[p.index - 1](h)
+        return h
+
+    def route_flops(self, k: int) -> int:
+        """FLOPs of one image through route k: the anchors' measured parts plus the stitching layer."""
+        total = 0
+        for p in self.route_parts(k):
+            if p.kind == "stitch":
+                r = self.routes[k]
+                w_in, grid, _ = _cut_shape(self.anchor(r.source), r.i)
+                total += stitch_flops(w_in, _cut_shape(self.anchor(r.target), r.j)[0], grid)
+            else:
+                f = self.anchor(p.owner).flops
+                total += f.stem if p.kind == "stem" else f.head if p.kind == "head" else f.blocks[p.index - 1]
+        return int(total)
+
+    def route_params(self, k: int) -> int:
+        total = 0
+        for p in self.route_parts(k):
+            if p.kind == "stitch":
+                total += sum(t.numel() for t in self.stitches[p.owner].parameters())
+            else:
+                c = self.anchor(p.owner).params
+                total += c.stem if p.kind == "stem" else c.head if p.kind == "head" else c.blocks[p.index - 1]
+        return int(total)
+
+    # -- least-squares initialisation ----------------------------------------------------------
+    @torch.no_grad()
+    def init_stitches(self, images: torch.Tensor, *, max_rows: int = 200_000, seed: int = 0) -> None:
+        """Least-squares fit of every stitching layer on a calibration batch ``[B, C, H, W]``: f's
+        activations after block i onto g's after block j (j = 0: g's stem output), over every
+        position (at most `max_rows` positions, a seeded draw). One anchor forward per anchor."""
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            cuts: dict[tuple[str, int], torch.Tensor] = {}
+            needed: dict[str, set[int]] = {}
+            for r in self.routes[len(self.anchor_names):]:
+                needed.setdefault(r.source, set()).add(r.i)
+                needed.setdefault(r.target, set()).add(r.j)
+            rows: dict[int, torch.Tensor | None] = {}  # positions per grid -> the rows kept (the same on both sides)
+            for name, ks in needed.items():
+                a = self.anchor(name)
+                h = a.run_stem(images)
+                for k in range(0, max(ks) + 1):
+                    if k > 0:
+                        h = a.blocks[k - 1](h)
+                    if k in ks:
+                        flat = _channels_last(h, a.layouts[max(k, 1) - 1])
+                        n = flat.shape[0]
+                        if n not in rows:
+                            gen = torch.Generator().manual_seed(seed + n)
+                            rows[n] = torch.randperm(n, generator=gen)[:max_rows].to(flat.device) if n > max_rows else None
+                        cuts[(name, k)] = flat if rows[n] is None else flat[rows[n]]
+            for s, r in enumerate(self.routes[len(self.anchor_names):]):
+                weight, bias = fit_linear(cuts[(r.source, r.i)], cuts[(r.target, r.j)])
+                layer = self.stitches[s]
+                layer.weight.copy_(weight.view_as(layer.weight))
+                layer.bias.copy_(bias)
+        finally:
+            for m, training in modes:  # each module back to its own mode
+                m.training = training
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "_")
+
+
+def _cut_shape(a: Anchor, k: int) -> tuple[int, tuple[int, ...], str]:
+    """(width, grid, layout) of the activation after block k (k = 0: the stem's output)."""
+    if k >= 1:
+        b = a.block_info[k - 1]
+        return b.width, tuple(b.grid), b.layout
+    return _stem_shape(a)
+
+
+def _stem_shape(a: Anchor) -> tuple[int, tuple[int, ...], str]:
+    layout = a.layouts[0]
+    with torch.no_grad():
+        h = a.run_stem(a._blank_input())
+    if layout == "nchw":
+        return int(h.shape[1]), tuple(int(g) for g in h.shape[2:]), layout
+    if layout == "nhwc":
+        return int(h.shape[-1]), tuple(int(g) for g in h.shape[1:-1]), layout
+    return int(h.shape[-1]), (int(h.shape[1]),), layout

@@ -115,8 +115,30 @@ class StitchedSupernet(nn.Module):
 
     def forward(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """Logits ``[B, classes]`` of route k."""
-        h = x
-        for p in self.route_parts(k):
+        return self._run(self.route_parts(k), x)
+
+    def forward_many(self, x: torch.Tensor, ks: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
+        """Logits of several routes (default: all) on one batch. Routes with the same source share
+        its stem and blocks: each source anchor's front runs once, and every route branches off it
+        after its block i (the same walk as `forward`, split after the source's blocks)."""
+        ks = range(len(self.routes)) if ks is None else ks
+        out: dict[int, torch.Tensor] = {}
+        by_source: dict[str, list[int]] = {}
+        for k in ks:
+            by_source.setdefault(self.routes[k].source, []).append(k)
+        for source, group in by_source.items():
+            group.sort(key=lambda k: self.routes[k].i)
+            h, done = x, []  # done: the parts of the shared front already run
+            for k in group:
+                parts = self.route_parts(k)
+                cut = 1 + self.routes[k].i  # stem + blocks 1..i
+                h = self._run(parts[len(done):cut], h)
+                done = parts[:cut]
+                out[k] = self._run(parts[cut:], h)
+        return out
+
+    def _run(self, parts: Sequence[Part], h: torch.Tensor) -> torch.Tensor:
+        for p in parts:
             if p.kind == "stitch":
                 h = self.stitches[p.owner](h)
                 continue

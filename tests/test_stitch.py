@@ -86,3 +86,15 @@ def test_least_squares_beats_the_default_initialisation(pair):
 def test_invalid_stitches_are_refused(pair, stitch, message):
     with pytest.raises(ValueError, match=message):
         StitchedSupernet(list(pair), [stitch])
+
+
+def test_forward_many_equals_one_route_at_a_time(pair):
+    small, big = pair
+    net = StitchedSupernet(list(pair), [(small.name, big.name, 2, 3), (small.name, big.name, 1, 0),
+                                        (small.name, big.name, 2, 4), (small.name, big.name, 3, 5)])
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        many = net.forward_many(x)
+        assert sorted(many) == list(range(len(net)))
+        for k in range(len(net)):
+            torch.testing.assert_close(many[k], net(x, k))

@@ -1,0 +1,143 @@
+"""Evaluation of a finetuned supernet and the curve measures (KLAS.md §6).
+
+- `evaluate_routes`: top-1 of every route on a split, with its FLOPs and parameters;
+- `pareto_frontier`: the routes no other route beats at lower or equal FLOPs;
+- `frontier_auc`: area under the accuracy-FLOPs frontier with FLOPs normalised to [0, 1] over the
+  anchors' range. The frontier is read as a step function: at a FLOPs budget, the best accuracy of
+  any route within it (before the cheapest route: that route's accuracy). The integral of that step
+  function over [0, 1] is the AUC, in accuracy points.
+- `accuracy_gain_at_equal_flops` / `flops_saving_at_equal_accuracy`: the largest gap between two
+  such step functions, read vertically and horizontally;
+- `spearman`: rank correlation (average ranks for ties) between Γ and accuracy.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from klas.stitch import StitchedSupernet
+
+__all__ = ["RouteResult", "evaluate_routes", "pareto_frontier", "frontier_auc", "accuracy_gain_at_equal_flops",
+           "flops_saving_at_equal_accuracy", "spearman"]
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    name: str
+    source: str
+    target: str
+    i: int
+    j: int
+    flops: int
+    params: int
+    top1: float  # percent
+    correct: int
+    total: int
+    gamma: float | None = None  # Γ before finetuning, when the route was scored
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@torch.inference_mode()
+def evaluate_routes(net: StitchedSupernet, loader, *, device: str = "cpu", progress: bool = True,
+                    gammas: dict[str, float] | None = None) -> list[RouteResult]:
+    """Top-1 of every route of `net` over `loader`'s (images, labels); `gammas` by route name."""
+    net.to(device).eval()
+    correct = torch.zeros(len(net), dtype=torch.int64)
+    total = 0
+    for images, labels in tqdm(loader, disable=not progress, desc=f"evaluate {len(net)} routes", unit="batch"):
+        logits = net.forward_many(images.to(device))
+        for k, z in logits.items():
+            correct[k] += int((z.argmax(dim=1).cpu() == labels).sum())
+        total += len(labels)
+    gammas = gammas or {}
+    return [RouteResult(r.name, r.source, r.target, r.i, r.j, net.route_flops(k), net.route_params(k),
+                        100.0 * int(correct[k]) / max(total, 1), int(correct[k]), total, gammas.get(r.name))
+            for k, r in enumerate(net.routes)]
+
+
+def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the (FLOPs, accuracy) points on the frontier, cheapest first: each one more
+    accurate than every cheaper-or-equal point."""
+    order = sorted(range(len(points)), key=lambda k: (points[k][0], -points[k][1]))
+    frontier, best = [], float("-inf")
+    for k in order:
+        if points[k][1] > best:
+            frontier.append(k)
+            best = points[k][1]
+    return frontier
+
+
+def _step_curve(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    return [points[k] for k in pareto_frontier(points)]
+
+
+def _best_within(curve: list[tuple[float, float]], flops: float) -> float:
+    best = curve[0][1]
+    for f, a in curve:
+        if f <= flops:
+            best = a
+    return best
+
+
+def frontier_auc(points: Sequence[tuple[float, float]], flops_range: tuple[float, float]) -> float:
+    """∫₀¹ best accuracy within the budget lo + u·(hi − lo) du, in accuracy points."""
+    lo, hi = flops_range
+    if not hi > lo:
+        raise ValueError(f"the FLOPs range must be increasing, got {flops_range}")
+    curve = _step_curve(points)
+    edges = sorted({0.0, 1.0} | {min(max((f - lo) / (hi - lo), 0.0), 1.0) for f, _ in curve})
+    area = 0.0
+    for a, b in zip(edges, edges[1:]):
+        area += (b - a) * _best_within(curve, lo + a * (hi - lo) + 1e-9 * (hi - lo))
+    return area
+
+
+def accuracy_gain_at_equal_flops(ours: Sequence[tuple[float, float]], theirs: Sequence[tuple[float, float]],
+                                 flops_range: tuple[float, float]) -> tuple[float, float]:
+    """(largest accuracy gain of our step curve over theirs at one FLOPs budget, that budget)."""
+    a, b = _step_curve(ours), _step_curve(theirs)
+    lo, hi = flops_range
+    budgets = sorted({f for f, _ in a + b if lo <= f <= hi} | {lo, hi})
+    return max(((_best_within(a, f) - _best_within(b, f), f) for f in budgets), key=lambda t: t[0])
+
+
+def flops_saving_at_equal_accuracy(ours: Sequence[tuple[float, float]], theirs: Sequence[tuple[float, float]]
+                                   ) -> tuple[float, float]:
+    """(largest ratio theirs/ours of the FLOPs each needs to reach an accuracy both reach, that accuracy)."""
+    a, b = _step_curve(ours), _step_curve(theirs)
+
+    def cheapest(curve, acc):
+        return min((f for f, x in curve if x >= acc), default=None)
+
+    best = (1.0, float("nan"))
+    for acc in sorted({x for _, x in a + b}):
+        fa, fb = cheapest(a, acc), cheapest(b, acc)
+        if fa and fb is not None and fb / fa > best[0]:
+            best = (fb / fa, acc)
+    return best
+
+
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(len(x), dtype=x.dtype)
+    for value in torch.unique(x):
+        tied = x == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation of two equally long sequences (NaN when one is constant)."""
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError("spearman needs two sequences of the same length, at least 2")
+    rx, ry = _average_ranks(torch.tensor(x, dtype=torch.float64)), _average_ranks(torch.tensor(y, dtype=torch.float64))
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = (rx.square().sum() * ry.square().sum()).sqrt()
+    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")

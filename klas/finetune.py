@@ -1,0 +1,176 @@
+"""Finetuning the stitched supernet (SN-Net's recipe, KLAS.md §6), resumable.
+
+Each step trains one route drawn uniformly from a seeded `torch.Generator` (the whole schedule is
+drawn up front, so a resumed run draws the same routes); the batch order is a seeded permutation per
+epoch, also a function of the step. AdamW with a linear warm-up and a cosine decay; bf16 autocast on
+CUDA. A checkpoint (weights, optimizer, schedule position) is written every `checkpoint_every`
+steps, atomically; run again with the same settings, finetuning continues from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from klas.errors import KlasError
+from klas.stitch import StitchedSupernet
+
+__all__ = ["FinetuneSettings", "finetune", "route_schedule", "CHECKPOINT"]
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    stitches_only: bool = False  # train only the stitching layers (anchors frozen, in eval mode)
+    seed: int = 0
+    checkpoint_every: int = 100
+    num_workers: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.checkpoint_every < 1:
+            raise ValueError(f"finetune settings need steps >= 0, batch_size >= 1, lr > 0 and "
+                             f"checkpoint_every >= 1, got {self}")
+
+    def fingerprint(self) -> str:
+        keep = {k: v for k, v in asdict(self).items() if k not in ("num_workers", "device", "checkpoint_every")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def route_schedule(num_routes: int, steps: int, seed: int) -> torch.Tensor:
+    """The route trained at each step ``[steps]``: uniform, from a generator seeded with `seed`."""
+    return torch.randint(num_routes, (steps,), generator=torch.Generator().manual_seed(seed))
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    """Index batches for steps start..steps-1: epoch e is a permutation seeded by (seed, e), last
+    partial batch dropped, so the batch of a step never depends on where a run resumed."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, steps: int):
+        if n < batch_size:
+            raise KlasError(f"the training split has {n} images, fewer than the batch size {batch_size}")
+        self.n, self.bs, self.seed, self.start, self.steps = n, batch_size, seed, start, steps
+        self.per_epoch = n // batch_size
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+    def __iter__(self):
+        perm, epoch = None, -1
+        for step in range(self.start, self.steps):
+            e, pos = divmod(step, self.per_epoch)
+            if e != epoch:
+                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + e))
+                epoch = e
+            yield perm[pos * self.bs:(pos + 1) * self.bs].tolist()
+
+
+def _lr_factor(step: int, steps: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, net: StitchedSupernet, settings: FinetuneSettings) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  torch raises several types for damaged files
+        raise KlasError(f"checkpoint {path} cannot be read ({e}); delete it to finetune from the start") from None
+    routes = [r.name for r in net.routes]
+    if state.get("routes") != routes or state.get("settings") != settings.fingerprint():
+        raise KlasError(f"checkpoint {path} belongs to other routes or finetune settings; delete it or "
+                        "finetune into another folder")
+    return state
+
+
+def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings: FinetuneSettings,
+             out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
+    """Trains `net` in place for `settings.steps` steps on `dataset` ((image, label) pairs);
+    checkpoints under `out_dir`, resuming from its checkpoint when there is one.
+
+    Returns {"steps", "resumed_from", "seconds", "final_loss"} (seconds of this call only).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(settings.device)
+    net.to(device)
+    if settings.stitches_only:
+        for a in net.anchors.values():
+            a.requires_grad_(False)
+        params = list(net.stitches.parameters())
+    else:
+        params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    warmup = int(settings.warmup_fraction * settings.steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, settings.steps, warmup))
+    start = 0
+    ckpt = out_dir / CHECKPOINT
+    if ckpt.is_file():
+        state = _load_checkpoint(ckpt, net, settings)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+    schedule = route_schedule(len(net), settings.steps, settings.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=_StepBatches(len(dataset), settings.batch_size, settings.seed, start, settings.steps),
+        num_workers=settings.num_workers)
+    amp = device.type == "cuda"
+
+    def save(step: int) -> None:
+        _save_checkpoint(ckpt, {"step": step, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(), "routes": [r.name for r in net.routes],
+                                "settings": settings.fingerprint()})
+
+    net.train()
+    if settings.stitches_only:
+        for a in net.anchors.values():
+            a.eval()
+    began, loss_value = time.perf_counter(), float("nan")
+    bar = tqdm(total=settings.steps, initial=start, disable=not progress, desc="finetune", unit="step")
+    for step, (images, labels) in enumerate(loader, start=start):
+        k = int(schedule[step])
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = torch.nn.functional.cross_entropy(net(images, k), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_value = float(loss)
+        if not math.isfinite(loss_value):
+            raise KlasError(f"finetuning diverged at step {step} (route {net.routes[k].name}, loss {loss_value}); "
+                            f"the last checkpoint in {out_dir} is intact: lower the learning rate and run again")
+        bar.set_postfix(loss=f"{loss_value:.3f}", route=k)
+        bar.update(1)
+        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
+            save(step + 1)
+    bar.close()
+    if start >= settings.steps and not ckpt.is_file():
+        save(settings.steps)
+    net.eval()
+    return {"steps": settings.steps, "resumed_from": start, "seconds": time.perf_counter() - began,
+            "final_loss": loss_value}

@@ -7,6 +7,8 @@
     klas export --selection FILE [--format snnet|csv]
     klas import-snnet FILE --scores DIR
     klas eval-anchor SPEC --data PATH [--split test] [--json]
+    klas run CONFIG.yaml [--method M | --compare klas,snnet-nearest] [--set KEY=VALUE]
+    klas demo [--out DIR] [--data PATH --anchors SPEC,SPEC,...]
 
 Errors in the user's input print one line saying what is wrong and exit with status 2.
 """
@@ -286,7 +288,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_data_options(p)
     p.set_defaults(run=_cmd_eval_anchor)
+
+    p = sub.add_parser("run", help="the whole pipeline from a YAML config, resuming completed stages")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("--method", help="one selection method (klas, snnet-nearest, cka, mse, ce, dm, kl-ls, random)")
+    p.add_argument("--compare", help="comma-separated methods run with equal budgets into one report, "
+                                     "e.g. klas,snnet-nearest")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. finetune.steps=200")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_cmd_run)
+
+    p = sub.add_parser("demo", help="end-to-end demo: a small digits family (from scikit-learn), KLAS vs SN-Net")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--data", help="run on this data root instead (e.g. ../shared/data/cifar10); needs --anchors")
+    p.add_argument("--anchors", help="comma-separated anchor specs for --data (e.g. cifar-resnet:20,cifar-resnet:56)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_cmd_demo)
     return parser
+
+
+def _cmd_run(args) -> int:
+    from klas.config import load_config
+    from klas.run import run
+
+    overrides = {}
+    if args.method:
+        overrides["select.method"] = args.method
+    if args.compare:
+        overrides["select.compare"] = args.compare
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE (e.g. finetune.steps=200), got {item!r}")
+        import yaml
+
+        overrides[key] = yaml.safe_load(value)
+    cfg = load_config(args.config, overrides)
+    methods = [args.method] if args.method and not args.compare else None
+    run(cfg, methods=methods, progress=not args.quiet)
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from klas.demo import demo
+
+    anchors = args.anchors.split(",") if args.anchors else None
+    report = demo(args.out, data=args.data, anchors=anchors, progress=not args.quiet)
+    print(f"\ndemo finished: open {report / 'accuracy_flops.png'} (numbers in {report / 'report.json'})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -160,7 +160,7 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
         loss.backward()
         optimizer.step()
         scheduler.step()
-        loss_value = float(loss)
+        loss_value = loss.detach().item()
         if not math.isfinite(loss_value):
             raise KlasError(f"finetuning diverged at step {step} (route {net.routes[k].name}, loss {loss_value}); "
                             f"the last checkpoint in {out_dir} is intact: lower the learning rate and run again")

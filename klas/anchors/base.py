@@ -210,7 +210,7 @@ class Anchor(nn.Module):
         named = [p for p in self.model.parameters() if p.requires_grad]
 
         def used_by(fn, arg) -> int:
-            with torch.enable_grad():
+            with torch.inference_mode(False), torch.enable_grad():
                 out = fn(arg)
                 grads = torch.autograd.grad(out.float().sum(), named, allow_unused=True)
             return sum(p.numel() for p, g in zip(named, grads) if g is not None)
@@ -218,9 +218,10 @@ class Anchor(nn.Module):
         was_training = self.model.training
         self.model.eval()
         try:
-            x = self._blank_input()
-            with torch.no_grad():
-                h = self.forward_front(x, self.depth)
+            with torch.inference_mode(False):
+                x = self._blank_input()
+                with torch.no_grad():
+                    h = self.forward_front(x, self.depth)
             stem, head = used_by(self.run_stem, x), used_by(self.run_head, h.detach())
         finally:
             self.model.train(was_training)

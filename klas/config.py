@@ -1,0 +1,181 @@
+"""Run configuration (`klas run CONFIG.yaml`): defaults, validation, per-stage fingerprints.
+
+A config is YAML with the sections below; anything left out takes the default shown. Unknown keys
+and values of the wrong type are errors that name the key path (``finetune.stepz: unknown key``).
+Strings may use ``${KLAS_SHARED}`` (the shared folder, klas.settings) and other environment
+variables. Relative paths are relative to the working directory.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from klas.errors import KlasError
+
+__all__ = ["DEFAULTS", "load_config", "validate_config", "stage_fingerprint", "ConfigError"]
+
+
+class ConfigError(KlasError):
+    """A config file that cannot be used as written."""
+
+
+# section -> key -> default; a default of None accepts None or the type given in OPTIONAL_TYPES
+DEFAULTS: dict[str, Any] = {
+    "name": "klas-run",
+    "out": "runs/klas-run",
+    "seed": 0,
+    "device": "cpu",
+    "anchors": [],
+    "data": {"root": "", "val_fraction": 0.1, "train_limit": None, "val_limit": None, "test_limit": None},
+    "extract": {"dtype": "float16", "batch_size": 256, "num_workers": 0},
+    "probes": {"epochs": 4, "batch_size": 256, "lr": 1e-2, "weight_decay": 0.0, "labels": "true"},
+    "score": {"temperature": 1.0, "floor": 1e-6, "backend": "auto"},
+    "select": {"method": "klas", "compare": [], "tau": 0.05, "tau_mode": "relative", "buckets": "auto",
+               "chain_rule": "minimax"},
+    "finetune": {"steps": 1000, "batch_size": 64, "lr": 1e-4, "weight_decay": 0.05, "warmup_fraction": 0.05,
+                 "stitches_only": False, "checkpoint_every": 100, "calibration_images": 128, "num_workers": 0},
+    "evaluate": {"batch_size": 500, "split": "test"},
+}
+OPTIONAL_TYPES = {"train_limit": int, "val_limit": int, "test_limit": int}
+CHOICES = {
+    ("extract", "dtype"): ("float16", "bfloat16", "float32"),
+    ("probes", "labels"): ("true", "pseudo"),
+    ("score", "backend"): ("auto", "torch", "triton"),
+    ("select", "tau_mode"): ("relative", "absolute"),
+    ("select", "chain_rule"): ("minimax", "nearest"),
+    ("evaluate", "split"): ("test", "val"),
+}
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        from klas.settings import shared_dir
+
+        value = value.replace("${KLAS_SHARED}", str(shared_dir()))
+        return re.sub(r"\$\{(\w+)\}", lambda m: os.environ.get(m.group(1), m.group(0)), value)
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    return value
+
+
+def _check(value: Any, default: Any, path: str) -> Any:
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        unknown = sorted(set(value) - set(default))
+        if unknown:
+            raise ConfigError(f"{path + '.' if path else ''}{unknown[0]}: unknown key (known: {', '.join(sorted(default))})")
+        merged = copy.deepcopy(default)
+        for key, v in value.items():
+            merged[key] = _check(v, default[key], f"{path}.{key}" if path else key)
+        return merged
+    if default is None:
+        want = OPTIONAL_TYPES.get(path.rsplit(".", 1)[-1])
+        if value is not None and not (isinstance(value, want) and not isinstance(value, bool)):
+            raise ConfigError(f"{path}: expected {want.__name__} or null, got {value!r}")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if isinstance(default, list):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: expected a list of strings, got {value!r}")
+        return value
+    if isinstance(default, str):
+        if path == "select.buckets" and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def validate_config(raw: Any) -> dict:
+    """The full config (defaults filled in) from a parsed document; ConfigError naming the bad key."""
+    if raw is None:
+        raw = {}
+    cfg = _check(_expand(raw), DEFAULTS, "")
+    for (section, key), allowed in CHOICES.items():
+        if cfg[section][key] not in allowed:
+            raise ConfigError(f"{section}.{key}: must be one of {list(allowed)}, got {cfg[section][key]!r}")
+    if len(cfg["anchors"]) < 2:
+        raise ConfigError("anchors: list at least two anchor specs (e.g. cifar-resnet:20, cifar-resnet:56)")
+    if not cfg["data"]["root"]:
+        raise ConfigError("data.root: the image folder or zip is required")
+    from klas.select import METHODS, METRIC_METHODS
+
+    for m in [cfg["select"]["method"], *cfg["select"]["compare"]]:
+        if m not in (*METHODS, *METRIC_METHODS):
+            raise ConfigError(f"select.method: unknown method {m!r} (have {sorted((*METHODS, *METRIC_METHODS))})")
+    return cfg
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> dict:
+    """Reads and validates a YAML config; `overrides` ({"select.method": "klas", …}) applied first."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML ({e})") from None
+    raw = raw if raw is not None else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path}: expected a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return validate_config(raw)
+
+
+# which parts of the config each stage's outputs depend on (its own and everything upstream)
+STAGE_KEYS = {
+    "extract": ("anchors", "data", "extract", "seed"),
+    "probes": ("anchors", "data", "extract", "seed", "probes"),
+    "score": ("anchors", "data", "extract", "seed", "probes", "score"),
+    "select": ("anchors", "data", "extract", "seed", "probes", "score", "select.tau", "select.tau_mode",
+               "select.buckets", "select.chain_rule"),
+    "finetune": ("anchors", "data", "extract", "seed", "probes", "score", "select.tau", "select.tau_mode",
+                 "select.buckets", "select.chain_rule", "finetune"),
+    "evaluate": ("anchors", "data", "extract", "seed", "probes", "score", "select.tau", "select.tau_mode",
+                 "select.buckets", "select.chain_rule", "finetune", "evaluate"),
+}
+_NOT_RESULTS = {"num_workers", "checkpoint_every"}  # settings that change speed, not results
+
+
+def stage_fingerprint(cfg: dict, stage: str, method: str | None = None) -> str:
+    """Hash of the config parts a stage's outputs depend on (plus the method, for per-method stages)."""
+    picked = {}
+    for key in STAGE_KEYS[stage]:
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        if isinstance(node, dict):
+            node = {k: v for k, v in node.items() if k not in _NOT_RESULTS}
+        picked[key] = node
+    if method is not None:
+        picked["method"] = method
+    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]

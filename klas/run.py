@@ -1,0 +1,221 @@
+"""`klas run CONFIG`: extract → probes → score → select → stitch + finetune → evaluate → report.
+
+Output layout under ``cfg["out"]``::
+
+    cache/<anchor>/{train,val}/     activation caches          (stage extract)
+    cache/probes/                   probe weights + accuracies (stage probes)
+    cache/scores/                   Θ, Σ, Γ                    (stage score)
+    methods/<method>/selection/     selection.json + plot      (stage select, per method)
+    methods/<method>/supernet/      checkpoint.pt              (stage finetune, per method)
+    methods/<method>/evaluation/    evaluation.json: top-1, FLOPs, parameters per route (stage evaluate)
+    report/                         report.json, routes.csv, accuracy_flops.png
+
+Every stage directory gets a ``.klas-stage.json`` with the fingerprint of the config parts its
+outputs depend on, written only after the outputs are complete. A stage whose marker matches is
+skipped; one whose marker differs refuses to overwrite (another config made those files); one
+without a marker runs again, and extraction and finetuning continue where they stopped.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from klas.cache.format import write_json_atomic
+from klas.config import ConfigError, stage_fingerprint
+
+__all__ = ["run", "run_methods", "MARKER"]
+
+MARKER = ".klas-stage.json"
+
+
+def _stage(directory: Path, stage: str, fingerprint: str, work: Callable[[], None], log) -> bool:
+    """Runs `work` unless `directory` holds this stage's outputs for this fingerprint. True if it ran."""
+    marker = directory / MARKER
+    if marker.is_file():
+        found = json.loads(marker.read_text()).get("fingerprint")
+        if found == fingerprint:
+            log(f"[{stage}] up to date in {directory}, skipped")
+            return False
+        raise ConfigError(f"{directory} holds {stage} outputs of another config (fingerprint {found}, this config "
+                          f"{fingerprint}); give the run another `out`, or delete {directory} to redo the stage")
+    log(f"[{stage}] running -> {directory}")
+    began = time.perf_counter()
+    directory.mkdir(parents=True, exist_ok=True)
+    work()
+    write_json_atomic(marker, {"stage": stage, "fingerprint": fingerprint, "seconds": time.perf_counter() - began})
+    return True
+
+
+def run_methods(cfg: dict, methods_override: list[str] | None = None) -> list[str]:
+    """Methods a run covers: the override, else select.compare when given, else select.method."""
+    methods = methods_override or cfg["select"]["compare"] or [cfg["select"]["method"]]
+    return list(dict.fromkeys(methods))
+
+
+def run(cfg: dict, *, methods: list[str] | None = None, progress: bool = True, log=print) -> Path:
+    """Runs every stage of `cfg` (validated, klas.config) for each method; returns the report folder."""
+    from klas.anchors import load_anchor
+
+    methods = run_methods(cfg, methods)
+    out = Path(cfg["out"])
+    cache = out / "cache"
+    anchors = [load_anchor(spec) for spec in cfg["anchors"]]
+    _check_preprocessing(anchors)
+    dcfg, seed, device = cfg["data"], cfg["seed"], cfg["device"]
+
+    def do_extract():
+        from klas.extract import extract
+
+        for split, limit in (("train", dcfg["train_limit"]), ("val", dcfg["val_limit"])):
+            extract(anchors, dcfg["root"], cache, splits=(split,), batch_size=cfg["extract"]["batch_size"],
+                    dtype=cfg["extract"]["dtype"], device=device, val_fraction=dcfg["val_fraction"], seed=seed,
+                    limit=limit, num_workers=cfg["extract"]["num_workers"], progress=progress)
+
+    _stage(cache, "extract", stage_fingerprint(cfg, "extract"), do_extract, log)
+
+    def do_probes():
+        from klas.probes import probe_table, train_probes
+
+        p = cfg["probes"]
+        sets = train_probes([cache / a.name / "train" for a in anchors], [cache / a.name / "val" for a in anchors],
+                            epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], weight_decay=p["weight_decay"],
+                            labels=p["labels"], seed=seed, device=device, progress=progress)
+        for ps in sets:
+            ps.save(cache / "probes")
+        log(probe_table(sets))
+
+    _stage(cache / "probes", "probes", stage_fingerprint(cfg, "probes"), do_probes, log)
+
+    def do_score():
+        from klas.scores import score
+
+        s = cfg["score"]
+        score(cache, cache / "probes", cache / "scores", anchors=[a.name for a in anchors], temperature=s["temperature"],
+              floor=s["floor"], backend=s["backend"], device=device)
+
+    _stage(cache / "scores", "score", stage_fingerprint(cfg, "score"), do_score, log)
+
+    results = {}
+    for method in methods:
+        results[method] = _run_method(cfg, method, anchors, out, progress=progress, log=log)
+
+    from klas.report import write_report
+
+    report = write_report(results, out / "report", title=f"{cfg['name']}: " + " vs ".join(methods),
+                          extra={"config": cfg, "methods_run": methods})
+    doc = json.loads((report / "report.json").read_text())
+    for m in methods:
+        s = doc["methods"][m]
+        rho = s["spearman_gamma_top1"]
+        log(f"{m}: {s['stitches']} stitches, AUC {s['auc']:.3f}, best top-1 {s['best_top1']:.2f}%, "
+            f"Spearman(Γ, top-1) {'n/a' if rho is None else f'{rho:+.3f}'} over {s['spearman_routes']} scored stitches")
+    for c in doc["comparisons"]:
+        log(f"{c['ours']} vs {c['baseline']}: ΔAUC {c['delta_auc']:+.3f}, best gain at equal FLOPs "
+            f"{c['best_gain_at_equal_flops']['top1_points']:+.2f} points, FLOPs saving at equal accuracy "
+            f"{c['best_flops_saving_at_equal_accuracy']['ratio']:.2f}x")
+    log(f"report: {report / 'report.json'}; plot: {report / 'accuracy_flops.png'}")
+    return report
+
+
+def _check_preprocessing(anchors) -> None:
+    first = anchors[0]
+    for a in anchors[1:]:
+        if (a.input_size, a.mean, a.std) != (first.input_size, first.mean, first.std):
+            raise ConfigError(f"anchors {first.name} and {a.name} expect different inputs (size or normalisation); "
+                              "a stitched supernet feeds one image to both")
+
+
+def _selection(cfg: dict, method: str, cache: Path):
+    from klas.scores import load_scores
+    from klas.select import METHODS, METRIC_METHODS, select
+
+    s = cfg["select"]
+    scores = load_scores(cache / "scores")
+    options = {"tau": s["tau"], "tau_mode": s["tau_mode"], "buckets": s["buckets"], "chain_rule": s["chain_rule"]}
+    if method in METRIC_METHODS:
+        from klas.metric_tables import metric_numerators
+
+        return select(scores, numerators=metric_numerators(scores, method, cache, cache / "probes"), method=method,
+                      **options)
+    if method == "random":
+        return METHODS[method](scores, seed=cfg["seed"], **options)
+    return METHODS[method](scores, **options)
+
+
+def _build_supernet(anchors, selection_doc: dict):
+    from klas.stitch import StitchedSupernet
+
+    stitches = [(c["source"], c["target"], c["i"], c["j"]) for p in selection_doc["pairs"] for c in p["selected"]]
+    return StitchedSupernet(anchors, stitches)
+
+
+def _images(cfg: dict, split: str, anchor, limit):
+    from klas.data import ImageDataset, check_classes, resolve_split, take_subset
+
+    source, indices = resolve_split(cfg["data"]["root"], split, val_fraction=cfg["data"]["val_fraction"],
+                                    seed=cfg["seed"])
+    check_classes(source, anchor)
+    indices = take_subset(indices, limit, cfg["seed"])
+    return ImageDataset(source, indices, input_size=anchor.input_size, mean=anchor.mean, std=anchor.std)
+
+
+def _run_method(cfg: dict, method: str, anchors, out: Path, *, progress: bool, log) -> list:
+    from klas.anchors import load_anchor
+    from klas.evaluate import RouteResult, evaluate_routes
+    from klas.finetune import CHECKPOINT, FinetuneSettings, finetune
+
+    cache, here = out / "cache", out / "methods" / method
+    sel_dir, net_dir = here / "selection", here / "supernet"
+
+    def do_select():
+        from klas.plots import selection_scatter
+
+        sel = _selection(cfg, method, cache)
+        write_json_atomic(sel_dir / "selection.json", sel.to_json())
+        selection_scatter(sel, sel_dir / "selection.png")
+        log(f"[select] {method}: {len(sel.selected)} stitches over {' -> '.join(sel.chain)}")
+
+    _stage(sel_dir, "select", stage_fingerprint(cfg, "select", method), do_select, log)
+    selection_doc = json.loads((sel_dir / "selection.json").read_text())
+    f = cfg["finetune"]
+    settings = FinetuneSettings(steps=f["steps"], batch_size=f["batch_size"], lr=f["lr"], weight_decay=f["weight_decay"],
+                                warmup_fraction=f["warmup_fraction"], stitches_only=f["stitches_only"],
+                                seed=cfg["seed"], checkpoint_every=f["checkpoint_every"], num_workers=f["num_workers"],
+                                device=cfg["device"])
+
+    def fresh_supernet():
+        return _build_supernet([load_anchor(spec) for spec in cfg["anchors"]], selection_doc)
+
+    def do_finetune():
+        net = fresh_supernet()
+        train = _images(cfg, "train", anchors[0], cfg["data"]["train_limit"])
+        if not (net_dir / CHECKPOINT).is_file():  # a resumed run takes the stitches from its checkpoint
+            calib = torch.utils.data.Subset(train, range(min(f["calibration_images"], len(train))))
+            images = torch.stack([x for x, _ in calib]).to(cfg["device"])
+            net.to(cfg["device"]).init_stitches(images, seed=cfg["seed"])
+        stats = finetune(net, train, settings, net_dir, progress=progress)
+        log(f"[finetune] {method}: {stats['steps']} steps (from {stats['resumed_from']}), "
+            f"{stats['seconds']:.0f} s, last loss {stats['final_loss']:.3f}")
+
+    _stage(net_dir, "finetune", stage_fingerprint(cfg, "finetune", method), do_finetune, log)
+    e = cfg["evaluate"]
+
+    def do_evaluate():
+        net = fresh_supernet()
+        state = torch.load(net_dir / CHECKPOINT, map_location="cpu", weights_only=True)
+        net.load_state_dict(state["model"])
+        data = _images(cfg, e["split"], anchors[0], cfg["data"]["test_limit"] if e["split"] == "test" else cfg["data"]["val_limit"])
+        loader = torch.utils.data.DataLoader(data, batch_size=e["batch_size"], num_workers=f["num_workers"])
+        gammas = {f"{c['source']}:{c['i']}->{c['target']}:{c['j']}": c["gamma"]
+                  for p in selection_doc["pairs"] for c in p["selected"]}
+        results = evaluate_routes(net, loader, device=cfg["device"], progress=progress, gammas=gammas)
+        write_json_atomic(here / "evaluation" / "evaluation.json", {"method": method, "split": e["split"],
+                                                     "routes": [r.to_json() for r in results]})
+
+    _stage(here / "evaluation", "evaluate", stage_fingerprint(cfg, "evaluate", method), do_evaluate, log)
+    doc = json.loads((here / "evaluation" / "evaluation.json").read_text())
+    return [RouteResult(**r) for r in doc["routes"]]

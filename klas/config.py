@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "select": {"method": "klas", "compare": [], "tau": 0.05, "tau_mode": "relative", "buckets": "auto",
                "chain_rule": "minimax"},
     "finetune": {"steps": 1000, "batch_size": 64, "lr": 1e-4, "weight_decay": 0.05, "warmup_fraction": 0.05,
-                 "stitches_only": False, "checkpoint_every": 100, "calibration_images": 128, "num_workers": 0},
+                 "stitches_only": False, "freeze_bn": True, "checkpoint_every": 100, "calibration_images": 128, "num_workers": 0},
     "evaluate": {"batch_size": 500, "split": "test"},
 }
 OPTIONAL_TYPES = {"train_limit": int, "val_limit": int, "test_limit": int}
@@ -86,6 +86,11 @@ def _check(value: Any, default: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected true or false, got {value!r}")
         return value
     if isinstance(default, float):
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)

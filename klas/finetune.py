@@ -5,6 +5,14 @@ drawn up front, so a resumed run draws the same routes); the batch order is a se
 epoch, also a function of the step. AdamW with a linear warm-up and a cosine decay; bf16 autocast on
 CUDA. A checkpoint (weights, optimizer, schedule position) is written every `checkpoint_every`
 steps, atomically; run again with the same settings, finetuning continues from it.
+
+BatchNorm: every route shares the anchors' BatchNorm layers, and a step of one route would move
+their running statistics towards that route's features (a stitched route feeds the target's blocks
+other activations than the target's own stem). With `freeze_bn` (the default) BatchNorm layers stay
+in eval mode: they normalise with the anchors' pretrained statistics, and their affine weights
+still train. The stitching layers start as least-squares maps into the target's activations, so
+those statistics fit the stitched routes too. `freeze_bn=False` updates the statistics as plain
+training does.
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ class FinetuneSettings:
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
     stitches_only: bool = False  # train only the stitching layers (anchors frozen, in eval mode)
+    freeze_bn: bool = True  # BatchNorm keeps the anchors' running statistics (see the module docstring)
     seed: int = 0
     checkpoint_every: int = 100
     num_workers: int = 0
@@ -149,6 +158,10 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
     if settings.stitches_only:
         for a in net.anchors.values():
             a.eval()
+    if settings.freeze_bn:
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
     began, loss_value = time.perf_counter(), float("nan")
     bar = tqdm(total=settings.steps, initial=start, disable=not progress, desc="finetune", unit="step")
     for step, (images, labels) in enumerate(loader, start=start):

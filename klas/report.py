@@ -90,7 +90,11 @@ def _plot(results: dict[str, list[RouteResult]], methods: dict, path: Path, titl
                    marker=marker)
         front = [r for r in rs if r.name in set(methods[m]["frontier"])]
         front.sort(key=lambda r: r.flops)
-        ax.step([r.flops / 1e6 for r in front], [r.top1 for r in front], where="post", color=color, lw=1.6,
+        xs, ys = [r.flops / 1e6 for r in front], [r.top1 for r in front]
+        top = max(r.flops for r in rs if r.source == r.target) / 1e6
+        if xs[-1] < top:  # the step function goes on to the costliest anchor
+            xs, ys = [*xs, top], [*ys, ys[-1]]
+        ax.step(xs, ys, where="post", color=color, lw=1.6,
                 label=f"{m}: {methods[m]['stitches']} stitches, AUC {methods[m]['auc']:.2f}")
     anchors = [r for r in next(iter(results.values())) if r.source == r.target]
     for n, (m, rs) in enumerate(results.items()):

@@ -183,7 +183,7 @@ def _run_method(cfg: dict, method: str, anchors, out: Path, *, progress: bool, l
     selection_doc = json.loads((sel_dir / "selection.json").read_text())
     f = cfg["finetune"]
     settings = FinetuneSettings(steps=f["steps"], batch_size=f["batch_size"], lr=f["lr"], weight_decay=f["weight_decay"],
-                                warmup_fraction=f["warmup_fraction"], stitches_only=f["stitches_only"],
+                                warmup_fraction=f["warmup_fraction"], stitches_only=f["stitches_only"], freeze_bn=f["freeze_bn"],
                                 seed=cfg["seed"], checkpoint_every=f["checkpoint_every"], num_workers=f["num_workers"],
                                 device=cfg["device"])
 

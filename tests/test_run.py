@@ -1,0 +1,144 @@
+"""`klas run`: config validation, the staged pipeline on a tiny family, resume after a kill."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from klas.cli import main
+from klas.config import ConfigError, load_config, stage_fingerprint, validate_config
+
+ANCHORS = ["cifar-resnet:8?pretrained=false&seed=1", "cifar-resnet:14?pretrained=false&seed=2"]
+
+
+def tiny_config(out: Path, data: Path, **finetune) -> dict:
+    return {
+        "name": "tiny", "out": str(out), "anchors": ANCHORS, "data": {"root": str(data), "val_fraction": 0.25},
+        "extract": {"batch_size": 32}, "probes": {"epochs": 2, "batch_size": 32},
+        "select": {"compare": ["klas", "snnet-nearest"]},
+        "finetune": {"steps": 6, "batch_size": 8, "checkpoint_every": 2, "calibration_images": 16, **finetune},
+        "evaluate": {"batch_size": 64},
+    }
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"finetune": {"stepz": 3}}, "finetune.stepz: unknown key"),
+    ({"finetune": {"steps": "many"}}, "finetune.steps: expected an integer"),
+    ({"select": {"tau_mode": "sideways"}}, "select.tau_mode: must be one of"),
+    ({"select": {"method": "oracle"}}, "unknown method 'oracle'"),
+    ({"anchors": ["cifar-resnet:20"]}, "anchors: list at least two"),
+    ({"data": {"train_limit": 1.5}}, "data.train_limit: expected int or null"),
+    ({"extra": 1}, "extra: unknown key"),
+])
+def test_config_errors_name_the_key(tmp_path, edit, message):
+    raw = tiny_config(tmp_path / "out", tmp_path)
+    for k, v in edit.items():
+        raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
+    with pytest.raises(ConfigError, match=message):
+        validate_config(raw)
+
+
+def test_exponent_notation_reads_as_a_number(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"anchors: [a, b]\ndata: {{root: {tmp_path}}}\nfinetune: {{lr: 1e-4}}\nscore: {{floor: 1e-06}}\n")
+    cfg = load_config(path)
+    assert cfg["finetune"]["lr"] == 1e-4 and cfg["score"]["floor"] == 1e-6
+
+
+def test_fingerprints_follow_the_config_parts_a_stage_reads(tmp_path):
+    base = validate_config(tiny_config(tmp_path / "o", tmp_path))
+    more_steps = validate_config(tiny_config(tmp_path / "o", tmp_path, steps=7))
+    faster = validate_config(tiny_config(tmp_path / "o", tmp_path, num_workers=2))
+    assert stage_fingerprint(base, "score") == stage_fingerprint(more_steps, "score")
+    assert stage_fingerprint(base, "finetune") != stage_fingerprint(more_steps, "finetune")
+    assert stage_fingerprint(base, "finetune") == stage_fingerprint(faster, "finetune")  # speed, not results
+    assert stage_fingerprint(base, "select", "klas") != stage_fingerprint(base, "select", "snnet-nearest")
+
+
+def test_config_files_in_the_repository_are_valid():
+    root = Path(__file__).resolve().parent.parent / "configs"
+    for path in sorted(root.glob("*.yaml")):
+        cfg = load_config(path)
+        assert len(cfg["anchors"]) >= 2 and cfg["select"]["compare"]
+
+
+def _write(tmp_path: Path, cfg: dict) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_run_compares_methods_and_skips_completed_stages(tmp_path, shapes_dir, capsys):
+    config = _write(tmp_path, tiny_config(tmp_path / "out", shapes_dir))
+    assert main(["run", str(config), "--quiet"]) == 0
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    assert set(report["methods"]) == {"klas", "snnet-nearest"}
+    assert report["comparisons"][0]["ours"] == "klas"
+    for m, routes in report["results"].items():
+        assert [r["name"] for r in routes][:2] == ["cifar-resnet8", "cifar-resnet14"]  # anchors first
+        assert all(0 <= r["top1"] <= 100 and r["total"] == 120 for r in routes)  # one image set: test = all 120
+        assert report["methods"][m]["stitches"] == len(routes) - 2
+    assert (tmp_path / "out" / "report" / "accuracy_flops.png").stat().st_size > 5000
+    capsys.readouterr()
+    # a second run finds every stage complete
+    assert main(["run", str(config), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("up to date") == 3 + 3 * 2 and "running" not in out
+    # a changed finetuning budget leaves the earlier outputs alone and says so
+    assert main(["run", str(config), "--quiet", "--set", "finetune.steps=8"]) == 2
+
+
+def test_unknown_config_key_is_a_one_line_error(tmp_path, shapes_dir, capsys):
+    cfg = tiny_config(tmp_path / "out", shapes_dir)
+    cfg["probes"]["epoch"] = 3
+    assert main(["run", str(_write(tmp_path, cfg))]) == 2
+    assert "probes.epoch: unknown key" in capsys.readouterr().err
+
+
+def _run_process(config: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "klas.cli", "run", str(config), "--method", "klas", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_killed_finetuning_resumes_to_the_same_result(tmp_path, shapes_dir):
+    """SIGKILL once the first checkpoint exists; the rerun continues from it and ends where an
+    uninterrupted run ends."""
+    steps = dict(steps=30, checkpoint_every=5)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = _write(tmp_path / "a", tiny_config(tmp_path / "a" / "out", shapes_dir, **steps))
+    killed = _write(tmp_path / "b", tiny_config(tmp_path / "b" / "out", shapes_dir, **steps))
+    assert _run_process(straight).wait(timeout=600) == 0
+    proc = _run_process(killed)
+    checkpoint = tmp_path / "b" / "out" / "methods" / "klas" / "supernet" / "checkpoint.pt"
+    deadline = time.time() + 600
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = torch.load(checkpoint, weights_only=True)["step"]
+    assert 0 < step < 30
+    assert not (checkpoint.parent / ".klas-stage.json").exists()  # finetuning not marked complete
+    rerun = _run_process(killed)
+    output = rerun.communicate(timeout=600)[0].decode()
+    assert rerun.returncode == 0, output
+    assert f"(from {step})" in output
+    a = torch.load(tmp_path / "a" / "out" / "methods" / "klas" / "supernet" / "checkpoint.pt", weights_only=True)
+    b = torch.load(checkpoint, weights_only=True)
+    assert a["step"] == b["step"] == 30
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, atol=1e-5, rtol=1e-5, msg=key)
+    ra = json.loads((tmp_path / "a" / "out" / "methods" / "klas" / "evaluation" / "evaluation.json").read_text())
+    rb = json.loads((tmp_path / "b" / "out" / "methods" / "klas" / "evaluation" / "evaluation.json").read_text())
+    assert [r["correct"] for r in ra["routes"]] == [r["correct"] for r in rb["routes"]]

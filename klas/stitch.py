@@ -90,7 +90,9 @@ class StitchedSupernet(nn.Module):
             if grid_in != grid_out:
                 raise ValueError(f"stitch ({source}, {i}) -> ({target}, {j}) joins grids {grid_in} and {grid_out}")
             self.routes.append(Route(source, target, i, j))
-            layers.append(stitching_layer(layout, w_in, w_out))
+            with torch.random.fork_rng(devices=[]):  # the same stitches give the same initial layers
+                torch.manual_seed(len(layers))
+                layers.append(stitching_layer(layout, w_in, w_out))
         self.stitches = nn.ModuleList(layers)
         self.eval()  # finetuning switches to training mode itself
 

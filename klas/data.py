@@ -84,6 +84,9 @@ def open_images(path: str | os.PathLike) -> ImageSource:
         )
     names.sort()
     classes = tuple(sorted({Path(n).parts[0] for n in names}))
+    if len(classes) < 2:
+        raise DataError(f"dataset {path} has one class ({classes[0]!r}); classification needs at least two "
+                        "class folders")
     index = {c: k for k, c in enumerate(classes)}
     labels = np.array([index[Path(n).parts[0]] for n in names], dtype=np.int64)
     return ImageSource(path=path, is_zip=is_zip, files=tuple(names), classes=classes, labels=labels)

@@ -203,3 +203,10 @@ def test_writer_refuses_unwritable_directory(tmp_path):
     with pytest.raises(CacheError, match="not writable"):
         CacheWriter(blocker / "c", anchor="a", split="val", dtype="float32", blocks=make_blocks((3,), 2),
                     num_classes=2, num_samples=10, shard_rows=10, source={})
+
+
+def test_labels_outside_the_classes_are_refused(tmp_path):
+    w = CacheWriter(tmp_path / "c", anchor="test:anchor", split="val", dtype="float32", blocks=make_blocks((2,), 3),
+                    num_classes=3, num_samples=4, shard_rows=4, source={})
+    with pytest.raises(ValueError, match=r"labels must lie in 0..2.*\[3\]"):
+        w.append(np.zeros((4, 5), dtype=np.float32), np.array([0, 1, 2, 3]))

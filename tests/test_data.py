@@ -70,3 +70,14 @@ def test_undecodable_image_is_named(tmp_path, shapes_dir):
 def test_missing_dataset(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         open_images(tmp_path / "nope")
+
+
+def test_one_class_dataset_is_refused(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "one" / "cat"
+    folder.mkdir(parents=True)
+    for k in range(3):
+        Image.new("RGB", (8, 8)).save(folder / f"{k}.png")
+    with pytest.raises(DataError, match="has one class"):
+        open_images(tmp_path / "one")

@@ -139,6 +139,11 @@ class CacheWriter:
             raise ValueError(f"features must be [n, {self.row_width}], got {list(features.shape)}")
         if labels.shape != (features.shape[0],):
             raise ValueError(f"labels must be [{features.shape[0]}], got {list(labels.shape)}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= self._header_fields["num_classes"]):
+            classes = self._header_fields["num_classes"]
+            bad = labels[(labels < 0) | (labels >= classes)]
+            raise ValueError(f"labels must lie in 0..{classes - 1} (the anchor's classes), got {bad[:5].tolist()}; "
+                             "check that the dataset's classes are the anchor's")
         start = 0
         while start < len(features):
             take = min(len(features) - start, len(self._buf) - self._fill)

@@ -142,3 +142,57 @@ def test_killed_finetuning_resumes_to_the_same_result(tmp_path, shapes_dir):
     ra = json.loads((tmp_path / "a" / "out" / "methods" / "klas" / "evaluation" / "evaluation.json").read_text())
     rb = json.loads((tmp_path / "b" / "out" / "methods" / "klas" / "evaluation" / "evaluation.json").read_text())
     assert [r["correct"] for r in ra["routes"]] == [r["correct"] for r in rb["routes"]]
+
+
+def _outputs(out: Path) -> dict:
+    """What a finished run leaves: cache bytes, Θ, selections, finetuned weights, evaluations."""
+    from safetensors.torch import load_file
+
+    got = {"shards": {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("cache/*/*/shard-*.bin"))},
+           "theta": load_file(str(out / "cache" / "scores" / "scores.safetensors"))["theta_all"]}
+    for method_dir in sorted((out / "methods").iterdir()):
+        sel = json.loads((method_dir / "selection" / "selection.json").read_text())
+        got[f"{method_dir.name}/selected"] = [(c["i"], c["j"]) for p in sel["pairs"] for c in p["selected"]]
+        got[f"{method_dir.name}/weights"] = torch.load(method_dir / "supernet" / "checkpoint.pt", weights_only=True)["model"]
+        evaluation = json.loads((method_dir / "evaluation" / "evaluation.json").read_text())
+        got[f"{method_dir.name}/correct"] = [r["correct"] for r in evaluation["routes"]]
+    return got
+
+
+@pytest.mark.slow
+def test_run_killed_again_and_again_ends_like_an_uninterrupted_run(tmp_path, shapes_dir):
+    """SIGKILL the whole pipeline at growing delays, rerunning each time, until a run finishes; the
+    stages hit are recorded, and the final outputs equal those of a run never killed."""
+    settings = dict(steps=40, checkpoint_every=4)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = _write(tmp_path / "a", tiny_config(tmp_path / "a" / "out", shapes_dir, **settings))
+    killed = _write(tmp_path / "b", tiny_config(tmp_path / "b" / "out", shapes_dir, **settings))
+    cmd = [sys.executable, "-m", "klas.cli", "run", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert subprocess.run([*cmd, str(straight)], env=env, capture_output=True).returncode == 0
+    out, hit, delay = tmp_path / "b" / "out", [], 2.0
+    for _ in range(40):
+        proc = subprocess.Popen([*cmd, str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            if proc.wait(timeout=delay) == 0:
+                break
+            pytest.fail("an interrupted run failed when run again")
+        except subprocess.TimeoutExpired:
+            done = {p.parent.name for p in out.rglob(".klas-stage.json")}
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            hit.append(len(done))
+            delay += 1.5
+    else:
+        pytest.fail("the run never finished")
+    assert len(set(hit)) >= 3, f"kills landed in too few stages: {hit}"
+    a, b = _outputs(tmp_path / "a" / "out"), _outputs(out)
+    assert a["shards"] == b["shards"]
+    torch.testing.assert_close(a["theta"], b["theta"], atol=0, rtol=0)
+    for key in a:
+        if key.endswith("/weights"):
+            for name, value in a[key].items():
+                torch.testing.assert_close(b[key][name], value, atol=1e-5, rtol=1e-5, msg=name)
+        elif key not in ("shards", "theta"):
+            assert a[key] == b[key], key

@@ -1,3 +1,4 @@
+"""`python -m klas …` runs the `klas` command."""
 import sys
 
 from klas.cli import main

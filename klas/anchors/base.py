@@ -15,7 +15,7 @@ from functools import cached_property
 import torch
 from torch import nn
 
-__all__ = ["Anchor", "BlockInfo", "AnchorFlops", "AnchorParams", "LAYOUTS"]
+__all__ = ["Anchor", "BlockInfo", "PartCounts", "AnchorFlops", "AnchorParams", "LAYOUTS"]
 
 # How a block's output tensor is laid out, and so how it is pooled and what its grid is.
 LAYOUTS = ("nchw", "nhwc", "nlc")
@@ -33,8 +33,8 @@ class BlockInfo:
 
 
 @dataclass(frozen=True)
-class AnchorFlops:
-    """FLOPs of one image through each part, counted by torch.utils.flop_counter."""
+class PartCounts:
+    """A count per part of an anchor: its stem, each block, its head (FLOPs of one image, or parameters)."""
 
     stem: int
     blocks: tuple[int, ...]
@@ -45,17 +45,8 @@ class AnchorFlops:
         return self.stem + sum(self.blocks) + self.head
 
 
-@dataclass(frozen=True)
-class AnchorParams:
-    """Parameter counts of each part; stem and head counted as the parameters their forward uses."""
-
-    stem: int
-    blocks: tuple[int, ...]
-    head: int
-
-    @property
-    def total(self) -> int:
-        return self.stem + sum(self.blocks) + self.head
+AnchorFlops = PartCounts  # FLOPs of one image through each part, counted by torch.utils.flop_counter
+AnchorParams = PartCounts  # parameters of each part; stem and head: the parameters their forward uses
 
 
 class Anchor(nn.Module):

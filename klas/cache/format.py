@@ -154,23 +154,23 @@ class Manifest:
                 raise ValueError(f"unknown dtype {dtype!r}")
             blocks = tuple(
                 BlockEntry(
-                    name=str(b["name"]), index=int(b["index"]), width=int(b["width"]),
-                    offset=int(b["offset"]), grid=tuple(int(g) for g in b.get("grid", ())),
+                    name=str(b["name"]), index=_int(b["index"]), width=_int(b["width"]),
+                    offset=_int(b["offset"]), grid=tuple(_int(g) for g in b.get("grid", ())),
                     kind=str(b.get("kind", "block")),
                 )
                 for b in data["blocks"]
             )
             shards = tuple(
-                ShardEntry(file=str(s["file"]), rows=int(s["rows"]), crc32c=int(s["crc32c"]))
+                ShardEntry(file=str(s["file"]), rows=_int(s["rows"]), crc32c=_int(s["crc32c"]))
                 for s in data["shards"]
             )
             m = Manifest(
                 anchor=str(data["anchor"]), split=str(data["split"]), dtype=dtype,
-                num_samples=int(data["num_samples"]), row_width=int(data["row_width"]),
-                num_classes=int(data["num_classes"]), blocks=blocks, shards=shards,
+                num_samples=_int(data["num_samples"]), row_width=_int(data["row_width"]),
+                num_classes=_int(data["num_classes"]), blocks=blocks, shards=shards,
                 source=dict(data.get("source", {})), anchor_info=dict(data.get("anchor_info", {})),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise CacheError(f"{where}: invalid manifest ({e}); re-run extraction") from None
         m.check(where)
         return m
@@ -199,6 +199,15 @@ class Manifest:
             problems.append("lists no shards")
         if problems:
             raise CacheError(f"{where}: manifest does not add up: " + "; ".join(problems) + "; re-run extraction")
+
+
+def _int(value: Any) -> int:
+    """A manifest integer: a JSON integer (not a float, bool or string) of sane size."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r}")
+    if not -(2**62) < value < 2**62:
+        raise ValueError(f"integer {value} is out of range")
+    return value
 
 
 def read_manifest(cache_dir: str | os.PathLike) -> Manifest:

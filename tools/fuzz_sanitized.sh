@@ -12,13 +12,14 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-cp -r "$ROOT/csrc" "$ROOT/klas" "$ROOT/tests" "$ROOT/setup.py" "$ROOT/pyproject.toml" "$WORK/"
+cp -r "$ROOT/csrc" "$ROOT/klas" "$ROOT/tests" "$ROOT/examples" "$ROOT/setup.py" "$ROOT/pyproject.toml" "$ROOT/README.md" "$WORK/"
 rm -f "$WORK"/klas/_C*.so
 (cd "$WORK" && KLAS_SANITIZE=1 "$PY" setup.py -q build_ext --inplace >/dev/null)
-export LD_PRELOAD=$(gcc -print-file-name=libasan.so)
+# libstdc++ preloaded too, so that the sanitizer finds the real __cxa_throw (python itself is C)
+export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export PYTHONPATH=$WORK KLAS_FUZZ_EXAMPLES=$EXAMPLES
 cd "$WORK"
 "$PY" -c "import klas._C as c; print('sanitized extension:', c.__file__)"
-"$PY" -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+"$PY" -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py  # -s: a sanitizer report must reach the terminal

@@ -182,7 +182,7 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
         if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
             save(step + 1)
     bar.close()
-    if start >= settings.steps and not ckpt.is_file():
+    if not ckpt.is_file():  # steps = 0: the untrained supernet is the result
         save(settings.steps)
     net.eval()
     return {"steps": settings.steps, "resumed_from": start, "seconds": time.perf_counter() - began,

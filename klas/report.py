@@ -97,7 +97,7 @@ def _plot(results: dict[str, list[RouteResult]], methods: dict, path: Path, titl
         ax.step(xs, ys, where="post", color=color, lw=1.6,
                 label=f"{m}: {methods[m]['stitches']} stitches, AUC {methods[m]['auc']:.2f}")
     anchors = [r for r in next(iter(results.values())) if r.source == r.target]
-    for n, (m, rs) in enumerate(results.items()):
+    for n, rs in enumerate(results.values()):
         for r in rs:
             if r.source == r.target:
                 ax.scatter([r.flops / 1e6], [r.top1], s=70, marker="*", color=f"C{n}", edgecolors="k", zorder=5)

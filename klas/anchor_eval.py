@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from klas.anchors import Anchor, load_anchor
-from klas.data import check_classes, make_loader, resolve_split, take_subset
+from klas.data import make_loader, split_for_anchor
 
 __all__ = ["AnchorAccuracy", "evaluate_anchor"]
 
@@ -43,9 +43,7 @@ def evaluate_anchor(
     """Top-1 of the anchor's own forward on `split` of the data root."""
     anchor = load_anchor(anchor) if isinstance(anchor, str) else anchor
     anchor = anchor.to(device).eval()
-    source, indices = resolve_split(data, split, val_fraction=val_fraction, seed=seed)
-    check_classes(source, anchor)
-    indices = take_subset(indices, limit, seed)
+    source, indices = split_for_anchor(data, split, anchor, val_fraction=val_fraction, seed=seed, limit=limit)
     correct = torch.zeros((), dtype=torch.int64)  # on the CPU: one sync per batch is fine here
     loader = make_loader(source, indices, anchor, batch_size=batch_size, num_workers=num_workers)
     for images, labels in tqdm(loader, disable=not progress, desc=f"eval {anchor.name}/{split}", unit="batch"):

@@ -26,7 +26,7 @@ from klas.errors import DataError
 
 __all__ = [
     "IMAGE_EXTENSIONS", "SPLITS", "ImageSource", "ImageDataset", "check_classes", "make_loader", "open_images",
-    "resolve_split", "split_indices", "take_subset",
+    "resolve_split", "split_for_anchor", "split_indices", "take_subset",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -175,6 +175,14 @@ def check_classes(source: ImageSource, anchor) -> None:
             f"dataset {source.path} has {len(source.classes)} classes but anchor {anchor.spec} predicts "
             f"{anchor.num_classes}; use a dataset of the anchor's classes (or a spec with num_classes=…)"
         )
+
+
+def split_for_anchor(root: str | os.PathLike, split: str, anchor, *, val_fraction: float = 0.1, seed: int = 0,
+                     limit: int | None = None) -> tuple[ImageSource, np.ndarray]:
+    """`resolve_split`, checked against the anchor's classes, then `limit` of it (`take_subset`)."""
+    source, indices = resolve_split(root, split, val_fraction=val_fraction, seed=seed)
+    check_classes(source, anchor)
+    return source, take_subset(indices, limit, seed)
 
 
 def take_subset(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from klas.anchors import Anchor, load_anchor
 from klas.cache import BlockEntry, CacheWriter, Manifest, read_manifest
 from klas.cache.format import DTYPES
-from klas.data import check_classes, make_loader, resolve_split, take_subset
+from klas.data import make_loader, split_for_anchor
 from klas.errors import CacheError
 
 __all__ = ["extract", "anchor_info", "cache_dir_for", "cache_layout", "cached_anchors"]
@@ -58,9 +58,7 @@ def _to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
 @torch.inference_mode()
 def _extract_one(anchor: Anchor, cache_dir: Path, *, data, split, batch_size, dtype, device,
                  shard_rows, val_fraction, seed, limit, num_workers, progress) -> Manifest:
-    source, indices = resolve_split(data, split, val_fraction=val_fraction, seed=seed)
-    check_classes(source, anchor)
-    indices = take_subset(indices, limit, seed)
+    source, indices = split_for_anchor(data, split, anchor, val_fraction=val_fraction, seed=seed, limit=limit)
     settings = {
         "data": str(Path(data).resolve()), "split_of": str(source.path.name), "val_fraction": val_fraction,
         "seed": seed, "limit": limit, "num_images": len(source), "batch_size": batch_size,

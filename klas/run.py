@@ -154,12 +154,10 @@ def _build_supernet(anchors, selection_doc: dict):
 
 
 def _images(cfg: dict, split: str, anchor, limit):
-    from klas.data import ImageDataset, check_classes, resolve_split, take_subset
+    from klas.data import ImageDataset, split_for_anchor
 
-    source, indices = resolve_split(cfg["data"]["root"], split, val_fraction=cfg["data"]["val_fraction"],
-                                    seed=cfg["seed"])
-    check_classes(source, anchor)
-    indices = take_subset(indices, limit, cfg["seed"])
+    source, indices = split_for_anchor(cfg["data"]["root"], split, anchor, val_fraction=cfg["data"]["val_fraction"],
+                                       seed=cfg["seed"], limit=limit)
     return ImageDataset(source, indices, input_size=anchor.input_size, mean=anchor.mean, std=anchor.std)
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from klas.anchors import Anchor
+from klas.anchors.base import width_and_grid
 from klas.linear_fit import fit_linear
 from klas.select import stitch_flops
 
@@ -225,8 +226,4 @@ def _stem_shape(a: Anchor) -> tuple[int, tuple[int, ...], str]:
     layout = a.layouts[0]
     with torch.no_grad():
         h = a.run_stem(a._blank_input())
-    if layout == "nchw":
-        return int(h.shape[1]), tuple(int(g) for g in h.shape[2:]), layout
-    if layout == "nhwc":
-        return int(h.shape[-1]), tuple(int(g) for g in h.shape[1:-1]), layout
-    return int(h.shape[-1]), (int(h.shape[1]),), layout
+    return (*width_and_grid(h, layout), layout)

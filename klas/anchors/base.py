@@ -21,6 +21,17 @@ __all__ = ["Anchor", "BlockInfo", "PartCounts", "AnchorFlops", "AnchorParams", "
 LAYOUTS = ("nchw", "nhwc", "nlc")
 
 
+def width_and_grid(h: torch.Tensor, layout: str) -> tuple[int, tuple[int, ...]]:
+    """Channel width and grid ((H, W) or (tokens,)) of an activation laid out as `layout`."""
+    if layout == "nchw":
+        width, grid = h.shape[1], h.shape[2:]
+    elif layout == "nhwc":
+        width, grid = h.shape[-1], h.shape[1:-1]
+    else:
+        width, grid = h.shape[-1], h.shape[1:2]
+    return int(width), tuple(int(g) for g in grid)
+
+
 @dataclass(frozen=True)
 class BlockInfo:
     """Block `index` (1-indexed): output width (channels) and grid ((H, W) or (tokens,))."""
@@ -166,13 +177,8 @@ class Anchor(nn.Module):
                 if k == 0:
                     break
                 layout = self.layouts[k - 1]
-                if layout == "nchw":
-                    width, grid = h.shape[1], tuple(h.shape[2:])
-                elif layout == "nhwc":
-                    width, grid = h.shape[-1], tuple(h.shape[1:-1])
-                else:
-                    width, grid = h.shape[-1], (h.shape[1],)
-                infos.append(BlockInfo(k, self.block_names[k - 1], int(width), tuple(int(g) for g in grid), layout))
+                width, grid = width_and_grid(h, layout)
+                infos.append(BlockInfo(k, self.block_names[k - 1], width, grid, layout))
         return tuple(infos)
 
     @cached_property

@@ -115,7 +115,7 @@ def _chain_minimax(theta: torch.Tensor, flops: Sequence[int]) -> list[int]:
             if best[a] is None or not flops[a] < flops[b]:
                 continue
             cand = (max(best[a][0], float(theta[a, b])), best[a][1] + 1, best[a][2] + [b])
-            if best[b] is None or cand[:2] < best[b][:2]:
+            if best[b] is None or cand < best[b]:  # ties: fewer hops, then the lexicographically first chain
                 best[b] = cand
     if best[-1] is None:
         raise ValueError("no chain of strictly increasing FLOPs joins the cheapest and the costliest anchor")

@@ -4,6 +4,10 @@ For each anchor and split the cache row of an image is ``[pool(block_1) | … | 
 logits]`` (the anchor's own head output serves as its last-block distribution). Rows are written
 in dataset order through `CacheWriter`, so a killed extraction resumes after its last complete
 shard and ends with the same bytes.
+
+Under torchrun each rank extracts the shards it owns (shard k goes to rank k % world_size) and
+rank 0 writes the one manifest once all have finished: the cache's bytes do not depend on the
+number of ranks, because shards hold whole batches and every batch is the same on any rank.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from klas import distributed as dist
 from klas.anchors import Anchor, load_anchor
 from klas.cache import BlockEntry, CacheWriter, Manifest, read_manifest
 from klas.cache.format import DTYPES
@@ -76,31 +81,44 @@ def _extract_one(anchor: Anchor, cache_dir: Path, *, data, split, batch_size, dt
                 )
             if existing.dtype == dtype and existing.source == settings:
                 return existing  # complete and matching: nothing to do
-            warnings.warn(f"{cache_dir}: cache made with other settings is replaced", stacklevel=3)
+            if dist.is_main():
+                warnings.warn(f"{cache_dir}: cache made with other settings is replaced", stacklevel=3)
+    dist.barrier()  # every rank has read the old manifest before rank 0's writer removes it
 
-    # shards must hold whole batches so a resumed run sees the same batches
+    # shards must hold whole batches so a resumed run (or another rank) sees the same batches
     shard_rows = max(batch_size, shard_rows // batch_size * batch_size)
+    ctx = dist.context()
     writer = CacheWriter(
         cache_dir, anchor=anchor.spec, split=split, dtype=dtype, blocks=cache_layout(anchor),
         num_classes=anchor.num_classes, num_samples=len(indices), shard_rows=shard_rows, source=settings,
-        anchor_info=anchor_info(anchor),
+        anchor_info=anchor_info(anchor), rank=ctx.rank, world_size=ctx.world_size,
     )
-    start = writer.rows_done
-    loader = make_loader(source, indices[start:], anchor, batch_size=batch_size, num_workers=num_workers)
-    bar = tqdm(total=len(indices), initial=start, unit="img", disable=not progress,
-               desc=f"extract {anchor.name}/{split}")
+    pending = writer.pending_rows()
+    todo = np.concatenate([indices[s:s + n] for s, n in pending]) if pending else indices[:0]
+    loader = make_loader(source, todo, anchor, batch_size=batch_size, num_workers=num_workers)
+    mine = sum(writer.shard_rows_of(k)[1] for k in writer.mine)
+    bar = tqdm(total=mine, initial=mine - len(todo), unit="img", disable=not progress or not dist.is_main(),
+               desc=f"extract {anchor.name}/{split}" + (f" (rank 0 of {ctx.world_size})" if ctx.distributed else ""))
     for images, labels in loader:
         pooled = [anchor.pool(h, k) if k else h for k, h in anchor.block_outputs(images.to(device))]
         row = torch.cat(pooled, dim=1).float().cpu()
         if not torch.isfinite(row).all():
             raise CacheError(
-                f"anchor {anchor.spec} produced NaN/Inf activations on split {split} (rows {writer.rows_done}+); "
+                f"anchor {anchor.spec} produced NaN/Inf activations on split {split} (a batch of shard "
+                f"{writer.mine[len(writer.shards)]}); "
                 "check the checkpoint and the input normalisation"
             )
         writer.append(_to_storage(row, dtype), labels.numpy())
         bar.update(len(labels))
     bar.close()
-    return writer.finish()
+    manifest = writer.finish()
+    if ctx.distributed:
+        dist.barrier()  # every rank's shards are on disk
+        if dist.is_main():
+            writer.write_manifest()
+        dist.barrier()
+        manifest = read_manifest(cache_dir)
+    return manifest
 
 
 def extract(

@@ -197,6 +197,53 @@ def test_writer_resumes_after_last_complete_shard(tmp_path):
     assert not (tmp_path / "part" / "progress.json").exists()
 
 
+def _rank_writers(path, kw, world_size, feats, labels, *, stop_after=None):
+    """Each rank's writer fed its pending shards; `stop_after` rows per rank simulates a kill."""
+    writers = [CacheWriter(path, **kw, rank=r, world_size=world_size) for r in range(world_size)]
+    for w in writers:
+        rows = np.concatenate([np.arange(s, s + n) for s, n in w.pending_rows()] or [np.zeros(0, int)])
+        if stop_after is not None:
+            rows = rows[:stop_after]
+        for start in range(0, len(rows), 29):
+            w.append(feats[rows[start:start + 29]], labels[rows[start:start + 29]])
+    return writers
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 5])
+def test_rank_writers_make_the_bytes_of_one_writer(tmp_path, world_size):
+    """Shard k by rank k % world_size, one manifest at the end: the same files as one writer,
+    also after every rank was killed midway and resumed."""
+    rows = 250
+    feats, labels = write_cache(tmp_path / "whole", rows, shard_rows=64)
+    kw = dict(anchor="test:anchor", split="val", dtype="float16", blocks=make_blocks((5, 7, 3), 4),
+              num_classes=4, num_samples=rows, shard_rows=64, source={"seed": 0})
+    part = tmp_path / "ranks"
+    _rank_writers(part, kw, world_size, feats, labels, stop_after=70)  # killed: some shards done, some not
+    assert not (part / "manifest.json").exists()
+    writers = _rank_writers(part, kw, world_size, feats, labels)  # resumed
+    assert all(w.finish() is None for w in writers)  # no rank writes the manifest on its own
+    with pytest.raises(CacheError, match="no manifest"):
+        CacheReader(part)
+    writers[0].write_manifest()
+    assert sorted(os.listdir(part)) == sorted(os.listdir(tmp_path / "whole"))
+    for name in sorted(os.listdir(part)):
+        assert (tmp_path / "whole" / name).read_bytes() == (part / name).read_bytes(), name
+
+
+def test_manifest_waits_for_every_rank(tmp_path):
+    rows = 200
+    feats, labels = write_cache(tmp_path / "whole", rows, shard_rows=50)
+    kw = dict(anchor="test:anchor", split="val", dtype="float16", blocks=make_blocks((5, 7, 3), 4),
+              num_classes=4, num_samples=rows, shard_rows=50, source={"seed": 0})
+    writers = _rank_writers(tmp_path / "r", kw, 2, feats, labels, stop_after=50)  # rank 1 wrote shard 1 only
+    writers[0].append(feats[100:150], labels[100:150])
+    writers[0].finish()
+    with pytest.raises(CacheError, match=r"shards \['shard-00003.bin'\] are not finished"):
+        writers[0].write_manifest()
+    with pytest.raises(CacheError, match="rank 1 of 2, 100 expected"):
+        writers[1].finish()
+
+
 def test_writer_refuses_unwritable_directory(tmp_path):
     blocker = tmp_path / "a-file"  # a file where a folder should be: fails even for root
     blocker.write_text("")

@@ -3,7 +3,7 @@
 A cache is one directory per (anchor, split)::
 
     manifest.json         written last; its presence means the cache is complete
-    progress.json         while extraction runs: the shards finished so far (for resume)
+    progress*.json        while extraction runs: each rank's finished shards (for resume)
     shard-00000.bin ...   fixed-layout binary shards (layout below, same as csrc/shard.h)
 
 Shard layout (little-endian): a 64-byte header (magic ``KLASSHRD``, u32 version, u32 dtype code,
@@ -214,7 +214,7 @@ def read_manifest(cache_dir: str | os.PathLike) -> Manifest:
     """Reads and validates `cache_dir/manifest.json`; CacheError if missing or malformed."""
     path = Path(cache_dir) / "manifest.json"
     if not path.is_file():
-        hint = " (extraction was interrupted: run it again to resume)" if (Path(cache_dir) / "progress.json").exists() else ""
+        hint = " (extraction was interrupted: run it again to resume)" if any(Path(cache_dir).glob("progress*.json")) else ""
         raise CacheError(f"{path}: no manifest, so no complete cache here{hint}")
     try:
         data = json.loads(path.read_text())

@@ -1,10 +1,14 @@
 """Crash-safe writer of one activation cache (one anchor, one split).
 
-Rows arrive in order; every `shard_rows` rows become one shard, written under a temporary name,
-fsynced, renamed, and recorded in `progress.json`. `finish()` writes `manifest.json` last. A writer
-opened on a directory with a matching `progress.json` resumes after the last complete shard, so
-an interrupted extraction ends with the same bytes as an uninterrupted one (provided the rows fed
-after resuming are the same, which extraction guarantees by starting at `rows_done`).
+Shard k holds rows ``[k * shard_rows, (k + 1) * shard_rows)`` (the last one may be shorter). With
+several ranks, rank r writes the shards k with ``k % world_size == r``; alone, it writes them all.
+Rows arrive in order of the writer's shards (`pending_rows` says which); each shard is written
+under a temporary name, fsynced, renamed, and recorded in the rank's progress file
+(`progress.json`, or ``progress-<rank>-of-<world_size>.json``). `finish()` writes `manifest.json`
+last: at once when alone, else `write_manifest()` on rank 0 once every rank has finished. A writer
+opened on a directory with a matching progress file resumes after its last complete shard, so an
+interrupted extraction ends with the same bytes as an uninterrupted one, on any number of ranks
+(provided the rows fed are the same, which extraction guarantees by reading `pending_rows`).
 """
 from __future__ import annotations
 
@@ -29,11 +33,22 @@ from klas.cache.format import (
 )
 from klas.errors import CacheError
 
-__all__ = ["CacheWriter", "shard_name"]
+__all__ = ["CacheWriter", "shard_name", "progress_name"]
 
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.bin"
+
+
+def progress_name(rank: int = 0, world_size: int = 1) -> str:
+    """The progress file of one rank of an unfinished extraction."""
+    return "progress.json" if world_size == 1 else f"progress-{rank}-of-{world_size}.json"
+
+
+def _shard_index(file_name: str) -> int | None:
+    stem = file_name.split(".", 1)[0]  # shard-00012.bin or shard-00012.bin.tmp
+    digits = stem[len("shard-"):]
+    return int(digits) if stem.startswith("shard-") and digits.isdigit() else None
 
 
 class CacheWriter:
@@ -45,6 +60,7 @@ class CacheWriter:
         shard_rows: rows per shard (the last shard may be shorter).
         source: dataset and extraction settings; a resume only continues matching settings.
         anchor_info: facts about the anchor kept with the cache (input size, FLOPs per part).
+        rank, world_size: this writer writes the shards k with ``k % world_size == rank``.
     """
 
     def __init__(
@@ -60,6 +76,8 @@ class CacheWriter:
         shard_rows: int,
         source: dict[str, Any],
         anchor_info: dict[str, Any] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -67,12 +85,18 @@ class CacheWriter:
             raise ValueError(f"shard_rows must be positive, got {shard_rows}")
         if num_samples <= 0:
             raise CacheError(f"{cache_dir}: nothing to write (0 samples in split {split!r})")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.dir = Path(cache_dir)
         self.dtype = dtype
         self.storage = DTYPES[dtype][1]
         self.row_width = sum(b.width for b in blocks)
         self.row_bytes = self.row_width * self.storage.itemsize
         self.shard_rows = shard_rows
+        self.num_samples = num_samples
+        self.rank, self.world_size = rank, world_size
+        self.num_shards = -(-num_samples // shard_rows)
+        self.mine = list(range(rank, self.num_shards, world_size))  # shard indices this writer writes
         self._header_fields = dict(
             anchor=anchor, split=split, dtype=dtype, num_samples=num_samples,
             row_width=self.row_width, num_classes=num_classes, blocks=blocks, source=source,
@@ -81,9 +105,11 @@ class CacheWriter:
         self._settings = {
             "manifest": Manifest(shards=(), **self._header_fields).to_json(),
             "shard_rows": shard_rows,
+            "world_size": world_size,
         }
+        self._progress = self.dir / progress_name(rank, world_size)
         self._make_dir_writable()
-        self.shards: list[ShardEntry] = self._resume()
+        self.shards: list[ShardEntry] = self._resume()  # this writer's finished shards, in order
         self.rows_done = sum(s.rows for s in self.shards)
         self._buf = np.empty((min(shard_rows, num_samples), self.row_width), dtype=self.storage)
         self._labels = np.empty(len(self._buf), dtype=np.int64)
@@ -93,7 +119,7 @@ class CacheWriter:
     def _make_dir_writable(self) -> None:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            probe = self.dir / ".write-test"
+            probe = self.dir / f".write-test-{self.rank}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
@@ -102,11 +128,20 @@ class CacheWriter:
                 "choose another --out or fix its permissions"
             ) from None
 
+    def shard_rows_of(self, index: int) -> tuple[int, int]:
+        """``(first row, rows)`` of shard `index`."""
+        start = index * self.shard_rows
+        return start, min(self.shard_rows, self.num_samples - start)
+
+    def pending_rows(self) -> list[tuple[int, int]]:
+        """``(first row, rows)`` of each shard this writer has still to write, in the order it wants them."""
+        return [self.shard_rows_of(k) for k in self.mine[len(self.shards):]]
+
     def _resume(self) -> list[ShardEntry]:
         """Shards kept from an interrupted run with the same settings (checked on disk)."""
         import json
 
-        progress = self.dir / "progress.json"
+        progress = self._progress
         kept: list[ShardEntry] = []
         if progress.exists():
             try:
@@ -114,22 +149,31 @@ class CacheWriter:
             except (OSError, ValueError):
                 state = None
             if state is not None and state.get("settings") == _jsonable(self._settings):
-                for i, s in enumerate(state.get("shards", [])):
+                for k, s in zip(self.mine, state.get("shards", [])):
                     entry = ShardEntry(file=s["file"], rows=int(s["rows"]), crc32c=int(s["crc32c"]))
                     path = self.dir / entry.file
-                    if (entry.file != shard_name(i) or not path.is_file()
+                    if (entry.file != shard_name(k) or entry.rows != self.shard_rows_of(k)[1] or not path.is_file()
                             or path.stat().st_size != shard_file_bytes(entry.rows, self.row_bytes)
                             or _file_crc(path) != entry.crc32c):
                         break  # keep only the intact prefix
                     kept.append(entry)
             else:
                 warnings.warn(f"{self.dir}: an interrupted extraction with other settings is discarded", stacklevel=3)
-        # Anything beyond the kept prefix is stale: remove it so no reader can mistake it.
+        # Anything of this writer's beyond the kept prefix is stale: remove it so no reader can mistake
+        # it. Each shard index belongs to one rank; rank 0 also owns indices past the end, the
+        # manifest, and progress files of other rank counts.
         keep = {s.file for s in kept}
         for stale in self.dir.glob("shard-*"):
-            if stale.name not in keep:
-                stale.unlink()
-        (self.dir / "manifest.json").unlink(missing_ok=True)
+            k = _shard_index(stale.name)
+            ours = k is None or (k % self.world_size == self.rank if k < self.num_shards else self.rank == 0)
+            if ours and stale.name not in keep:
+                stale.unlink(missing_ok=True)
+        if self.rank == 0:
+            (self.dir / "manifest.json").unlink(missing_ok=True)
+            current = {progress_name(r, self.world_size) for r in range(self.world_size)}
+            for old in self.dir.glob("progress*.json"):
+                if old.name not in current:
+                    old.unlink(missing_ok=True)
         return kept
 
     # -- writing ----------------------------------------------------------------------------
@@ -146,15 +190,16 @@ class CacheWriter:
                              "check that the dataset's classes are the anchor's")
         start = 0
         while start < len(features):
-            take = min(len(features) - start, len(self._buf) - self._fill)
+            if len(self.shards) == len(self.mine):
+                raise ValueError(f"more rows appended than this writer's shards hold ({self.rows_done} rows)")
+            capacity = self.shard_rows_of(self.mine[len(self.shards)])[1]
+            take = min(len(features) - start, capacity - self._fill)
             self._buf[self._fill:self._fill + take] = features[start:start + take]
             self._labels[self._fill:self._fill + take] = labels[start:start + take]
             self._fill += take
             start += take
-            if self._fill == len(self._buf):
+            if self._fill == capacity:
                 self._flush()
-        if self.rows_done + self._fill > self._header_fields["num_samples"]:
-            raise ValueError("more rows appended than num_samples")
 
     def _flush(self) -> None:
         if self._fill == 0:
@@ -167,7 +212,7 @@ class CacheWriter:
         crc = 0
         for part in parts:
             crc = checksum(part, crc)
-        name = shard_name(len(self.shards))
+        name = shard_name(self.mine[len(self.shards)])
         tmp = self.dir / (name + ".tmp")
         with open(tmp, "wb") as f:
             for part in parts:
@@ -179,21 +224,50 @@ class CacheWriter:
         self.shards.append(ShardEntry(file=name, rows=rows, crc32c=crc))
         self.rows_done += rows
         self._fill = 0
-        write_json_atomic(self.dir / "progress.json", {
+        write_json_atomic(self._progress, {
             "settings": self._settings, "shards": [s.__dict__ for s in self.shards],
         })
 
-    def finish(self) -> Manifest:
-        """Writes the last shard and the manifest; returns the manifest."""
+    def finish(self) -> Manifest | None:
+        """Writes this writer's last shard; alone, also the manifest (returned). With several ranks,
+        returns None: rank 0 calls `write_manifest` once every rank has finished."""
         self._flush()
-        if self.rows_done != self._header_fields["num_samples"]:
-            raise CacheError(
-                f"{self.dir}: {self.rows_done} rows written, {self._header_fields['num_samples']} expected"
-            )
-        manifest = Manifest(shards=tuple(self.shards), **self._header_fields)
+        expected = sum(self.shard_rows_of(k)[1] for k in self.mine)
+        if self.rows_done != expected:
+            raise CacheError(f"{self.dir}: {self.rows_done} rows written by {self._who()}, {expected} expected")
+        return self.write_manifest() if self.world_size == 1 else None
+
+    def _who(self) -> str:
+        return "this writer" if self.world_size == 1 else f"rank {self.rank} of {self.world_size}"
+
+    def write_manifest(self) -> Manifest:
+        """The manifest of every rank's shards (read from their progress files), written last."""
+        import json
+
+        if self.world_size == 1:
+            shards = list(self.shards)
+        else:
+            found: dict[str, ShardEntry] = {}
+            for r in range(min(self.world_size, self.num_shards)):  # ranks past the shard count own none
+                path = self.dir / progress_name(r, self.world_size)
+                try:
+                    state = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    raise CacheError(f"{path} is missing or unreadable: rank {r} did not finish its shards; "
+                                     "run the extraction again to resume") from None
+                if state.get("settings") != _jsonable(self._settings):
+                    raise CacheError(f"{path} was written with other settings; run the extraction again")
+                for s in state["shards"]:
+                    found[s["file"]] = ShardEntry(file=s["file"], rows=int(s["rows"]), crc32c=int(s["crc32c"]))
+            missing = [shard_name(k) for k in range(self.num_shards) if shard_name(k) not in found]
+            if missing:
+                raise CacheError(f"{self.dir}: shards {missing[:3]} are not finished; run the extraction again to resume")
+            shards = [found[shard_name(k)] for k in range(self.num_shards)]
+        manifest = Manifest(shards=tuple(shards), **self._header_fields)
         manifest.check(str(self.dir))
         write_json_atomic(self.dir / "manifest.json", manifest.to_json())
-        (self.dir / "progress.json").unlink(missing_ok=True)
+        for r in range(self.world_size):
+            (self.dir / progress_name(r, self.world_size)).unlink(missing_ok=True)
         return manifest
 
 

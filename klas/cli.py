@@ -326,6 +326,9 @@ def _cmd_run(args) -> int:
     cfg = load_config(args.config, overrides)
     methods = [args.method] if args.method and not args.compare else None
     run(cfg, methods=methods, progress=not args.quiet)
+    from klas import distributed
+
+    distributed.shutdown()  # under torchrun: leave the process group (on errors torchrun stops every rank)
     return 0
 
 
@@ -342,12 +345,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except KlasError as e:
-        print(f"klas {args.command}: error: {e}", file=sys.stderr)
+    except (KlasError, ValueError, IndexError) as e:
+        print(f"klas {args.command}{_which_rank()}: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, IndexError) as e:
-        print(f"klas {args.command}: error: {e}", file=sys.stderr)
-        return 2
+
+
+def _which_rank() -> str:
+    """" (rank r of w)" under torchrun, so that a job's log says which rank failed."""
+    from klas import distributed
+
+    ctx = distributed.context()
+    return f" ({ctx.describe()})" if ctx.distributed else ""
 
 
 if __name__ == "__main__":

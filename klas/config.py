@@ -32,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "anchors": [],
     "data": {"root": "", "val_fraction": 0.1, "train_limit": None, "val_limit": None, "test_limit": None},
-    "extract": {"dtype": "float16", "batch_size": 256, "num_workers": 0},
+    "extract": {"dtype": "float16", "batch_size": 256, "shard_rows": 4096, "num_workers": 0},
     "probes": {"epochs": 4, "batch_size": 256, "lr": 1e-2, "weight_decay": 0.0, "labels": "true"},
     "score": {"temperature": 1.0, "floor": 1e-6, "backend": "auto"},
     "select": {"method": "klas", "compare": [], "tau": 0.05, "tau_mode": "relative", "buckets": "auto",
@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "finetune": {"steps": 1000, "batch_size": 64, "lr": 1e-4, "weight_decay": 0.05, "warmup_fraction": 0.05,
                  "stitches_only": False, "freeze_bn": True, "checkpoint_every": 100, "calibration_images": 128, "num_workers": 0},
     "evaluate": {"batch_size": 500, "split": "test"},
+    "distributed": {"timeout_s": 1800.0},  # under torchrun: how long a rank waits for the others
 }
 OPTIONAL_TYPES = {"train_limit": int, "val_limit": int, "test_limit": int}
 CHOICES = {
@@ -123,6 +124,8 @@ def validate_config(raw: Any) -> dict:
             raise ConfigError(f"{section}.{key}: must be one of {list(allowed)}, got {cfg[section][key]!r}")
     if len(cfg["anchors"]) < 2:
         raise ConfigError("anchors: list at least two anchor specs (e.g. cifar-resnet:20, cifar-resnet:56)")
+    if cfg["distributed"]["timeout_s"] <= 0:
+        raise ConfigError(f"distributed.timeout_s: must be positive, got {cfg['distributed']['timeout_s']}")
     if not cfg["data"]["root"]:
         raise ConfigError("data.root: the image folder or zip is required")
     from klas.select import METHODS, METRIC_METHODS
@@ -168,7 +171,8 @@ STAGE_KEYS = {
     "evaluate": ("anchors", "data", "extract", "seed", "probes", "score", "select.tau", "select.tau_mode",
                  "select.buckets", "select.chain_rule", "finetune", "evaluate"),
 }
-_NOT_RESULTS = {"num_workers", "checkpoint_every"}  # settings that change speed, not results
+# settings that change speed or file layout, not results
+_NOT_RESULTS = {"num_workers", "checkpoint_every", "shard_rows"}
 
 
 def stage_fingerprint(cfg: dict, stage: str, method: str | None = None) -> str:

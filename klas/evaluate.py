@@ -45,7 +45,10 @@ class RouteResult:
 @torch.inference_mode()
 def evaluate_routes(net: StitchedSupernet, loader, *, device: str = "cpu", progress: bool = True,
                     gammas: dict[str, float] | None = None) -> list[RouteResult]:
-    """Top-1 of every route of `net` over `loader`'s (images, labels); `gammas` by route name."""
+    """Top-1 of every route of `net` over `loader`'s (images, labels); `gammas` by route name.
+
+    Under torchrun give each rank its share of the images: the counts are summed over the ranks.
+    """
     net.to(device).eval()
     correct = torch.zeros(len(net), dtype=torch.int64)
     total = 0
@@ -54,6 +57,10 @@ def evaluate_routes(net: StitchedSupernet, loader, *, device: str = "cpu", progr
         for k, z in logits.items():
             correct[k] += int((z.argmax(dim=1).cpu() == labels).sum())
         total += len(labels)
+    from klas import distributed as dist
+
+    counts = dist.all_reduce_sum(torch.cat([correct, torch.tensor([total])]))
+    correct, total = counts[:-1], int(counts[-1])
     gammas = gammas or {}
     return [RouteResult(r.name, r.source, r.target, r.i, r.j, net.route_flops(k), net.route_params(k),
                         100.0 * int(correct[k]) / max(total, 1), int(correct[k]), total, gammas.get(r.name))

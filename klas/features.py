@@ -18,9 +18,11 @@ class CacheFeatures:
         blocks: 1-indexed blocks to read, in order; 0 stands for the anchor's logits.
             Default: every block, then the logits.
         device: where the chunks go.
+        rank, world_size: read only this rank's share of the rows (every world_size-th chunk).
     """
 
-    def __init__(self, reader: CacheReader, blocks: Sequence[int] | None = None, *, device="cpu"):
+    def __init__(self, reader: CacheReader, blocks: Sequence[int] | None = None, *, device="cpu", rank: int = 0,
+                 world_size: int = 1):
         m = reader.manifest
         by_index = {b.index: b for b in m.blocks}
         if blocks is None:
@@ -31,6 +33,7 @@ class CacheFeatures:
         self.reader = reader
         self.entries = [by_index[k] for k in blocks]
         self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
 
     @property
     def num_blocks(self) -> int:
@@ -45,7 +48,8 @@ class CacheFeatures:
         return self.reader.num_samples
 
     def chunks(self, chunk: int) -> Iterator[list[torch.Tensor]]:
-        for batch in self.reader.batches(chunk):
+        share = {} if self.world_size == 1 else dict(rank=self.rank, world_size=self.world_size, chunk_rows=chunk)
+        for batch in self.reader.batches(chunk, **share):
             rows, _ = batch.torch()
             rows = rows.to(self.device, non_blocking=True)
             yield [rows[:, e.offset:e.offset + e.width] for e in self.entries]

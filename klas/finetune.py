@@ -13,6 +13,12 @@ in eval mode: they normalise with the anchors' pretrained statistics, and their 
 still train. The stitching layers start as least-squares maps into the target's activations, so
 those statistics fit the stitched routes too. `freeze_bn=False` updates the statistics as plain
 training does.
+
+Under torchrun the supernet trains with DistributedDataParallel: every rank draws the same route
+and takes an equal slice of the step's batch, so the averaged gradient is the one-process gradient
+(with frozen BatchNorm the result differs from one process by rounding only; with `freeze_bn=False`
+each rank normalises by its own slice's statistics). Rank 0 writes the checkpoints; every rank
+resumes from them.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from klas import distributed as dist
 from klas.errors import KlasError
 from klas.stitch import StitchedSupernet
 
@@ -66,13 +73,19 @@ def route_schedule(num_routes: int, steps: int, seed: int) -> torch.Tensor:
 
 class _StepBatches(torch.utils.data.Sampler):
     """Index batches for steps start..steps-1: epoch e is a permutation seeded by (seed, e), last
-    partial batch dropped, so the batch of a step never depends on where a run resumed."""
+    partial batch dropped, so the batch of a step never depends on where a run resumed. Rank r of
+    w takes the r-th of w equal slices of each batch."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, steps: int):
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, steps: int, rank: int = 0, world_size: int = 1):
         if n < batch_size:
             raise KlasError(f"the training split has {n} images, fewer than the batch size {batch_size}")
+        if batch_size % world_size:
+            raise KlasError(f"the finetuning batch size {batch_size} must be a multiple of the number of ranks "
+                            f"{world_size} (each rank takes an equal slice of every batch)")
         self.n, self.bs, self.seed, self.start, self.steps = n, batch_size, seed, start, steps
         self.per_epoch = n // batch_size
+        self.share = batch_size // world_size
+        self.offset = rank * self.share
 
     def __len__(self) -> int:
         return self.steps - self.start
@@ -84,7 +97,8 @@ class _StepBatches(torch.utils.data.Sampler):
             if e != epoch:
                 perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + e))
                 epoch = e
-            yield perm[pos * self.bs:(pos + 1) * self.bs].tolist()
+            first = pos * self.bs + self.offset
+            yield perm[first:first + self.share].tolist()
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -144,12 +158,21 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
         scheduler.load_state_dict(state["scheduler"])
         start = int(state["step"])
     schedule = route_schedule(len(net), settings.steps, settings.seed)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=_StepBatches(len(dataset), settings.batch_size, settings.seed, start, settings.steps),
-        num_workers=settings.num_workers)
+    ctx = dist.context()
+    batches = _StepBatches(len(dataset), settings.batch_size, settings.seed, start, settings.steps,
+                           ctx.rank, ctx.world_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=settings.num_workers)
     amp = device.type == "cuda"
+    model = net
+    if ctx.distributed:  # every rank trains the same route at a step; the others' parameters are unused
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=True)
 
     def save(step: int) -> None:
+        if not dist.is_main():
+            return
         _save_checkpoint(ckpt, {"step": step, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                                 "scheduler": scheduler.state_dict(), "routes": [r.name for r in net.routes],
                                 "settings": settings.fingerprint()})
@@ -163,12 +186,13 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.eval()
     began, loss_value = time.perf_counter(), float("nan")
-    bar = tqdm(total=settings.steps, initial=start, disable=not progress, desc="finetune", unit="step")
+    bar = tqdm(total=settings.steps, initial=start, disable=not progress or not dist.is_main(), desc="finetune",
+               unit="step")
     for step, (images, labels) in enumerate(loader, start=start):
         k = int(schedule[step])
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = torch.nn.functional.cross_entropy(net(images, k), labels)
+            loss = torch.nn.functional.cross_entropy(model(images, k), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -184,6 +208,7 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
     bar.close()
     if not ckpt.is_file():  # steps = 0: the untrained supernet is the result
         save(settings.steps)
+    dist.barrier()  # rank 0's last checkpoint is on disk
     net.eval()
     return {"steps": settings.steps, "resumed_from": start, "seconds": time.perf_counter() - began,
             "final_loss": loss_value}

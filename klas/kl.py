@@ -139,6 +139,13 @@ class ThetaAccumulator:
         self.cross += cross.double()
         self.count += count
 
+    def all_reduce(self) -> None:
+        """Sums of every rank (torch.distributed; nothing happens in one process)."""
+        from klas import distributed as dist
+
+        self.self_term, self.cross, self.shift = (dist.all_reduce_sum(t) for t in (self.self_term, self.cross, self.shift))
+        self.count = int(dist.all_reduce_sum(torch.tensor([self.count], dtype=torch.int64))[0])
+
     def result(self) -> torch.Tensor:
         """Θ ``[Ks, Kt]`` float32."""
         if self.count == 0:
@@ -229,7 +236,8 @@ def _chunks(feats, chunk: int) -> Iterable[list[torch.Tensor]]:
 
 
 def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, temperature: float = 1.0,
-                            backend: str = "auto", chunk_size: int | None = None) -> torch.Tensor:
+                            backend: str = "auto", chunk_size: int | None = None,
+                            across_ranks: bool = False) -> torch.Tensor:
     """Θ ``[Ks, Kt]`` straight from pooled block features and probe weights.
 
     Args:
@@ -239,6 +247,8 @@ def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, tem
         chunk_size: samples per chunk. Peak extra memory is about
             ``chunk * (Ks + Kt) * C * 12`` bytes (logits, log-probabilities, probabilities in fp32)
             plus the chunk's features; by default `default_chunk` keeps the probabilities near 4 MiB.
+        across_ranks: the features are this rank's share of the samples (torch.distributed); the
+            partial sums of every rank are added before Θ is formed, and every rank gets Θ.
 
     With the "triton" backend (kernels/fused_probe_kl.py) projection, softmax and KL are fused:
     features and probe weights go in, partial sums come out, and the logits are never written.
@@ -275,9 +285,20 @@ def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, tem
         else:
             zs = probe_logits(fs, probes_src)
             acc.update(zs, zs if same and probes_tgt is probes_src else probe_logits(ft, probes_tgt))
+    if across_ranks:
+        if acc is None:  # this rank's share is empty; it still takes part in the sum
+            acc = ThetaAccumulator(ks, kt, temperature=temperature, device=_probe_device(probes_src))
+        acc.all_reduce()
     if acc is None:
         raise ValueError("no samples in the features")
     return acc.result()
+
+
+def _probe_device(probes) -> torch.device:
+    for p in probes:
+        if p is not None:
+            return p[0].device
+    return torch.device("cpu")
 
 
 def _num_features(feats) -> int:

@@ -9,6 +9,10 @@ would get alone.
 
 Labels are the dataset's (default) or, label-free, the anchor's own predictions (argmax of the
 logits stored in the cache).
+
+Under torchrun the probes train with DistributedDataParallel: every rank reads its slice of each
+batch of the one-process order (`batch_share`), and the loss is scaled so that the averaged
+gradient is the one-process gradient; the result differs from one process by rounding only.
 """
 from __future__ import annotations
 
@@ -24,7 +28,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from klas import distributed as dist
 from klas.cache import CacheReader, Manifest
+from klas.cache.format import DTYPES
+from klas.cache.reader import batch_share, row_ranges
 from klas.errors import CacheError
 
 __all__ = ["ProbeSet", "train_probes", "load_probes", "probe_table", "probe_losses", "JointProbes"]
@@ -148,26 +155,33 @@ class JointProbes(nn.Module):
             yield x, w, b, self._order[start:start + w.shape[0]]
             start += w.shape[0]
 
-    def forward(self, rows: Sequence[torch.Tensor]) -> torch.Tensor:
-        """rows: one ``[b, row_width_a]`` tensor per anchor -> logits ``[b, M, C]``."""
+    def forward(self, rows: Sequence[torch.Tensor], target: torch.Tensor | None = None, label_smoothing: float = 0.0,
+                *, fused: bool = False, denominator: float | None = None) -> torch.Tensor:
+        """rows: one ``[b, row_width_a]`` tensor per anchor -> logits ``[b, M, C]``; with a target
+        ``[b, M]``, the loss instead (`loss`: one call, so DistributedDataParallel sees it)."""
+        if target is not None:
+            return self.loss(rows, target, label_smoothing, fused=fused, denominator=denominator)
         outs = [torch.einsum("bnw,ncw->bnc", x, w) + b for x, w, b, _ in self._group_inputs(rows)]
         return torch.cat(outs, dim=1).index_select(1, self.unsort)
 
     def loss(self, rows: Sequence[torch.Tensor], target: torch.Tensor, label_smoothing: float = 0.0,
-             *, fused: bool = False) -> torch.Tensor:
-        """Σ over probes of each probe's mean cross-entropy; target ``[b, M]``.
+             *, fused: bool = False, denominator: float | None = None) -> torch.Tensor:
+        """Σ over probes of each probe's cross-entropy summed over the b rows and divided by
+        `denominator` (default b: each probe's mean); target ``[b, M]``.
 
         fused: use the Triton kernel (kernels/fused_linear_ce.py), which never writes the logits.
         """
-        if not fused:
-            return probe_losses(self(rows), target, label_smoothing)
+        b = target.shape[0]
+        denominator = denominator or b
+        if not fused or b == 0:
+            return probe_losses(self(rows), target, label_smoothing) * (b / denominator if b else 1.0)
         from klas.kernels.fused_linear_ce import linear_cross_entropy
 
         total = 0.0
-        for x, w, b, idx in self._group_inputs(rows):
+        for x, w, bias, idx in self._group_inputs(rows):
             group_target = target.index_select(1, torch.tensor(idx, device=target.device))
-            total = total + linear_cross_entropy(x, w, b, group_target, label_smoothing)
-        return total
+            total = total + linear_cross_entropy(x, w, bias, group_target, label_smoothing)
+        return total * (b / denominator)
 
     def per_anchor(self) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         """``(W [C, d_k], b [C])`` for every block of every anchor, in order."""
@@ -216,7 +230,7 @@ def probe_losses(logits: torch.Tensor, target: torch.Tensor, label_smoothing: fl
     nll = lse - logits.gather(2, target[..., None]).squeeze(2)
     if label_smoothing:
         nll = (1 - label_smoothing) * nll + label_smoothing * (lse - logits.mean(dim=-1))
-    return nll.sum() / logits.shape[0]
+    return nll.sum() / max(logits.shape[0], 1)
 
 
 def _make_optimizer(name: str, params, lr: float, weight_decay: float):
@@ -229,9 +243,11 @@ def _make_optimizer(name: str, params, lr: float, weight_decay: float):
     raise ValueError(f"optimizer must be adamw, adam or sgd, got {name!r}")
 
 
-def _lockstep(readers: Sequence[CacheReader], batch_size: int, **order):
-    """Yields per-batch lists of (rows, labels) from every reader, same sample order."""
-    streams = [r.batches(batch_size, **order) for r in readers]
+def _lockstep(readers: Sequence[CacheReader], batch_size: int, ranges: list[tuple[int, int]] | None = None):
+    """Yields per-batch lists of (rows, labels) from every reader, same sample order (`ranges`, or
+    all rows in order)."""
+    ranges = ranges if ranges is not None else [(0, readers[0].num_samples)]
+    streams = [r.batches_over(ranges, batch_size) for r in readers]
     for batches in zip(*streams):
         tensors = [b.torch() for b in batches]
         first = tensors[0][1]
@@ -244,14 +260,27 @@ def _lockstep(readers: Sequence[CacheReader], batch_size: int, **order):
         yield tensors
 
 
+def _empty_batch(readers: Sequence[CacheReader]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A batch of no rows (a rank whose share of the last batch is empty still takes the step)."""
+    out = []
+    for r in readers:
+        feats = torch.from_numpy(np.empty((0, r.manifest.row_width), dtype=DTYPES[r.manifest.dtype][1]))
+        out.append((feats.view(torch.bfloat16) if r.manifest.dtype == "bfloat16" else feats,
+                    torch.empty(0, dtype=torch.int64)))
+    return out
+
+
 @torch.no_grad()
 def _accuracy(model, readers, mode: str, batch_size: int, device) -> tuple[list[np.ndarray], list[float]]:
-    """Per-anchor per-block accuracy (percent), and each anchor's own head accuracy."""
+    """Per-anchor per-block accuracy (percent), and each anchor's own head accuracy (this rank's
+    share of the rows, summed over the ranks)."""
+    ctx = dist.context()
     correct = torch.zeros(model.num_blocks, dtype=torch.int64)
-    head = [0] * len(readers)
+    head = torch.zeros(len(readers), dtype=torch.int64)
     total = 0
     starts = np.cumsum([0] + model.sizes)
-    for batch in _lockstep(readers, batch_size):
+    share = row_ranges(readers[0].num_samples, chunk_rows=batch_size, rank=ctx.rank, world_size=ctx.world_size)
+    for batch in _lockstep(readers, batch_size, share):
         rows = [r.to(device) for r, _ in batch]
         target = _targets(batch, readers, mode, model, device)
         correct += (model(rows).argmax(dim=-1) == target).sum(dim=0).cpu()
@@ -260,8 +289,10 @@ def _accuracy(model, readers, mode: str, batch_size: int, device) -> tuple[list[
             pred = rows[a][:, lo.offset:lo.offset + lo.width].float().argmax(1)
             head[a] += int((pred == target[:, starts[a]]).sum())
         total += len(batch[0][1])
+    counts = dist.all_reduce_sum(torch.cat([correct, head, torch.tensor([total])]))
+    correct, head, total = counts[:model.num_blocks], counts[model.num_blocks:-1], int(counts[-1])
     acc = 100.0 * correct.numpy() / total
-    return [acc[s:s + n] for s, n in zip(starts, model.sizes)], [100.0 * h / total for h in head]
+    return [acc[s:s + n] for s, n in zip(starts, model.sizes)], [100.0 * int(h) / total for h in head]
 
 
 def train_probes(
@@ -311,26 +342,44 @@ def train_probes(
     classes = {r.manifest.num_classes for r in readers}
     if len(classes) != 1:
         raise CacheError(f"the anchors predict different class counts {sorted(classes)}")
+    ctx = dist.context()
+    if batch_size % ctx.world_size:
+        raise ValueError(f"the probe batch size {batch_size} must be a multiple of the number of ranks "
+                         f"{ctx.world_size} (each rank takes an equal slice of every batch)")
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
         model = JointProbes([r.manifest for r in readers]).to(device)
+    trained = model
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[torch.device(device).index] if ctx.backend == "nccl" else None)
     opt = _make_optimizer(optimizer, model.parameters(), lr, weight_decay)
-    steps_per_epoch = -(-readers[0].num_samples // batch_size)
+    n = readers[0].num_samples
+    steps_per_epoch = -(-n // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
 
-    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, desc="probes", unit="step")
+    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress or not dist.is_main(), desc="probes", unit="step")
     m = model.num_blocks
     for epoch in range(epochs):
-        for batch in _lockstep(readers, batch_size, shuffle=True, seed=seed, epoch=epoch):
+        order = row_ranges(n, shuffle=True, seed=seed, epoch=epoch)
+        mine = batch_share(order, batch_size, ctx.rank, ctx.world_size)
+        batches = _lockstep(readers, batch_size // ctx.world_size, mine)
+        for step in range(steps_per_epoch):
+            batch = next(batches, None) or _empty_batch(readers)
             target = _targets(batch, readers, labels, model, device)
-            loss = model.loss([rows.to(device) for rows, _ in batch], target, label_smoothing, fused=fused)
+            # DistributedDataParallel averages over ranks: rows summed over this rank, scaled by
+            # world_size / (rows in the whole step), average to the one-process mean.
+            rows_in_step = min(batch_size, n - step * batch_size)
+            loss = trained([rows.to(device) for rows, _ in batch], target, label_smoothing, fused=fused,
+                           denominator=rows_in_step / ctx.world_size)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             bar.update(1)
-            if progress:
+            if progress and dist.is_main():
                 bar.set_postfix(loss=f"{loss.item() / m:.3f}")  # display only: one sync per step
     bar.close()
 

@@ -14,6 +14,11 @@ Every stage directory gets a ``.klas-stage.json`` with the fingerprint of the co
 outputs depend on, written only after the outputs are complete. A stage whose marker matches is
 skipped; one whose marker differs refuses to overwrite (another config made those files); one
 without a marker runs again, and extraction and finetuning continue where they stopped.
+
+Under torchrun (``torchrun --nproc_per_node=N -m klas run CONFIG``) every rank runs this same
+function: extraction, probes, scoring, finetuning and evaluation share the work across the ranks
+(klas.distributed); selection and the report run on rank 0; only rank 0 writes markers and shared
+files, and every rank waits for them before the next stage.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from typing import Callable
 
 import torch
 
+from klas import distributed as dist
 from klas.cache.format import write_json_atomic
 from klas.config import ConfigError, stage_fingerprint
 
@@ -32,8 +38,12 @@ __all__ = ["run", "run_methods", "MARKER"]
 MARKER = ".klas-stage.json"
 
 
-def _stage(directory: Path, stage: str, fingerprint: str, work: Callable[[], None], log) -> bool:
-    """Runs `work` unless `directory` holds this stage's outputs for this fingerprint. True if it ran."""
+def _stage(directory: Path, stage: str, fingerprint: str, work: Callable[[], None], log, *,
+           every_rank: bool = True) -> bool:
+    """Runs `work` unless `directory` holds this stage's outputs for this fingerprint. True if it ran.
+
+    every_rank: `work` is collective (every rank calls it); otherwise rank 0 alone runs it.
+    """
     marker = directory / MARKER
     if marker.is_file():
         found = json.loads(marker.read_text()).get("fingerprint")
@@ -45,8 +55,13 @@ def _stage(directory: Path, stage: str, fingerprint: str, work: Callable[[], Non
     log(f"[{stage}] running -> {directory}")
     began = time.perf_counter()
     directory.mkdir(parents=True, exist_ok=True)
-    work()
-    write_json_atomic(marker, {"stage": stage, "fingerprint": fingerprint, "seconds": time.perf_counter() - began})
+    if every_rank or dist.is_main():
+        work()
+    dist.barrier()  # every rank's part is done before the marker says so
+    if dist.is_main():
+        write_json_atomic(marker, {"stage": stage, "fingerprint": fingerprint,
+                                   "seconds": time.perf_counter() - began, "ranks": dist.context().world_size})
+    dist.barrier()
     return True
 
 
@@ -57,22 +72,30 @@ def run_methods(cfg: dict, methods_override: list[str] | None = None) -> list[st
 
 
 def run(cfg: dict, *, methods: list[str] | None = None, progress: bool = True, log=print) -> Path:
-    """Runs every stage of `cfg` (validated, klas.config) for each method; returns the report folder."""
+    """Runs every stage of `cfg` (validated, klas.config) for each method; returns the report folder.
+
+    Joins torchrun's process group when launched by torchrun (klas.distributed); the caller may
+    leave it with `klas.distributed.shutdown()`.
+    """
     from klas.anchors import load_anchor
 
+    dist.init_from_env(cfg["device"], timeout_s=cfg["distributed"]["timeout_s"])
+    if not dist.is_main():
+        log = _silent
     methods = run_methods(cfg, methods)
     out = Path(cfg["out"])
     cache = out / "cache"
     anchors = [load_anchor(spec) for spec in cfg["anchors"]]
     _check_preprocessing(anchors)
-    dcfg, seed, device = cfg["data"], cfg["seed"], cfg["device"]
+    dcfg, seed, device = cfg["data"], cfg["seed"], dist.rank_device(cfg["device"])
 
     def do_extract():
         from klas.extract import extract
 
         for split, limit in (("train", dcfg["train_limit"]), ("val", dcfg["val_limit"])):
             extract(anchors, dcfg["root"], cache, splits=(split,), batch_size=cfg["extract"]["batch_size"],
-                    dtype=cfg["extract"]["dtype"], device=device, val_fraction=dcfg["val_fraction"], seed=seed,
+                    dtype=cfg["extract"]["dtype"], device=device, shard_rows=cfg["extract"]["shard_rows"],
+                    val_fraction=dcfg["val_fraction"], seed=seed,
                     limit=limit, num_workers=cfg["extract"]["num_workers"], progress=progress)
 
     _stage(cache, "extract", stage_fingerprint(cfg, "extract"), do_extract, log)
@@ -84,8 +107,9 @@ def run(cfg: dict, *, methods: list[str] | None = None, progress: bool = True, l
         sets = train_probes([cache / a.name / "train" for a in anchors], [cache / a.name / "val" for a in anchors],
                             epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], weight_decay=p["weight_decay"],
                             labels=p["labels"], seed=seed, device=device, progress=progress)
-        for ps in sets:
-            ps.save(cache / "probes")
+        if dist.is_main():
+            for ps in sets:
+                ps.save(cache / "probes")
         log(probe_table(sets))
 
     _stage(cache / "probes", "probes", stage_fingerprint(cfg, "probes"), do_probes, log)
@@ -101,12 +125,17 @@ def run(cfg: dict, *, methods: list[str] | None = None, progress: bool = True, l
 
     results = {}
     for method in methods:
-        results[method] = _run_method(cfg, method, anchors, out, progress=progress, log=log)
+        results[method] = _run_method(cfg, method, anchors, out, device, progress=progress, log=log)
 
-    from klas.report import write_report
+    report = out / "report"
+    if dist.is_main():
+        from klas.report import write_report
 
-    report = write_report(results, out / "report", title=f"{cfg['name']}: " + " vs ".join(methods),
-                          extra={"config": cfg, "methods_run": methods})
+        write_report(results, report, title=f"{cfg['name']}: " + " vs ".join(methods),
+                     extra={"config": cfg, "methods_run": methods})
+    dist.barrier()
+    if not dist.is_main():
+        return report
     doc = json.loads((report / "report.json").read_text())
     for m in methods:
         s = doc["methods"][m]
@@ -119,6 +148,10 @@ def run(cfg: dict, *, methods: list[str] | None = None, progress: bool = True, l
             f"{c['best_flops_saving_at_equal_accuracy']['ratio']:.2f}x")
     log(f"report: {report / 'report.json'}; plot: {report / 'accuracy_flops.png'}")
     return report
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of ranks other than 0."""
 
 
 def _check_preprocessing(anchors) -> None:
@@ -161,7 +194,7 @@ def _images(cfg: dict, split: str, anchor, limit):
     return ImageDataset(source, indices, input_size=anchor.input_size, mean=anchor.mean, std=anchor.std)
 
 
-def _run_method(cfg: dict, method: str, anchors, out: Path, *, progress: bool, log) -> list:
+def _run_method(cfg: dict, method: str, anchors, out: Path, device: str, *, progress: bool, log) -> list:
     from klas.anchors import load_anchor
     from klas.evaluate import RouteResult, evaluate_routes
     from klas.finetune import CHECKPOINT, FinetuneSettings, finetune
@@ -177,13 +210,13 @@ def _run_method(cfg: dict, method: str, anchors, out: Path, *, progress: bool, l
         selection_scatter(sel, sel_dir / "selection.png")
         log(f"[select] {method}: {len(sel.selected)} stitches over {' -> '.join(sel.chain)}")
 
-    _stage(sel_dir, "select", stage_fingerprint(cfg, "select", method), do_select, log)
+    _stage(sel_dir, "select", stage_fingerprint(cfg, "select", method), do_select, log, every_rank=False)
     selection_doc = json.loads((sel_dir / "selection.json").read_text())
     f = cfg["finetune"]
     settings = FinetuneSettings(steps=f["steps"], batch_size=f["batch_size"], lr=f["lr"], weight_decay=f["weight_decay"],
                                 warmup_fraction=f["warmup_fraction"], stitches_only=f["stitches_only"], freeze_bn=f["freeze_bn"],
                                 seed=cfg["seed"], checkpoint_every=f["checkpoint_every"], num_workers=f["num_workers"],
-                                device=cfg["device"])
+                                device=device)
 
     def fresh_supernet():
         return _build_supernet([load_anchor(spec) for spec in cfg["anchors"]], selection_doc)
@@ -193,8 +226,8 @@ def _run_method(cfg: dict, method: str, anchors, out: Path, *, progress: bool, l
         train = _images(cfg, "train", anchors[0], cfg["data"]["train_limit"])
         if not (net_dir / CHECKPOINT).is_file():  # a resumed run takes the stitches from its checkpoint
             calib = torch.utils.data.Subset(train, range(min(f["calibration_images"], len(train))))
-            images = torch.stack([x for x, _ in calib]).to(cfg["device"])
-            net.to(cfg["device"]).init_stitches(images, seed=cfg["seed"])
+            images = torch.stack([x for x, _ in calib]).to(device)
+            net.to(device).init_stitches(images, seed=cfg["seed"])
         stats = finetune(net, train, settings, net_dir, progress=progress)
         log(f"[finetune] {method}: {stats['steps']} steps (from {stats['resumed_from']}), "
             f"{stats['seconds']:.0f} s, last loss {stats['final_loss']:.3f}")
@@ -207,12 +240,15 @@ def _run_method(cfg: dict, method: str, anchors, out: Path, *, progress: bool, l
         state = torch.load(net_dir / CHECKPOINT, map_location="cpu", weights_only=True)
         net.load_state_dict(state["model"])
         data = _images(cfg, e["split"], anchors[0], cfg["data"]["test_limit"] if e["split"] == "test" else cfg["data"]["val_limit"])
-        loader = torch.utils.data.DataLoader(data, batch_size=e["batch_size"], num_workers=f["num_workers"])
+        start, count = dist.even_share(len(data))  # this rank's images; evaluate_routes sums the counts
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(start, start + count)),
+                                             batch_size=e["batch_size"], num_workers=f["num_workers"])
         gammas = {f"{c['source']}:{c['i']}->{c['target']}:{c['j']}": c["gamma"]
                   for p in selection_doc["pairs"] for c in p["selected"]}
-        results = evaluate_routes(net, loader, device=cfg["device"], progress=progress, gammas=gammas)
-        write_json_atomic(here / "evaluation" / "evaluation.json", {"method": method, "split": e["split"],
-                                                     "routes": [r.to_json() for r in results]})
+        results = evaluate_routes(net, loader, device=device, progress=progress and dist.is_main(), gammas=gammas)
+        if dist.is_main():
+            write_json_atomic(here / "evaluation" / "evaluation.json", {"method": method, "split": e["split"],
+                                                                         "routes": [r.to_json() for r in results]})
 
     _stage(here / "evaluation", "evaluate", stage_fingerprint(cfg, "evaluate", method), do_evaluate, log)
     doc = json.loads((here / "evaluation" / "evaluation.json").read_text())

@@ -24,6 +24,7 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
+from klas import distributed as dist
 from klas.cache import CacheReader
 from klas.cache.format import write_json_atomic
 from klas.errors import CacheError
@@ -220,6 +221,9 @@ def score(
         probes_dir: where `klas probes` saved the probes.
         out: where to write the scores (nothing is written when None).
         anchors: anchor names to score (default: every anchor with probes and a cache).
+
+    Under torchrun each rank streams its share of the samples and the partial sums are added
+    across ranks; every rank returns the scores, rank 0 writes them.
     """
     cache_root, probes_dir = Path(cache_root), Path(probes_dir)
     if anchors is None:
@@ -253,15 +257,17 @@ def score(
         ))
         offset += depth
         # blocks 1..m-1 through their probes, block m through the anchor's own head
-        streams.append(CacheFeatures(reader, [b.index for b in m.block_entries[:-1]] + [0], device=device))
+        ctx = dist.context()
+        streams.append(CacheFeatures(reader, [b.index for b in m.block_entries[:-1]] + [0], device=device,
+                                     rank=ctx.rank, world_size=ctx.world_size))
         probes += [(w.to(device), b.to(device)) for w, b in ps.probes()[:-1]] + [None]
         caches[name] = manifest_fingerprint(reader.dir)
     feats = _Lockstep(streams)
     theta_all = kl_matrix_from_features(feats, probes, feats, probes, temperature=temperature, backend=backend,
-                                        chunk_size=chunk_size)
+                                        chunk_size=chunk_size, across_ranks=dist.context().distributed)
     labels = {readers[n][1].labels for n in anchors}
     result = Scores(anchors=entries, theta_all=theta_all.cpu(), floor=floor, temperature=temperature, split=split,
                     caches=caches, probe_labels=labels.pop() if len(labels) == 1 else "mixed")
-    if out is not None:
+    if out is not None and dist.is_main():
         result.save(out, plots=plots)
     return result

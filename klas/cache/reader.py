@@ -7,6 +7,8 @@ zero-copy arrays; the pure-Python reader gives identical bytes and exists for a 
 
 Sample order is one function, `row_ranges`, shared by both readers: sequential, or chunks of
 `chunk_rows` contiguous rows in a seeded random order (per epoch), optionally one rank's share.
+`batch_share` cuts one rank's slice out of every batch of such an order (data-parallel training
+whose steps are the one-process steps, split across the ranks).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import numpy as np
 from klas.cache.format import DTYPES, HEADER_BYTES, Manifest, checksum, labels_offset, read_manifest, shard_file_bytes
 from klas.errors import CacheError
 
-__all__ = ["Batch", "CacheReader", "row_ranges", "native_available"]
+__all__ = ["Batch", "CacheReader", "row_ranges", "batch_share", "native_available"]
 
 try:
     from klas import _C
@@ -59,6 +61,40 @@ def row_ranges(
         starts = starts[np.random.default_rng((seed, epoch)).permutation(len(starts))]
     starts = starts[rank::world_size]
     return [(int(s), int(min(chunk_rows, num_rows - s))) for s in starts]
+
+
+def batch_share(ranges: list[tuple[int, int]], batch_size: int, rank: int, world_size: int) -> list[tuple[int, int]]:
+    """Rank `rank`'s slice of every batch read in the order of `ranges`, as row runs.
+
+    The stream of rows that `ranges` describes is cut into batches of `batch_size`; rank r takes
+    positions ``[r * b, (r + 1) * b)`` of each, b = batch_size // world_size (so of a short last
+    batch a rank may get fewer rows, or none). Read in batches of b, a rank's steps are the
+    one-process steps, split.
+    """
+    if batch_size % world_size:
+        raise ValueError(f"the batch size {batch_size} must be a multiple of the number of ranks {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    if world_size == 1:
+        return list(ranges)
+    share = batch_size // world_size
+    out: list[tuple[int, int]] = []
+    pos = 0  # stream position of the current run's first row
+    for start, count in ranges:
+        end = pos + count
+        # wanted windows [t*B + r*b, t*B + (r+1)*b) that meet [pos, end)
+        t = pos // batch_size
+        while t * batch_size + rank * share < end:
+            lo = max(pos, t * batch_size + rank * share)
+            hi = min(end, t * batch_size + (rank + 1) * share)
+            if lo < hi:
+                if out and out[-1][0] + out[-1][1] == start + lo - pos:
+                    out[-1] = (out[-1][0], out[-1][1] + hi - lo)
+                else:
+                    out.append((start + lo - pos, hi - lo))
+            t += 1
+        pos = end
+    return out
 
 
 @dataclass

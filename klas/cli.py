@@ -19,6 +19,7 @@ import json
 import sys
 
 from klas.errors import KlasError
+from klas.files import describe_write_error
 
 __all__ = ["main"]
 
@@ -124,7 +125,7 @@ def _cmd_score(args) -> int:
 def _cmd_select(args) -> int:
     from pathlib import Path
 
-    from klas.cache.format import write_json_atomic
+    from klas.files import write_json_atomic
     from klas.plots import selection_scatter
     from klas.scores import load_scores
     from klas.select import METHODS, METRIC_METHODS, select, select_snnet_nearest
@@ -135,7 +136,6 @@ def _cmd_select(args) -> int:
     scores = load_scores(scores_dir)
     options = dict(tau=args.tau, tau_mode=args.tau_mode, buckets=buckets, chain_rule=args.chain_rule)
     if args.method in METRIC_METHODS:
-        from klas.errors import KlasError
         from klas.metric_tables import metric_numerators
 
         if not args.cache:
@@ -169,8 +169,7 @@ def _cmd_export(args) -> int:
     import json
     from pathlib import Path
 
-    from klas.cache.format import write_json_atomic
-    from klas.errors import KlasError
+    from klas.files import write_json_atomic
     from klas.export import to_snnet, write_csv
 
     path = Path(args.selection)
@@ -194,8 +193,7 @@ def _cmd_import_snnet(args) -> int:
     import json
     from pathlib import Path
 
-    from klas.cache.format import write_json_atomic
-    from klas.errors import KlasError
+    from klas.files import write_json_atomic
     from klas.export import from_snnet
     from klas.scores import load_scores
 
@@ -347,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except (KlasError, ValueError, IndexError) as e:
         print(f"klas {args.command}{_which_rank()}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        message = describe_write_error(e)
+        if message is None:
+            raise
+        print(f"klas {args.command}{_which_rank()}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from klas.cache.format import write_json_atomic
+from klas.files import write_json_atomic
 
 __all__ = ["demo", "demo_config", "write_digits", "train_demo_anchors", "DEMO_DEPTHS", "DEMO_EPOCHS"]
 

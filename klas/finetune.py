@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from klas import distributed as dist
 from klas.errors import KlasError
+from klas.files import torch_save_atomic
 from klas.stitch import StitchedSupernet
 
 __all__ = ["FinetuneSettings", "finetune", "route_schedule", "CHECKPOINT"]
@@ -109,12 +110,7 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    torch_save_atomic(state, path)
 
 
 def _load_checkpoint(path: Path, net: StitchedSupernet, settings: FinetuneSettings) -> dict:

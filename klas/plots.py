@@ -5,6 +5,8 @@ from pathlib import Path
 
 import torch
 
+from klas.files import atomic_path
+
 __all__ = ["pair_heatmap", "selection_scatter"]
 
 
@@ -12,10 +14,11 @@ def _save(fig, path: Path) -> Path:
     """Writes the figure under a temporary name, then renames it over `path` (no half-written PNG)."""
     import matplotlib.pyplot as plt
 
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -33,6 +33,7 @@ from klas.cache import CacheReader, Manifest
 from klas.cache.format import DTYPES
 from klas.cache.reader import batch_share, row_ranges
 from klas.errors import CacheError
+from klas.files import save_safetensors_atomic, write_json_atomic
 
 __all__ = ["ProbeSet", "train_probes", "load_probes", "probe_table", "probe_losses", "JointProbes"]
 
@@ -64,16 +65,12 @@ class ProbeSet:
             tensors[f"block{k}.weight"] = w.detach().float().cpu().contiguous()
             tensors[f"block{k}.bias"] = b.detach().float().cpu().contiguous()
         path = directory / f"{self.name}.safetensors"
-        tmp = path.with_suffix(".safetensors.tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path)
+        save_safetensors_atomic(tensors, path)
         meta = {
             "anchor": self.anchor, "name": self.name, "block_names": self.block_names,
             "train_acc": self.train_acc, "val_acc": self.val_acc, "head_val_acc": self.head_val_acc,
             "labels": self.labels, "settings": self.settings,
         }
-        from klas.cache.format import write_json_atomic
-
         write_json_atomic(directory / f"{self.name}.json", meta)
         return path
 

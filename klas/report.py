@@ -8,7 +8,7 @@ import math
 import os
 from pathlib import Path
 
-from klas.cache.format import write_json_atomic
+from klas.files import atomic_path, write_json_atomic
 from klas.evaluate import (
     RouteResult,
     accuracy_gain_at_equal_flops,
@@ -61,7 +61,7 @@ def write_report(results: dict[str, list[RouteResult]], out: str | os.PathLike, 
         })
     doc["results"] = {m: [r.to_json() for r in rs] for m, rs in results.items()}
     write_json_atomic(out / "report.json", doc)
-    with open(out / "routes.csv.tmp", "w", newline="") as f:
+    with atomic_path(out / "routes.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "route", "source", "target", "i", "j", "flops", "params", "top1", "gamma", "on_frontier"])
         for m, rs in results.items():
@@ -69,7 +69,6 @@ def write_report(results: dict[str, list[RouteResult]], out: str | os.PathLike, 
             for r in rs:
                 w.writerow([m, r.name, r.source, r.target, r.i, r.j, r.flops, r.params, f"{r.top1:.2f}",
                             "" if r.gamma is None else r.gamma, int(r.name in front)])
-    os.replace(out / "routes.csv.tmp", out / "routes.csv")
     _plot(results, methods, out / "accuracy_flops.png", title)
     return out
 

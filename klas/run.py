@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 
 from klas import distributed as dist
-from klas.cache.format import write_json_atomic
+from klas.files import write_json_atomic
 from klas.config import ConfigError, stage_fingerprint
 
 __all__ = ["run", "run_methods", "MARKER"]

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from klas import distributed as dist
 from klas.cache import CacheReader
-from klas.cache.format import write_json_atomic
+from klas.files import save_safetensors_atomic, write_json_atomic
 from klas.errors import CacheError
 from klas.features import CacheFeatures
 from klas.kl import kl_matrix_from_features
@@ -135,9 +135,7 @@ class Scores:
         for f, g in self.pairs():
             tensors[f"theta/{f}/{g}"] = self.theta(f, g).contiguous()
             tensors[f"gamma/{f}/{g}"] = self.gamma(f, g).contiguous()
-        tmp = out / "scores.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, out / "scores.safetensors")
+        save_safetensors_atomic(tensors, out / "scores.safetensors")
         meta = {
             "format": "klas-scores", "version": 1, "split": self.split, "temperature": self.temperature,
             "floor": self.floor, "probe_labels": self.probe_labels, "caches": self.caches,

@@ -106,20 +106,29 @@ def config_from_json(d: dict) -> Config:
 
 def _chain_minimax(theta: torch.Tensor, flops: Sequence[int]) -> list[int]:
     """Indices (in FLOPs order) of the chain cheapest -> costliest minimising the largest hop Θ,
-    then the number of hops. theta[a, b]: Θ between heads, row = source."""
+    then the number of hops, then (ties) the lexicographically first. theta[a, b]: Θ between heads,
+    row = source.
+
+    Two passes, because (largest hop, hops) does not decompose over prefixes: first the smallest
+    achievable largest hop, then the fewest hops using only hops no larger than it.
+    """
     n = len(flops)
-    best: list[tuple[float, int, list[int]] | None] = [None] * n
-    best[0] = (0.0, 0, [0])
+    hop = [[float(theta[a, b]) if flops[a] < flops[b] else math.inf for b in range(n)] for a in range(n)]
+    bottleneck = [-math.inf] + [math.inf] * (n - 1)
+    for b in range(1, n):
+        bottleneck[b] = min((max(bottleneck[a], hop[a][b]) for a in range(b)), default=math.inf)
+    limit = bottleneck[-1]
+    if math.isinf(limit):
+        raise ValueError("no chain of strictly increasing FLOPs joins the cheapest and the costliest anchor")
+    fewest: list[list[int] | None] = [[0]] + [None] * (n - 1)
     for b in range(1, n):
         for a in range(b):
-            if best[a] is None or not flops[a] < flops[b]:
+            if fewest[a] is None or hop[a][b] > limit:
                 continue
-            cand = (max(best[a][0], float(theta[a, b])), best[a][1] + 1, best[a][2] + [b])
-            if best[b] is None or cand < best[b]:  # ties: fewer hops, then the lexicographically first chain
-                best[b] = cand
-    if best[-1] is None:
-        raise ValueError("no chain of strictly increasing FLOPs joins the cheapest and the costliest anchor")
-    return best[-1][2]
+            cand = fewest[a] + [b]
+            if fewest[b] is None or (len(cand), cand) < (len(fewest[b]), fewest[b]):
+                fewest[b] = cand
+    return fewest[-1]
 
 
 def _chain_nearest(theta: torch.Tensor, flops: Sequence[int]) -> list[int]:

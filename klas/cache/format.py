@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from klas.errors import CacheError
+from klas.files import fsync_dir, write_json_atomic  # noqa: F401  (part of this module's API)
 
 __all__ = [
     "FORMAT_NAME",
@@ -223,21 +224,3 @@ def read_manifest(cache_dir: str | os.PathLike) -> Manifest:
     return Manifest.from_json(data, str(path))
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Writes JSON under a temporary name, fsyncs, then renames over `path`."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Makes a rename inside `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

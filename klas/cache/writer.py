@@ -25,13 +25,13 @@ from klas.cache.format import (
     Manifest,
     ShardEntry,
     checksum,
-    fsync_dir,
     labels_offset,
     pack_header,
     shard_file_bytes,
     write_json_atomic,
 )
 from klas.errors import CacheError
+from klas.files import atomic_path
 
 __all__ = ["CacheWriter", "shard_name", "progress_name"]
 
@@ -213,14 +213,9 @@ class CacheWriter:
         for part in parts:
             crc = checksum(part, crc)
         name = shard_name(self.mine[len(self.shards)])
-        tmp = self.dir / (name + ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(self.dir / name) as tmp, open(tmp, "wb") as f:
             for part in parts:
                 f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.dir / name)
-        fsync_dir(self.dir)
         self.shards.append(ShardEntry(file=name, rows=rows, crc32c=crc))
         self.rows_done += rows
         self._fill = 0

@@ -50,6 +50,7 @@ class CacheFeatures:
     def chunks(self, chunk: int) -> Iterator[list[torch.Tensor]]:
         share = {} if self.world_size == 1 else dict(rank=self.rank, world_size=self.world_size, chunk_rows=chunk)
         for batch in self.reader.batches(chunk, **share):
-            rows, _ = batch.torch()
+            rows, labels = batch.torch()
             rows = rows.to(self.device, non_blocking=True)
+            self.reader.check_values(rows, labels)
             yield [rows[:, e.offset:e.offset + e.width] for e in self.entries]

@@ -247,6 +247,8 @@ def _lockstep(readers: Sequence[CacheReader], batch_size: int, ranges: list[tupl
     streams = [r.batches_over(ranges, batch_size) for r in readers]
     for batches in zip(*streams):
         tensors = [b.torch() for b in batches]
+        for (rows, labels), reader in zip(tensors, readers):
+            reader.check_values(rows, labels)
         first = tensors[0][1]
         for (_, labels), reader in zip(tensors[1:], readers[1:]):
             if not torch.equal(labels, first):
@@ -336,6 +338,13 @@ def train_probes(
     counts = {r.num_samples for r in readers}
     if len(counts) != 1:
         raise CacheError(f"the caches hold different sample counts {sorted(counts)}: extract them from the same split")
+    val_readers = [c if isinstance(c, CacheReader) else CacheReader(c) for c in val_caches or []]
+    if val_readers and len(val_readers) != len(readers):
+        raise ValueError("give one validation cache per training cache")
+    for t, v in zip(readers, val_readers):
+        if t.manifest.split == v.manifest.split:
+            raise CacheError(f"the training cache {t.dir} and the validation cache {v.dir} are both the "
+                             f"{t.manifest.split!r} split: probes must be validated on held-out samples")
     classes = {r.manifest.num_classes for r in readers}
     if len(classes) != 1:
         raise CacheError(f"the anchors predict different class counts {sorted(classes)}")
@@ -384,10 +393,7 @@ def train_probes(
     if evaluate:
         train_acc, _ = _accuracy(model, readers, labels, 4 * batch_size, device)
     val_acc, head_acc = [None] * len(readers), [None] * len(readers)
-    if val_caches is not None and evaluate:
-        val_readers = [c if isinstance(c, CacheReader) else CacheReader(c) for c in val_caches]
-        if len(val_readers) != len(readers):
-            raise ValueError("give one validation cache per training cache")
+    if val_readers and evaluate:
         val_acc, head_acc = _accuracy(model, val_readers, labels, 4 * batch_size, device)
     settings = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                     label_smoothing=label_smoothing, seed=seed)

@@ -233,6 +233,9 @@ def score(
     for name in anchors:
         cache_dir = cache_root / name / split
         reader = CacheReader(cache_dir)
+        if reader.manifest.split != split:
+            raise CacheError(f"{cache_dir} holds the {reader.manifest.split!r} split, not {split!r}: extract the "
+                             f"{split} split into it again")
         ps = load_probes(probes_dir, name)
         if ps.anchor != reader.manifest.anchor:
             raise CacheError(f"probes {name!r} were trained for {ps.anchor!r} but {cache_dir} caches "

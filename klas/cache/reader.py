@@ -160,6 +160,19 @@ class CacheReader:
         """Opens and verifies every shard now; CacheError names the first bad one."""
         self._shards.check_all()
 
+    def check_values(self, features, labels=None) -> None:
+        """CacheError unless a batch read from this cache (torch tensors) holds finite features and
+        labels within the classes. The checksum cannot catch these: they were written so."""
+        import torch
+
+        if not bool(torch.isfinite(features).all()):
+            raise CacheError(f"cache {self.dir} holds NaN/Inf activations; extract it again (and check the "
+                             "anchor's checkpoint and input normalisation if it comes back)")
+        c = self.manifest.num_classes
+        if labels is not None and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= c):
+            raise CacheError(f"cache {self.dir} holds labels outside 0..{c - 1}; extract it again from a dataset "
+                             "of the anchor's classes")
+
     def batches(
         self,
         batch_size: int,

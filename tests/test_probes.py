@@ -16,7 +16,7 @@ def two_anchors(tmp_path):
     caches = {}
     for name, widths, seed in (("a", (4, 8, 4), 1), ("b", (6, 6), 2)):
         for split, n, data_seed in (("train", 1200, 0), ("val", 300, 5)):
-            feature_cache(tmp_path / name / split, n, widths, 5, seed=seed, data_seed=data_seed, noise=0.6)
+            feature_cache(tmp_path / name / split, n, widths, 5, seed=seed, data_seed=data_seed, noise=0.6, split=split)
         caches[name] = (tmp_path / name / "train", tmp_path / name / "val")
     return caches
 

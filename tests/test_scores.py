@@ -43,7 +43,7 @@ def scored(tmp_path_factory):
     root = tmp_path_factory.mktemp("scores")
     for name, widths, seed in (("small", (4, 8, 4), 1), ("mid", (6, 6, 6, 6), 2), ("big", (8,) * 5, 3)):
         for split, n, ds in (("train", 1200, 0), ("val", 301, 5)):
-            feature_cache(root / name / split, n, widths, 5, seed=seed, data_seed=ds, noise=0.6, anchor=f"test:{name}")
+            feature_cache(root / name / split, n, widths, 5, seed=seed, data_seed=ds, noise=0.6, anchor=f"test:{name}", split=split)
     assert main(["probes", "--cache", str(root), "--quiet", "--epochs", "2", "--batch-size", "64"]) == 0
     assert main(["score", "--cache", str(root)]) == 0
     return root

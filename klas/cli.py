@@ -15,9 +15,12 @@ Errors in the user's input print one line saying what is wrong and exit with sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 
+from klas import distributed
 from klas.errors import KlasError
 from klas.files import describe_write_error
 
@@ -88,8 +91,9 @@ def _cmd_probes(args) -> int:
         progress=not args.quiet,
     )
     out = Path(args.out) if args.out else root / "probes"
-    for ps in sets:
-        ps.save(out)
+    if distributed.is_main():
+        for ps in sets:
+            ps.save(out)
     print(probe_table(sets))
     print(f"probes written to {out}")
     return 0
@@ -324,9 +328,6 @@ def _cmd_run(args) -> int:
     cfg = load_config(args.config, overrides)
     methods = [args.method] if args.method and not args.compare else None
     run(cfg, methods=methods, progress=not args.quiet)
-    from klas import distributed
-
-    distributed.shutdown()  # under torchrun: leave the process group (on errors torchrun stops every rank)
     return 0
 
 
@@ -339,10 +340,27 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+# commands that share their work across the ranks of a torchrun job; the others run in one process
+RANK_AWARE = ("extract", "probes", "score", "run")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        if not distributed.launched_by_torchrun():
+            return args.run(args)
+        if args.command not in RANK_AWARE:
+            raise KlasError(f"`klas {args.command}` runs in one process: start it without torchrun "
+                            f"(torchrun serves {', '.join(RANK_AWARE)})")
+        if args.command != "run":  # run() joins the group itself, with the config's device and timeout
+            distributed.init_from_env(args.device)
+            args.device = distributed.rank_device(args.device)
+        with contextlib.ExitStack() as quiet:
+            if not distributed.is_main():  # rank 0 alone prints results
+                quiet.enter_context(contextlib.redirect_stdout(open(os.devnull, "w")))
+            code = args.run(args)
+        distributed.shutdown()  # leave the process group (on errors torchrun stops every rank)
+        return code
     except (KlasError, ValueError, IndexError) as e:
         print(f"klas {args.command}{_which_rank()}: error: {e}", file=sys.stderr)
         return 2
@@ -356,8 +374,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _which_rank() -> str:
     """" (rank r of w)" under torchrun, so that a job's log says which rank failed."""
-    from klas import distributed
-
     ctx = distributed.context()
     return f" ({ctx.describe()})" if ctx.distributed else ""
 

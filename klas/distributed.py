@@ -16,8 +16,10 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Context", "init_from_env", "context", "is_main", "barrier", "all_reduce_sum", "broadcast_object",
            "even_share", "rank_device", "shutdown", "launched_by_torchrun", "DEFAULT_TIMEOUT_S"]
@@ -57,6 +59,7 @@ def init_from_env(device: str = "cpu", *, timeout_s: float = DEFAULT_TIMEOUT_S) 
     global _context
     if not launched_by_torchrun():
         return _context
+    import torch
     import torch.distributed as dist
 
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
@@ -98,6 +101,8 @@ def rank_device(device: str) -> str:
 
 
 def _collective_device() -> torch.device:
+    import torch
+
     return torch.device("cuda", torch.cuda.current_device()) if _context.backend == "nccl" else torch.device("cpu")
 
 

@@ -181,3 +181,27 @@ def test_a_rank_that_dies_fails_the_job_fast_and_a_rerun_finishes_it(one_process
     assert not (out / "methods/klas/supernet/.klas-stage.json").exists()
     _finish(_torchrun(config, 2))
     _assert_same_results(one_process, out)
+
+
+@pytest.mark.slow
+def test_stage_commands_under_torchrun(tmp_path, shapes_dir):
+    """`klas extract` shares its shards across 2 ranks and writes the bytes of one process;
+    a command that runs in one process says so instead of running once per rank."""
+    anchor = "cifar-resnet:8?pretrained=false&seed=1"
+    args = ["extract", "--anchor", anchor, "--data", str(shapes_dir), "--batch-size", "16", "--shard-rows", "16",
+            "--quiet"]
+    one = subprocess.run([sys.executable, "-m", "klas", *args, "--out", str(tmp_path / "one")], capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "klas"]
+    two = subprocess.run([*base, *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count(" train  ") == 1  # rank 0 alone lists the caches
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert len([f for f in files if f.name.startswith("shard-")]) > 2
+    assert files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
+    for f in files:
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f
+    refused = subprocess.run([*base, "select", "--scores", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0
+    assert "`klas select` runs in one process: start it without torchrun" in refused.stderr

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Context", "init_from_env", "context", "is_main", "barrier", "all_reduce_sum", "broadcast_object",
-           "even_share", "rank_device", "shutdown", "launched_by_torchrun", "DEFAULT_TIMEOUT_S"]
+__all__ = ["Context", "init_from_env", "context", "is_main", "barrier", "all_reduce_sum", "even_share",
+           "rank_device", "shutdown", "launched_by_torchrun", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 1800.0
 
@@ -127,17 +127,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     work = tensor.to(_collective_device(), copy=True)
     dist.all_reduce(work, op=dist.ReduceOp.SUM)
     return work.to(tensor.device)
-
-
-def broadcast_object(obj):
-    """Rank 0's `obj` on every rank (pickled between the ranks of this job only)."""
-    if not _context.distributed:
-        return obj
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0, device=_collective_device() if _context.backend == "nccl" else None)
-    return box[0]
 
 
 def even_share(n: int, rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:

@@ -173,8 +173,8 @@ def _cmd_export(args) -> int:
     import json
     from pathlib import Path
 
-    from klas.files import write_json_atomic
     from klas.export import to_snnet, write_csv
+    from klas.files import write_json_atomic
 
     path = Path(args.selection)
     try:
@@ -197,8 +197,8 @@ def _cmd_import_snnet(args) -> int:
     import json
     from pathlib import Path
 
-    from klas.files import write_json_atomic
     from klas.export import from_snnet
+    from klas.files import write_json_atomic
     from klas.scores import load_scores
 
     try:

@@ -30,8 +30,8 @@ from typing import Callable
 import torch
 
 from klas import distributed as dist
-from klas.files import write_json_atomic
 from klas.config import ConfigError, stage_fingerprint
+from klas.files import write_json_atomic
 
 __all__ = ["run", "run_methods", "MARKER"]
 

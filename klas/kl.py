@@ -63,10 +63,10 @@ def _check_logits(src: torch.Tensor, tgt: torch.Tensor, *, finite: bool = True) 
                 raise ValueError(f"{name} holds NaN or Inf values")
 
 
-def _softmax_stats(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, ...]:
+def _softmax_stats(z: torch.Tensor, temperature: float, entropy: bool = True) -> tuple[torch.Tensor | None, ...]:
     """For logits ``[K, n, C]``: p ``[K, n, C]``, the shifted logits u = (z − max z) / T
     ``[K, n, C]`` (so log p = u − L), −H ``[K, n]`` and L = log Σ_c exp(u) ``[K, n]`` (fp32), where
-    H is each (probe, sample)'s entropy.
+    H is each (probe, sample)'s entropy (None unless `entropy`).
 
     Many classes: five passes over the chunk (max, shift, softmax as one fused kernel on the
     contiguous shifted logits, Σ p·u, max p); L needs no second exp, since at the largest logit
@@ -85,7 +85,7 @@ def _softmax_stats(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, .
         total = p.sum(dim=-1)
         p.div_(total[..., None])
         log_total = total.log_()
-    neg_ent = torch.linalg.vecdot(p, u).sub_(log_total)  # Σ p log p = Σ p u − L
+    neg_ent = torch.linalg.vecdot(p, u).sub_(log_total) if entropy else None  # Σ p log p = Σ p u − L
     return p, u, neg_ent, log_total
 
 
@@ -131,17 +131,26 @@ class ThetaAccumulator:
         """
         ks, n, c = z_src.shape
         stats = _softmax_stats_compiled() if use_compile() else _softmax_stats
-        p, u_p, neg_ent_p, log_total_p = stats(z_src, self.temperature)
         same = z_tgt is z_src
-        _, u, neg_ent_q, log_total_q = (p, u_p, neg_ent_p, log_total_p) if same else stats(z_tgt, self.temperature)
+        # Θ of a set against itself: Σ_c p_a u_a, summed over the chunk, is the product's diagonal,
+        # so Σ p log p needs no pass of its own.
+        p, u_p, neg_ent_p, log_total_p = stats(z_src, self.temperature, entropy=not same)
+        _, u, _, log_total_q = (p, u_p, None, log_total_p) if same else stats(z_tgt, self.temperature, entropy=False)
         kt = u.shape[0]
-        # Any NaN/Inf logit makes its sample's entropy NaN: checking [K, n] numbers checks them all.
-        for name, ent in (("logits_src", neg_ent_p), ("logits_tgt", neg_ent_q)):
-            if not torch.isfinite(ent).all():
-                raise ValueError(f"{name} holds NaN or Inf values")
-        self.self_term += neg_ent_p.sum(dim=-1, dtype=torch.float64)
+        product = p.reshape(ks, n * c) @ u.reshape(kt, n * c).T
+        if same:
+            neg_ent_p = product.diagonal()
+            neg_ent_sum = neg_ent_p.double() - log_total_p.sum(dim=-1, dtype=torch.float64)
+        else:
+            neg_ent_sum = neg_ent_p.sum(dim=-1, dtype=torch.float64)
+        # Any NaN/Inf logit makes a NaN here: a NaN or +Inf spreads through its sample's max and
+        # softmax into L; a −Inf meets a zero probability (0 · −Inf) in Σ p u and in the product.
+        src_bad = not (torch.isfinite(neg_ent_p).all() and torch.isfinite(log_total_p).all())
+        if src_bad or not (torch.isfinite(log_total_q).all() and torch.isfinite(product).all()):
+            raise ValueError(f"{'logits_src' if src_bad else 'logits_tgt'} holds NaN or Inf values")
+        self.self_term += neg_ent_sum
         self.shift += log_total_q.sum(dim=-1, dtype=torch.float64)
-        self.cross += (p.reshape(ks, n * c) @ u.reshape(kt, n * c).T).double()
+        self.cross += product.double()
         self.count += n
 
     def add_partial(self, self_term: torch.Tensor, cross: torch.Tensor, count: int) -> None:

@@ -99,6 +99,17 @@ def test_non_finite_logits_and_unknown_backend():
         kl_matrix(torch.randn(2, 10, 5), torch.randn(2, 10, 5), backend="cuda")
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("where", ["same", "src", "tgt"])
+def test_any_non_finite_logit_is_named_by_the_torch_path(value, where):
+    good, bad = torch.randn(3, 40, 7), torch.randn(3, 40, 7)
+    bad[2, 17, 4] = value
+    src, tgt = {"same": (bad, bad), "src": (bad, good), "tgt": (good, bad)}[where]
+    name = "logits_tgt" if where == "tgt" else "logits_src"
+    with pytest.raises(ValueError, match=f"{name} holds NaN or Inf"):
+        kl_matrix_torch(src, tgt, chunk_size=16)
+
+
 def _random_probes(widths, c, gen):
     return [(torch.randn(c, w, generator=gen) * 0.3, torch.randn(c, generator=gen)) for w in widths]
 

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from klas import distributed as dist
 from klas.stitch import StitchedSupernet
 
 __all__ = ["RouteResult", "evaluate_routes", "pareto_frontier", "frontier_auc", "accuracy_gain_at_equal_flops",
@@ -57,8 +58,6 @@ def evaluate_routes(net: StitchedSupernet, loader, *, device: str = "cpu", progr
         for k, z in logits.items():
             correct[k] += int((z.argmax(dim=1).cpu() == labels).sum())
         total += len(labels)
-    from klas import distributed as dist
-
     counts = dist.all_reduce_sum(torch.cat([correct, torch.tensor([total])]))
     correct, total = counts[:-1], int(counts[-1])
     gammas = gammas or {}

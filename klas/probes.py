@@ -163,22 +163,20 @@ class JointProbes(nn.Module):
 
     def loss(self, rows: Sequence[torch.Tensor], target: torch.Tensor, label_smoothing: float = 0.0,
              *, fused: bool = False, denominator: float | None = None) -> torch.Tensor:
-        """Σ over probes of each probe's cross-entropy summed over the b rows and divided by
-        `denominator` (default b: each probe's mean); target ``[b, M]``.
+        """`probe_losses` of the probes' logits; target ``[b, M]``.
 
         fused: use the Triton kernel (kernels/fused_linear_ce.py), which never writes the logits.
         """
         b = target.shape[0]
-        denominator = denominator or b
         if not fused or b == 0:
-            return probe_losses(self(rows), target, label_smoothing) * (b / denominator if b else 1.0)
+            return probe_losses(self(rows), target, label_smoothing, denominator)
         from klas.kernels.fused_linear_ce import linear_cross_entropy
 
         total = 0.0
         for x, w, bias, idx in self._group_inputs(rows):
             group_target = target.index_select(1, torch.tensor(idx, device=target.device))
             total = total + linear_cross_entropy(x, w, bias, group_target, label_smoothing)
-        return total * (b / denominator)
+        return total * (b / denominator) if denominator else total
 
     def per_anchor(self) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         """``(W [C, d_k], b [C])`` for every block of every anchor, in order."""
@@ -216,8 +214,10 @@ def _has_triton() -> bool:
     return True
 
 
-def probe_losses(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Each probe's mean cross-entropy over the batch, summed over the probes.
+def probe_losses(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0,
+                 denominator: float | None = None) -> torch.Tensor:
+    """Each probe's cross-entropy summed over the batch and divided by `denominator` (default b: the
+    mean), summed over the probes.
 
     logits ``[b, M, C]``, target ``[b, M]``. Written out rather than F.cross_entropy, whose CPU
     kernel is slow for the few classes of probes (C = 10: about 2x here); equal up to rounding.
@@ -227,7 +227,7 @@ def probe_losses(logits: torch.Tensor, target: torch.Tensor, label_smoothing: fl
     nll = lse - logits.gather(2, target[..., None]).squeeze(2)
     if label_smoothing:
         nll = (1 - label_smoothing) * nll + label_smoothing * (lse - logits.mean(dim=-1))
-    return nll.sum() / max(logits.shape[0], 1)
+    return nll.sum() / (denominator or logits.shape[0])
 
 
 def _make_optimizer(name: str, params, lr: float, weight_decay: float):

@@ -246,7 +246,7 @@ def score(
         raise CacheError(f"the {split} caches hold different sample counts {sorted(counts)}")
     flops = {n: _anchor_flops(readers[n][0]) for n in anchors}  # may load the anchor: once each
     ordered = sorted(anchors, key=lambda n: flops[n]["stem"] + sum(flops[n]["blocks"]) + flops[n]["head"])
-    offset = 0
+    offset, ctx = 0, dist.context()
     for name in ordered:
         reader, ps = readers[name]
         m = reader.manifest
@@ -258,14 +258,13 @@ def score(
         ))
         offset += depth
         # blocks 1..m-1 through their probes, block m through the anchor's own head
-        ctx = dist.context()
         streams.append(CacheFeatures(reader, [b.index for b in m.block_entries[:-1]] + [0], device=device,
                                      rank=ctx.rank, world_size=ctx.world_size))
         probes += [(w.to(device), b.to(device)) for w, b in ps.probes()[:-1]] + [None]
         caches[name] = manifest_fingerprint(reader.dir)
     feats = _Lockstep(streams)
     theta_all = kl_matrix_from_features(feats, probes, feats, probes, temperature=temperature, backend=backend,
-                                        chunk_size=chunk_size, across_ranks=dist.context().distributed)
+                                        chunk_size=chunk_size, across_ranks=ctx.distributed)
     labels = {readers[n][1].labels for n in anchors}
     result = Scores(anchors=entries, theta_all=theta_all.cpu(), floor=floor, temperature=temperature, split=split,
                     caches=caches, probe_labels=labels.pop() if len(labels) == 1 else "mixed")

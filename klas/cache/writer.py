@@ -137,28 +137,32 @@ class CacheWriter:
         """``(first row, rows)`` of each shard this writer has still to write, in the order it wants them."""
         return [self.shard_rows_of(k) for k in self.mine[len(self.shards):]]
 
-    def _resume(self) -> list[ShardEntry]:
-        """Shards kept from an interrupted run with the same settings (checked on disk)."""
+    def _recorded(self, progress: Path) -> list[ShardEntry] | None:
+        """The shards a progress file records, if it reads back and holds these settings; else None."""
         import json
 
-        progress = self._progress
+        try:
+            state = json.loads(progress.read_text())
+            if state.get("settings") != _jsonable(self._settings):
+                return None
+            return [ShardEntry(file=s["file"], rows=int(s["rows"]), crc32c=int(s["crc32c"])) for s in state["shards"]]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def _resume(self) -> list[ShardEntry]:
+        """Shards kept from an interrupted run with the same settings (checked on disk)."""
         kept: list[ShardEntry] = []
-        if progress.exists():
-            try:
-                state = json.loads(progress.read_text())
-            except (OSError, ValueError):
-                state = None
-            if state is not None and state.get("settings") == _jsonable(self._settings):
-                for k, s in zip(self.mine, state.get("shards", [])):
-                    entry = ShardEntry(file=s["file"], rows=int(s["rows"]), crc32c=int(s["crc32c"]))
-                    path = self.dir / entry.file
-                    if (entry.file != shard_name(k) or entry.rows != self.shard_rows_of(k)[1] or not path.is_file()
-                            or path.stat().st_size != shard_file_bytes(entry.rows, self.row_bytes)
-                            or _file_crc(path) != entry.crc32c):
-                        break  # keep only the intact prefix
-                    kept.append(entry)
-            else:
-                warnings.warn(f"{self.dir}: an interrupted extraction with other settings is discarded", stacklevel=3)
+        recorded = self._recorded(self._progress) if self._progress.exists() else []
+        if recorded is None:
+            warnings.warn(f"{self.dir}: an interrupted extraction with other settings is discarded", stacklevel=3)
+            recorded = []
+        for k, entry in zip(self.mine, recorded):
+            path = self.dir / entry.file
+            if (entry.file != shard_name(k) or entry.rows != self.shard_rows_of(k)[1] or not path.is_file()
+                    or path.stat().st_size != shard_file_bytes(entry.rows, self.row_bytes)
+                    or _file_crc(path) != entry.crc32c):
+                break  # keep only the intact prefix
+            kept.append(entry)
         # Anything of this writer's beyond the kept prefix is stale: remove it so no reader can mistake
         # it. Each shard index belongs to one rank; rank 0 also owns indices past the end, the
         # manifest, and progress files of other rank counts.
@@ -237,23 +241,17 @@ class CacheWriter:
 
     def write_manifest(self) -> Manifest:
         """The manifest of every rank's shards (read from their progress files), written last."""
-        import json
-
         if self.world_size == 1:
             shards = list(self.shards)
         else:
             found: dict[str, ShardEntry] = {}
             for r in range(min(self.world_size, self.num_shards)):  # ranks past the shard count own none
                 path = self.dir / progress_name(r, self.world_size)
-                try:
-                    state = json.loads(path.read_text())
-                except (OSError, ValueError):
-                    raise CacheError(f"{path} is missing or unreadable: rank {r} did not finish its shards; "
-                                     "run the extraction again to resume") from None
-                if state.get("settings") != _jsonable(self._settings):
-                    raise CacheError(f"{path} was written with other settings; run the extraction again")
-                for s in state["shards"]:
-                    found[s["file"]] = ShardEntry(file=s["file"], rows=int(s["rows"]), crc32c=int(s["crc32c"]))
+                recorded = self._recorded(path)
+                if recorded is None:
+                    raise CacheError(f"{path} is missing, unreadable or from other settings: rank {r} did not "
+                                     "finish its shards; run the extraction again to resume")
+                found.update((e.file, e) for e in recorded)
             missing = [shard_name(k) for k in range(self.num_shards) if shard_name(k) not in found]
             if missing:
                 raise CacheError(f"{self.dir}: shards {missing[:3]} are not finished; run the extraction again to resume")

@@ -356,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             distributed.init_from_env(args.device)
             args.device = distributed.rank_device(args.device)
         with contextlib.ExitStack() as quiet:
-            if not distributed.is_main():  # rank 0 alone prints results
-                quiet.enter_context(contextlib.redirect_stdout(open(os.devnull, "w")))
+            if not distributed.is_main():  # rank 0 alone prints results (run() quiets its own log)
+                quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
             code = args.run(args)
         distributed.shutdown()  # leave the process group (on errors torchrun stops every rank)
         return code

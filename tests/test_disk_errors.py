@@ -18,7 +18,7 @@ import yaml
 from klas.cache import CacheReader
 from klas.cli import main
 from klas.files import atomic_path, save_safetensors_atomic, torch_save_atomic, write_json_atomic
-from test_run import _outputs, tiny_config
+from test_run import assert_same_outputs, tiny_config
 
 
 @pytest.fixture
@@ -92,15 +92,7 @@ def test_run_out_of_space_stops_cleanly_and_resumes(tmp_path, small_disk, shapes
     assert markers, "the disk should hold at least one finished stage"
     filler.unlink()
     assert main(["run", str(config), "--quiet"]) == 0
-    a, b = _outputs(tmp_path / "ref"), _outputs(small_disk / "out")
-    assert a.keys() == b.keys() and a["shards"] == b["shards"]
-    torch.testing.assert_close(b["theta"], a["theta"], atol=0, rtol=0)
-    for key in a:
-        if key.endswith("/weights"):
-            for name, value in a[key].items():
-                torch.testing.assert_close(b[key][name], value, atol=1e-5, rtol=1e-5, msg=name)
-        elif key not in ("shards", "theta"):
-            assert a[key] == b[key], key
+    assert_same_outputs(tmp_path / "ref", small_disk / "out")
 
 
 def test_read_only_output_is_refused_and_left_as_it_was(tmp_path, small_disk, shapes_dir, capsys):

@@ -159,6 +159,19 @@ def _outputs(out: Path) -> dict:
     return got
 
 
+def assert_same_outputs(reference: Path, other: Path) -> None:
+    """Two finished runs agree: shard bytes, Θ exactly, selections and correct counts, weights to 1e-5."""
+    a, b = _outputs(reference), _outputs(other)
+    assert a.keys() == b.keys() and a["shards"] == b["shards"]
+    torch.testing.assert_close(b["theta"], a["theta"], atol=0, rtol=0)
+    for key in a:
+        if key.endswith("/weights"):
+            for name, value in a[key].items():
+                torch.testing.assert_close(b[key][name], value, atol=1e-5, rtol=1e-5, msg=name)
+        elif key not in ("shards", "theta"):
+            assert a[key] == b[key], key
+
+
 @pytest.mark.slow
 def test_run_killed_in_each_stage_ends_like_an_uninterrupted_run(tmp_path, shapes_dir):
     """SIGKILL a real `klas run` once inside each of extract, probes, score and finetune (after
@@ -193,12 +206,4 @@ def test_run_killed_in_each_stage_ends_like_an_uninterrupted_run(tmp_path, shape
         proc.wait()
         assert not (folder / ".klas-stage.json").exists(), f"the kill came after {folder.name} had finished"
     assert subprocess.run([*cmd, str(killed)], env=env, capture_output=True).returncode == 0
-    a, b = _outputs(tmp_path / "a" / "out"), _outputs(out)
-    assert a.keys() == b.keys() and a["shards"] == b["shards"]
-    torch.testing.assert_close(a["theta"], b["theta"], atol=0, rtol=0)
-    for key in a:
-        if key.endswith("/weights"):
-            for name, value in a[key].items():
-                torch.testing.assert_close(b[key][name], value, atol=1e-5, rtol=1e-5, msg=name)
-        elif key not in ("shards", "theta"):
-            assert a[key] == b[key], key
+    assert_same_outputs(tmp_path / "a" / "out", out)

@@ -139,16 +139,17 @@ class ThetaAccumulator:
         kt = u.shape[0]
         product = p.reshape(ks, n * c) @ u.reshape(kt, n * c).T
         if same:
-            neg_ent_p = product.diagonal()
-            neg_ent_sum = neg_ent_p.double() - log_total_p.sum(dim=-1, dtype=torch.float64)
+            p_dot_u = product.diagonal()  # Σ over the chunk's samples of Σ_c p_a u_a
+            self_sum = p_dot_u.double() - log_total_p.sum(dim=-1, dtype=torch.float64)
         else:
-            neg_ent_sum = neg_ent_p.sum(dim=-1, dtype=torch.float64)
+            p_dot_u = neg_ent_p  # per sample: Σ_c p_a u_a − L_a
+            self_sum = neg_ent_p.sum(dim=-1, dtype=torch.float64)
         # Any NaN/Inf logit makes a NaN here: a NaN or +Inf spreads through its sample's max and
         # softmax into L; a −Inf meets a zero probability (0 · −Inf) in Σ p u and in the product.
-        src_bad = not (torch.isfinite(neg_ent_p).all() and torch.isfinite(log_total_p).all())
+        src_bad = not (torch.isfinite(p_dot_u).all() and torch.isfinite(log_total_p).all())
         if src_bad or not (torch.isfinite(log_total_q).all() and torch.isfinite(product).all()):
             raise ValueError(f"{'logits_src' if src_bad else 'logits_tgt'} holds NaN or Inf values")
-        self.self_term += neg_ent_sum
+        self.self_term += self_sum
         self.shift += log_total_q.sum(dim=-1, dtype=torch.float64)
         self.cross += product.double()
         self.count += n

@@ -48,8 +48,7 @@ class CacheFeatures:
         return self.reader.num_samples
 
     def chunks(self, chunk: int) -> Iterator[list[torch.Tensor]]:
-        share = {} if self.world_size == 1 else dict(rank=self.rank, world_size=self.world_size, chunk_rows=chunk)
-        for batch in self.reader.batches(chunk, **share):
+        for batch in self.reader.batches(chunk, rank=self.rank, world_size=self.world_size, chunk_rows=chunk):
             rows, labels = batch.torch()
             rows = rows.to(self.device, non_blocking=True)
             self.reader.check_values(rows, labels)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from klas.cache.format import _int  # the manifest's strict integer, for progress files too
 from klas.cache.format import (
     DTYPES,
     BlockEntry,
@@ -145,7 +146,7 @@ class CacheWriter:
             state = json.loads(progress.read_text())
             if state.get("settings") != _jsonable(self._settings):
                 return None
-            return [ShardEntry(file=s["file"], rows=int(s["rows"]), crc32c=int(s["crc32c"])) for s in state["shards"]]
+            return [ShardEntry(file=s["file"], rows=_int(s["rows"]), crc32c=_int(s["crc32c"])) for s in state["shards"]]
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
@@ -154,7 +155,8 @@ class CacheWriter:
         kept: list[ShardEntry] = []
         recorded = self._recorded(self._progress) if self._progress.exists() else []
         if recorded is None:
-            warnings.warn(f"{self.dir}: an interrupted extraction with other settings is discarded", stacklevel=3)
+            warnings.warn(f"{self.dir}: an interrupted extraction with other settings, or an unreadable progress "
+                          "file, is discarded", stacklevel=3)
             recorded = []
         for k, entry in zip(self.mine, recorded):
             path = self.dir / entry.file

@@ -7,6 +7,8 @@ random logits for every peer:
 - naive: log-softmax per probe, one F.kl_div per (a, b) pair in Python loops;
 - torch: klas.kl_matrix(backend="torch") (chunked matrix form), eager and with KLAS_TORCH_COMPILE=1
   (its elementwise passes fused by torch.compile; the compile happens in the untimed warm-up);
+- native (CPU only): klas.kl_matrix(backend="native"), the fused C++ kernel csrc/theta_cpu.cpp and
+  the default on CPU (backend="auto"), on torch.get_num_threads() threads;
 - triton (CUDA only): klas.kl_matrix(backend="triton");
 - liger (CUDA, if installed): Liger-Kernel's KL divergence, once per pair.
 Every peer's Θ is checked against a float64 computation (max |error| and the 1e-4 abs + rel test).
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results  # noqa: E402
 
-from klas.kl import kl_matrix  # noqa: E402
+from klas.kl import kl_matrix, native_available  # noqa: E402
 
 SHAPES = {  # name -> (K, N on CPU, N on GPU, C)
     "cifar": (84, 10_000, 10_000, 10),
@@ -117,7 +119,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="cifar,imagenet,zoo")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     device = torch.device(args.device)
     bandwidth, flop_rate = measure_bandwidth(device), measure_matmul(device)
@@ -139,6 +141,8 @@ def main():
         logits = (torch.randn(k, n, c, generator=gen) * 3).to(device)
         peers = {"torch": (lambda z=logits: kl_matrix(z, z, backend="torch"), args.repeats),
                  "torch, KLAS_TORCH_COMPILE=1": (lambda z=logits: compiled(z), args.repeats)}
+        if device.type == "cpu" and native_available():
+            peers["native"] = (lambda z=logits: kl_matrix(z, z, backend="native"), args.repeats)
         if device.type == "cuda":
             peers["triton"] = (lambda z=logits: kl_matrix(z, z, backend="triton"), args.repeats)
             try:
@@ -164,7 +168,8 @@ def main():
             lines.append(f"| {name} | {k} | {n} | {c} | {peer} | {t:.4f} | {t_naive / t:.1f}x | {floor:.4f} | "
                          f"{floor / t:.1%} | {err.max():.1e} | {'yes' if ok else 'NO'} |")
             print(lines[-1], flush=True)
-    append_results(f"Θ (kl_matrix): naive vs torch{' vs triton' if device.type == 'cuda' else ''} on {device}",
+    peers = "torch vs triton" if device.type == "cuda" else "torch vs native"
+    append_results(f"Θ (kl_matrix): naive vs {peers} on {device}",
                    lines + ["", "Command: `python bench/bench_kl.py" + (f" --device {args.device}`" if args.device != "cpu" else "`")])
 
 

@@ -1,4 +1,8 @@
 // Python bindings of the cache reader: klas._C. Users call the typed wrappers in klas/cache/.
+#include <cmath>
+#include <map>
+#include <string>
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -6,10 +10,33 @@
 #include "crc32c.h"
 #include "shard.h"
 #include "stream_reader.h"
+#include "theta_cpu.h"
 
 namespace py = pybind11;
 
 namespace {
+
+// A float32 [K, N, C] array with contiguous classes, as the Θ kernel reads it.
+klas::LogitRows logit_rows(const py::object& obj, const char* name) {
+  if (!py::isinstance<py::array_t<float>>(obj)) throw std::invalid_argument(std::string(name) + " must be a float32 array");
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  if (arr.ndim() != 3) throw std::invalid_argument(std::string(name) + " must be [K, N, C]");
+  const auto f = static_cast<py::ssize_t>(sizeof(float));
+  if (arr.strides(2) != f || arr.strides(0) % f != 0 || arr.strides(1) % f != 0)
+    throw std::invalid_argument(std::string(name) + " must be contiguous along classes");
+  return {static_cast<const float*>(arr.data()), arr.shape(0), arr.shape(1), arr.shape(2), arr.strides(0) / f,
+          arr.strides(1) / f};
+}
+
+// A writable C-contiguous float64 array of `size` elements.
+double* float64_sums(const py::object& obj, const char* name, py::ssize_t size) {
+  if (!py::isinstance<py::array_t<double>>(obj)) throw std::invalid_argument(std::string(name) + " must be a float64 array");
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  if (!(arr.flags() & py::array::c_style) || !arr.writeable() || arr.size() != size)
+    throw std::invalid_argument(std::string(name) + " must be a writable C-contiguous array of " + std::to_string(size) +
+                                " elements");
+  return static_cast<double*>(arr.mutable_data());
+}
 
 // Wraps `ptr` in a NumPy array that keeps the slot lease alive until the array is freed.
 template <typename T>
@@ -27,7 +54,7 @@ py::array_t<T> view_of_slot(const T* ptr, std::vector<py::ssize_t> shape,
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "klas native extension: CRC-32C and the streaming activation-cache reader.";
+  m.doc() = "klas native extension: CRC-32C, the streaming activation-cache reader, the CPU Θ kernel.";
 
   // Cache problems raise klas.errors.CacheError, the same class the pure-Python reader raises.
   // The class object lives as long as the interpreter: its reference is kept on purpose.
@@ -53,6 +80,48 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("data"), py::arg("crc") = 0,
       "CRC-32C of a contiguous buffer, continuing from `crc` (the value of the bytes before).");
+
+  m.def(
+      "theta_sums",
+      [](const py::object& src, const py::object& tgt, float inv_temperature, const py::object& self_term,
+         const py::object& cross, const py::object& shift, int threads, int64_t block_bytes, const std::string& isa) {
+        static const std::map<std::string, klas::ThetaIsa> isas{{"auto", klas::ThetaIsa::kAuto},
+                                                               {"scalar", klas::ThetaIsa::kScalar},
+                                                               {"avx2", klas::ThetaIsa::kAvx2},
+                                                               {"avx512", klas::ThetaIsa::kAvx512}};
+        const auto chosen = isas.find(isa);
+        if (chosen == isas.end()) throw std::invalid_argument("isa must be auto, scalar, avx2 or avx512, got " + isa);
+        const klas::LogitRows s = logit_rows(src, "src");
+        klas::LogitRows t{};
+        if (!tgt.is_none()) {
+          t = logit_rows(tgt, "tgt");
+          if (t.samples != s.samples || t.classes != s.classes)
+            throw std::invalid_argument("src and tgt must have the same N and C");
+        }
+        if (s.probes == 0 || s.samples == 0 || s.classes == 0 || (!tgt.is_none() && t.probes == 0))
+          throw std::invalid_argument("src and tgt must not be empty");
+        if (!(inv_temperature > 0.0f && std::isfinite(inv_temperature)))
+          throw std::invalid_argument("inv_temperature must be positive and finite");
+        const py::ssize_t kt = tgt.is_none() ? s.probes : t.probes;
+        const klas::ThetaSums sums{float64_sums(self_term, "self_term", s.probes),
+                                   float64_sums(cross, "cross", s.probes * kt), float64_sums(shift, "shift", kt)};
+        py::gil_scoped_release release;
+        klas::theta_sums(s, tgt.is_none() ? nullptr : &t, inv_temperature, sums, threads, block_bytes, chosen->second);
+      },
+      py::arg("src"), py::arg("tgt"), py::arg("inv_temperature"), py::arg("self_term"), py::arg("cross"),
+      py::arg("shift"), py::arg("threads") = 1, py::arg("block_bytes") = 0, py::arg("isa") = "auto",
+      "Adds the Θ sums of logits src float32 [Ks, N, C] against tgt [Kt, N, C] (None: src against\n"
+      "itself), classes contiguous, to the float64 arrays self_term [Ks] (sum of p log p), cross\n"
+      "[Ks, Kt] (sum of p_a u_b) and shift [Kt] (sum of log-sum-exp); see csrc/theta_cpu.h.\n"
+      "block_bytes: the per-thread buffer of one block of samples (0: default); isa: auto, scalar,\n"
+      "avx2 or avx512 (one this CPU supports; see THETA_ISAS).");
+  {
+    py::list supported;
+    for (const auto& [name, isa] : std::vector<std::pair<const char*, klas::ThetaIsa>>{
+             {"scalar", klas::ThetaIsa::kScalar}, {"avx2", klas::ThetaIsa::kAvx2}, {"avx512", klas::ThetaIsa::kAvx512}})
+      if (klas::theta_isa_supported(isa)) supported.append(name);
+    m.attr("THETA_ISAS") = py::tuple(supported);
+  }
 
   m.attr("SHARD_HEADER_BYTES") = klas::kShardHeaderBytes;
   m.attr("SHARD_VERSION") = klas::kShardVersion;

@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--floor", type=float, default=1e-6, help="floor on Σ in Γ = Ω / Σ")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "native", "triton"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-plots", action="store_true", help="skip the heatmap PNGs")
     p.set_defaults(run=_cmd_score)

@@ -46,7 +46,7 @@ OPTIONAL_TYPES = {"train_limit": int, "val_limit": int, "test_limit": int}
 CHOICES = {
     ("extract", "dtype"): ("float16", "bfloat16", "float32"),
     ("probes", "labels"): ("true", "pseudo"),
-    ("score", "backend"): ("auto", "torch", "triton"),
+    ("score", "backend"): ("auto", "torch", "native", "triton"),
     ("select", "tau_mode"): ("relative", "absolute"),
     ("select", "chain_rule"): ("minimax", "nearest"),
     ("evaluate", "split"): ("test", "val"),

@@ -12,12 +12,15 @@ chunks (`ThetaAccumulator`), so neither logits nor probabilities for all N exist
 Cancellation: the two terms are each about N·entropy and nearly cancel for near-identical probes.
 The torch path multiplies by the max-shifted logits u = log q + L (L = log Σ exp u ≤ log C, added
 back once), so no fp32 sum grows with N: each chunk's product covers its own samples, bounded by
-one sample's logit range, and chunk sums add up in float64; the Triton kernel uses Kahan
-compensation. Θ ≈ 0 then comes out ≈ 0 (tested to 1e-5), not as a large negative rounding error.
+one sample's logit range, and chunk sums add up in float64; the native kernel does the same
+with blocks of a few samples, and the Triton kernel uses Kahan compensation. Θ ≈ 0 then comes out
+≈ 0 (tested to 1e-5), not as a large negative rounding error.
 
 Backends of `kl_matrix`: "reference" (float64, one F.kl_div per pair: the oracle), "torch" (the
-chunked matrix form above), "triton" (kernels/kl_matrix.py), "auto" (triton for CUDA tensors when
-Triton is importable, else torch).
+chunked matrix form above in PyTorch operations: the twin of both kernels), "native" (the fused C++
+CPU kernel csrc/theta_cpu.cpp in klas._C: softmax statistics and product block by block in each
+core's cache), "triton" (kernels/kl_matrix.py), "auto" (triton for CUDA tensors when Triton is
+importable, native for CPU tensors when klas._C is built, else torch).
 """
 from __future__ import annotations
 
@@ -33,12 +36,39 @@ __all__ = [
     "kl_matrix",
     "kl_matrix_reference",
     "kl_matrix_torch",
+    "kl_matrix_native",
+    "native_available",
     "kl_matrix_from_features",
     "probe_logits",
     "default_chunk",
 ]
 
-BACKENDS = ("auto", "reference", "torch", "triton")
+BACKENDS = ("auto", "reference", "torch", "native", "triton")
+
+
+@functools.cache
+def _native_module():
+    try:
+        from klas import _C
+    except ImportError:
+        return None
+    return _C if hasattr(_C, "theta_sums") else None
+
+
+def native_available() -> bool:
+    """Whether the native CPU kernel (klas._C.theta_sums) is built."""
+    return _native_module() is not None
+
+
+def _native_view(z: torch.Tensor):
+    """A float32 NumPy view (a copy only where needed) of CPU logits ``[K, n, C]`` with contiguous
+    classes, as the native kernel reads them."""
+    z = z.detach()
+    if z.dtype != torch.float32:
+        z = z.float()
+    if z.stride(-1) != 1:
+        z = z.contiguous()
+    return z.numpy()
 
 
 def default_chunk(num_probes: int, num_classes: int, budget_bytes: int = 4 << 20) -> int:
@@ -154,6 +184,26 @@ class ThetaAccumulator:
         self.cross += product.double()
         self.count += n
 
+    def add_native(self, z_src: torch.Tensor, z_tgt: torch.Tensor | None = None, *, threads: int | None = None,
+                   block_bytes: int = 0, isa: str = "auto") -> None:
+        """Adds one chunk through the native CPU kernel (csrc/theta_cpu.cpp): z_src ``[Ks, n, C]``,
+        z_tgt ``[Kt, n, C]`` CPU logits, or None for Θ of z_src against itself. `threads` defaults to
+        torch.get_num_threads(); `block_bytes` and `isa` are the kernel's (tests pin them)."""
+        native = _native_module()
+        if native is None:
+            raise RuntimeError("the native backend needs klas._C; reinstall with `pip install -e .`")
+        if z_src.device.type != "cpu" or (z_tgt is not None and z_tgt.device.type != "cpu"):
+            raise ValueError("the native backend runs on CPU tensors; use backend='triton' or 'torch' on a GPU")
+        native.theta_sums(_native_view(z_src), None if z_tgt is None else _native_view(z_tgt), 1.0 / self.temperature,
+                          self.self_term.numpy(), self.cross.numpy(), self.shift.numpy(),
+                          threads or torch.get_num_threads(), block_bytes, isa)
+        self.count += z_src.shape[1]
+        # A row with NaN or ±Inf gives NaN log-sum-exp: in self_term for a source row, in shift for a target row.
+        if not torch.isfinite(self.self_term).all():
+            raise ValueError("logits_src holds NaN or Inf values")
+        if not (torch.isfinite(self.shift).all() and torch.isfinite(self.cross).all()):
+            raise ValueError("logits_tgt holds NaN or Inf values")
+
     def add_partial(self, self_term: torch.Tensor, cross: torch.Tensor, count: int) -> None:
         """Adds sums computed elsewhere (a kernel, another rank): Σ p_a log p_a and Σ p_a log q_b."""
         self.self_term += self_term.double()
@@ -202,6 +252,23 @@ def kl_matrix_torch(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, tempe
     return acc.result()
 
 
+def kl_matrix_native(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature: float = 1.0,
+                     threads: int | None = None) -> torch.Tensor:
+    """Θ from the fused C++ CPU kernel, in one call over all samples (it streams them block by block)."""
+    _check_logits(logits_src, logits_tgt, finite=False)  # the kernel finds non-finite rows itself
+    acc = ThetaAccumulator(logits_src.shape[0], logits_tgt.shape[0], temperature=temperature)
+    acc.add_native(logits_src, None if logits_tgt is logits_src else logits_tgt, threads=threads)
+    return acc.result()
+
+
+def _auto_backend(t: torch.Tensor) -> str:
+    """triton for CUDA tensors when Triton is importable, native for CPU tensors when klas._C is
+    built, torch otherwise."""
+    if _triton_usable(t):
+        return "triton"
+    return "native" if t.device.type == "cpu" and native_available() else "torch"
+
+
 def _triton_usable(t: torch.Tensor) -> bool:
     if not t.is_cuda:
         return False
@@ -222,7 +289,7 @@ def kl_matrix(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        backend = "triton" if _triton_usable(logits_src) else "torch"
+        backend = _auto_backend(logits_src)
     if backend == "reference":
         return kl_matrix_reference(logits_src, logits_tgt, temperature=temperature)
     if backend == "triton":
@@ -230,6 +297,8 @@ def kl_matrix(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature
 
         _check_logits(logits_src, logits_tgt)
         return kl_matrix_triton(logits_src, logits_tgt, temperature=temperature)
+    if backend == "native":
+        return kl_matrix_native(logits_src, logits_tgt, temperature=temperature)
     return kl_matrix_torch(logits_src, logits_tgt, temperature=temperature)
 
 
@@ -273,6 +342,7 @@ def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, tem
 
     With the "triton" backend (kernels/fused_probe_kl.py) projection, softmax and KL are fused:
     features and probe weights go in, partial sums come out, and the logits are never written.
+    With "native" (the CPU default) each chunk's logits go through the fused C++ kernel.
     """
     if len(probes_src) != _num_features(feats_src) or len(probes_tgt) != _num_features(feats_tgt):
         raise ValueError("one probe per feature block is needed on each side")
@@ -284,28 +354,32 @@ def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, tem
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     chunk = chunk_size or default_chunk(ks + kt, c)
     acc = None
-    use_triton = None
+    engine = None
     same = feats_tgt is feats_src  # Θ of a set against itself: read each chunk once
     pairs = ((f, f) for f in _chunks(feats_src, chunk)) if same else zip(_chunks(feats_src, chunk),
                                                                            _chunks(feats_tgt, chunk))
     for fs, ft in pairs:
         if fs[0].shape[0] != ft[0].shape[0]:
             raise ValueError("source and target features cover different sample counts")
-        if use_triton is None:
-            use_triton = backend == "triton" or (backend == "auto" and _triton_usable(fs[0]))
+        if engine is None:
+            engine = _auto_backend(fs[0]) if backend == "auto" else backend
             acc = ThetaAccumulator(ks, kt, temperature=temperature, device=fs[0].device)
-            if use_triton:
+            if engine == "triton":
                 from klas.kernels.fused_probe_kl import ProbePack, probe_kl_partial
 
                 pack_s = ProbePack(probes_src, [f.shape[1] for f in fs], c, fs[0].device)
                 pack_t = pack_s if same and probes_tgt is probes_src else ProbePack(
                     probes_tgt, [f.shape[1] for f in ft], c, fs[0].device)
-        if use_triton:  # projection, softmax and KL fused: the chunk's logits are never written
+        if engine == "triton":  # projection, softmax and KL fused: the chunk's logits are never written
             sums = probe_kl_partial(fs, pack_s, None if same else ft, pack_t, temperature=temperature)
             acc.add_partial(*sums, fs[0].shape[0])
+            continue
+        zs = probe_logits(fs, probes_src)
+        zt = None if same and probes_tgt is probes_src else probe_logits(ft, probes_tgt)
+        if engine == "native":
+            acc.add_native(zs, zt)
         else:
-            zs = probe_logits(fs, probes_src)
-            acc.update(zs, zs if same and probes_tgt is probes_src else probe_logits(ft, probes_tgt))
+            acc.update(zs, zs if zt is None else zt)
     if across_ranks:
         if acc is None:  # this rank's share is empty; it still takes part in the sum
             acc = ThetaAccumulator(ks, kt, temperature=temperature, device=_probe_device(probes_src))

@@ -9,7 +9,7 @@ import torch
 
 from klas.cache import CacheReader
 from klas.features import CacheFeatures
-from klas.kl import kl_matrix, kl_matrix_from_features, kl_matrix_torch
+from klas.kl import ThetaAccumulator, kl_matrix, kl_matrix_from_features, kl_matrix_torch, native_available
 
 from helpers import feature_cache
 
@@ -35,7 +35,7 @@ TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (1e-4, 1e-4), torch.bfloat16:
 
 @pytest.mark.parametrize("ks,kt,n,c", [(7, 5, 1001, 37), (3, 4, 513, 10), (2, 3, 97, 1000), (1, 1, 1, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("backend", ["torch", "native", "reference"])
 def test_kl_matrix_matches_float64_oracle(ks, kt, n, c, dtype, backend):
     src = (torch.randn(ks, n, c) * 3).to(dtype)
     tgt = (torch.randn(kt, n, c) * 3).to(dtype)
@@ -59,11 +59,12 @@ def test_temperature(temperature):
                                atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["torch", "native"])
 @pytest.mark.parametrize("scale", [1.0, 10.0, 40.0])
-def test_near_identical_probes_give_theta_near_zero(scale):
+def test_near_identical_probes_give_theta_near_zero(scale, backend):
     src = torch.randn(6, 5000, 100) * scale
     tgt = src + 1e-4 * torch.randn_like(src)
-    theta = kl_matrix(src, tgt)
+    theta = kl_matrix(src, tgt, backend=backend)
     diag = theta.diagonal()
     assert diag.min() >= -1e-5, diag
     assert diag.abs().max() <= 1e-5, diag
@@ -101,13 +102,91 @@ def test_non_finite_logits_and_unknown_backend():
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 @pytest.mark.parametrize("where", ["same", "src", "tgt"])
-def test_any_non_finite_logit_is_named_by_the_torch_path(value, where):
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_any_non_finite_logit_is_named(value, where, backend):
     good, bad = torch.randn(3, 40, 7), torch.randn(3, 40, 7)
     bad[2, 17, 4] = value
     src, tgt = {"same": (bad, bad), "src": (bad, good), "tgt": (good, bad)}[where]
     name = "logits_tgt" if where == "tgt" else "logits_src"
     with pytest.raises(ValueError, match=f"{name} holds NaN or Inf"):
-        kl_matrix_torch(src, tgt, chunk_size=16)
+        if backend == "torch":
+            kl_matrix_torch(src, tgt, chunk_size=16)
+        else:
+            kl_matrix(src, tgt, backend="native")
+
+
+native = pytest.mark.skipif(not native_available(), reason="klas._C is not built")
+
+
+def _isas():
+    from klas import _C
+
+    return _C.THETA_ISAS
+
+
+@native
+@pytest.mark.parametrize("ks,kt,n,c", [(7, 5, 1001, 37), (3, 4, 513, 10), (2, 3, 97, 1000), (5, 1, 3, 8), (1, 2, 2, 1)])
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_native_kernel_on_every_instruction_set(ks, kt, n, c, temperature):
+    """Every code path the CPU has (portable, AVX2, AVX-512), blocks of one sample and of many,
+    one thread and more threads than blocks, against the float64 oracle and each other."""
+    gen = torch.Generator().manual_seed(ks * 1000 + n)
+    src, tgt = torch.randn(ks, n, c, generator=gen) * 3, torch.randn(kt, n, c, generator=gen) * 3
+    want = torch.from_numpy(theta_numpy(src.numpy(), tgt.numpy(), temperature)).float()
+    want_self = torch.from_numpy(theta_numpy(src.numpy(), src.numpy(), temperature)).float()
+    results = []
+    for isa in _isas():
+        for threads, block_bytes in ((1, 0), (3, 1), (8, 4 * c * (ks + kt) * 2)):
+            for z_tgt, expected in ((tgt, want), (None, want_self)):
+                acc = ThetaAccumulator(ks, kt if z_tgt is not None else ks, temperature=temperature)
+                acc.add_native(src, z_tgt, threads=threads, block_bytes=block_bytes, isa=isa)
+                got = acc.result()
+                torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4, msg=f"{isa} {threads} {block_bytes}")
+                if z_tgt is None:
+                    assert got.diagonal().abs().max() <= 1e-5
+                results.append(got)
+    for r in results[1::2]:  # every path agrees with every other on the cross Θ to rounding
+        torch.testing.assert_close(r, results[1], atol=2e-6, rtol=1e-5)
+
+
+@native
+def test_native_kernel_reads_strided_logits_and_adds_chunks():
+    """Sample and probe strides of any size (a [N, K, C] tensor seen as [K, N, C]), and chunks
+    added one by one, give the Θ of the whole contiguous tensor."""
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(301, 6, 23, generator=gen) * 2  # [N, K, C]
+    src = base.permute(1, 0, 2)  # [K, N, C], stride_k = C, stride_n = K·C
+    tgt = (torch.randn(301, 4, 23, generator=gen) * 2).permute(1, 0, 2)
+    want = kl_matrix(src.contiguous(), tgt.contiguous(), backend="reference")
+    acc = ThetaAccumulator(6, 4)
+    for s in range(0, 301, 77):
+        acc.add_native(src[:, s:s + 77], tgt[:, s:s + 77])
+    torch.testing.assert_close(acc.result(), want, atol=1e-5, rtol=1e-5)
+    every_other = kl_matrix(src[:, ::2], tgt[:, ::2], backend="native")
+    torch.testing.assert_close(every_other, kl_matrix(src[:, ::2].contiguous(), tgt[:, ::2].contiguous(),
+                                                      backend="reference"), atol=1e-5, rtol=1e-5)
+
+
+@native
+def test_native_kernel_refuses_bad_arguments():
+    from klas import _C
+
+    z = np.zeros((2, 3, 4), dtype=np.float32)
+    sums = (np.zeros(2), np.zeros((2, 2)), np.zeros(2))
+    with pytest.raises(ValueError, match="float32"):
+        _C.theta_sums(z.astype(np.float64), None, 1.0, *sums)
+    with pytest.raises(ValueError, match="contiguous along classes"):
+        _C.theta_sums(z.transpose(0, 2, 1).copy().transpose(0, 2, 1), None, 1.0, *sums)
+    with pytest.raises(ValueError, match="same N and C"):
+        _C.theta_sums(z, np.zeros((2, 4, 4), dtype=np.float32), 1.0, *sums)
+    with pytest.raises(ValueError, match="cross must be a writable"):
+        _C.theta_sums(z, None, 1.0, sums[0], np.zeros(3), sums[2])
+    with pytest.raises(ValueError, match="isa must be"):
+        _C.theta_sums(z, None, 1.0, *sums, isa="sse")
+    with pytest.raises(ValueError, match="inv_temperature"):
+        _C.theta_sums(z, None, 0.0, *sums)
+    with pytest.raises(ValueError, match="CPU tensors"):
+        ThetaAccumulator(2, 2).add_native(torch.zeros(2, 3, 4, device="meta"))
 
 
 def _random_probes(widths, c, gen):
@@ -124,8 +203,9 @@ def test_from_features_equals_kl_of_explicit_logits():
     zs = torch.stack([f @ w.T + b for f, (w, b) in zip(fs, ps)])
     zt = torch.stack([f @ w.T + b for f, (w, b) in zip(ft[:2], pt[:2])] + [ft[2]])
     want = torch.from_numpy(theta_numpy(zs.numpy(), zt.numpy())).float()
-    got = kl_matrix_from_features(fs, ps, ft, pt, chunk_size=100)
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    for backend in ("torch", "native", "auto"):
+        got = kl_matrix_from_features(fs, ps, ft, pt, chunk_size=100, backend=backend)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
 def test_from_features_streams_a_cache(tmp_path):

@@ -1,0 +1,364 @@
+#include "theta_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+// One body per routine, written with GCC/Clang vector types: instantiated for 4-float vectors
+// (baseline, SSE2 on x86-64) and, on x86, inlined into functions compiled for AVX2 + FMA (8 floats)
+// and AVX-512 (16 floats), chosen at run time.
+#if defined(__x86_64__) || defined(_M_X64)
+#define KLAS_HAVE_X86_SIMD 1
+#define KLAS_AVX2 __attribute__((target("avx2,fma")))
+#define KLAS_AVX512 __attribute__((target("avx512f,avx2,fma")))
+#endif
+#define KLAS_INLINE [[gnu::always_inline]] inline
+
+namespace klas {
+namespace {
+
+using Isa = ThetaIsa;
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+// p and u of one block of samples, per thread: small enough for the L2 of current x86 cores.
+constexpr int64_t kDefaultBlockBytes = 512 << 10;
+constexpr int64_t kPad = 16;  // buffer rows are padded with zeros to a multiple of the widest vector
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+bool cpu_supports(Isa isa) {
+#ifdef KLAS_HAVE_X86_SIMD
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool avx512 = avx2 && __builtin_cpu_supports("avx512f");
+  if (isa == Isa::kAvx512) return avx512;
+  if (isa == Isa::kAvx2) return avx2;
+  return true;
+#else
+  return isa == Isa::kAuto || isa == Isa::kScalar;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vectors of L floats.
+template <int L>
+struct Vec {
+  typedef float F __attribute__((vector_size(4 * L)));
+  typedef int32_t I __attribute__((vector_size(4 * L)));
+  static constexpr int64_t kLanes = L;
+};
+
+template <class V>
+KLAS_INLINE typename V::F load(const float* p) {
+  typename V::F v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <class V>
+KLAS_INLINE void store(float* p, typename V::F v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+template <class V>
+KLAS_INLINE typename V::F splat(float x) {
+  return typename V::F{} + x;
+}
+
+template <class V>
+KLAS_INLINE typename V::F vmax(typename V::F a, typename V::F b) {
+  return a > b ? a : b;
+}
+
+template <class V>
+KLAS_INLINE float lane_sum(typename V::F v) {
+  float s = 0.0f;
+  for (int64_t l = 0; l < V::kLanes; ++l) s += v[l];
+  return s;
+}
+
+template <class V>
+KLAS_INLINE float lane_max(typename V::F v) {
+  float m = v[0];
+  for (int64_t l = 1; l < V::kLanes; ++l) m = std::max(m, v[l]);
+  return m;
+}
+
+// exp(x) for x ≤ 0 (below −87.3 it gives about 1e-38 instead of 0): x = k·ln2 + r, |r| ≤ ln2/2,
+// exp(r) = 1 + r + r²·P5(r) with the Cephes minimax coefficients (about 1 ulp), and 2^k written
+// straight into the exponent bits.
+template <class V>
+KLAS_INLINE typename V::F exp_nonpositive(typename V::F x) {
+  using F = typename V::F;
+  using I = typename V::I;
+  x = vmax<V>(x, splat<V>(-87.3f));
+  const F shifter = splat<V>(12582912.0f);  // 1.5·2^23: adding and subtracting it rounds to an integer
+  const F k = (x * 1.44269504088896341f + shifter) - shifter;
+  F r = x - k * 0.693359375f;  // ln2 in two parts
+  r = r - k * -2.12194440e-4f;
+  F poly = splat<V>(1.9875691500e-4f);
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  const F exp_r = poly * (r * r) + r + 1.0f;
+  const I two_k = (__builtin_convertvector(k, I) + 127) << 23;
+  return exp_r * reinterpret_cast<const F&>(two_k);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Softmax statistics of one row of C logits z:
+//   u = (z − max z)·inv_t into `shifted` (if kShifted), p = exp(u) / Σ exp(u) into `probs` (if
+//   kProbs); returns L = log Σ exp(u) and Σ p log p = Σ p u − L. A row with NaN or ±Inf returns
+//   NaN for both and fills the written outputs with NaN.
+struct RowStats {
+  float log_total;
+  float neg_entropy;
+};
+
+template <class V, bool kShifted, bool kProbs>
+KLAS_INLINE RowStats row_stats(const float* z, int64_t cols, float inv_t, float* shifted, float* probs) {
+  using F = typename V::F;
+  constexpr int64_t L = V::kLanes;
+  const int64_t body = cols - cols % L;
+  F max_v = splat<V>(-kInf), check_v = F{};  // x − x is 0 for finite x and NaN otherwise
+  for (int64_t c = 0; c < body; c += L) {
+    const F x = load<V>(z + c);
+    max_v = vmax<V>(max_v, x);
+    check_v += x - x;
+  }
+  float max = lane_max<V>(max_v), finite_check = lane_sum<V>(check_v);
+  for (int64_t c = body; c < cols; ++c) {
+    max = std::max(max, z[c]);
+    finite_check += z[c] - z[c];
+  }
+  if (finite_check != 0.0f) {
+    if (kShifted) std::fill(shifted, shifted + cols, kNaN);
+    if (kProbs) std::fill(probs, probs + cols, kNaN);
+    return {kNaN, kNaN};
+  }
+  F sum_v = F{}, dot_v = F{};
+  for (int64_t c = 0; c < body; c += L) {
+    const F u = (load<V>(z + c) - max) * inv_t;
+    const F e = exp_nonpositive<V>(u);
+    if (kShifted) store<V>(shifted + c, u);
+    if (kProbs) store<V>(probs + c, e);
+    sum_v += e;
+    dot_v += e * u;
+  }
+  float sum = lane_sum<V>(sum_v), dot = lane_sum<V>(dot_v);
+  for (int64_t c = body; c < cols; ++c) {
+    const float u = (z[c] - max) * inv_t;
+    const float e = std::exp(u);
+    if (kShifted) shifted[c] = u;
+    if (kProbs) probs[c] = e;
+    sum += e;
+    dot += e * u;
+  }
+  const float inv_sum = 1.0f / sum;
+  if (kProbs) {
+    for (int64_t c = 0; c < body; c += L) store<V>(probs + c, load<V>(probs + c) * inv_sum);
+    for (int64_t c = body; c < cols; ++c) probs[c] *= inv_sum;
+  }
+  const float log_total = std::log(sum);
+  return {log_total, dot * inv_sum - log_total};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dot products of R rows of p with S rows of u, each `len` floats (a multiple of kPad) apart by
+// `stride`: out[r·S + s] = Σ_j p[r][j] u[s][j], accumulated per lane in fp32.
+template <class V, int R, int S>
+KLAS_INLINE void dot_tile(const float* p, const float* u, int64_t stride, int64_t len, float* out) {
+  using F = typename V::F;
+  F acc[R][S] = {};
+  for (int64_t j = 0; j < len; j += V::kLanes) {
+    F us[S];
+    for (int s = 0; s < S; ++s) us[s] = load<V>(u + s * stride + j);
+    for (int r = 0; r < R; ++r) {
+      const F pr = load<V>(p + r * stride + j);
+      for (int s = 0; s < S; ++s) acc[r][s] += pr * us[s];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int s = 0; s < S; ++s) out[r * S + s] = lane_sum<V>(acc[r][s]);
+}
+
+// One instantiation per instruction set, each with the largest tile its registers hold.
+struct BaselineIsa {
+  using V = Vec<4>;
+  static constexpr int kTile = 3;  // 9 accumulators + 3 loads of u + 1 of p: 13 of 16 registers
+  template <bool kShifted, bool kProbs>
+  static RowStats row(const float* z, int64_t cols, float inv_t, float* shifted, float* probs) {
+    return row_stats<V, kShifted, kProbs>(z, cols, inv_t, shifted, probs);
+  }
+  template <int R, int S>
+  static void dot(const float* p, const float* u, int64_t stride, int64_t len, float* out) {
+    dot_tile<V, R, S>(p, u, stride, len, out);
+  }
+};
+
+#ifdef KLAS_HAVE_X86_SIMD
+struct Avx2Isa {
+  using V = Vec<8>;
+  static constexpr int kTile = 3;
+  template <bool kShifted, bool kProbs>
+  KLAS_AVX2 static RowStats row(const float* z, int64_t cols, float inv_t, float* shifted, float* probs) {
+    return row_stats<V, kShifted, kProbs>(z, cols, inv_t, shifted, probs);
+  }
+  template <int R, int S>
+  KLAS_AVX2 static void dot(const float* p, const float* u, int64_t stride, int64_t len, float* out) {
+    dot_tile<V, R, S>(p, u, stride, len, out);
+  }
+};
+
+struct Avx512Isa {
+  using V = Vec<16>;
+  static constexpr int kTile = 4;  // 16 accumulators + 4 loads of u + 1 of p: 21 of 32 registers
+  template <bool kShifted, bool kProbs>
+  KLAS_AVX512 static RowStats row(const float* z, int64_t cols, float inv_t, float* shifted, float* probs) {
+    return row_stats<V, kShifted, kProbs>(z, cols, inv_t, shifted, probs);
+  }
+  template <int R, int S>
+  KLAS_AVX512 static void dot(const float* p, const float* u, int64_t stride, int64_t len, float* out) {
+    dot_tile<V, R, S>(p, u, stride, len, out);
+  }
+};
+#endif
+
+// Tile<R, S> for run-time R, S ≤ Code::kTile (the edge tiles of the [Ks, Kt] product).
+template <class Code, int R, int S = 1>
+void dot_tile_sized(int r, int s, const float* p, const float* u, int64_t stride, int64_t len, float* out) {
+  if constexpr (R > 1) {
+    if (r < R) return dot_tile_sized<Code, R - 1, S>(r, s, p, u, stride, len, out);
+  }
+  if constexpr (S < Code::kTile) {
+    if (s > S) return dot_tile_sized<Code, R, S + 1>(r, s, p, u, stride, len, out);
+  }
+  Code::template dot<R, S>(p, u, stride, len, out);
+}
+
+// cross[a·kt + b] += Σ_j p[a][j] u[b][j] for every a < ks, b < kt.
+template <class Code>
+void add_cross_products(const float* p, int64_t ks, const float* u, int64_t kt, int64_t stride, int64_t len,
+                        double* cross) {
+  constexpr int kTile = Code::kTile;
+  float tile[kTile * kTile];
+  for (int64_t a0 = 0; a0 < ks; a0 += kTile) {
+    const int r = static_cast<int>(std::min<int64_t>(kTile, ks - a0));
+    for (int64_t b0 = 0; b0 < kt; b0 += kTile) {
+      const int s = static_cast<int>(std::min<int64_t>(kTile, kt - b0));
+      dot_tile_sized<Code, kTile>(r, s, p + a0 * stride, u + b0 * stride, stride, len, tile);
+      for (int i = 0; i < r; ++i)
+        for (int k = 0; k < s; ++k) cross[(a0 + i) * kt + b0 + k] += tile[i * s + k];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One thread's share: samples [begin, end) in blocks of `block` samples, its own buffers and sums.
+struct Job {
+  LogitRows src;
+  const LogitRows* tgt;  // null: src against itself
+  float inv_t;
+  int64_t block;
+};
+
+// One thread's block buffers (p of the source rows, u of the target rows, `stride` floats per
+// probe) and sums; allocated before the threads start, so running out of memory raises.
+struct Workspace {
+  Workspace(int64_t ks, int64_t kt, int64_t stride_)
+      : stride(stride_), probs(static_cast<size_t>(ks * stride_), 0.0f), shifted(static_cast<size_t>(kt * stride_), 0.0f),
+        self_term(ks, 0.0), cross(static_cast<size_t>(ks * kt), 0.0), shift(kt, 0.0) {}
+  int64_t stride;
+  std::vector<float> probs, shifted;
+  std::vector<double> self_term, cross, shift;
+};
+
+template <class Code>
+void run_share(const Job& job, int64_t begin, int64_t end, Workspace& out) {
+  const LogitRows& src = job.src;
+  const bool same = job.tgt == nullptr;
+  const LogitRows& tgt = same ? src : *job.tgt;
+  const int64_t ks = src.probes, kt = tgt.probes, cols = src.classes, stride = out.stride;
+  std::vector<float>& probs = out.probs;
+  std::vector<float>& shifted = out.shifted;
+  for (int64_t n0 = begin; n0 < end; n0 += job.block) {
+    const int64_t nb = std::min(job.block, end - n0), len = nb * cols, padded = round_up(len, kPad);
+    for (int64_t a = 0; a < ks; ++a) {
+      float* p_row = probs.data() + a * stride;
+      float* u_row = shifted.data() + a * stride;  // used only when same (then ks == kt)
+      for (int64_t i = 0; i < nb; ++i) {
+        const float* z = src.data + a * src.stride_k + (n0 + i) * src.stride_n;
+        if (same) {
+          const RowStats st = Code::template row<true, true>(z, cols, job.inv_t, u_row + i * cols, p_row + i * cols);
+          out.self_term[a] -= st.log_total;  // Σ p log p = (Σ p u, the product's diagonal) − L
+          out.shift[a] += st.log_total;
+        } else {
+          out.self_term[a] += Code::template row<false, true>(z, cols, job.inv_t, nullptr, p_row + i * cols).neg_entropy;
+        }
+      }
+      std::fill(p_row + len, p_row + padded, 0.0f);
+      if (same) std::fill(u_row + len, u_row + padded, 0.0f);
+    }
+    if (!same) {
+      for (int64_t b = 0; b < kt; ++b) {
+        float* u_row = shifted.data() + b * stride;
+        for (int64_t i = 0; i < nb; ++i) {
+          const float* z = tgt.data + b * tgt.stride_k + (n0 + i) * tgt.stride_n;
+          out.shift[b] += Code::template row<true, false>(z, cols, job.inv_t, u_row + i * cols, nullptr).log_total;
+        }
+        std::fill(u_row + len, u_row + padded, 0.0f);
+      }
+    }
+    add_cross_products<Code>(probs.data(), ks, shifted.data(), kt, stride, padded, out.cross.data());
+  }
+  if (same)
+    for (int64_t a = 0; a < ks; ++a) out.self_term[a] += out.cross[a * kt + a];
+}
+
+}  // namespace
+
+bool theta_isa_supported(ThetaIsa isa) { return cpu_supports(isa); }
+
+void theta_sums(const LogitRows& src, const LogitRows* tgt, float inv_temperature, const ThetaSums& out,
+                int threads, int64_t block_bytes, ThetaIsa isa) {
+  if (!theta_isa_supported(isa)) throw std::invalid_argument("this CPU does not support the requested instruction set");
+  if (isa == Isa::kAuto) isa = cpu_supports(Isa::kAvx512) ? Isa::kAvx512 : cpu_supports(Isa::kAvx2) ? Isa::kAvx2 : Isa::kScalar;
+  auto share = run_share<BaselineIsa>;
+#ifdef KLAS_HAVE_X86_SIMD
+  if (isa == Isa::kAvx512) share = run_share<Avx512Isa>;
+  if (isa == Isa::kAvx2) share = run_share<Avx2Isa>;
+#endif
+  const int64_t n = src.samples, cols = src.classes;
+  const int64_t rows_per_sample = src.probes + (tgt ? tgt->probes : src.probes);
+  const int64_t bytes = block_bytes > 0 ? block_bytes : kDefaultBlockBytes;
+  const int64_t block = std::clamp<int64_t>(bytes / (4 * cols * rows_per_sample), 1, std::max<int64_t>(n, 1));
+  const Job job{src, tgt, inv_temperature, block};
+  const int64_t blocks = (n + block - 1) / block;
+  const int64_t workers = std::clamp<int64_t>(threads, 1, std::max<int64_t>(blocks, 1));
+  // Contiguous sample ranges of whole blocks, one per thread; the sums are added in thread order.
+  const int64_t blocks_per_worker = (blocks + workers - 1) / workers;
+  const int64_t ks = src.probes, kt = tgt ? tgt->probes : src.probes;
+  std::vector<Workspace> partials;
+  partials.reserve(static_cast<size_t>(workers));
+  for (int64_t w = 0; w < workers; ++w) partials.emplace_back(ks, kt, round_up(block * cols, kPad));
+  std::vector<std::thread> pool;
+  for (int64_t w = 1; w < workers; ++w) {
+    const int64_t begin = std::min(n, w * blocks_per_worker * block), end = std::min(n, begin + blocks_per_worker * block);
+    pool.emplace_back(share, std::cref(job), begin, end, std::ref(partials[w]));
+  }
+  share(job, 0, std::min(n, blocks_per_worker * block), partials[0]);
+  for (auto& t : pool) t.join();
+  for (const Workspace& part : partials) {
+    for (int64_t a = 0; a < ks; ++a) out.self_term[a] += part.self_term[a];
+    for (int64_t i = 0; i < ks * kt; ++i) out.cross[i] += part.cross[i];
+    for (int64_t b = 0; b < kt; ++b) out.shift[b] += part.shift[b];
+  }
+}
+
+}  // namespace klas

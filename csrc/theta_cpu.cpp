@@ -110,7 +110,7 @@ KLAS_INLINE typename V::F exp_nonpositive(typename V::F x) {
   poly = poly * r + 5.0000001201e-1f;
   const F exp_r = poly * (r * r) + r + 1.0f;
   const I two_k = (__builtin_convertvector(k, I) + 127) << 23;
-  return exp_r * reinterpret_cast<const F&>(two_k);
+  return exp_r * (F)two_k;  // a cast between vector types of one size keeps the bits
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Fuzz the native cache reader under AddressSanitizer + UBSan.
 #
-#   bash tools/fuzz_sanitized.sh [EXAMPLES]      (default 10000; e.g. 200000 for a long run)
+#   bash tools/fuzz_sanitized.sh [EXAMPLES] [PYTEST ARGS...]
+#
+# EXAMPLES: hypothesis examples per fuzz test (default 10000; e.g. 200000 for a long run).
+# PYTEST ARGS: what to run (default tests/test_fuzz.py); e.g. `tests/test_kl.py -k native` runs
+# the native Θ kernel's tests under the sanitizers.
 #
 # Builds klas._C with KLAS_SANITIZE=1 into a scratch copy of the sources (the installed build is
-# left alone), then runs tests/test_fuzz.py against that copy with libasan preloaded. Any memory
-# error or undefined behaviour aborts the run with a report.
+# left alone), then runs the tests against that copy with libasan preloaded. Any memory error or
+# undefined behaviour aborts the run with a report.
 set -euo pipefail
 EXAMPLES=${1:-10000}
+shift || true
+TESTS=("${@:-tests/test_fuzz.py}")
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 WORK=$(mktemp -d)
@@ -22,4 +28,4 @@ export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export PYTHONPATH=$WORK KLAS_FUZZ_EXAMPLES=$EXAMPLES
 cd "$WORK"
 "$PY" -c "import klas._C as c; print('sanitized extension:', c.__file__)"
-"$PY" -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py  # -s: a sanitizer report must reach the terminal
+"$PY" -m pytest -q -s -p no:cacheprovider "${TESTS[@]}"  # -s: a sanitizer report must reach the terminal

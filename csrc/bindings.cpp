@@ -86,11 +86,11 @@ PYBIND11_MODULE(_C, m) {
       [](const py::object& src, const py::object& tgt, float inv_temperature, const py::object& self_term,
          const py::object& cross, const py::object& shift, int threads, int64_t block_bytes, const std::string& isa) {
         static const std::map<std::string, klas::ThetaIsa> isas{{"auto", klas::ThetaIsa::kAuto},
-                                                               {"scalar", klas::ThetaIsa::kScalar},
+                                                               {"baseline", klas::ThetaIsa::kBaseline},
                                                                {"avx2", klas::ThetaIsa::kAvx2},
                                                                {"avx512", klas::ThetaIsa::kAvx512}};
         const auto chosen = isas.find(isa);
-        if (chosen == isas.end()) throw std::invalid_argument("isa must be auto, scalar, avx2 or avx512, got " + isa);
+        if (chosen == isas.end()) throw std::invalid_argument("isa must be auto, baseline, avx2 or avx512, got " + isa);
         const klas::LogitRows s = logit_rows(src, "src");
         klas::LogitRows t{};
         if (!tgt.is_none()) {
@@ -113,12 +113,12 @@ PYBIND11_MODULE(_C, m) {
       "Adds the Θ sums of logits src float32 [Ks, N, C] against tgt [Kt, N, C] (None: src against\n"
       "itself), classes contiguous, to the float64 arrays self_term [Ks] (sum of p log p), cross\n"
       "[Ks, Kt] (sum of p_a u_b) and shift [Kt] (sum of log-sum-exp); see csrc/theta_cpu.h.\n"
-      "block_bytes: the per-thread buffer of one block of samples (0: default); isa: auto, scalar,\n"
+      "block_bytes: the per-thread buffer of one block of samples (0: default); isa: auto, baseline,\n"
       "avx2 or avx512 (one this CPU supports; see THETA_ISAS).");
   {
     py::list supported;
     for (const auto& [name, isa] : std::vector<std::pair<const char*, klas::ThetaIsa>>{
-             {"scalar", klas::ThetaIsa::kScalar}, {"avx2", klas::ThetaIsa::kAvx2}, {"avx512", klas::ThetaIsa::kAvx512}})
+             {"baseline", klas::ThetaIsa::kBaseline}, {"avx2", klas::ThetaIsa::kAvx2}, {"avx512", klas::ThetaIsa::kAvx512}})
       if (klas::theta_isa_supported(isa)) supported.append(name);
     m.attr("THETA_ISAS") = py::tuple(supported);
   }

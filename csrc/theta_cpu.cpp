@@ -41,7 +41,7 @@ bool cpu_supports(Isa isa) {
   if (isa == Isa::kAvx2) return avx2;
   return true;
 #else
-  return isa == Isa::kAuto || isa == Isa::kScalar;
+  return isa == Isa::kAuto || isa == Isa::kBaseline;
 #endif
 }
 
@@ -350,7 +350,7 @@ bool theta_isa_supported(ThetaIsa isa) { return cpu_supports(isa); }
 void theta_sums(const LogitRows& src, const LogitRows* tgt, float inv_temperature, const ThetaSums& out,
                 int threads, int64_t block_bytes, ThetaIsa isa) {
   if (!theta_isa_supported(isa)) throw std::invalid_argument("this CPU does not support the requested instruction set");
-  if (isa == Isa::kAuto) isa = cpu_supports(Isa::kAvx512) ? Isa::kAvx512 : cpu_supports(Isa::kAvx2) ? Isa::kAvx2 : Isa::kScalar;
+  if (isa == Isa::kAuto) isa = cpu_supports(Isa::kAvx512) ? Isa::kAvx512 : cpu_supports(Isa::kAvx2) ? Isa::kAvx2 : Isa::kBaseline;
   auto share = run_share<BaselineIsa>;
 #ifdef KLAS_HAVE_X86_SIMD
   if (isa == Isa::kAvx512) share = run_share<Avx512Isa>;

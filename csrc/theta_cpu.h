@@ -40,11 +40,11 @@ struct ThetaSums {
   double* shift;
 };
 
-// Code paths, each checked against the others by the tests: 4-float vectors (any CPU; "scalar"),
+// Code paths, each checked against the others by the tests: 4-float vectors (any CPU: "baseline"),
 // AVX2 + FMA (3×3 tiles of 8-float vectors), AVX-512 (4×4 tiles of 16-float vectors).
-enum class ThetaIsa { kAuto, kScalar, kAvx2, kAvx512 };
+enum class ThetaIsa { kAuto, kBaseline, kAvx2, kAvx512 };
 
-// Whether this CPU runs `isa` (kAuto and kScalar always).
+// Whether this CPU runs `isa` (kAuto and kBaseline always).
 bool theta_isa_supported(ThetaIsa isa);
 
 // Adds the sums of all N samples. `tgt` null: Θ of `src` against itself (each row normalised

@@ -168,19 +168,20 @@ class ThetaAccumulator:
         _, u, _, log_total_q = (p, u_p, None, log_total_p) if same else stats(z_tgt, self.temperature, entropy=False)
         kt = u.shape[0]
         product = p.reshape(ks, n * c) @ u.reshape(kt, n * c).T
-        if same:
-            p_dot_u = product.diagonal()  # Σ over the chunk's samples of Σ_c p_a u_a
-            self_sum = p_dot_u.double() - log_total_p.sum(dim=-1, dtype=torch.float64)
-        else:
-            p_dot_u = neg_ent_p  # per sample: Σ_c p_a u_a − L_a
+        if same:  # the product's diagonal: Σ over the chunk's samples of Σ_c p_a u_a
+            self_sum = product.diagonal().double() - log_total_p.sum(dim=-1, dtype=torch.float64)
+        else:  # per sample Σ_c p_a u_a − L_a
             self_sum = neg_ent_p.sum(dim=-1, dtype=torch.float64)
-        # Any NaN/Inf logit makes a NaN here: a NaN or +Inf spreads through its sample's max and
-        # softmax into L; a −Inf meets a zero probability (0 · −Inf) in Σ p u and in the product.
-        src_bad = not (torch.isfinite(p_dot_u).all() and torch.isfinite(log_total_p).all())
-        if src_bad or not (torch.isfinite(log_total_q).all() and torch.isfinite(product).all()):
-            raise ValueError(f"{'logits_src' if src_bad else 'logits_tgt'} holds NaN or Inf values")
+        shift_sum = log_total_q.sum(dim=-1, dtype=torch.float64)
+        # Any NaN/Inf logit makes these sums non-finite: a NaN or +Inf spreads through its sample's
+        # max and softmax into L; a −Inf meets a zero probability (0 · −Inf) in Σ p u (source) or
+        # a positive one in the product (target).
+        if not torch.isfinite(self_sum).all():
+            raise ValueError("logits_src holds NaN or Inf values")
+        if not (torch.isfinite(shift_sum).all() and torch.isfinite(product).all()):
+            raise ValueError("logits_tgt holds NaN or Inf values")
         self.self_term += self_sum
-        self.shift += log_total_q.sum(dim=-1, dtype=torch.float64)
+        self.shift += shift_sum
         self.cross += product.double()
         self.count += n
 

@@ -253,12 +253,23 @@ def kl_matrix_torch(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, tempe
     return acc.result()
 
 
+def _native_reads_in_place(z: torch.Tensor) -> bool:
+    return z.dtype == torch.float32 and z.stride(-1) == 1
+
+
 def kl_matrix_native(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature: float = 1.0,
                      threads: int | None = None) -> torch.Tensor:
-    """Θ from the fused C++ CPU kernel, in one call over all samples (it streams them block by block)."""
+    """Θ from the fused C++ CPU kernel. float32 logits with contiguous classes are read in place in
+    one call (the kernel streams the samples block by block); others are converted chunk by chunk,
+    so the converted copy stays near 16 MiB."""
     _check_logits(logits_src, logits_tgt, finite=False)  # the kernel finds non-finite rows itself
-    acc = ThetaAccumulator(logits_src.shape[0], logits_tgt.shape[0], temperature=temperature)
-    acc.add_native(logits_src, None if logits_tgt is logits_src else logits_tgt, threads=threads)
+    (ks, n, c), kt = logits_src.shape, logits_tgt.shape[0]
+    same = logits_tgt is logits_src
+    acc = ThetaAccumulator(ks, kt, temperature=temperature)
+    in_place = _native_reads_in_place(logits_src) and (same or _native_reads_in_place(logits_tgt))
+    chunk = n if in_place else default_chunk(ks + kt, c, budget_bytes=16 << 20)
+    for s in range(0, n, chunk):
+        acc.add_native(logits_src[:, s:s + chunk], None if same else logits_tgt[:, s:s + chunk], threads=threads)
     return acc.result()
 
 

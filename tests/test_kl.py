@@ -169,6 +169,17 @@ def test_native_kernel_reads_strided_logits_and_adds_chunks():
 
 
 @native
+def test_native_backend_converts_other_dtypes_chunk_by_chunk():
+    """fp16 logits (converted to float32 in chunks of about 16 MiB: five here) give the float64 Θ."""
+    gen = torch.Generator().manual_seed(11)
+    src = (torch.randn(2, 9000, 500, generator=gen) * 3).half()
+    tgt = (torch.randn(2, 9000, 500, generator=gen) * 3).half()
+    for a, b in ((src, tgt), (src, src)):
+        want = kl_matrix(a, b, backend="reference")
+        torch.testing.assert_close(kl_matrix(a, b, backend="native"), want, atol=1e-4, rtol=1e-4)
+
+
+@native
 def test_native_kernel_refuses_bad_arguments():
     from klas import _C
 

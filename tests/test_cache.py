@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import crc32c as crc32c_package
 import numpy as np
 import pytest
+import torch
 
 from klas.cache import BlockEntry, CacheReader, CacheWriter, checksum, read_manifest, row_ranges
 from klas.cache.format import DTYPES
 from klas.errors import CacheError
+
+from helpers import feature_cache
 
 BACKENDS = ["native", "python"]
 
@@ -257,3 +261,22 @@ def test_labels_outside_the_classes_are_refused(tmp_path):
                     num_classes=3, num_samples=4, shard_rows=4, source={})
     with pytest.raises(ValueError, match=r"labels must lie in 0..2.*\[3\]"):
         w.append(np.zeros((4, 5), dtype=np.float32), np.array([0, 1, 2, 3]))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_check_values_finds_every_kind_of_non_finite_value(tmp_path, dtype):
+    feature_cache(tmp_path / "c", 64, (5, 7), 3)
+    reader = CacheReader(tmp_path / "c")
+    torch_dtype = getattr(torch, dtype)
+    good = torch.randn(32, 15).to(torch_dtype)
+    reader.check_values(good, torch.zeros(32, dtype=torch.int64))
+    huge = torch.full((32, 15), torch.finfo(torch_dtype).max, dtype=torch_dtype)
+    reader.check_values(huge)  # large but finite values do not pass for Inf
+    for values in ([math.nan], [math.inf], [-math.inf], [math.inf, -math.inf]):
+        bad = good.clone()
+        for k, v in enumerate(values):
+            bad[3 + k, 7] = v
+        with pytest.raises(CacheError, match="NaN/Inf activations"):
+            reader.check_values(bad)
+    with pytest.raises(CacheError, match="labels outside 0..2"):
+        reader.check_values(good, torch.full((32,), 3, dtype=torch.int64))

@@ -163,9 +163,13 @@ class CacheReader:
     def check_values(self, features, labels=None) -> None:
         """CacheError unless a batch read from this cache (torch tensors) holds finite features and
         labels within the classes. The checksum cannot catch these: they were written so."""
+        import math
+
         import torch
 
-        if not bool(torch.isfinite(features).all()):
+        # One float64 sum: NaN or ±Inf anywhere makes it non-finite, and finite 16- or 32-bit values
+        # cannot overflow it (several times faster than isfinite().all() on a batch).
+        if not math.isfinite(float(features.sum(dtype=torch.float64))):
             raise CacheError(f"cache {self.dir} holds NaN/Inf activations; extract it again (and check the "
                              "anchor's checkpoint and input normalisation if it comes back)")
         c = self.manifest.num_classes

@@ -142,24 +142,30 @@ class JointProbes(nn.Module):
         return sum(self.sizes)
 
     def _group_inputs(self, rows: Sequence[torch.Tensor]):
-        """Per width group: (features ``[b, n_g, w]`` fp32, weights, bias, global probe indices)."""
+        """Per width group: (features ``[n_g, b, w]`` fp32, contiguous, weights, bias, global probe
+        indices). Probe-major, so that forward and backward are plain batched matmuls; each block's
+        columns are converted and moved in one copy."""
         n = rows[0].shape[0]
         start = 0
         for runs, w, b in zip(self.group_runs, self.weights, self.biases):
             width = w.shape[2]
-            parts = [rows[a][:, col:col + k * width].float().view(n, k, width) for a, col, k in runs]
-            x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            x = torch.empty(w.shape[0], n, width, dtype=torch.float32, device=rows[0].device)
+            i = 0
+            for a, col, k in runs:
+                x[i:i + k].copy_(rows[a][:, col:col + k * width].view(n, k, width).transpose(0, 1))
+                i += k
             yield x, w, b, self._order[start:start + w.shape[0]]
             start += w.shape[0]
 
     def forward(self, rows: Sequence[torch.Tensor], target: torch.Tensor | None = None, label_smoothing: float = 0.0,
                 *, fused: bool = False, denominator: float | None = None) -> torch.Tensor:
-        """rows: one ``[b, row_width_a]`` tensor per anchor -> logits ``[b, M, C]``; with a target
-        ``[b, M]``, the loss instead (`loss`: one call, so DistributedDataParallel sees it)."""
+        """rows: one ``[b, row_width_a]`` tensor per anchor -> logits ``[b, M, C]`` (a probe-major
+        tensor seen sample-major); with a target ``[b, M]``, the loss instead (`loss`: one call, so
+        DistributedDataParallel sees it)."""
         if target is not None:
             return self.loss(rows, target, label_smoothing, fused=fused, denominator=denominator)
-        outs = [torch.einsum("bnw,ncw->bnc", x, w) + b for x, w, b, _ in self._group_inputs(rows)]
-        return torch.cat(outs, dim=1).index_select(1, self.unsort)
+        outs = [torch.baddbmm(b[:, None, :], x, w.transpose(1, 2)) for x, w, b, _ in self._group_inputs(rows)]
+        return torch.cat(outs, dim=0).index_select(0, self.unsort).transpose(0, 1)
 
     def loss(self, rows: Sequence[torch.Tensor], target: torch.Tensor, label_smoothing: float = 0.0,
              *, fused: bool = False, denominator: float | None = None) -> torch.Tensor:
@@ -175,7 +181,7 @@ class JointProbes(nn.Module):
         total = 0.0
         for x, w, bias, idx in self._group_inputs(rows):
             group_target = target.index_select(1, torch.tensor(idx, device=target.device))
-            total = total + linear_cross_entropy(x, w, bias, group_target, label_smoothing)
+            total = total + linear_cross_entropy(x.transpose(0, 1), w, bias, group_target, label_smoothing)
         return total * (b / denominator) if denominator else total
 
     def per_anchor(self) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:

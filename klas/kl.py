@@ -60,15 +60,26 @@ def native_available() -> bool:
     return _native_module() is not None
 
 
+def _native_reads_in_place(z: torch.Tensor) -> bool:
+    """Whether the native kernel reads these logits as they are: float32 with contiguous classes."""
+    return z.dtype == torch.float32 and z.stride(-1) == 1
+
+
 def _native_view(z: torch.Tensor):
     """A float32 NumPy view (a copy only where needed) of CPU logits ``[K, n, C]`` with contiguous
     classes, as the native kernel reads them."""
     z = z.detach()
-    if z.dtype != torch.float32:
-        z = z.float()
-    if z.stride(-1) != 1:
-        z = z.contiguous()
-    return z.numpy()
+    return (z if _native_reads_in_place(z) else z.float().contiguous()).numpy()
+
+
+def _check_finite_sums(self_term: torch.Tensor, shift: torch.Tensor, cross: torch.Tensor) -> None:
+    """ValueError naming the side whose logits held NaN or ±Inf: any such logit makes these sums
+    non-finite (a NaN or +Inf spreads through its sample's max and softmax into L; a −Inf meets a
+    zero probability, 0 · −Inf, in Σ p u of a source row, or a positive one in the product)."""
+    if not torch.isfinite(self_term).all():
+        raise ValueError("logits_src holds NaN or Inf values")
+    if not (torch.isfinite(shift).all() and torch.isfinite(cross).all()):
+        raise ValueError("logits_tgt holds NaN or Inf values")
 
 
 def default_chunk(num_probes: int, num_classes: int, budget_bytes: int = 4 << 20) -> int:
@@ -173,13 +184,7 @@ class ThetaAccumulator:
         else:  # per sample Σ_c p_a u_a − L_a
             self_sum = neg_ent_p.sum(dim=-1, dtype=torch.float64)
         shift_sum = log_total_q.sum(dim=-1, dtype=torch.float64)
-        # Any NaN/Inf logit makes these sums non-finite: a NaN or +Inf spreads through its sample's
-        # max and softmax into L; a −Inf meets a zero probability (0 · −Inf) in Σ p u (source) or
-        # a positive one in the product (target).
-        if not torch.isfinite(self_sum).all():
-            raise ValueError("logits_src holds NaN or Inf values")
-        if not (torch.isfinite(shift_sum).all() and torch.isfinite(product).all()):
-            raise ValueError("logits_tgt holds NaN or Inf values")
+        _check_finite_sums(self_sum, shift_sum, product)
         self.self_term += self_sum
         self.shift += shift_sum
         self.cross += product.double()
@@ -199,11 +204,9 @@ class ThetaAccumulator:
                           self.self_term.numpy(), self.cross.numpy(), self.shift.numpy(),
                           threads or torch.get_num_threads(), block_bytes, isa)
         self.count += z_src.shape[1]
-        # A row with NaN or ±Inf gives NaN log-sum-exp: in self_term for a source row, in shift for a target row.
-        if not torch.isfinite(self.self_term).all():
-            raise ValueError("logits_src holds NaN or Inf values")
-        if not (torch.isfinite(self.shift).all() and torch.isfinite(self.cross).all()):
-            raise ValueError("logits_tgt holds NaN or Inf values")
+        # The kernel gives a row with NaN or ±Inf a NaN log-sum-exp (and NaN p, u), so the running
+        # sums turn non-finite with the first such row.
+        _check_finite_sums(self.self_term, self.shift, self.cross)
 
     def add_partial(self, self_term: torch.Tensor, cross: torch.Tensor, count: int) -> None:
         """Adds sums computed elsewhere (a kernel, another rank): Σ p_a log p_a and Σ p_a log q_b."""
@@ -251,10 +254,6 @@ def kl_matrix_torch(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, tempe
         zs = logits_src[:, s:s + chunk]
         acc.update(zs, zs if same else logits_tgt[:, s:s + chunk])
     return acc.result()
-
-
-def _native_reads_in_place(z: torch.Tensor) -> bool:
-    return z.dtype == torch.float32 and z.stride(-1) == 1
 
 
 def kl_matrix_native(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature: float = 1.0,

@@ -1,7 +1,9 @@
 // Python bindings of the cache reader: klas._C. Users call the typed wrappers in klas/cache/.
+#include <algorithm>
 #include <cmath>
-#include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -27,6 +29,12 @@ klas::LogitRows logit_rows(const py::object& obj, const char* name) {
   return {static_cast<const float*>(arr.data()), arr.shape(0), arr.shape(1), arr.shape(2), arr.strides(0) / f,
           arr.strides(1) / f};
 }
+
+// The Θ kernel's code paths by name: what `theta_sums` accepts and what THETA_ISAS lists.
+const std::vector<std::pair<std::string, klas::ThetaIsa>> kThetaIsas{{"auto", klas::ThetaIsa::kAuto},
+                                                                     {"baseline", klas::ThetaIsa::kBaseline},
+                                                                     {"avx2", klas::ThetaIsa::kAvx2},
+                                                                     {"avx512", klas::ThetaIsa::kAvx512}};
 
 // A writable C-contiguous float64 array of `size` elements.
 double* float64_sums(const py::object& obj, const char* name, py::ssize_t size) {
@@ -85,12 +93,8 @@ PYBIND11_MODULE(_C, m) {
       "theta_sums",
       [](const py::object& src, const py::object& tgt, float inv_temperature, const py::object& self_term,
          const py::object& cross, const py::object& shift, int threads, int64_t block_bytes, const std::string& isa) {
-        static const std::map<std::string, klas::ThetaIsa> isas{{"auto", klas::ThetaIsa::kAuto},
-                                                               {"baseline", klas::ThetaIsa::kBaseline},
-                                                               {"avx2", klas::ThetaIsa::kAvx2},
-                                                               {"avx512", klas::ThetaIsa::kAvx512}};
-        const auto chosen = isas.find(isa);
-        if (chosen == isas.end()) throw std::invalid_argument("isa must be auto, baseline, avx2 or avx512, got " + isa);
+        const auto chosen = std::find_if(kThetaIsas.begin(), kThetaIsas.end(), [&](const auto& e) { return e.first == isa; });
+        if (chosen == kThetaIsas.end()) throw std::invalid_argument("isa must be auto, baseline, avx2 or avx512, got " + isa);
         const klas::LogitRows s = logit_rows(src, "src");
         klas::LogitRows t{};
         if (!tgt.is_none()) {
@@ -117,9 +121,8 @@ PYBIND11_MODULE(_C, m) {
       "avx2 or avx512 (one this CPU supports; see THETA_ISAS).");
   {
     py::list supported;
-    for (const auto& [name, isa] : std::vector<std::pair<const char*, klas::ThetaIsa>>{
-             {"baseline", klas::ThetaIsa::kBaseline}, {"avx2", klas::ThetaIsa::kAvx2}, {"avx512", klas::ThetaIsa::kAvx512}})
-      if (klas::theta_isa_supported(isa)) supported.append(name);
+    for (const auto& [name, isa] : kThetaIsas)
+      if (isa != klas::ThetaIsa::kAuto && klas::theta_isa_supported(isa)) supported.append(name);
     m.attr("THETA_ISAS") = py::tuple(supported);
   }
 

@@ -130,13 +130,15 @@ PYBIND11_MODULE(_C, m) {
   m.attr("SHARD_VERSION") = klas::kShardVersion;
 
   py::class_<klas::ShardSpec>(m, "ShardSpec", "What the manifest says one shard file holds.")
-      .def(py::init([](std::string path, uint64_t rows, uint32_t crc) {
-             return klas::ShardSpec{std::move(path), rows, crc};
+      .def(py::init([](std::string path, uint64_t rows, uint32_t crc, uint64_t index, uint64_t first_row) {
+             return klas::ShardSpec{std::move(path), rows, crc, index, first_row};
            }),
-           py::arg("path"), py::arg("rows"), py::arg("crc32c"))
+           py::arg("path"), py::arg("rows"), py::arg("crc32c"), py::arg("index") = 0, py::arg("first_row") = 0)
       .def_readonly("path", &klas::ShardSpec::path)
       .def_readonly("rows", &klas::ShardSpec::rows)
-      .def_readonly("crc32c", &klas::ShardSpec::crc32c);
+      .def_readonly("crc32c", &klas::ShardSpec::crc32c)
+      .def_readonly("index", &klas::ShardSpec::index)
+      .def_readonly("first_row", &klas::ShardSpec::first_row);
 
   py::class_<klas::ShardSet, std::shared_ptr<klas::ShardSet>>(
       m, "ShardSet",

@@ -50,13 +50,18 @@ void MappedShard::open(const ShardSpec& spec, uint64_t row_bytes, uint32_t dtype
     fail(spec.path, "manifest claims an impossible size (" + std::to_string(spec.rows) + " rows)");
   const uint64_t expected = shard_file_bytes(spec.rows, row_bytes);
 
-  int fd = ::open(spec.path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO put in place of a shard must not block the open; it is refused below.
+  int fd = ::open(spec.path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) fail(spec.path, std::string("cannot open (") + std::strerror(errno) + ")");
   struct stat st {};
   if (fstat(fd, &st) != 0) {
     const int err = errno;
     ::close(fd);
     fail(spec.path, std::string("cannot stat (") + std::strerror(err) + ")");
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail(spec.path, "not a regular file (a FIFO, device or directory); re-run extraction for this anchor and split");
   }
   const auto actual = static_cast<uint64_t>(st.st_size);
   if (actual != expected) {
@@ -84,6 +89,8 @@ void MappedShard::open(const ShardSpec& spec, uint64_t row_bytes, uint32_t dtype
   const auto rows = read_le<uint64_t>(base_ + 16);
   const auto rb = read_le<uint64_t>(base_ + 24);
   const auto lo = read_le<uint64_t>(base_ + 32);
+  const auto index = read_le<uint64_t>(base_ + 40);
+  const auto first_row = read_le<uint64_t>(base_ + 48);
   if (version != kShardVersion)
     fail(spec.path, "shard format version " + std::to_string(version) + ", this reader reads " +
                         std::to_string(kShardVersion));
@@ -93,6 +100,13 @@ void MappedShard::open(const ShardSpec& spec, uint64_t row_bytes, uint32_t dtype
     msg << "header does not match the manifest (header: dtype " << dtype << ", " << rows
         << " rows of " << rb << " bytes; manifest: dtype " << dtype_code << ", " << spec.rows
         << " rows of " << row_bytes << " bytes)";
+    fail(spec.path, msg.str());
+  }
+  if (index != spec.index || first_row != spec.first_row) {
+    std::ostringstream msg;
+    msg << "is shard " << index << " (rows from " << first_row << ") but the manifest lists it as shard "
+        << spec.index << " (rows from " << spec.first_row
+        << "): the manifest lists shards out of place; re-run extraction for this anchor and split";
     fail(spec.path, msg.str());
   }
 }

@@ -2,7 +2,8 @@
 //
 // Shard file layout (little-endian; the Python writer in klas/cache/format.py writes the same):
 //   [0, 64)            header: magic "KLASSHRD", u32 version, u32 dtype code, u64 rows,
-//                      u64 row_bytes, u64 labels_offset, zero padding
+//                      u64 row_bytes, u64 labels_offset, u64 shard index, u64 first row,
+//                      zero padding (version 2; the index and first row say where the shard belongs)
 //   [64, 64 + R*B)     features, R rows of B bytes (the pooled outputs of every block, side by side)
 //   [labels_offset, +8R) labels, int64
 // labels_offset is 64 + R*B rounded up to a multiple of 64.
@@ -16,7 +17,7 @@
 namespace klas {
 
 constexpr char kShardMagic[8] = {'K', 'L', 'A', 'S', 'S', 'H', 'R', 'D'};
-constexpr uint32_t kShardVersion = 1;
+constexpr uint32_t kShardVersion = 2;
 constexpr uint64_t kShardHeaderBytes = 64;
 
 // Any problem with cache files: surfaces in Python as klas.errors.CacheError.
@@ -30,6 +31,8 @@ struct ShardSpec {
   std::string path;
   uint64_t rows = 0;
   uint32_t crc32c = 0;
+  uint64_t index = 0;      // position in the manifest's list
+  uint64_t first_row = 0;  // rows of the shards before it
 };
 
 uint64_t labels_offset_for(uint64_t rows, uint64_t row_bytes);

@@ -26,7 +26,7 @@ from klas.errors import DataError
 
 __all__ = [
     "IMAGE_EXTENSIONS", "SPLITS", "ImageSource", "ImageDataset", "check_classes", "make_loader", "open_images",
-    "resolve_split", "split_for_anchor", "split_indices", "take_subset",
+    "resolve_split", "samples_digest", "split_for_anchor", "split_indices", "take_subset",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -92,6 +92,17 @@ def open_images(path: str | os.PathLike) -> ImageSource:
     return ImageSource(path=path, is_zip=is_zip, files=tuple(names), classes=classes, labels=labels)
 
 
+def samples_digest(source: ImageSource, indices: np.ndarray) -> str:
+    """The identity of the samples `indices` of `source`, in order: a digest of their file names
+    and labels. Caches record it, and every stage that pairs caches compares it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in np.asarray(indices, dtype=np.int64).tolist():
+        h.update(f"{source.files[i]}\0{int(source.labels[i])}\n".encode())
+    return h.hexdigest()[:32]
+
+
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic split of range(n) into (D_t, D_v) indices, each sorted."""
     if not 0.0 < val_fraction < 1.0:
@@ -125,10 +136,22 @@ def resolve_split(
         raise DataError(f"data root {root} has no {'test' if split == 'test' else 'train'} set "
                         "(expected test.zip/test/ and train.zip/train/)")
     source = open_images(chosen)
+    other = train if split == "test" else test
+    if other is not None and other != chosen:
+        _check_same_classes(source, open_images(other))
     if split == "test":
         return source, np.arange(len(source))
     d_t, d_v = split_indices(len(source), val_fraction, seed)
     return source, (d_t if split == "train" else d_v)
+
+
+def _check_same_classes(a: ImageSource, b: ImageSource) -> None:
+    """DataError unless two sets of one data root have the same class folders (renamed or missing
+    folders would silently shift every label)."""
+    if a.classes != b.classes:
+        only_a, only_b = sorted(set(a.classes) - set(b.classes)), sorted(set(b.classes) - set(a.classes))
+        raise DataError(f"{a.path} and {b.path} have different class folders ({only_a[:5]} only in the first, "
+                        f"{only_b[:5]} only in the second); give both sets the same class names")
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -169,11 +192,21 @@ def make_loader(source: ImageSource, indices: np.ndarray, anchor, *, batch_size:
 
 
 def check_classes(source: ImageSource, anchor) -> None:
-    """DataError unless the dataset has as many classes as the anchor's head."""
+    """DataError unless the dataset has as many classes as the anchor's head, and the same class
+    names in the same order where the anchor knows its classes."""
     if len(source.classes) != anchor.num_classes:
         raise DataError(
             f"dataset {source.path} has {len(source.classes)} classes but anchor {anchor.spec} predicts "
             f"{anchor.num_classes}; use a dataset of the anchor's classes (or a spec with num_classes=…)"
+        )
+    known = tuple(getattr(anchor, "class_names", ()) or ())
+    if known and known != source.classes:
+        wrong = [(k, d, a) for k, (d, a) in enumerate(zip(source.classes, known)) if d != a]
+        k, d, a = wrong[0]
+        raise DataError(
+            f"dataset {source.path}: class {k} is the folder {d!r} but anchor {anchor.spec} was trained with "
+            f"{a!r} there ({len(wrong)} class(es) differ); name the class folders as the anchor's classes "
+            f"({', '.join(known)})"
         )
 
 

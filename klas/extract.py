@@ -24,7 +24,7 @@ from klas import distributed as dist
 from klas.anchors import Anchor, load_anchor
 from klas.cache import BlockEntry, CacheWriter, Manifest, read_manifest
 from klas.cache.format import DTYPES
-from klas.data import make_loader, split_for_anchor
+from klas.data import make_loader, samples_digest, split_for_anchor
 from klas.errors import CacheError
 
 __all__ = ["extract", "anchor_info", "cache_dir_for", "cache_layout", "cached_anchors"]
@@ -48,10 +48,12 @@ def cache_layout(anchor: Anchor) -> tuple[BlockEntry, ...]:
 
 
 def anchor_info(anchor: Anchor) -> dict:
-    """What later stages need to know of the anchor without loading it again."""
+    """What later stages need to know of the anchor without loading it again (its spec is never
+    loaded from a file), and the digest of its weights (a changed checkpoint is noticed)."""
     f = anchor.flops
     return {"input_size": list(anchor.input_size), "layouts": anchor.layouts,
-            "flops": {"stem": f.stem, "blocks": list(f.blocks), "head": f.head}}
+            "flops": {"stem": f.stem, "blocks": list(f.blocks), "head": f.head},
+            "weights": anchor.weights_digest()}
 
 
 def _to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
@@ -67,6 +69,7 @@ def _extract_one(anchor: Anchor, cache_dir: Path, *, data, split, batch_size, dt
     settings = {
         "data": str(Path(data).resolve()), "split_of": str(source.path.name), "val_fraction": val_fraction,
         "seed": seed, "limit": limit, "num_images": len(source), "batch_size": batch_size,
+        "samples": samples_digest(source, indices), "classes": list(source.classes),
     }
     if (cache_dir / "manifest.json").exists():
         try:
@@ -108,7 +111,14 @@ def _extract_one(anchor: Anchor, cache_dir: Path, *, data, split, batch_size, dt
                 f"{writer.mine[len(writer.shards)]}); "
                 "check the checkpoint and the input normalisation"
             )
-        writer.append(_to_storage(row, dtype), labels.numpy())
+        stored = _to_storage(row, dtype)
+        if dtype == "float16" and np.isinf(stored).any():
+            raise CacheError(
+                f"anchor {anchor.spec} has activations beyond float16's range (±65504) on split {split}, which "
+                "would be stored as Inf; extract with --dtype bfloat16 or --dtype float32 (config: "
+                "extract.dtype)"
+            )
+        writer.append(stored, labels.numpy())
         bar.update(len(labels))
     bar.close()
     manifest = writer.finish()

@@ -24,7 +24,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -32,7 +31,9 @@ from klas import distributed as dist
 from klas.cache import CacheReader, Manifest
 from klas.cache.format import DTYPES
 from klas.cache.reader import batch_share, row_ranges
+from klas.cache.pairing import check_same_samples, check_same_weights, recorded
 from klas.errors import CacheError
+from klas.reading import load_safetensors, read_json
 from klas.files import save_safetensors_atomic, write_json_atomic
 
 __all__ = ["ProbeSet", "train_probes", "load_probes", "probe_table", "probe_losses", "JointProbes"]
@@ -52,6 +53,7 @@ class ProbeSet:
     head_val_acc: float | None = None  # the anchor's own head on the validation split
     labels: str = "true"
     settings: dict = field(default_factory=dict)
+    weights_digest: str | None = None  # of the anchor the probes were trained on (cache manifest)
 
     def probes(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return list(zip(self.weights, self.biases))
@@ -69,30 +71,67 @@ class ProbeSet:
         meta = {
             "anchor": self.anchor, "name": self.name, "block_names": self.block_names,
             "train_acc": self.train_acc, "val_acc": self.val_acc, "head_val_acc": self.head_val_acc,
-            "labels": self.labels, "settings": self.settings,
+            "labels": self.labels, "settings": self.settings, "weights_digest": self.weights_digest,
         }
         write_json_atomic(directory / f"{self.name}.json", meta)
         return path
 
 
 def load_probes(directory: str | os.PathLike, name: str) -> ProbeSet:
-    """Reads a ProbeSet saved by `ProbeSet.save` (safetensors: no pickle)."""
+    """Reads a ProbeSet saved by `ProbeSet.save` (safetensors: no pickle), checking the sidecar's
+    fields and every tensor's shape and values; CacheError naming the file otherwise."""
     directory = Path(directory)
     meta_path, tensor_path = directory / f"{name}.json", directory / f"{name}.safetensors"
-    if not meta_path.is_file() or not tensor_path.is_file():
+    if not os.path.lexists(meta_path) or not os.path.lexists(tensor_path):
         raise CacheError(f"no probes for {name!r} in {directory}; run `klas probes` first")
-    meta = json.loads(meta_path.read_text())
-    tensors = load_file(str(tensor_path))
-    m = len(meta["block_names"])
+    fix = "re-run `klas probes`"
+    meta = read_json(meta_path, what="probe file", fix=fix, error=CacheError, inside=directory)
+    tensors = load_safetensors(tensor_path, what="probe file", fix=fix, error=CacheError, inside=directory)
+
+    def bad(what: str):
+        raise CacheError(f"{meta_path}: {what}; {fix}")
+
+    names = meta.get("block_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        bad("block_names is not a non-empty list of names")
+    for key in ("anchor", "name", "labels"):
+        if not isinstance(meta.get(key, ""), str):
+            bad(f"{key} is not a string")
+    m = len(names)
+    accs = {}
+    for key in ("train_acc", "val_acc"):
+        v = meta.get(key, [])
+        if not isinstance(v, list) or len(v) not in (0, m) or not all(_is_percent(x) for x in v):
+            bad(f"{key} is not a list of {m} percentages")
+        accs[key] = [float(x) for x in v]
+    head = meta.get("head_val_acc")
+    if head is not None and not _is_percent(head):
+        bad("head_val_acc is not a percentage")
+    if not isinstance(meta.get("settings", {}), dict) or not isinstance(meta.get("weights_digest", ""), (str, type(None))):
+        bad("settings or weights_digest has the wrong type")
     try:
         weights = [tensors[f"block{k}.weight"] for k in range(1, m + 1)]
         biases = [tensors[f"block{k}.bias"] for k in range(1, m + 1)]
     except KeyError as e:
-        raise CacheError(f"{tensor_path} lacks tensor {e}; re-run `klas probes`") from None
-    return ProbeSet(anchor=meta["anchor"], name=meta["name"], block_names=meta["block_names"], weights=weights,
-                    biases=biases, train_acc=meta["train_acc"], val_acc=meta["val_acc"],
-                    head_val_acc=meta.get("head_val_acc"), labels=meta.get("labels", "true"),
-                    settings=meta.get("settings", {}))
+        raise CacheError(f"{tensor_path} lacks tensor {e}; {fix}") from None
+    if len(tensors) != 2 * m:
+        raise CacheError(f"{tensor_path} holds {len(tensors)} tensors, {meta_path} names {m} probes (2 each); {fix}")
+    c = weights[0].shape[0] if weights[0].dim() == 2 else -1
+    for k, (w, b) in enumerate(zip(weights, biases), start=1):
+        if w.dim() != 2 or w.shape[0] != c or b.shape != (c,) or w.dtype != torch.float32 or b.dtype != torch.float32:
+            raise CacheError(f"{tensor_path}: probe {k} has weight {list(w.shape)} {w.dtype} and bias {list(b.shape)} "
+                             f"{b.dtype}, expected float32 [C, width] and [C] with one C for all; {fix}")
+        if not (torch.isfinite(w).all() and torch.isfinite(b).all()):
+            raise CacheError(f"{tensor_path}: probe {k} holds NaN/Inf values (training diverged, or the file was "
+                             f"edited); {fix} (with a smaller --lr if training diverged)")
+    return ProbeSet(anchor=meta.get("anchor", ""), name=meta.get("name", name), block_names=names, weights=weights,
+                    biases=biases, train_acc=accs["train_acc"], val_acc=accs["val_acc"],
+                    head_val_acc=None if head is None else float(head), labels=meta.get("labels", "true"),
+                    settings=meta.get("settings", {}), weights_digest=meta.get("weights_digest"))
+
+
+def _is_percent(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 <= x <= 100.0
 
 
 class JointProbes(nn.Module):
@@ -354,6 +393,17 @@ def train_probes(
     classes = {r.manifest.num_classes for r in readers}
     if len(classes) != 1:
         raise CacheError(f"the anchors predict different class counts {sorted(classes)}")
+    check_same_samples(readers)
+    check_same_samples(val_readers)
+    for t, v in zip(readers, val_readers):
+        if v.manifest.anchor != t.manifest.anchor:
+            raise CacheError(f"the validation cache {v.dir} is of anchor {v.manifest.anchor!r}, the training cache "
+                             f"{t.dir} of {t.manifest.anchor!r}: give the caches in the same anchor order")
+        check_same_weights(v, recorded(t, "the digest of its anchor's weights", t.manifest.weights_digest),
+                           f"the training cache {t.dir}")
+        if v.manifest.class_names != t.manifest.class_names:
+            raise CacheError(f"{t.dir} and {v.dir} were extracted with different class names; extract both from "
+                             "the same dataset")
     ctx = dist.context()
     if batch_size % ctx.world_size:
         raise ValueError(f"the probe batch size {batch_size} must be a multiple of the number of ranks "
@@ -411,7 +461,7 @@ def train_probes(
             weights=[w for w, _ in w_b], biases=[b for _, b in w_b],
             train_acc=[float(x) for x in train_acc[a]],
             val_acc=[float(x) for x in val_acc[a]] if val_acc[a] is not None else [],
-            head_val_acc=head_acc[a], labels=labels, settings=settings,
+            head_val_acc=head_acc[a], labels=labels, settings=settings, weights_digest=m.weights_digest,
         ))
     return out
 

@@ -22,15 +22,16 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file
 
 from klas import distributed as dist
 from klas.cache import CacheReader
+from klas.cache.pairing import check_same_samples, check_same_weights
 from klas.files import save_safetensors_atomic, write_json_atomic
 from klas.errors import CacheError
 from klas.features import CacheFeatures
 from klas.kl import kl_matrix_from_features
 from klas.probes import load_probes
+from klas.reading import finite_number, load_safetensors, read_json
 
 __all__ = ["stitch_scores", "floored_blocks", "AnchorEntry", "Scores", "score", "load_scores", "DEFAULT_FLOOR"]
 
@@ -154,15 +155,85 @@ class Scores:
 
 
 def load_scores(out: str | os.PathLike) -> Scores:
+    """Reads the scores `Scores.save` wrote, checking scores.json's fields and the tensors against
+    them (shapes from the anchors' depths, finite values); CacheError naming the file otherwise."""
     out = Path(out)
-    if not (out / "scores.json").is_file() or not (out / "scores.safetensors").is_file():
+    meta_path, tensor_path = out / "scores.json", out / "scores.safetensors"
+    if not os.path.lexists(meta_path) or not os.path.lexists(tensor_path):
         raise CacheError(f"no scores in {out}; run `klas score` first")
-    meta = json.loads((out / "scores.json").read_text())
-    tensors = load_file(str(out / "scores.safetensors"))
-    anchors = [AnchorEntry(**a) for a in meta["anchors"]]
-    return Scores(anchors=anchors, theta_all=tensors["theta_all"], floor=meta["floor"],
-                  temperature=meta["temperature"], split=meta["split"], caches=meta["caches"],
-                  probe_labels=meta.get("probe_labels", "true"))
+    fix = "re-run `klas score`"
+    meta = read_json(meta_path, what="scores file", fix=fix, error=CacheError, inside=out)
+    tensors = load_safetensors(tensor_path, what="scores file", fix=fix, error=CacheError, inside=out)
+
+    def bad(what: str):
+        raise CacheError(f"{meta_path}: {what}; {fix}")
+
+    if meta.get("format", "klas-scores") != "klas-scores":
+        bad("not a klas scores file")
+    try:
+        floor = finite_number(meta.get("floor"), "floor", error=CacheError, positive=True)
+        temperature = finite_number(meta.get("temperature"), "temperature", error=CacheError, positive=True)
+    except CacheError as e:
+        bad(str(e))
+    if meta.get("split") not in ("train", "val", "test") or not isinstance(meta.get("caches"), dict):
+        bad("split or caches has the wrong type")
+    if not isinstance(meta.get("probe_labels", "true"), str):
+        bad("probe_labels is not a string")
+    raw = meta.get("anchors")
+    if not isinstance(raw, list) or len(raw) < 2:
+        bad("anchors is not a list of at least two anchors")
+    anchors, offset = [], 0
+    for a in raw:
+        entry = _anchor_entry(a, offset)
+        if entry is None:
+            bad(f"anchor entry {str(a)[:80]} is malformed (fields {_ANCHOR_FIELDS}, offsets in order, depths >= 2, "
+                "FLOPs and grids per block)")
+        anchors.append(entry)
+        offset += entry.depth
+    if len({a.name for a in anchors}) != len(anchors):
+        bad("names an anchor twice")
+    theta = tensors.get("theta_all")
+    if theta is None or theta.dim() != 2 or tuple(theta.shape) != (offset, offset):
+        raise CacheError(f"{tensor_path}: theta_all is {None if theta is None else list(theta.shape)}, scores.json's "
+                         f"anchors need [{offset}, {offset}]; {fix}")
+    theta = theta.to(torch.float64) if theta.dtype != torch.float32 else theta
+    if not torch.isfinite(theta).all() or bool((theta < -1e-3).any()):
+        raise CacheError(f"{tensor_path}: theta_all holds NaN, Inf or negative divergences; {fix}")
+    return Scores(anchors=anchors, theta_all=theta.float(), floor=floor, temperature=temperature, split=meta["split"],
+                  caches=meta["caches"], probe_labels=meta.get("probe_labels", "true"))
+
+
+_ANCHOR_FIELDS = ("name", "spec", "depth", "flops", "widths", "grids", "offset")
+
+
+def _anchor_entry(a, offset: int) -> AnchorEntry | None:
+    """An AnchorEntry from scores.json if every field has its type and size; else None."""
+    def count(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**62
+
+    try:
+        if not isinstance(a, dict) or not set(_ANCHOR_FIELDS) <= set(a):
+            return None
+        depth, flops = a["depth"], a["flops"]
+        ok = (isinstance(a["name"], str) and a["name"] and "/" not in a["name"] and isinstance(a["spec"], str)
+              and count(depth) and 2 <= depth <= 10_000 and a["offset"] == offset
+              and isinstance(flops, dict) and count(flops["stem"]) and count(flops["head"])
+              and isinstance(flops["blocks"], list) and len(flops["blocks"]) == depth
+              and all(count(f) for f in flops["blocks"])
+              and isinstance(a["widths"], list) and len(a["widths"]) == depth
+              and all(count(w) and w > 0 for w in a["widths"])
+              and isinstance(a["grids"], list) and len(a["grids"]) == depth
+              and all(isinstance(g, list) and len(g) <= 4 and all(count(x) for x in g) for g in a["grids"]))
+        acc = a.get("probe_val_acc", [])
+        head = a.get("head_val_acc")
+        ok = ok and isinstance(acc, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in acc)
+        ok = ok and (head is None or isinstance(head, (int, float)) and not isinstance(head, bool))
+        if not ok:
+            return None
+        return AnchorEntry(name=a["name"], spec=a["spec"], depth=depth, flops=flops, widths=a["widths"],
+                           grids=a["grids"], offset=offset, probe_val_acc=acc, head_val_acc=head)
+    except (KeyError, TypeError):
+        return None
 
 
 class _Lockstep:
@@ -189,13 +260,23 @@ def manifest_fingerprint(cache_dir: Path) -> str:
 
 
 def _anchor_flops(reader: CacheReader) -> dict:
+    """The per-part FLOPs recorded at extraction. The manifest's anchor spec is an identifier only:
+    it is compared, never loaded (loading it could run code named by a file)."""
     info = reader.manifest.anchor_info.get("flops")
-    if info:
-        return info
-    from klas.anchors import load_anchor  # caches written before FLOPs were kept: measure again
+    if not info:
+        raise CacheError(f"{reader.dir / 'manifest.json'} records no FLOPs for its anchor (written by an older "
+                         "klas, or edited); extract this cache again")
+    return info
 
-    f = load_anchor(reader.manifest.anchor).flops
-    return {"stem": f.stem, "blocks": list(f.blocks), "head": f.head}
+
+def _check_probe_shapes(ps, reader: CacheReader, path: Path) -> None:
+    """CacheError unless the probes fit the cache: one per block, [num_classes, width] each."""
+    m = reader.manifest
+    widths = [b.width for b in m.block_entries]
+    have = [tuple(w.shape) for w in ps.weights]
+    if have != [(m.num_classes, w) for w in widths]:
+        raise CacheError(f"{path}: probe shapes {have[:3]}... do not fit {reader.dir} ({len(widths)} blocks of widths "
+                         f"{widths[:3]}..., {m.num_classes} classes); re-run `klas probes`")
 
 
 def score(
@@ -240,11 +321,14 @@ def score(
         if ps.anchor != reader.manifest.anchor:
             raise CacheError(f"probes {name!r} were trained for {ps.anchor!r} but {cache_dir} caches "
                              f"{reader.manifest.anchor!r}; re-run `klas probes`")
+        check_same_weights(reader, ps.weights_digest, f"the probes {probes_dir / name}")
+        _check_probe_shapes(ps, reader, probes_dir / f"{name}.safetensors")
         readers[name] = (reader, ps)
     counts = {r.num_samples for r, _ in readers.values()}
     if len(counts) != 1:
         raise CacheError(f"the {split} caches hold different sample counts {sorted(counts)}")
-    flops = {n: _anchor_flops(readers[n][0]) for n in anchors}  # may load the anchor: once each
+    check_same_samples([r for r, _ in readers.values()], split)
+    flops = {n: _anchor_flops(readers[n][0]) for n in anchors}
     ordered = sorted(anchors, key=lambda n: flops[n]["stem"] + sum(flops[n]["blocks"]) + flops[n]["head"])
     offset, ctx = 0, dist.context()
     for name in ordered:

@@ -26,8 +26,11 @@ def feature_cache(path, n: int, widths, num_classes: int, *, seed: int = 0, data
     blocks.append(BlockEntry(name="logits", index=0, width=num_classes, offset=offset, kind="logits"))
     rows = np.concatenate(cols, axis=1).astype(np.float32)
     w = CacheWriter(path, anchor=anchor, split=split, dtype=dtype, blocks=tuple(blocks), num_classes=num_classes,
-                    num_samples=n, shard_rows=256, source={"seed": seed, "data_seed": data_seed},
-                    anchor_info={"flops": {"stem": 100, "blocks": [1000 * w for w in widths], "head": 10 * num_classes}})
+                    num_samples=n, shard_rows=256,
+                    source={"seed": seed, "data_seed": data_seed, "samples": f"synthetic-{data_seed}-{n}-{split}",
+                            "classes": [f"c{k}" for k in range(num_classes)]},
+                    anchor_info={"flops": {"stem": 100, "blocks": [1000 * w for w in widths], "head": 10 * num_classes},
+                                 "weights": f"synthetic-{seed}"})
     w.append(rows.astype(np.float16) if dtype == "float16" else rows, labels)
     w.finish()
     return rows, labels

@@ -75,6 +75,8 @@ class Anchor(nn.Module):
         input_size: (C, H, W) the anchor expects.
         mean, std: per-channel input normalisation on RGB in [0, 1].
         num_classes: width of the head's output.
+        class_names: the classes in head order, where the anchor knows them (checked against the
+            dataset's class folders); empty when unknown.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class Anchor(nn.Module):
         mean: tuple[float, ...],
         std: tuple[float, ...],
         num_classes: int,
+        class_names: tuple[str, ...] = (),
     ):
         super().__init__()
         if isinstance(layouts, str):
@@ -109,6 +112,19 @@ class Anchor(nn.Module):
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.num_classes = num_classes
+        self.class_names = tuple(class_names)
+
+    def weights_digest(self) -> str:
+        """A digest of every parameter and buffer (names, dtypes, shapes, bytes): caches and probes
+        record it, so that a checkpoint changed behind the same spec is noticed."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for key, t in sorted(self.model.state_dict().items()):
+            t = t.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()[:32]
 
     # -- what adapters provide ------------------------------------------------------------
     def run_stem(self, x: torch.Tensor) -> torch.Tensor:

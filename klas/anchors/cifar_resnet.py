@@ -92,15 +92,17 @@ class CifarResNetAnchor(Anchor):
         return self.model.linear(h.mean(dim=(2, 3)))
 
 
+# CIFAR-10's classes in label order (the order of the sorted class folder names)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
 def load_checkpoint_into(model: nn.Module, path: Path) -> None:
     """Loads a `torch.save`d state dict (optionally under "state_dict", "module." prefixes)
     with weights_only=True; AnchorError naming missing and unexpected keys."""
-    if not path.is_file():
-        raise AnchorError(f"checkpoint {path} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for non-checkpoints
-        raise AnchorError(f"checkpoint {path} cannot be read as a weights-only torch file ({e})") from None
+    from klas.reading import load_checkpoint
+
+    data = load_checkpoint(path, what="checkpoint", error=AnchorError,
+                           fix="give a checkpoint that holds a state dict of tensors")
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise AnchorError(f"checkpoint {path} holds no state dict")
@@ -142,4 +144,7 @@ def load_cifar_resnet(spec: str, args: list[str], options: dict) -> CifarResNetA
     if options.get("pretrained", True):
         path = Path(":".join(args[1:])) if len(args) > 1 else cifar_resnet_dir() / f"resnet{depth}.th"
         load_checkpoint_into(model, path.expanduser())
-    return CifarResNetAnchor(model.eval(), spec=spec, name=f"cifar-resnet{depth}")
+    anchor = CifarResNetAnchor(model.eval(), spec=spec, name=f"cifar-resnet{depth}")
+    if options.get("pretrained", True) and anchor.num_classes == len(CIFAR10_CLASSES):
+        anchor.class_names = CIFAR10_CLASSES  # the checkpoints were trained on CIFAR-10, in this order
+    return anchor

@@ -7,10 +7,12 @@ A cache is one directory per (anchor, split)::
     shard-00000.bin ...   fixed-layout binary shards (layout below, same as csrc/shard.h)
 
 Shard layout (little-endian): a 64-byte header (magic ``KLASSHRD``, u32 version, u32 dtype code,
-u64 rows, u64 row_bytes, u64 labels_offset, zero padding), then the features ``[rows, row_bytes]``
+u64 rows, u64 row_bytes, u64 labels_offset, u64 shard index, u64 first row, zero padding), then the
+features ``[rows, row_bytes]``
 (every block's pooled output side by side, then the anchor's logits), then the int64 labels
 ``[rows]`` at ``labels_offset`` (64 + rows * row_bytes rounded up to a multiple of 64). The
-manifest's CRC-32C covers the whole file.
+manifest's CRC-32C covers the whole file; the shard's own index and first row let the reader check
+that the manifest lists it in its place (a shard listed twice or two swapped are refused).
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from klas.files import fsync_dir, write_json_atomic  # noqa: F401  (part of this
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "SHARD_VERSION",
+    "HEADER_FORMAT",
     "HEADER_BYTES",
     "DTYPES",
     "BlockEntry",
@@ -45,7 +49,7 @@ __all__ = [
 FORMAT_NAME = "klas-activation-cache"
 FORMAT_VERSION = 1
 SHARD_MAGIC = b"KLASSHRD"
-SHARD_VERSION = 1
+SHARD_VERSION = 2  # 2: the header carries the shard's index and first row
 HEADER_BYTES = 64
 
 # Cache dtype name -> (code stored in the shard header, NumPy storage dtype). bfloat16 is kept as
@@ -80,10 +84,13 @@ def shard_file_bytes(rows: int, row_bytes: int) -> int:
     return labels_offset(rows, row_bytes) + 8 * rows
 
 
-def pack_header(dtype_code: int, rows: int, row_bytes: int) -> bytes:
-    """The 64-byte shard header."""
+HEADER_FORMAT = "<IIQQQQQ"  # after the magic: version, dtype, rows, row_bytes, labels_offset, index, first_row
+
+
+def pack_header(dtype_code: int, rows: int, row_bytes: int, index: int, first_row: int) -> bytes:
+    """The 64-byte header of shard `index`, which holds rows ``[first_row, first_row + rows)``."""
     head = SHARD_MAGIC + struct.pack(
-        "<IIQQQ", SHARD_VERSION, dtype_code, rows, row_bytes, labels_offset(rows, row_bytes)
+        HEADER_FORMAT, SHARD_VERSION, dtype_code, rows, row_bytes, labels_offset(rows, row_bytes), index, first_row
     )
     return head + b"\0" * (HEADER_BYTES - len(head))
 
@@ -132,6 +139,21 @@ class Manifest:
     @property
     def block_entries(self) -> tuple[BlockEntry, ...]:
         return tuple(b for b in self.blocks if b.kind == "block")
+
+    @property
+    def samples_digest(self) -> str | None:
+        """Identity of the cached samples in order (`klas.data.samples_digest`); None if not recorded."""
+        return self.source.get("samples")
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        names = self.source.get("classes")
+        return tuple(names) if names is not None else None
+
+    @property
+    def weights_digest(self) -> str | None:
+        """Digest of the anchor's weights at extraction (`Anchor.weights_digest`); None if not recorded."""
+        return self.anchor_info.get("weights")
 
     @property
     def logits_entry(self) -> BlockEntry:
@@ -198,8 +220,34 @@ class Manifest:
                 problems.append(f"shard file {s.file!r} is not a plain name inside the cache directory")
         if not self.shards:
             problems.append("lists no shards")
+        problems += self._recorded_facts_problems()
         if problems:
             raise CacheError(f"{where}: manifest does not add up: " + "; ".join(problems) + "; re-run extraction")
+
+
+    def _recorded_facts_problems(self) -> list[str]:
+        """Type checks of what extraction recorded for later stages (FLOPs, identities, classes)."""
+        problems = []
+        for name, value in (("source.samples", self.samples_digest), ("anchor_info.weights", self.weights_digest)):
+            if value is not None and not isinstance(value, str):
+                problems.append(f"{name} is not a string")
+        names = self.source.get("classes")
+        if names is not None and (not isinstance(names, list) or len(names) != self.num_classes
+                                  or not all(isinstance(n, str) for n in names)):
+            problems.append(f"source.classes is not a list of {self.num_classes} class names")
+        flops = self.anchor_info.get("flops")
+        if flops is not None:
+            depth = len(self.block_entries)
+            try:
+                ok = (isinstance(flops, dict) and _int(flops["stem"]) >= 0 and _int(flops["head"]) >= 0
+                      and isinstance(flops["blocks"], list) and len(flops["blocks"]) == depth
+                      and all(_int(f) >= 0 for f in flops["blocks"]))
+            except (KeyError, TypeError, ValueError):
+                ok = False
+            if not ok:
+                problems.append(f"anchor_info.flops is not {{stem, blocks: [{depth} counts], head}} of "
+                                "non-negative integers")
+        return problems
 
 
 def _int(value: Any) -> int:
@@ -213,14 +261,11 @@ def _int(value: Any) -> int:
 
 def read_manifest(cache_dir: str | os.PathLike) -> Manifest:
     """Reads and validates `cache_dir/manifest.json`; CacheError if missing or malformed."""
+    from klas.reading import read_json
+
     path = Path(cache_dir) / "manifest.json"
-    if not path.is_file():
+    if not os.path.lexists(path):
         hint = " (extraction was interrupted: run it again to resume)" if any(Path(cache_dir).glob("progress*.json")) else ""
         raise CacheError(f"{path}: no manifest, so no complete cache here{hint}")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CacheError(f"{path}: unreadable manifest ({e}); re-run extraction") from None
+    data = read_json(path, what="cache manifest", fix="re-run extraction", error=CacheError, inside=cache_dir)
     return Manifest.from_json(data, str(path))
-
-

@@ -13,6 +13,7 @@ whose steps are the one-process steps, split across the ranks).
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
@@ -21,8 +22,10 @@ from typing import Iterator
 
 import numpy as np
 
-from klas.cache.format import DTYPES, HEADER_BYTES, Manifest, checksum, labels_offset, read_manifest, shard_file_bytes
+from klas.cache.format import (DTYPES, HEADER_BYTES, HEADER_FORMAT, SHARD_VERSION, Manifest, checksum, labels_offset,
+                               read_manifest, shard_file_bytes)
 from klas.errors import CacheError
+from klas.reading import regular_file
 
 __all__ = ["Batch", "CacheReader", "row_ranges", "batch_share", "native_available"]
 
@@ -146,8 +149,11 @@ class CacheReader:
         m = self.manifest
         self._dtype_code, self._storage = DTYPES[m.dtype]
         paths = [str(self.dir / s.file) for s in m.shards]
+        for p in paths:
+            _check_shard_file(p, self.dir)
         if backend == "native":
-            specs = [_C.ShardSpec(p, s.rows, s.crc32c) for p, s in zip(paths, m.shards)]
+            starts = np.cumsum([0] + [s.rows for s in m.shards]).tolist()
+            specs = [_C.ShardSpec(p, s.rows, s.crc32c, k, starts[k]) for k, (p, s) in enumerate(zip(paths, m.shards))]
             self._shards = _C.ShardSet(specs, m.row_bytes, self._dtype_code, verify)
         else:
             self._shards = _PythonShards(paths, m, self._dtype_code, verify)
@@ -231,6 +237,18 @@ class CacheReader:
         return Batch(np.ascontiguousarray(f[:n]).view(self._storage), l[:n].copy(), self.manifest.dtype)
 
 
+def _check_shard_file(path: str, cache_dir: Path) -> None:
+    """CacheError if a shard that exists is not a regular file inside the cache (a link out of it, a
+    FIFO, a device). A missing shard is left to the reader, which names it when its turn comes."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
+    regular_file(path, inside=cache_dir, error=CacheError, fix="re-run extraction for this anchor and split")
+
+
 class _PythonShards:
     """The fallback: np.memmap per shard, with the same checks and messages as csrc/shard.cpp."""
 
@@ -256,21 +274,28 @@ class _PythonShards:
 
         expected = shard_file_bytes(spec.rows, rb)
         try:
-            actual = os.stat(path).st_size
+            st = os.stat(path)
         except OSError as e:
             fail(f"cannot open ({e.strerror})")
+        if not stat.S_ISREG(st.st_mode):
+            fail("not a regular file (a FIFO, device or directory); re-run extraction for this anchor and split")
+        actual = st.st_size
         if actual != expected:
             fail(f"{'truncated' if actual < expected else 'too long'}: {actual} bytes on disk, "
                  f"the manifest implies {expected}; re-run extraction for this anchor and split")
         data = np.memmap(path, dtype=np.uint8, mode="r")
         if bytes(data[:8]) != b"KLASSHRD":
             fail("not a klas shard (bad magic bytes)")
-        version, dtype, rows, row_bytes, lo = struct.unpack("<IIQQQ", bytes(data[8:40]))
-        if version != 1:
-            fail(f"shard format version {version}, this reader reads 1")
+        version, dtype, rows, row_bytes, lo, index, first_row = struct.unpack(HEADER_FORMAT, bytes(data[8:56]))
+        if version != SHARD_VERSION:
+            fail(f"shard format version {version}, this reader reads {SHARD_VERSION}")
         if (dtype, rows, row_bytes, lo) != (self.dtype_code, spec.rows, rb, labels_offset(spec.rows, rb)):
             fail(f"header does not match the manifest (header: dtype {dtype}, {rows} rows of {row_bytes} bytes; "
                  f"manifest: dtype {self.dtype_code}, {spec.rows} rows of {rb} bytes)")
+        if (index, first_row) != (i, int(self.starts[i])):
+            fail(f"is shard {index} (rows from {first_row}) but the manifest lists it as shard {i} (rows from "
+                 f"{int(self.starts[i])}): the manifest lists shards out of place; re-run extraction for this anchor "
+                 "and split")
         if self.verify:
             crc = checksum(np.ascontiguousarray(data))
             if crc != spec.crc32c:

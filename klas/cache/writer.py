@@ -213,12 +213,14 @@ class CacheWriter:
         rows = self._fill
         feats = np.ascontiguousarray(self._buf[:rows]).view(np.uint8).reshape(-1)
         pad = labels_offset(rows, self.row_bytes) - (64 + feats.nbytes)
-        parts = [pack_header(DTYPES[self.dtype][0], rows, self.row_bytes), feats, b"\0" * pad,
+        index = self.mine[len(self.shards)]
+        header = pack_header(DTYPES[self.dtype][0], rows, self.row_bytes, index, self.shard_rows_of(index)[0])
+        parts = [header, feats, b"\0" * pad,
                  np.ascontiguousarray(self._labels[:rows]).view(np.uint8)]
         crc = 0
         for part in parts:
             crc = checksum(part, crc)
-        name = shard_name(self.mine[len(self.shards)])
+        name = shard_name(index)
         with atomic_path(self.dir / name) as tmp, open(tmp, "wb") as f:
             for part in parts:
                 f.write(part)

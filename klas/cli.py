@@ -21,25 +21,85 @@ import os
 import sys
 
 from klas import distributed
-from klas.errors import KlasError
-from klas.files import describe_write_error
+from klas.errors import KlasError, UsageError
+from klas.devices import check_device, triton_usable_here
+from klas.files import describe_path_error, describe_write_error
 
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line naming the option (no usage block above it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _number(kind, *, low=None, high=None, closed_low=True, closed_high=True):
+    """An argparse type: a finite int/float within [low, high] (open ends where asked)."""
+    import math
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if (low is not None and (value < low or (value == low and not closed_low))
+                or high is not None and (value > high or (value == high and not closed_high))):
+            lo = "" if low is None else ("[" if closed_low else "(") + f"{low}"
+            hi = "" if high is None else f"{high}" + ("]" if closed_high else ")")
+            raise argparse.ArgumentTypeError(f"must lie in {lo or '(-inf'}, {hi or 'inf)'}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _buckets(text: str):
+    from klas.select import MAX_BUCKETS
+
+    return text if text == "auto" else _number(int, low=1, high=MAX_BUCKETS)(text)
+
+
+def _names(text: str | None, option: str) -> list[str] | None:
+    """A comma-separated list of distinct names (None stays None)."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise UsageError(f"{option} {text!r}: an empty name in the list")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"{option} lists {', '.join(twice)} more than once; list each anchor once")
+    return names
+
+
+BATCH = _number(int, low=1, high=65536)
+WORKERS = _number(int, low=0, high=256)
+SEED = _number(int, low=0, high=2**63 - 1)
+POSITIVE = _number(float, low=0.0, closed_low=False, high=1e6)
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="data root: folder with train/test sets (zip or class folders), or one image set")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=BATCH, default=128)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="part of the training set held out as D_v")
-    p.add_argument("--seed", type=int, default=0, help="seed of the D_t / D_v split")
-    p.add_argument("--limit", type=int, default=None, help="use N images of each split, drawn at random with --seed (quick runs)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--val-fraction", type=_number(float, low=0.0, high=1.0, closed_low=False, closed_high=False),
+                   default=0.1, help="part of the training set held out as D_v")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the D_t / D_v split")
+    p.add_argument("--limit", type=_number(int, low=1), default=None,
+                   help="use N images of each split, drawn at random with --seed (quick runs)")
+    p.add_argument("--workers", type=WORKERS, default=0, help="DataLoader worker processes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _cmd_extract(args) -> int:
     from klas.extract import extract
+
+    _names(",".join(args.anchor), "--anchor")
 
     done = extract(
         args.anchor, args.data, args.out, splits=args.splits.split(","), batch_size=args.batch_size,
@@ -71,7 +131,7 @@ def _anchor_names(args, split: str) -> list[str]:
     from klas.errors import CacheError
     from klas.extract import cached_anchors
 
-    names = args.anchors.split(",") if args.anchors else cached_anchors(args.cache, split)
+    names = _names(args.anchors, "--anchors") or cached_anchors(args.cache, split)
     if not names:
         raise CacheError(f"no complete {split!r} caches under {args.cache}; run `klas extract` first")
     return names
@@ -107,7 +167,7 @@ def _cmd_score(args) -> int:
     root = Path(args.cache)
     probes = Path(args.probes) if args.probes else root / "probes"
     out = Path(args.out) if args.out else root / "scores"
-    names = args.anchors.split(",") if args.anchors else None
+    names = _names(args.anchors, "--anchors")
     s = score(root, probes, out, anchors=names, split=args.split, temperature=args.temperature, floor=args.floor,
               backend=args.backend, device=args.device, plots=not args.no_plots)
     order = [a.name for a in s.anchors]
@@ -136,7 +196,7 @@ def _cmd_select(args) -> int:
 
     scores_dir = Path(args.scores)
     out = Path(args.out) if args.out else scores_dir.parent / "selection"
-    buckets = args.buckets if args.buckets == "auto" else int(args.buckets)
+    buckets = args.buckets
     scores = load_scores(scores_dir)
     options = dict(tau=args.tau, tau_mode=args.tau_mode, buckets=buckets, chain_rule=args.chain_rule)
     if args.method in METRIC_METHODS:
@@ -215,15 +275,15 @@ def _cmd_import_snnet(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="klas", description="Choose where to stitch pretrained networks (KLAS).")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="klas", description="Choose where to stitch pretrained networks (KLAS).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("extract", help="cache every block's pooled output for each anchor and split")
     p.add_argument("--anchor", action="append", required=True, help="anchor spec (repeat for several)")
     p.add_argument("--out", required=True, help="cache root; caches go to OUT/<anchor>/<split>")
     p.add_argument("--splits", default="train,val", help="comma-separated: train (D_t), val (D_v), test")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
-    p.add_argument("--shard-rows", type=int, default=4096, help="images per cache shard")
+    p.add_argument("--shard-rows", type=_number(int, low=1, high=10**7), default=4096, help="images per cache shard")
     _add_data_options(p)
     p.set_defaults(run=_cmd_extract)
 
@@ -231,15 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", required=True, help="extraction output folder (OUT of klas extract)")
     p.add_argument("--anchors", help="comma-separated anchor names (default: every cached anchor)")
     p.add_argument("--out", help="where to write the probes (default CACHE/probes)")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--epochs", type=_number(int, low=1, high=10**4), default=4)
+    p.add_argument("--batch-size", type=_number(int, low=1, high=10**6), default=256)
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"])
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--lr", type=_number(float, low=0.0, closed_low=False, high=100.0), default=1e-2)
+    p.add_argument("--weight-decay", type=_number(float, low=0.0, high=100.0), default=0.0)
+    p.add_argument("--label-smoothing", type=_number(float, low=0.0, high=1.0, closed_high=False), default=0.0)
     p.add_argument("--labels", default="true", choices=["true", "pseudo"],
                    help="dataset labels, or label-free: each anchor's own predictions")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_cmd_probes)
@@ -250,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where to write the scores (default CACHE/scores)")
     p.add_argument("--anchors", help="comma-separated anchor names (default: every anchor with probes)")
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--floor", type=float, default=1e-6, help="floor on Σ in Γ = Ω / Σ")
+    p.add_argument("--temperature", type=POSITIVE, default=1.0)
+    p.add_argument("--floor", type=POSITIVE, default=1e-6, help="floor on Σ in Γ = Ω / Σ")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "native", "triton"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-plots", action="store_true", help="skip the heatmap PNGs")
@@ -260,9 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="the KLAS candidate set from the scores (anchor chain, buckets, τ, coverage)")
     p.add_argument("--scores", required=True, help="folder written by klas score")
     p.add_argument("--out", help="where to write selection.json and selection.png (default: beside the scores)")
-    p.add_argument("--tau", type=float, default=0.05, help="tolerance: relative (τ_b = (1 + τ)·min Γ) or absolute")
+    p.add_argument("--tau", type=POSITIVE, default=0.05, help="tolerance: relative (τ_b = (1 + τ)·min Γ) or absolute")
     p.add_argument("--tau-mode", default="relative", choices=["relative", "absolute"])
-    p.add_argument("--buckets", default="auto", help="FLOPs buckets per anchor pair, or auto (coverage rule)")
+    p.add_argument("--buckets", default="auto", type=_buckets, help="FLOPs buckets per anchor pair, or auto (coverage rule)")
     p.add_argument("--chain-rule", default="minimax", choices=["minimax", "nearest"])
     p.add_argument("--method", default="klas", choices=["klas", "snnet-nearest", "cka", "mse", "ce", "dm", "kl-ls", "random"],
                    help="klas; SN-Net's nearest stitching; Γ with CKA / least-squares error / cross-entropy / "
@@ -321,7 +381,7 @@ def _cmd_run(args) -> int:
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--set expects KEY=VALUE (e.g. finetune.steps=200), got {item!r}")
+            raise UsageError(f"--set expects KEY=VALUE (e.g. finetune.steps=200), got {item!r}")
         import yaml
 
         overrides[key] = yaml.safe_load(value)
@@ -334,7 +394,7 @@ def _cmd_run(args) -> int:
 def _cmd_demo(args) -> int:
     from klas.demo import demo
 
-    anchors = args.anchors.split(",") if args.anchors else None
+    anchors = _names(args.anchors, "--anchors")
     report = demo(args.out, data=args.data, anchors=anchors, progress=not args.quiet)
     print(f"\ndemo finished: open {report / 'accuracy_flops.png'} (numbers in {report / 'report.json'})")
     return 0
@@ -345,8 +405,19 @@ RANK_AWARE = ("extract", "probes", "score", "run")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Runs one subcommand. User errors (the project's own error types, unwritable or unreadable
+    paths) print one line and return 2; Ctrl-C returns 130; anything else is a bug and keeps its
+    traceback."""
     try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or an option argparse refused (one line already printed)
+        return e.code if isinstance(e.code, int) else 2
+    where = f"klas {args.command}"
+    try:
+        if hasattr(args, "device"):
+            args.device = check_device(args.device)
+        if getattr(args, "backend", None) == "triton" and not triton_usable_here():
+            raise UsageError("--backend triton needs a CUDA GPU and Triton; none is usable here (use --backend auto)")
         if not distributed.launched_by_torchrun():
             return args.run(args)
         if args.command not in RANK_AWARE:
@@ -361,15 +432,32 @@ def main(argv: list[str] | None = None) -> int:
             code = args.run(args)
         distributed.shutdown()  # leave the process group (on errors torchrun stops every rank)
         return code
-    except (KlasError, ValueError, IndexError) as e:
-        print(f"klas {args.command}{_which_rank()}: error: {e}", file=sys.stderr)
+    except KlasError as e:
+        _say(f"{where}{_which_rank()}: error: {_one_line(str(e))}")
         return 2
+    except KeyboardInterrupt:
+        _say(f"{where}: interrupted; run the same command again to continue")
+        return 130
     except OSError as e:
-        message = describe_write_error(e)
+        message = describe_write_error(e) or describe_path_error(e)
         if message is None:
             raise
-        print(f"klas {args.command}{_which_rank()}: error: {message}", file=sys.stderr)
+        _say(f"{where}{_which_rank()}: error: {_one_line(message)}")
         return 2
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        _say(f"{where}: internal error (a bug in klas, not in your input): please report it with the traceback above")
+        return 1
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _which_rank() -> str:

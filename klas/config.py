@@ -15,13 +15,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from klas.errors import KlasError
+from klas.errors import ConfigError
 
 __all__ = ["DEFAULTS", "load_config", "validate_config", "stage_fingerprint", "ConfigError"]
-
-
-class ConfigError(KlasError):
-    """A config file that cannot be used as written."""
 
 
 # section -> key -> default; a default of None accepts None or the type given in OPTIONAL_TYPES
@@ -51,6 +47,63 @@ CHOICES = {
     ("select", "chain_rule"): ("minimax", "nearest"),
     ("evaluate", "split"): ("test", "val"),
 }
+
+
+# numeric settings: (lowest, highest, lowest allowed itself?); every number must also be finite
+RANGES: dict[tuple[str, str], tuple[float, float, bool]] = {
+    ("", "seed"): (0, 2**63 - 1, True),
+    ("data", "val_fraction"): (0.0, 1.0, False),
+    ("data", "train_limit"): (1, 10**9, True), ("data", "val_limit"): (1, 10**9, True),
+    ("data", "test_limit"): (1, 10**9, True),
+    ("extract", "batch_size"): (1, 65536, True), ("extract", "shard_rows"): (1, 10**7, True),
+    ("extract", "num_workers"): (0, 256, True),
+    ("probes", "epochs"): (1, 10**4, True), ("probes", "batch_size"): (1, 10**6, True),
+    ("probes", "lr"): (0.0, 100.0, False), ("probes", "weight_decay"): (0.0, 100.0, True),
+    ("score", "temperature"): (0.0, 1e6, False), ("score", "floor"): (0.0, 1e6, False),
+    ("select", "tau"): (0.0, 1e6, False),
+    ("finetune", "steps"): (0, 10**9, True), ("finetune", "batch_size"): (1, 65536, True),
+    ("finetune", "lr"): (0.0, 100.0, False), ("finetune", "weight_decay"): (0.0, 100.0, True),
+    ("finetune", "warmup_fraction"): (0.0, 1.0, True), ("finetune", "checkpoint_every"): (1, 10**9, True),
+    ("finetune", "calibration_images"): (1, 10**6, True), ("finetune", "num_workers"): (0, 256, True),
+    ("evaluate", "batch_size"): (1, 65536, True),
+    ("distributed", "timeout_s"): (0.0, 10**7, False),
+}
+MAX_BUCKETS = 10_000
+MAX_CONFIG_BYTES = 2**20
+MAX_CONFIG_NODES = 100_000  # a config has a few dozen; YAML aliases can make a small file unbounded
+
+
+def _check_ranges(cfg: dict) -> None:
+    import math
+
+    for (section, key), (low, high, closed) in RANGES.items():
+        path = f"{section}.{key}" if section else key
+        value = cfg[section][key] if section else cfg[key]
+        if value is None:
+            continue
+        if not math.isfinite(value) or value > high or value < low or (value == low and not closed):
+            lo = f"[{low}" if closed else f"({low}"
+            raise ConfigError(f"{path}: must be a finite number in {lo}, {high}], got {value!r}")
+    buckets = cfg["select"]["buckets"]
+    if buckets != "auto" and not (isinstance(buckets, int) and 1 <= buckets <= MAX_BUCKETS):
+        raise ConfigError(f"select.buckets: must be auto or an integer in [1, {MAX_BUCKETS}], got {buckets!r}")
+    if len(set(cfg["anchors"])) != len(cfg["anchors"]):
+        raise ConfigError(f"anchors: lists an anchor twice ({cfg['anchors']}); list each once")
+
+
+def _count_nodes(raw: Any, limit: int) -> int:
+    """Containers and values in a parsed document, counting shared (aliased) ones at every use;
+    stops past `limit` (iterative, so an alias bomb neither recurses nor runs long)."""
+    seen, stack = 0, [raw]
+    while stack and seen <= limit:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+            stack.extend(item.keys())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return seen
 
 
 def _expand(value: Any) -> Any:
@@ -118,7 +171,11 @@ def validate_config(raw: Any) -> dict:
     """The full config (defaults filled in) from a parsed document; ConfigError naming the bad key."""
     if raw is None:
         raw = {}
+    if _count_nodes(raw, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
+        raise ConfigError(f"the config has more than {MAX_CONFIG_NODES} values (YAML aliases expanding?); write "
+                          "the settings out plainly")
     cfg = _check(_expand(raw), DEFAULTS, "")
+    _check_ranges(cfg)
     for (section, key), allowed in CHOICES.items():
         if cfg[section][key] not in allowed:
             raise ConfigError(f"{section}.{key}: must be one of {list(allowed)}, got {cfg[section][key]!r}")
@@ -140,13 +197,19 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> dict:
     """Reads and validates a YAML config; `overrides` ({"select.method": "klas", …}) applied first."""
     import yaml
 
-    path = Path(path)
+    from klas.reading import regular_file
+
+    path = regular_file(path, error=ConfigError, fix="give the path of a YAML config (see configs/)")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config {path} does not exist") from None
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {path} is larger than {MAX_CONFIG_BYTES} bytes; a config holds settings only")
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config {path} cannot be read ({e})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config {path} is not valid YAML ({e})") from None
+        raise ConfigError(f"config {path} is not valid YAML ({' '.join(str(e).split())})") from None
+    except RecursionError:
+        raise ConfigError(f"config {path} is nested too deeply") from None
     raw = raw if raw is not None else {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path}: expected a mapping at the top level")
@@ -155,6 +218,8 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> dict:
         *parents, last = dotted.split(".")
         for p in parents:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: {p} is not a section")
         node[last] = value
     return validate_config(raw)
 

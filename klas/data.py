@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from klas.errors import DataError
+from klas.errors import DataError, UsageError
 
 __all__ = [
     "IMAGE_EXTENSIONS", "SPLITS", "ImageSource", "ImageDataset", "check_classes", "make_loader", "open_images",
@@ -106,7 +106,7 @@ def samples_digest(source: ImageSource, indices: np.ndarray) -> str:
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic split of range(n) into (D_t, D_v) indices, each sorted."""
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction}")
     perm = np.random.default_rng(seed).permutation(n)
     n_val = max(1, int(round(n * val_fraction)))
     if n_val >= n:
@@ -126,7 +126,7 @@ def resolve_split(
 ) -> tuple[ImageSource, np.ndarray]:
     """The image set and the indices into it that make up `split` of the data root."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise UsageError(f"split must be one of {SPLITS}, got {split!r}")
     root = Path(root)
     train, test = (_find_set(root, "train"), _find_set(root, "test")) if root.is_dir() else (None, None)
     if train is None and test is None:
@@ -227,6 +227,6 @@ def take_subset(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray
     if limit is None or limit >= len(indices):
         return indices
     if limit <= 0:
-        raise ValueError(f"limit must be positive, got {limit}")
+        raise UsageError(f"limit must be positive, got {limit}")
     chosen = np.random.default_rng((seed, 1)).choice(len(indices), size=limit, replace=False)
     return indices[np.sort(chosen)]

@@ -3,7 +3,7 @@
 Every message says what was wrong and what to do about it.
 """
 
-__all__ = ["KlasError", "CacheError", "AnchorError", "DataError"]
+__all__ = ["KlasError", "CacheError", "AnchorError", "DataError", "UsageError", "ConfigError"]
 
 
 class KlasError(Exception):
@@ -23,3 +23,11 @@ class AnchorError(KlasError):
 
 class DataError(KlasError):
     """A dataset folder or zip is empty, unreadable, or does not fit the anchor."""
+
+
+class UsageError(KlasError, ValueError):
+    """An option or argument given a value it cannot take (also a ValueError, for API callers)."""
+
+
+class ConfigError(KlasError, ValueError):
+    """A run config (YAML or --set) has an unknown key, a wrong type, or a value out of range."""

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from klas import distributed as dist
 from klas.stitch import StitchedSupernet
+from klas.errors import UsageError
 
 __all__ = ["RouteResult", "evaluate_routes", "pareto_frontier", "frontier_auc", "accuracy_gain_at_equal_flops",
            "flops_saving_at_equal_accuracy", "spearman"]
@@ -94,7 +95,7 @@ def frontier_auc(points: Sequence[tuple[float, float]], flops_range: tuple[float
     """∫₀¹ best accuracy within the budget lo + u·(hi − lo) du, in accuracy points."""
     lo, hi = flops_range
     if not hi > lo:
-        raise ValueError(f"the FLOPs range must be increasing, got {flops_range}")
+        raise UsageError(f"the FLOPs range must be increasing, got {flops_range}")
     curve = _step_curve(points)
     edges = sorted({0.0, 1.0} | {min(max((f - lo) / (hi - lo), 0.0), 1.0) for f, _ in curve})
     area = 0.0
@@ -142,7 +143,7 @@ def _average_ranks(x: torch.Tensor) -> torch.Tensor:
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation of two equally long sequences (NaN when one is constant)."""
     if len(x) != len(y) or len(x) < 2:
-        raise ValueError("spearman needs two sequences of the same length, at least 2")
+        raise UsageError("spearman needs two sequences of the same length, at least 2")
     rx, ry = _average_ranks(torch.tensor(x, dtype=torch.float64)), _average_ranks(torch.tensor(y, dtype=torch.float64))
     rx, ry = rx - rx.mean(), ry - ry.mean()
     denom = (rx.square().sum() * ry.square().sum()).sqrt()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from klas.scores import Scores
 from klas.select import PairSelection, Selection, configurations, unscored_config
+from klas.errors import UsageError
 
 __all__ = ["to_snnet", "write_csv", "from_snnet", "SNNET_FORMAT"]
 
@@ -56,11 +57,11 @@ def from_snnet(snnet: dict, scores: Scores) -> Selection:
     Anchors are matched by spec; configurations with b = 0 (outside KLAS's scores) keep NaN Ω, Σ, Γ.
     """
     if not isinstance(snnet, dict) or snnet.get("format") != SNNET_FORMAT:
-        raise ValueError(f"not an SN-Net configuration file (expected format {SNNET_FORMAT!r})")
+        raise UsageError(f"not an SN-Net configuration file (expected format {SNNET_FORMAT!r})")
     by_spec = {a.spec: a for a in scores.anchors}
     missing = [s for s in snnet["anchors"] if s not in by_spec]
     if missing:
-        raise ValueError(f"the scores have no anchor(s) {missing}; score those anchors first")
+        raise UsageError(f"the scores have no anchor(s) {missing}; score those anchors first")
     pairs = []
     for entry in snnet["stitch_configs"]:
         f = by_spec[snnet["anchors"][entry["front"]]]
@@ -70,9 +71,9 @@ def from_snnet(snnet: dict, scores: Scores) -> Selection:
         for a, b in entry["configs"]:
             i, j = int(a) + 1, int(b)
             if not (1 <= i <= f.depth - 1 and 0 <= j <= g.depth - 1):
-                raise ValueError(f"configuration (a={a}, b={b}) is outside {f.name} -> {g.name}")
+                raise UsageError(f"configuration (a={a}, b={b}) is outside {f.name} -> {g.name}")
             if j > 0 and (i, j) not in scored:
-                raise ValueError(f"configuration (a={a}, b={b}) joins different grids {f.grids[i - 1]} and {g.grids[j - 1]}")
+                raise UsageError(f"configuration (a={a}, b={b}) joins different grids {f.grids[i - 1]} and {g.grids[j - 1]}")
             chosen.append(scored.get((i, j)) or unscored_config(f, g, i, j))
         pairs.append(PairSelection(f.name, g.name, sorted(scored.values(), key=lambda c: (c.flops, c.i, c.j)),
                                    sorted(chosen, key=lambda c: (c.flops, c.i, c.j)),

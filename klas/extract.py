@@ -25,7 +25,7 @@ from klas.anchors import Anchor, load_anchor
 from klas.cache import BlockEntry, CacheWriter, Manifest, read_manifest
 from klas.cache.format import DTYPES
 from klas.data import make_loader, samples_digest, split_for_anchor
-from klas.errors import CacheError
+from klas.errors import CacheError, UsageError
 
 __all__ = ["extract", "anchor_info", "cache_dir_for", "cache_layout", "cached_anchors"]
 
@@ -161,9 +161,9 @@ def extract(
         ``{(anchor name, split): cache directory}``.
     """
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise UsageError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise UsageError(f"batch_size must be positive, got {batch_size}")
     done = {}
     for spec in anchors:
         anchor = load_anchor(spec) if isinstance(spec, str) else spec

@@ -6,6 +6,7 @@ from typing import Iterator, Sequence
 import torch
 
 from klas.cache import CacheReader
+from klas.errors import UsageError
 
 __all__ = ["CacheFeatures"]
 
@@ -29,7 +30,7 @@ class CacheFeatures:
             blocks = [b.index for b in m.block_entries] + [0]
         missing = [k for k in blocks if k not in by_index]
         if missing:
-            raise ValueError(f"cache {reader.dir} has no block(s) {missing} (blocks 1..{len(m.block_entries)}, 0 = logits)")
+            raise UsageError(f"cache {reader.dir} has no block(s) {missing} (blocks 1..{len(m.block_entries)}, 0 = logits)")
         self.reader = reader
         self.entries = [by_index[k] for k in blocks]
         self.device = torch.device(device)

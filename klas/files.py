@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["atomic_path", "write_json_atomic", "save_safetensors_atomic", "torch_save_atomic", "fsync_dir",
-           "describe_write_error"]
+           "describe_write_error", "describe_path_error"]
 
 
 @contextlib.contextmanager
@@ -108,3 +108,19 @@ def describe_write_error(e: OSError) -> str | None:
     return (f"cannot write {e.filename or 'the output'}: {what} ({e.strerror}). Finished files and stages are intact: "
             "free space or fix the folder (or choose another output folder) and run the same command again "
             "to continue")
+
+
+# errno values that mean "this path is not what the command expects there"
+_PATH_ERRORS = {errno.ENOTDIR: "a file stands where a folder belongs", errno.EISDIR: "it is a folder, not a file",
+                errno.EEXIST: "something is already there", errno.ENOENT: "it does not exist",
+                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                errno.ELOOP: "too many levels of links", errno.ENAMETOOLONG: "the name is too long"}
+
+
+def describe_path_error(e: OSError) -> str | None:
+    """A one-line message for an OSError caused by a path the user gave (None for other errors)."""
+    what = _PATH_ERRORS.get(e.errno)
+    if what is None or e.filename is None:
+        return None
+    return (f"cannot use {e.filename}: {what} ({e.strerror}); check the path given (a file where a folder is "
+            "expected, or the reverse?)")

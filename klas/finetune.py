@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from klas import distributed as dist
-from klas.errors import KlasError
+from klas.errors import KlasError, UsageError
 from klas.files import torch_save_atomic
 from klas.stitch import StitchedSupernet
 
@@ -58,9 +58,14 @@ class FinetuneSettings:
     device: str = "cpu"
 
     def __post_init__(self):
-        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.checkpoint_every < 1:
-            raise ValueError(f"finetune settings need steps >= 0, batch_size >= 1, lr > 0 and "
-                             f"checkpoint_every >= 1, got {self}")
+        from klas.reading import finite_number
+
+        finite_number(self.lr, "finetune lr", error=UsageError, positive=True)
+        finite_number(self.weight_decay, "finetune weight_decay", error=UsageError, low=0.0, high=100.0)
+        finite_number(self.warmup_fraction, "finetune warmup_fraction", error=UsageError, low=0.0, high=1.0)
+        if self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise UsageError(f"finetune settings need steps >= 0, batch_size >= 1 and checkpoint_every >= 1, "
+                             f"got {self}")
 
     def fingerprint(self) -> str:
         keep = {k: v for k, v in asdict(self).items() if k not in ("num_workers", "device", "checkpoint_every")}

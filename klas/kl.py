@@ -30,6 +30,7 @@ from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
+from klas.errors import UsageError
 
 __all__ = [
     "ThetaAccumulator",
@@ -77,9 +78,9 @@ def _check_finite_sums(self_term: torch.Tensor, shift: torch.Tensor, cross: torc
     non-finite (a NaN or +Inf spreads through its sample's max and softmax into L; a −Inf meets a
     zero probability, 0 · −Inf, in Σ p u of a source row, or a positive one in the product)."""
     if not torch.isfinite(self_term).all():
-        raise ValueError("logits_src holds NaN or Inf values")
+        raise UsageError("logits_src holds NaN or Inf values")
     if not (torch.isfinite(shift).all() and torch.isfinite(cross).all()):
-        raise ValueError("logits_tgt holds NaN or Inf values")
+        raise UsageError("logits_tgt holds NaN or Inf values")
 
 
 def default_chunk(num_probes: int, num_classes: int, budget_bytes: int = 4 << 20) -> int:
@@ -91,17 +92,17 @@ def default_chunk(num_probes: int, num_classes: int, budget_bytes: int = 4 << 20
 def _check_logits(src: torch.Tensor, tgt: torch.Tensor, *, finite: bool = True) -> None:
     for name, t in (("logits_src", src), ("logits_tgt", tgt)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
-            raise ValueError(f"{name} must be a tensor [K, N, C], got {getattr(t, 'shape', type(t))}")
+            raise UsageError(f"{name} must be a tensor [K, N, C], got {getattr(t, 'shape', type(t))}")
         if 0 in t.shape:
-            raise ValueError(f"{name} has an empty dimension: {list(t.shape)}")
+            raise UsageError(f"{name} has an empty dimension: {list(t.shape)}")
     if src.shape[1] != tgt.shape[1]:
-        raise ValueError(f"sample counts differ: logits_src has N={src.shape[1]}, logits_tgt N={tgt.shape[1]}")
+        raise UsageError(f"sample counts differ: logits_src has N={src.shape[1]}, logits_tgt N={tgt.shape[1]}")
     if src.shape[2] != tgt.shape[2]:
-        raise ValueError(f"class counts differ: logits_src has C={src.shape[2]}, logits_tgt C={tgt.shape[2]}")
+        raise UsageError(f"class counts differ: logits_src has C={src.shape[2]}, logits_tgt C={tgt.shape[2]}")
     if finite:
         for name, t in (("logits_src", src), ("logits_tgt", tgt)):
             if not torch.isfinite(t).all():
-                raise ValueError(f"{name} holds NaN or Inf values")
+                raise UsageError(f"{name} holds NaN or Inf values")
 
 
 def _softmax_stats(z: torch.Tensor, temperature: float, entropy: bool = True) -> tuple[torch.Tensor | None, ...]:
@@ -151,7 +152,7 @@ class ThetaAccumulator:
 
     def __init__(self, num_src: int, num_tgt: int, *, temperature: float = 1.0, device=None):
         if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+            raise UsageError(f"temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
         # Θ = (self_term[a] − cross[a, b] + shift[b]) / count, all sums over samples (and classes)
         self.self_term = torch.zeros(num_src, dtype=torch.float64, device=device)  # Σ p_a log p_a
@@ -199,7 +200,7 @@ class ThetaAccumulator:
         if native is None:
             raise RuntimeError("the native backend needs klas._C; reinstall with `pip install -e .`")
         if z_src.device.type != "cpu" or (z_tgt is not None and z_tgt.device.type != "cpu"):
-            raise ValueError("the native backend runs on CPU tensors; use backend='triton' or 'torch' on a GPU")
+            raise UsageError("the native backend runs on CPU tensors; use backend='triton' or 'torch' on a GPU")
         native.theta_sums(_native_view(z_src), None if z_tgt is None else _native_view(z_tgt), 1.0 / self.temperature,
                           self.self_term.numpy(), self.cross.numpy(), self.shift.numpy(),
                           threads or torch.get_num_threads(), block_bytes, isa)
@@ -224,7 +225,7 @@ class ThetaAccumulator:
     def result(self) -> torch.Tensor:
         """Θ ``[Ks, Kt]`` float32."""
         if self.count == 0:
-            raise ValueError("no samples were accumulated")
+            raise UsageError("no samples were accumulated")
         return ((self.self_term[:, None] - self.cross + self.shift[None, :]) / self.count).float()
 
 
@@ -280,6 +281,24 @@ def _auto_backend(t: torch.Tensor) -> str:
     return "native" if t.device.type == "cpu" and native_available() else "torch"
 
 
+def check_temperature(temperature) -> float:
+    """UsageError unless the softmax temperature is a finite positive number (every backend)."""
+    from klas.reading import finite_number
+
+    return finite_number(temperature, "temperature", error=UsageError, positive=True)
+
+
+def _check_backend(backend: str, t: torch.Tensor) -> str:
+    """UsageError for an unknown backend, or one that cannot run on `t`'s device."""
+    if backend not in BACKENDS:
+        raise UsageError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"  # kernels run on CPU tensors (tests)
+    if backend == "triton" and not (interpreted or _triton_usable(t)):
+        raise UsageError("the triton backend needs CUDA tensors and an importable Triton (no GPU here?); use "
+                         "backend auto, native or torch")
+    return backend
+
+
 def _triton_usable(t: torch.Tensor) -> bool:
     if not t.is_cuda:
         return False
@@ -297,8 +316,8 @@ def kl_matrix(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature
     Θ[a, b] = mean over the N samples of KL(softmax(src[a]/T) ‖ softmax(tgt[b]/T)).
     Raises ValueError for bad shapes, mismatched N or C, or non-finite logits.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_temperature(temperature)
+    backend = _check_backend(backend, logits_src)
     if backend == "auto":
         backend = _auto_backend(logits_src)
     if backend == "reference":
@@ -356,13 +375,16 @@ def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, tem
     With "native" (the CPU default) each chunk's logits go through the fused C++ kernel.
     """
     if len(probes_src) != _num_features(feats_src) or len(probes_tgt) != _num_features(feats_tgt):
-        raise ValueError("one probe per feature block is needed on each side")
+        raise UsageError("one probe per feature block is needed on each side")
     ks, kt = len(probes_src), len(probes_tgt)
     c = _num_classes(probes_src, feats_src)
     if _num_classes(probes_tgt, feats_tgt) != c:
-        raise ValueError("source and target probes predict different class counts")
+        raise UsageError("source and target probes predict different class counts")
+    check_temperature(temperature)
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise UsageError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise UsageError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     chunk = chunk_size or default_chunk(ks + kt, c)
     acc = None
     engine = None
@@ -371,9 +393,9 @@ def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, tem
                                                                            _chunks(feats_tgt, chunk))
     for fs, ft in pairs:
         if fs[0].shape[0] != ft[0].shape[0]:
-            raise ValueError("source and target features cover different sample counts")
+            raise UsageError("source and target features cover different sample counts")
         if engine is None:
-            engine = _auto_backend(fs[0]) if backend == "auto" else backend
+            engine = _auto_backend(fs[0]) if backend == "auto" else _check_backend(backend, fs[0])
             acc = ThetaAccumulator(ks, kt, temperature=temperature, device=fs[0].device)
             if engine == "triton":
                 from klas.kernels.fused_probe_kl import ProbePack, probe_kl_partial
@@ -396,7 +418,7 @@ def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, tem
             acc = ThetaAccumulator(ks, kt, temperature=temperature, device=_probe_device(probes_src))
         acc.all_reduce()
     if acc is None:
-        raise ValueError("no samples in the features")
+        raise UsageError("no samples in the features")
     return acc.result()
 
 

@@ -10,6 +10,7 @@ the bias); a small ridge keeps rank-deficient features (dead channels, n < d_in)
 from __future__ import annotations
 
 import torch
+from klas.errors import UsageError
 
 __all__ = ["fit_linear"]
 
@@ -20,12 +21,12 @@ def fit_linear(a: torch.Tensor, b: torch.Tensor, *, ridge: float = 1e-6) -> tupl
     ridge: Tikhonov term relative to the mean diagonal of AᵀA (0 for plain least squares).
     """
     if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[0]:
-        raise ValueError(f"fit_linear needs A [n, d_in] and B [n, d_out] over the same rows, got "
+        raise UsageError(f"fit_linear needs A [n, d_in] and B [n, d_out] over the same rows, got "
                          f"{list(a.shape)} and {list(b.shape)}")
     if a.shape[0] < 2:
-        raise ValueError("fit_linear needs at least 2 samples")
+        raise UsageError("fit_linear needs at least 2 samples")
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        raise ValueError("fit_linear got non-finite features (NaN/Inf): check the cache or the anchor")
+        raise UsageError("fit_linear got non-finite features (NaN/Inf): check the cache or the anchor")
     b = b.to(a.device)
     a64, b64 = a.double(), b.double()
     mean_a, mean_b = a64.mean(dim=0), b64.mean(dim=0)

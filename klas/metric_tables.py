@@ -29,6 +29,7 @@ from klas.linear_fit import fit_linear
 from klas.metrics import FEATURE_METRICS, cross_entropy
 from klas.probes import load_probes
 from klas.scores import Scores, manifest_fingerprint
+from klas.errors import UsageError
 
 __all__ = ["metric_numerators", "NUMERATOR_METRICS"]
 
@@ -39,7 +40,7 @@ def metric_numerators(scores: Scores, metric: str, cache_root: str | os.PathLike
                       split: str = "val", fit_split: str = "train", backend: str = "auto"):
     """A `numerators(source, target)` callable for klas.select.select with `metric` in Γ's numerator."""
     if metric not in NUMERATOR_METRICS:
-        raise ValueError(f"metric must be one of {sorted(NUMERATOR_METRICS)}, got {metric!r}")
+        raise UsageError(f"metric must be one of {sorted(NUMERATOR_METRICS)}, got {metric!r}")
     cache_root = Path(cache_root)
     probes_dir = Path(probes_dir) if probes_dir else cache_root / "probes"
 
@@ -49,9 +50,9 @@ def metric_numerators(scores: Scores, metric: str, cache_root: str | os.PathLike
         reader = CacheReader(cache_root / name / which)
         m = reader.manifest
         if m.anchor != scores.anchor(name).spec:
-            raise ValueError(f"{reader.dir} caches {m.anchor!r}, the scores were made for {scores.anchor(name).spec!r}")
+            raise UsageError(f"{reader.dir} caches {m.anchor!r}, the scores were made for {scores.anchor(name).spec!r}")
         if which == scores.split and scores.caches.get(name) not in (None, manifest_fingerprint(reader.dir)):
-            raise ValueError(f"the scores were computed on another cache than {reader.dir} (its manifest changed "
+            raise UsageError(f"the scores were computed on another cache than {reader.dir} (its manifest changed "
                              "since `klas score`); re-run `klas score` or name the cache that was scored")
         feats = next(CacheFeatures(reader, [b.index for b in m.block_entries[:-1]]).chunks(reader.num_samples))
         return [f.float() for f in feats]

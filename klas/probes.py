@@ -32,8 +32,8 @@ from klas.cache import CacheReader, Manifest
 from klas.cache.format import DTYPES
 from klas.cache.reader import batch_share, row_ranges
 from klas.cache.pairing import check_same_samples, check_same_weights, recorded
-from klas.errors import CacheError
-from klas.reading import load_safetensors, read_json
+from klas.errors import CacheError, UsageError
+from klas.reading import finite_number, load_safetensors, read_json
 from klas.files import save_safetensors_atomic, write_json_atomic
 
 __all__ = ["ProbeSet", "train_probes", "load_probes", "probe_table", "probe_losses", "JointProbes"]
@@ -282,7 +282,7 @@ def _make_optimizer(name: str, params, lr: float, weight_decay: float):
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be adamw, adam or sgd, got {name!r}")
+    raise UsageError(f"optimizer must be adamw, adam or sgd, got {name!r}")
 
 
 def _lockstep(readers: Sequence[CacheReader], batch_size: int, ranges: list[tuple[int, int]] | None = None):
@@ -371,21 +371,26 @@ def train_probes(
         One ProbeSet per anchor, in the order given.
     """
     if labels not in ("true", "pseudo"):
-        raise ValueError(f"labels must be 'true' or 'pseudo', got {labels!r}")
+        raise UsageError(f"labels must be 'true' or 'pseudo', got {labels!r}")
     if epochs < 1 or batch_size < 1:
-        raise ValueError("epochs and batch_size must be at least 1")
+        raise UsageError("epochs and batch_size must be at least 1")
+    finite_number(lr, "lr", error=UsageError, positive=True)
+    finite_number(weight_decay, "weight_decay", error=UsageError, low=0.0, high=100.0)
+    finite_number(label_smoothing, "label_smoothing", error=UsageError, low=0.0, high=1.0)
+    if label_smoothing >= 1.0:
+        raise UsageError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
     if backend not in ("auto", "torch", "triton"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+        raise UsageError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
     fused = backend == "triton" or (backend == "auto" and torch.device(device).type == "cuda" and _has_triton())
     readers = [c if isinstance(c, CacheReader) else CacheReader(c) for c in train_caches]
     if not readers:
-        raise ValueError("no caches given")
+        raise UsageError("no caches given")
     counts = {r.num_samples for r in readers}
     if len(counts) != 1:
         raise CacheError(f"the caches hold different sample counts {sorted(counts)}: extract them from the same split")
     val_readers = [c if isinstance(c, CacheReader) else CacheReader(c) for c in val_caches or []]
     if val_readers and len(val_readers) != len(readers):
-        raise ValueError("give one validation cache per training cache")
+        raise UsageError("give one validation cache per training cache")
     for t, v in zip(readers, val_readers):
         if t.manifest.split == v.manifest.split:
             raise CacheError(f"the training cache {t.dir} and the validation cache {v.dir} are both the "
@@ -406,7 +411,7 @@ def train_probes(
                              "the same dataset")
     ctx = dist.context()
     if batch_size % ctx.world_size:
-        raise ValueError(f"the probe batch size {batch_size} must be a multiple of the number of ranks "
+        raise UsageError(f"the probe batch size {batch_size} must be a multiple of the number of ranks "
                          f"{ctx.world_size} (each rank takes an equal slice of every batch)")
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -445,6 +450,9 @@ def train_probes(
                 bar.set_postfix(loss=f"{loss.item() / m:.3f}")  # display only: one sync per step
     bar.close()
 
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise UsageError(f"probe training diverged (NaN/Inf weights) with lr {lr}; train again with a smaller --lr "
+                         "(nothing was written)")
     train_acc = [[] for _ in readers]
     if evaluate:
         train_acc, _ = _accuracy(model, readers, labels, 4 * batch_size, device)

@@ -27,9 +27,9 @@ from klas import distributed as dist
 from klas.cache import CacheReader
 from klas.cache.pairing import check_same_samples, check_same_weights
 from klas.files import save_safetensors_atomic, write_json_atomic
-from klas.errors import CacheError
+from klas.errors import CacheError, UsageError
 from klas.features import CacheFeatures
-from klas.kl import kl_matrix_from_features
+from klas.kl import check_temperature, kl_matrix_from_features
 from klas.probes import load_probes
 from klas.reading import finite_number, load_safetensors, read_json
 
@@ -52,15 +52,14 @@ def stitch_scores(theta_cross: torch.Tensor, theta_target_next: torch.Tensor, *,
     warning (and by `floored_blocks`).
     """
     if theta_cross.dim() != 2 or theta_target_next.dim() != 1:
-        raise ValueError("theta_cross must be [m_f, m_g] and theta_target_next [m_g - 1]")
+        raise UsageError("theta_cross must be [m_f, m_g] and theta_target_next [m_g - 1]")
     m_f, m_g = theta_cross.shape
     if theta_target_next.shape[0] != m_g - 1:
-        raise ValueError(f"theta_target_next has {theta_target_next.shape[0]} entries; a target of {m_g} "
+        raise UsageError(f"theta_target_next has {theta_target_next.shape[0]} entries; a target of {m_g} "
                          f"blocks has {m_g - 1} (Σ_j for j = 1..{m_g - 1})")
     if m_f < 2 or m_g < 2:
-        raise ValueError("both anchors need at least 2 blocks to be stitched")
-    if floor <= 0:
-        raise ValueError(f"floor must be positive, got {floor}")
+        raise UsageError("both anchors need at least 2 blocks to be stitched")
+    finite_number(floor, "floor", error=UsageError, positive=True)
     low = floored_blocks(theta_target_next, floor)
     if low:
         warnings.warn(f"Σ below the floor {floor:g} at target block(s) j = {low}: Γ uses the floor there",
@@ -304,6 +303,8 @@ def score(
     Under torchrun each rank streams its share of the samples and the partial sums are added
     across ranks; every rank returns the scores, rank 0 writes them.
     """
+    finite_number(floor, "floor", error=UsageError, positive=True)
+    check_temperature(temperature)
     cache_root, probes_dir = Path(cache_root), Path(probes_dir)
     if anchors is None:
         anchors = sorted(p.stem for p in probes_dir.glob("*.safetensors"))

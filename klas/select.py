@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 import torch
 
 from klas.scores import AnchorEntry, Scores
+from klas.errors import UsageError
+from klas.reading import finite_number
 
 __all__ = [
     "Config", "PairSelection", "Selection", "CHAIN_RULES", "METHODS", "anchor_chain", "configurations",
@@ -119,7 +121,7 @@ def _chain_minimax(theta: torch.Tensor, flops: Sequence[int]) -> list[int]:
         bottleneck[b] = min((max(bottleneck[a], hop[a][b]) for a in range(b)), default=math.inf)
     limit = bottleneck[-1]
     if math.isinf(limit):
-        raise ValueError("no chain of strictly increasing FLOPs joins the cheapest and the costliest anchor")
+        raise UsageError("no chain of strictly increasing FLOPs joins the cheapest and the costliest anchor")
     fewest: list[list[int] | None] = [[0]] + [None] * (n - 1)
     for b in range(1, n):
         for a in range(b):
@@ -145,7 +147,7 @@ CHAIN_RULES: dict[str, Callable[[torch.Tensor, Sequence[int]], list[int]]] = {
 def anchor_chain(scores: Scores, rule: str = "minimax") -> list[str]:
     """Anchor names along the chosen chain, cheapest first."""
     if rule not in CHAIN_RULES:
-        raise ValueError(f"chain rule must be one of {sorted(CHAIN_RULES)}, got {rule!r}")
+        raise UsageError(f"chain rule must be one of {sorted(CHAIN_RULES)}, got {rule!r}")
     flops = [a.total_flops for a in scores.anchors]
     return [scores.anchors[k].name for k in CHAIN_RULES[rule](scores.last_block(), flops)]
 
@@ -180,13 +182,13 @@ def configurations(scores: Scores, source: str, target: str, numerator: torch.Te
     f, g = scores.anchor(source), scores.anchor(target)
     for a in (f, g):
         if not a.flops or "blocks" not in a.flops:
-            raise ValueError(f"anchor {a.name} has no FLOPs in the scores; re-run `klas extract` and `klas score`")
+            raise UsageError(f"anchor {a.name} has no FLOPs in the scores; re-run `klas extract` and `klas score`")
     sigma = scores.sigma(target)
     if numerator is None:
         theta, gamma = scores.theta(source, target), scores.gamma(source, target)
     else:
         if tuple(numerator.shape) != (f.depth - 1, g.depth - 1):
-            raise ValueError(f"numerator must be [{f.depth - 1}, {g.depth - 1}], got {list(numerator.shape)}")
+            raise UsageError(f"numerator must be [{f.depth - 1}, {g.depth - 1}], got {list(numerator.shape)}")
         theta, gamma = numerator, numerator / sigma.clamp_min(scores.floor)[None, :]
     out = []
     for i in range(1, f.depth):
@@ -196,7 +198,7 @@ def configurations(scores: Scores, source: str, target: str, numerator: torch.Te
             out.append(Config(source, target, i, j, config_flops(f, g, i, j), float(theta[i - 1, j - 1]),
                               float(sigma[j - 1]), float(gamma[i - 1, j - 1])))
     if not out:
-        raise ValueError(
+        raise UsageError(
             f"no valid configuration between {source} and {target}: their block grids never match "
             f"({sorted({tuple(x) for x in f.grids})} vs {sorted({tuple(x) for x in g.grids})})"
         )
@@ -229,14 +231,16 @@ def _keep(configs: list[Config], buckets: int, tau: float, tau_mode: str) -> tup
     return kept, taus
 
 
+MAX_BUCKETS = 10_000  # far more than any anchor pair has configurations
+
+
 def select_pair(scores: Scores, source: str, target: str, *, tau: float = 0.05, tau_mode: str = "relative",
                 buckets: int | str = "auto", max_buckets: int | None = None,
                 numerator: torch.Tensor | None = None) -> PairSelection:
     """KLAS's candidate configurations for one anchor pair."""
-    if tau <= 0:
-        raise ValueError(f"tau must be positive, got {tau}")
+    finite_number(tau, "tau", error=UsageError, positive=True)
     if tau_mode not in ("relative", "absolute"):
-        raise ValueError(f"tau_mode must be 'relative' or 'absolute', got {tau_mode!r}")
+        raise UsageError(f"tau_mode must be 'relative' or 'absolute', got {tau_mode!r}")
     f, g = scores.anchor(source), scores.anchor(target)
     configs = configurations(scores, source, target, numerator)
     lo, hi = float(f.total_flops), float(g.total_flops)
@@ -244,8 +248,8 @@ def select_pair(scores: Scores, source: str, target: str, *, tau: float = 0.05, 
     if buckets == "auto":
         count, cap = g.depth - 1, max_buckets or 4 * (g.depth - 1)
     else:
-        if not isinstance(buckets, int) or buckets < 1:
-            raise ValueError(f"buckets must be 'auto' or an integer >= 1, got {buckets!r}")
+        if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= MAX_BUCKETS:
+            raise UsageError(f"buckets must be 'auto' or an integer in [1, {MAX_BUCKETS}], got {buckets!r}")
         count, cap = buckets, buckets
     while True:
         placed, edges = _bucketise(configs, lo, hi, count)
@@ -327,7 +331,7 @@ def snnet_nearest_pairs(f: AnchorEntry, g: AnchorEntry) -> list[tuple[int, int]]
     sf, sg = _stages(f.grids), _stages(g.grids)
     hierarchical = len(sf) > 1 or len(sg) > 1
     if len(sf) != len(sg):
-        raise ValueError(f"{f.name} has {len(sf)} stages and {g.name} {len(sg)}: SN-Net stitches stage to stage")
+        raise UsageError(f"{f.name} has {len(sf)} stages and {g.name} {len(sg)}: SN-Net stitches stage to stage")
     out = []
     for (of, df), (og, dg) in zip(sf, sg):
         out += [(of + a + 1, og + b) for a, b in _nearest_pairs(df, dg, hierarchical=hierarchical)]

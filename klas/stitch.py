@@ -25,6 +25,7 @@ from klas.anchors import Anchor
 from klas.anchors.base import width_and_grid
 from klas.linear_fit import fit_linear
 from klas.select import stitch_flops
+from klas.errors import UsageError
 
 __all__ = ["Route", "Part", "StitchedSupernet", "stitching_layer"]
 
@@ -78,18 +79,18 @@ class StitchedSupernet(nn.Module):
         ordered = sorted(anchors, key=lambda a: a.flops.total)
         self.anchor_names = [a.name for a in ordered]
         if len(set(self.anchor_names)) != len(ordered):
-            raise ValueError(f"anchor names must differ, got {self.anchor_names}")
+            raise UsageError(f"anchor names must differ, got {self.anchor_names}")
         self.anchors = nn.ModuleDict({_key(a.name): a for a in ordered})
         self.routes: list[Route] = [Route(a.name, a.name, a.depth, a.depth) for a in ordered]
         layers = []
         for source, target, i, j in stitches:
             f, g = self.anchor(source), self.anchor(target)
             if source == target or not (1 <= i <= f.depth and 0 <= j <= g.depth - 1):
-                raise ValueError(f"stitch ({source}, {i}) -> ({target}, {j}) is outside the anchors "
+                raise UsageError(f"stitch ({source}, {i}) -> ({target}, {j}) is outside the anchors "
                                  f"(1 <= i <= {f.depth}, 0 <= j <= {g.depth - 1}, two different anchors)")
             (w_in, grid_in, layout), (w_out, grid_out, _) = _cut_shape(f, i), _cut_shape(g, j)
             if grid_in != grid_out:
-                raise ValueError(f"stitch ({source}, {i}) -> ({target}, {j}) joins grids {grid_in} and {grid_out}")
+                raise UsageError(f"stitch ({source}, {i}) -> ({target}, {j}) joins grids {grid_in} and {grid_out}")
             self.routes.append(Route(source, target, i, j))
             with torch.random.fork_rng(devices=[]):  # the same stitches give the same initial layers
                 torch.manual_seed(len(layers))

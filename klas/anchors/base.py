@@ -14,6 +14,7 @@ from functools import cached_property
 
 import torch
 from torch import nn
+from klas.errors import UsageError
 
 __all__ = ["Anchor", "BlockInfo", "PartCounts", "AnchorFlops", "AnchorParams", "LAYOUTS"]
 
@@ -98,10 +99,10 @@ class Anchor(nn.Module):
         if isinstance(layouts, str):
             layouts = [layouts] * len(blocks)
         if not blocks or len(blocks) != len(block_names) or len(blocks) != len(layouts):
-            raise ValueError("an anchor needs one name and one layout per block, and at least one block")
+            raise UsageError("an anchor needs one name and one layout per block, and at least one block")
         for layout in layouts:
             if layout not in LAYOUTS:
-                raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+                raise UsageError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.spec = spec
         self.name = name
         self.model = model  # owns all parameters; the block list below only points into it

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from klas.errors import CacheError
+from klas.errors import CacheError, UsageError
 from klas.files import fsync_dir, write_json_atomic  # noqa: F401  (part of this module's API)
 
 __all__ = [
@@ -169,12 +169,12 @@ class Manifest:
         """Validates a parsed manifest; raises CacheError naming `where` and the bad field."""
         try:
             if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-                raise ValueError(f"not a {FORMAT_NAME} manifest")
+                raise UsageError(f"not a {FORMAT_NAME} manifest")
             if data.get("version") != FORMAT_VERSION:
-                raise ValueError(f"format version {data.get('version')!r}, this klas reads {FORMAT_VERSION}")
+                raise UsageError(f"format version {data.get('version')!r}, this klas reads {FORMAT_VERSION}")
             dtype = data["dtype"]
             if dtype not in DTYPES:
-                raise ValueError(f"unknown dtype {dtype!r}")
+                raise UsageError(f"unknown dtype {dtype!r}")
             blocks = tuple(
                 BlockEntry(
                     name=str(b["name"]), index=_int(b["index"]), width=_int(b["width"]),
@@ -253,9 +253,9 @@ class Manifest:
 def _int(value: Any) -> int:
     """A manifest integer: a JSON integer (not a float, bool or string) of sane size."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected an integer, got {value!r}")
+        raise UsageError(f"expected an integer, got {value!r}")
     if not -(2**62) < value < 2**62:
-        raise ValueError(f"integer {value} is out of range")
+        raise UsageError(f"integer {value} is out of range")
     return value
 
 

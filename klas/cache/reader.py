@@ -24,7 +24,7 @@ import numpy as np
 
 from klas.cache.format import (DTYPES, HEADER_BYTES, HEADER_FORMAT, SHARD_VERSION, Manifest, checksum, labels_offset,
                                read_manifest, shard_file_bytes)
-from klas.errors import CacheError
+from klas.errors import CacheError, UsageError
 from klas.reading import regular_file
 
 __all__ = ["Batch", "CacheReader", "row_ranges", "batch_share", "native_available"]
@@ -56,9 +56,9 @@ def row_ranges(
     `shuffle`; rank `rank` of `world_size` takes every `world_size`-th chunk of that order.
     """
     if chunk_rows <= 0:
-        raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+        raise UsageError(f"chunk_rows must be positive, got {chunk_rows}")
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        raise UsageError(f"rank {rank} is outside world_size {world_size}")
     starts = np.arange(0, num_rows, chunk_rows, dtype=np.int64)
     if shuffle:
         starts = starts[np.random.default_rng((seed, epoch)).permutation(len(starts))]
@@ -75,9 +75,9 @@ def batch_share(ranges: list[tuple[int, int]], batch_size: int, rank: int, world
     one-process steps, split.
     """
     if batch_size % world_size:
-        raise ValueError(f"the batch size {batch_size} must be a multiple of the number of ranks {world_size}")
+        raise UsageError(f"the batch size {batch_size} must be a multiple of the number of ranks {world_size}")
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        raise UsageError(f"rank {rank} is outside world_size {world_size}")
     if world_size == 1:
         return list(ranges)
     share = batch_size // world_size
@@ -133,7 +133,7 @@ class CacheReader:
         self.dir = Path(cache_dir)
         self.manifest: Manifest = read_manifest(self.dir)
         if backend not in ("auto", "native", "python"):
-            raise ValueError(f"backend must be 'auto', 'native' or 'python', got {backend!r}")
+            raise UsageError(f"backend must be 'auto', 'native' or 'python', got {backend!r}")
         if backend == "auto":
             if _C is None:
                 warnings.warn(
@@ -205,7 +205,7 @@ class CacheReader:
                      num_buffers: int = 4) -> Iterator[Batch]:
         """Yields batches over explicit ``(start, count)`` row runs."""
         if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise UsageError(f"batch_size must be positive, got {batch_size}")
         if self.backend == "native":
             stream = _C.StreamReader(self._shards, ranges, batch_size, drop_last, num_buffers)
             return self._native_iter(stream)

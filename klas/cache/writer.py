@@ -31,7 +31,7 @@ from klas.cache.format import (
     shard_file_bytes,
     write_json_atomic,
 )
-from klas.errors import CacheError
+from klas.errors import CacheError, UsageError
 from klas.files import atomic_path
 
 __all__ = ["CacheWriter", "shard_name", "progress_name"]
@@ -81,13 +81,13 @@ class CacheWriter:
         world_size: int = 1,
     ):
         if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+            raise UsageError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if shard_rows <= 0:
-            raise ValueError(f"shard_rows must be positive, got {shard_rows}")
+            raise UsageError(f"shard_rows must be positive, got {shard_rows}")
         if num_samples <= 0:
             raise CacheError(f"{cache_dir}: nothing to write (0 samples in split {split!r})")
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+            raise UsageError(f"rank {rank} is outside world_size {world_size}")
         self.dir = Path(cache_dir)
         self.dtype = dtype
         self.storage = DTYPES[dtype][1]
@@ -186,18 +186,18 @@ class CacheWriter:
     def append(self, features: np.ndarray, labels: np.ndarray) -> None:
         """Adds rows. features: ``[n, row_width]`` (cast to the cache dtype), labels: ``[n]``."""
         if features.ndim != 2 or features.shape[1] != self.row_width:
-            raise ValueError(f"features must be [n, {self.row_width}], got {list(features.shape)}")
+            raise UsageError(f"features must be [n, {self.row_width}], got {list(features.shape)}")
         if labels.shape != (features.shape[0],):
-            raise ValueError(f"labels must be [{features.shape[0]}], got {list(labels.shape)}")
+            raise UsageError(f"labels must be [{features.shape[0]}], got {list(labels.shape)}")
         if len(labels) and (labels.min() < 0 or labels.max() >= self._header_fields["num_classes"]):
             classes = self._header_fields["num_classes"]
             bad = labels[(labels < 0) | (labels >= classes)]
-            raise ValueError(f"labels must lie in 0..{classes - 1} (the anchor's classes), got {bad[:5].tolist()}; "
+            raise UsageError(f"labels must lie in 0..{classes - 1} (the anchor's classes), got {bad[:5].tolist()}; "
                              "check that the dataset's classes are the anchor's")
         start = 0
         while start < len(features):
             if len(self.shards) == len(self.mine):
-                raise ValueError(f"more rows appended than this writer's shards hold ({self.rows_done} rows)")
+                raise UsageError(f"more rows appended than this writer's shards hold ({self.rows_done} rows)")
             capacity = self.shard_rows_of(self.mine[len(self.shards)])[1]
             take = min(len(features) - start, capacity - self._fill)
             self._buf[self._fill:self._fill + take] = features[start:start + take]

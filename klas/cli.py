@@ -236,13 +236,10 @@ def _cmd_export(args) -> int:
     from klas.export import to_snnet, write_csv
     from klas.files import write_json_atomic
 
+    from klas.select import read_selection
+
     path = Path(args.selection)
-    try:
-        selection = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise KlasError(f"cannot read the selection {path} ({e}); run `klas select` first") from None
-    if selection.get("format") != "klas-selection":
-        raise KlasError(f"{path} is not a klas selection.json")
+    selection = read_selection(path)
     suffix = {"snnet": ".snnet.json", "csv": ".csv"}[args.format]
     out = Path(args.out) if args.out else path.with_suffix(suffix)
     if args.format == "snnet":
@@ -261,11 +258,11 @@ def _cmd_import_snnet(args) -> int:
     from klas.files import write_json_atomic
     from klas.scores import load_scores
 
-    try:
-        snnet = json.loads(Path(args.config).read_text())
-    except (OSError, ValueError) as e:
-        raise KlasError(f"cannot read {args.config} ({e})") from None
-    sel = from_snnet(snnet, load_scores(args.scores))
+    from klas.reading import read_json
+
+    snnet = read_json(args.config, what="SN-Net configuration file", error=UsageError,
+                      fix="give a JSON file as `klas export --format snnet` writes")
+    sel = from_snnet(snnet, load_scores(args.scores), where=args.config)
     out = Path(args.out) if args.out else Path(args.scores).parent / "selection"
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "selection-imported.json", sel.to_json())

@@ -29,6 +29,10 @@ __all__ = [
     "resolve_split", "samples_digest", "split_for_anchor", "split_indices", "take_subset",
 ]
 
+MAX_IMAGE_BYTES = 64 * 2**20  # one image file (a 4K PNG is ~25 MiB)
+MAX_IMAGE_PIXELS = 40_000_000  # width x height of one image, checked from its header before decoding
+_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 SPLITS = ("train", "val", "test")
 
@@ -47,13 +51,21 @@ class ImageSource:
         return len(self.files)
 
     def read_bytes(self, k: int, _zips: dict = {}) -> bytes:
+        """The bytes of image `k`, at most MAX_IMAGE_BYTES (a larger file is refused, not read)."""
         if not self.is_zip:
-            return (self.path / self.files[k]).read_bytes()
-        # One ZipFile per process: DataLoader workers must not share a file handle.
-        key = (os.getpid(), str(self.path))
-        if key not in _zips:
-            _zips[key] = zipfile.ZipFile(self.path)
-        return _zips[key].read(self.files[k])
+            with open(self.path / self.files[k], "rb") as f:
+                data = f.read(MAX_IMAGE_BYTES + 1)
+        else:
+            # One ZipFile per process: DataLoader workers must not share a file handle.
+            key = (os.getpid(), str(self.path))
+            if key not in _zips:
+                _zips[key] = zipfile.ZipFile(self.path)
+            with _zips[key].open(self.files[k]) as f:
+                data = f.read(MAX_IMAGE_BYTES + 1)  # the declared size may lie: read no more than this
+        if len(data) > MAX_IMAGE_BYTES:
+            raise DataError(f"dataset {self.path}: {self.files[k]} is larger than an image may be ({MAX_IMAGE_BYTES} "
+                            "bytes); remove it")
+        return data
 
 
 def open_images(path: str | os.PathLike) -> ImageSource:
@@ -64,8 +76,14 @@ def open_images(path: str | os.PathLike) -> ImageSource:
     if path.is_file():
         if not zipfile.is_zipfile(path):
             raise DataError(f"dataset {path} is a file but not a zip; give a zip or a folder of class folders")
-        with zipfile.ZipFile(path) as z:
-            names = [n for n in z.namelist() if not n.endswith("/")]
+        try:
+            with zipfile.ZipFile(path) as z:
+                infos = [i for i in z.infolist() if not i.filename.endswith("/")]
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as e:
+            raise DataError(f"dataset {path}: unreadable zip ({e})") from None
+        for info in infos:
+            _check_zip_member(path, info)
+        names = [i.filename for i in infos]
         is_zip = True
     else:
         names = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
@@ -90,6 +108,19 @@ def open_images(path: str | os.PathLike) -> ImageSource:
     index = {c: k for k, c in enumerate(classes)}
     labels = np.array([index[Path(n).parts[0]] for n in names], dtype=np.int64)
     return ImageSource(path=path, is_zip=is_zip, files=tuple(names), classes=classes, labels=labels)
+
+
+def _check_zip_member(path: Path, info: zipfile.ZipInfo) -> None:
+    """DataError for a member klas will not read: encrypted, an unknown compression method, or
+    declaring more bytes than any image (a zip bomb)."""
+    if info.flag_bits & 0x1:
+        raise DataError(f"dataset {path}: {info.filename} is encrypted; give an unencrypted zip")
+    if info.compress_type not in _ZIP_METHODS:
+        raise DataError(f"dataset {path}: {info.filename} uses compression method {info.compress_type}, which klas "
+                        "does not read; store or deflate the images")
+    if info.file_size > MAX_IMAGE_BYTES:
+        raise DataError(f"dataset {path}: {info.filename} declares {info.file_size} bytes, more than an image may "
+                        f"hold ({MAX_IMAGE_BYTES}); remove it")
 
 
 def samples_digest(source: ImageSource, indices: np.ndarray) -> str:
@@ -172,14 +203,24 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int):
         i = int(self.indices[k])
+        name = self.source.files[i]
         try:
             with Image.open(io.BytesIO(self.source.read_bytes(i))) as img:
+                w, h = img.size  # from the header, before any pixel is decoded
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise DataError(f"dataset {self.source.path}: {name} claims {w}x{h} pixels, more than klas decodes "
+                                    f"({MAX_IMAGE_PIXELS}); remove it or shrink it")
                 img = img.convert("RGB")
                 if img.size != self.size:
                     img = img.resize(self.size, Image.BICUBIC)
                 arr = np.asarray(img, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"dataset {self.source.path}: cannot decode {self.source.files[i]} ({e})") from None
+        except DataError:
+            raise
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, zipfile.BadZipFile,
+                NotImplementedError, Image.DecompressionBombError, RuntimeError) as e:
+            # PIL and zipfile raise all of these for damaged or hostile files
+            raise DataError(f"dataset {self.source.path}: cannot decode {name} ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:200]}); remove or replace it") from None
         x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
         return (x - self.mean) / self.std, int(self.source.labels[i])
 

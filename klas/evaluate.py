@@ -43,6 +43,26 @@ class RouteResult:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, d: dict) -> "RouteResult":
+        """The inverse of `to_json`, every field's type checked (ValueError / TypeError / KeyError otherwise)."""
+        import math
+
+        if not isinstance(d, dict) or set(d) != set(cls.__dataclass_fields__):
+            raise ValueError("route entry fields differ")
+        ints = ("i", "j", "flops", "params", "correct", "total")
+        if not all(isinstance(d[k], str) for k in ("name", "source", "target")) or not all(
+                isinstance(d[k], int) and not isinstance(d[k], bool) and d[k] >= 0 for k in ints):
+            raise ValueError("route entry has wrong types")
+        for k in ("top1", "gamma"):
+            v = d[k]
+            if (v is not None or k == "top1") and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                                   or not math.isfinite(v)):
+                raise ValueError(f"route entry {k} is not a finite number")
+        if d["correct"] > d["total"] or not 0 <= d["top1"] <= 100:
+            raise ValueError("route entry counts do not add up")
+        return cls(**d)
+
 
 @torch.inference_mode()
 def evaluate_routes(net: StitchedSupernet, loader, *, device: str = "cpu", progress: bool = True,

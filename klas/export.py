@@ -51,29 +51,51 @@ def write_csv(selection: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def from_snnet(snnet: dict, scores: Scores) -> Selection:
+def from_snnet(snnet: dict, scores: Scores, where: str = "the SN-Net configuration") -> Selection:
     """Scores someone else's SN-Net candidate set with our Θ: a Selection of method "imported".
 
-    Anchors are matched by spec; configurations with b = 0 (outside KLAS's scores) keep NaN Ω, Σ, Γ.
+    Anchors are matched by spec (compared as text, never loaded); configurations with b = 0
+    (outside KLAS's scores) keep NaN Ω, Σ, Γ. Every index is checked to lie in range.
     """
+    def refuse(what: str):
+        raise UsageError(f"{where}: {what}")
+
     if not isinstance(snnet, dict) or snnet.get("format") != SNNET_FORMAT:
-        raise UsageError(f"not an SN-Net configuration file (expected format {SNNET_FORMAT!r})")
+        refuse(f"not an SN-Net configuration file (expected format {SNNET_FORMAT!r})")
+    specs, entries = snnet.get("anchors"), snnet.get("stitch_configs")
+    if not isinstance(specs, list) or not all(isinstance(x, str) for x in specs) or not isinstance(entries, list):
+        refuse("anchors must be a list of spec strings and stitch_configs a list")
     by_spec = {a.spec: a for a in scores.anchors}
-    missing = [s for s in snnet["anchors"] if s not in by_spec]
+    missing = [s for s in specs if s not in by_spec]
     if missing:
-        raise UsageError(f"the scores have no anchor(s) {missing}; score those anchors first")
+        refuse(f"the scores have no anchor(s) {missing}; score those anchors first")
+
+    def index(x, what: str) -> int:
+        if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < len(specs):
+            refuse(f"{what} {x!r} is not an index into its {len(specs)} anchors (0..{len(specs) - 1})")
+        return x
+
     pairs = []
-    for entry in snnet["stitch_configs"]:
-        f = by_spec[snnet["anchors"][entry["front"]]]
-        g = by_spec[snnet["anchors"][entry["end"]]]
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("configs"), list):
+            refuse(f"stitch_configs entry {str(entry)[:80]} needs front, end and configs")
+        f = by_spec[specs[index(entry.get("front"), "front")]]
+        g = by_spec[specs[index(entry.get("end"), "end")]]
+        if f.name == g.name:
+            refuse(f"front and end name the same anchor {f.name}")
         scored = {(c.i, c.j): c for c in configurations(scores, f.name, g.name)}
         chosen = []
-        for a, b in entry["configs"]:
-            i, j = int(a) + 1, int(b)
+        for item in entry["configs"]:
+            if (not isinstance(item, list) or len(item) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in item)):
+                refuse(f"configuration {str(item)[:40]} is not a pair of integers [a, b]")
+            a, b = item
+            i, j = a + 1, b
             if not (1 <= i <= f.depth - 1 and 0 <= j <= g.depth - 1):
-                raise UsageError(f"configuration (a={a}, b={b}) is outside {f.name} -> {g.name}")
+                refuse(f"configuration (a={a}, b={b}) is outside {f.name} -> {g.name} (a in 0..{f.depth - 2}, "
+                       f"b in 0..{g.depth - 1})")
             if j > 0 and (i, j) not in scored:
-                raise UsageError(f"configuration (a={a}, b={b}) joins different grids {f.grids[i - 1]} and {g.grids[j - 1]}")
+                refuse(f"configuration (a={a}, b={b}) joins different grids {f.grids[i - 1]} and {g.grids[j - 1]}")
             chosen.append(scored.get((i, j)) or unscored_config(f, g, i, j))
         pairs.append(PairSelection(f.name, g.name, sorted(scored.values(), key=lambda c: (c.flops, c.i, c.j)),
                                    sorted(chosen, key=lambda c: (c.flops, c.i, c.j)),

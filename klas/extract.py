@@ -96,32 +96,35 @@ def _extract_one(anchor: Anchor, cache_dir: Path, *, data, split, batch_size, dt
         num_classes=anchor.num_classes, num_samples=len(indices), shard_rows=shard_rows, source=settings,
         anchor_info=anchor_info(anchor), rank=ctx.rank, world_size=ctx.world_size,
     )
-    pending = writer.pending_rows()
-    todo = np.concatenate([indices[s:s + n] for s, n in pending]) if pending else indices[:0]
-    loader = make_loader(source, todo, anchor, batch_size=batch_size, num_workers=num_workers)
-    mine = sum(writer.shard_rows_of(k)[1] for k in writer.mine)
-    bar = tqdm(total=mine, initial=mine - len(todo), unit="img", disable=not progress or not dist.is_main(),
-               desc=f"extract {anchor.name}/{split}" + (f" (rank 0 of {ctx.world_size})" if ctx.distributed else ""))
-    for images, labels in loader:
-        pooled = [anchor.pool(h, k) if k else h for k, h in anchor.block_outputs(images.to(device))]
-        row = torch.cat(pooled, dim=1).float().cpu()
-        if not torch.isfinite(row).all():
-            raise CacheError(
-                f"anchor {anchor.spec} produced NaN/Inf activations on split {split} (a batch of shard "
-                f"{writer.mine[len(writer.shards)]}); "
-                "check the checkpoint and the input normalisation"
-            )
-        stored = _to_storage(row, dtype)
-        if dtype == "float16" and np.isinf(stored).any():
-            raise CacheError(
-                f"anchor {anchor.spec} has activations beyond float16's range (±65504) on split {split}, which "
-                "would be stored as Inf; extract with --dtype bfloat16 or --dtype float32 (config: "
-                "extract.dtype)"
-            )
-        writer.append(stored, labels.numpy())
-        bar.update(len(labels))
-    bar.close()
-    manifest = writer.finish()
+    try:
+        pending = writer.pending_rows()
+        todo = np.concatenate([indices[s:s + n] for s, n in pending]) if pending else indices[:0]
+        loader = make_loader(source, todo, anchor, batch_size=batch_size, num_workers=num_workers)
+        mine = sum(writer.shard_rows_of(k)[1] for k in writer.mine)
+        bar = tqdm(total=mine, initial=mine - len(todo), unit="img", disable=not progress or not dist.is_main(),
+                   desc=f"extract {anchor.name}/{split}" + (f" (rank 0 of {ctx.world_size})" if ctx.distributed else ""))
+        for images, labels in loader:
+            pooled = [anchor.pool(h, k) if k else h for k, h in anchor.block_outputs(images.to(device))]
+            row = torch.cat(pooled, dim=1).float().cpu()
+            if not torch.isfinite(row).all():
+                raise CacheError(
+                    f"anchor {anchor.spec} produced NaN/Inf activations on split {split} (a batch of shard "
+                    f"{writer.mine[len(writer.shards)]}); "
+                    "check the checkpoint and the input normalisation"
+                )
+            stored = _to_storage(row, dtype)
+            if dtype == "float16" and np.isinf(stored).any():
+                raise CacheError(
+                    f"anchor {anchor.spec} has activations beyond float16's range (±65504) on split {split}, which "
+                    "would be stored as Inf; extract with --dtype bfloat16 or --dtype float32 (config: "
+                    "extract.dtype)"
+                )
+            writer.append(stored, labels.numpy())
+            bar.update(len(labels))
+        bar.close()
+        manifest = writer.finish()
+    finally:
+        writer.release()
     if ctx.distributed:
         dist.barrier()  # every rank's shards are on disk
         if dist.is_main():

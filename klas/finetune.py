@@ -119,11 +119,13 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def _load_checkpoint(path: Path, net: StitchedSupernet, settings: FinetuneSettings) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  torch raises several types for damaged files
-        raise KlasError(f"checkpoint {path} cannot be read ({e}); delete it to finetune from the start") from None
+    from klas.reading import load_checkpoint
+
+    state = load_checkpoint(path, what="finetuning checkpoint", inside=path.parent,
+                            fix="delete it to finetune from the start")
     routes = [r.name for r in net.routes]
+    if not isinstance(state, dict) or not {"model", "step"} <= set(state):
+        raise KlasError(f"checkpoint {path} is not a klas finetuning checkpoint; delete it to finetune from the start")
     if state.get("routes") != routes or state.get("settings") != settings.fingerprint():
         raise KlasError(f"checkpoint {path} belongs to other routes or finetune settings; delete it or "
                         "finetune into another folder")
@@ -152,12 +154,18 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, settings.steps, warmup))
     start = 0
     ckpt = out_dir / CHECKPOINT
-    if ckpt.is_file():
+    if os.path.lexists(ckpt):
         state = _load_checkpoint(ckpt, net, settings)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start = int(state["step"])
+        try:
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start = int(state["step"])
+            if not 0 <= start <= settings.steps:
+                raise ValueError(f"step {start}")
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise KlasError(f"checkpoint {ckpt} does not fit this supernet ({type(e).__name__}); delete it to "
+                            "finetune from the start") from None
     schedule = route_schedule(len(net), settings.steps, settings.seed)
     ctx = dist.context()
     batches = _StepBatches(len(dataset), settings.batch_size, settings.seed, start, settings.steps,

@@ -126,9 +126,11 @@ def load_checkpoint(path: str | os.PathLike, *, what: str, fix: str, error: type
     path = regular_file(path, inside=inside, error=error, fix=fix)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise error(f"{path} is not a plain {what} (it holds Python objects beyond tensors and containers), and "
-                    f"klas will not unpickle it; {fix}") from None
+    except pickle.UnpicklingError as e:
+        if "allowed global" in str(e) or "safe_globals" in str(e):  # a pickle naming classes or functions
+            raise error(f"{path} is not a plain {what} (it holds Python objects beyond tensors and containers), "
+                        f"and klas will not unpickle it; {fix}") from None
+        raise error(f"{path}: not a readable {what} (damaged or not a torch file); {fix}") from None
     except Exception as e:  # noqa: BLE001  torch raises RuntimeError, EOFError, ValueError... for damaged files
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise error(f"{path}: not a readable {what} ({first}); {fix}") from None

@@ -23,6 +23,7 @@ files, and every rank waits for them before the next stage.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -31,7 +32,10 @@ import torch
 
 from klas import distributed as dist
 from klas.config import ConfigError, stage_fingerprint
+from klas.errors import CacheError, KlasError
 from klas.files import write_json_atomic
+from klas.reading import load_checkpoint, read_json
+from klas.select import read_selection
 
 __all__ = ["run", "run_methods", "MARKER"]
 
@@ -45,8 +49,9 @@ def _stage(directory: Path, stage: str, fingerprint: str, work: Callable[[], Non
     every_rank: `work` is collective (every rank calls it); otherwise rank 0 alone runs it.
     """
     marker = directory / MARKER
-    if marker.is_file():
-        found = json.loads(marker.read_text()).get("fingerprint")
+    if os.path.lexists(marker):
+        found = read_json(marker, what="stage marker", error=ConfigError, inside=directory,
+                          fix=f"delete {directory} to redo the {stage} stage").get("fingerprint")
         if found == fingerprint:
             log(f"[{stage}] up to date in {directory}, skipped")
             return False
@@ -136,7 +141,8 @@ def run(cfg: dict, *, methods: list[str] | None = None, progress: bool = True, l
     dist.barrier()
     if not dist.is_main():
         return report
-    doc = json.loads((report / "report.json").read_text())
+    doc = read_json(report / "report.json", what="report", error=CacheError, inside=report,
+                    fix=f"delete {report} to write the report again")
     for m in methods:
         s = doc["methods"][m]
         rho = s["spearman_gamma_top1"]
@@ -211,7 +217,7 @@ def _run_method(cfg: dict, method: str, anchors, out: Path, device: str, *, prog
         log(f"[select] {method}: {len(sel.selected)} stitches over {' -> '.join(sel.chain)}")
 
     _stage(sel_dir, "select", stage_fingerprint(cfg, "select", method), do_select, log, every_rank=False)
-    selection_doc = json.loads((sel_dir / "selection.json").read_text())
+    selection_doc = read_selection(sel_dir / "selection.json")
     f = cfg["finetune"]
     settings = FinetuneSettings(steps=f["steps"], batch_size=f["batch_size"], lr=f["lr"], weight_decay=f["weight_decay"],
                                 warmup_fraction=f["warmup_fraction"], stitches_only=f["stitches_only"], freeze_bn=f["freeze_bn"],
@@ -237,8 +243,15 @@ def _run_method(cfg: dict, method: str, anchors, out: Path, device: str, *, prog
 
     def do_evaluate():
         net = fresh_supernet()
-        state = torch.load(net_dir / CHECKPOINT, map_location="cpu", weights_only=True)
-        net.load_state_dict(state["model"])
+        state = load_checkpoint(net_dir / CHECKPOINT, what="supernet checkpoint", inside=net_dir,
+                                fix=f"delete {net_dir} to finetune again")
+        if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+            raise KlasError(f"{net_dir / CHECKPOINT} holds no supernet weights; delete {net_dir} to finetune again")
+        try:
+            net.load_state_dict(state["model"])
+        except RuntimeError:
+            raise KlasError(f"{net_dir / CHECKPOINT} does not fit this selection's supernet; delete {net_dir} to "
+                            "finetune again") from None
         data = _images(cfg, e["split"], anchors[0], cfg["data"]["test_limit"] if e["split"] == "test" else cfg["data"]["val_limit"])
         start, count = dist.even_share(len(data))  # this rank's images; evaluate_routes sums the counts
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(start, start + count)),
@@ -251,5 +264,10 @@ def _run_method(cfg: dict, method: str, anchors, out: Path, device: str, *, prog
                                                                          "routes": [r.to_json() for r in results]})
 
     _stage(here / "evaluation", "evaluate", stage_fingerprint(cfg, "evaluate", method), do_evaluate, log)
-    doc = json.loads((here / "evaluation" / "evaluation.json").read_text())
-    return [RouteResult(**r) for r in doc["routes"]]
+    path = here / "evaluation" / "evaluation.json"
+    fix = f"delete {path.parent} to evaluate again"
+    doc = read_json(path, what="evaluation file", error=CacheError, inside=path.parent, fix=fix)
+    try:
+        return [RouteResult.from_json(r) for r in doc["routes"]]
+    except (KeyError, TypeError, ValueError):
+        raise CacheError(f"{path}: malformed route entries; {fix}") from None

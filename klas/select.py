@@ -29,7 +29,7 @@ from klas.reading import finite_number
 __all__ = [
     "Config", "PairSelection", "Selection", "CHAIN_RULES", "METHODS", "anchor_chain", "configurations",
     "stitch_flops", "config_flops", "unscored_config", "select_pair", "select", "select_random",
-    "snnet_nearest_pairs", "select_snnet_nearest", "METRIC_METHODS", "config_from_json",
+    "snnet_nearest_pairs", "select_snnet_nearest", "METRIC_METHODS", "config_from_json", "read_selection",
 ]
 
 
@@ -97,6 +97,73 @@ def _number(x: float) -> float | None:
 
 def _config_json(c: Config) -> dict:
     return {k: _number(v) if isinstance(v, float) else v for k, v in asdict(c).items()}
+
+
+def read_selection(path) -> dict:
+    """A selection.json document, every field checked (types, anchor names, block indices in
+    range, finite numbers or null); CacheError naming the file otherwise. Specs in it are
+    identifiers only: nothing here loads an anchor."""
+    from pathlib import Path
+
+    from klas.errors import CacheError
+    from klas.reading import read_json
+
+    path = Path(path)
+    fix = "run `klas select` again"
+    doc = read_json(path, what="klas selection", fix=fix, error=CacheError, inside=path.parent)
+    problem = _selection_problem(doc)
+    if problem:
+        raise CacheError(f"{path}: {problem}; {fix}")
+    return doc
+
+
+def _is_int(x, low: int = 0, high: int = 2**62) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and low <= x <= high
+
+
+def _is_number_or_null(x) -> bool:
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x))
+
+
+def _selection_problem(doc: dict) -> str | None:
+    """What is wrong with a parsed selection.json (None if nothing)."""
+    if doc.get("format") != "klas-selection" or doc.get("version") != 1:
+        return "not a klas selection (format klas-selection, version 1)"
+    if not isinstance(doc.get("method"), str) or not isinstance(doc.get("chain"), list):
+        return "method or chain has the wrong type"
+    anchors = doc.get("anchors")
+    if not isinstance(anchors, list) or not anchors:
+        return "anchors is not a list"
+    depth = {}
+    for a in anchors:
+        if not (isinstance(a, dict) and isinstance(a.get("name"), str) and isinstance(a.get("spec"), str)
+                and _is_int(a.get("depth"), 2, 10_000) and _is_int(a.get("flops"))):
+            return f"anchor entry {str(a)[:80]} is malformed"
+        depth[a["name"]] = a["depth"]
+    if len(depth) != len(anchors) or not all(isinstance(n, str) and n in depth for n in doc["chain"]):
+        return "anchor names repeat, or the chain names an anchor not listed"
+    pairs = doc.get("pairs")
+    if not isinstance(pairs, list):
+        return "pairs is not a list"
+    keys = {f.name for f in Config.__dataclass_fields__.values()}
+    for p in pairs:
+        if not isinstance(p, dict) or p.get("source") not in depth or p.get("target") not in depth:
+            return f"a pair names anchors not listed ({str(p)[:80]})"
+        f, g = depth[p["source"]], depth[p["target"]]
+        lists = [p.get("selected"), p.get("configurations"), p.get("bucket_edges"), p.get("tau_per_bucket"),
+                 p.get("coverage_added_blocks", [])]
+        if not all(isinstance(x, list) for x in lists):
+            return f"pair {p['source']} -> {p['target']} lacks its lists"
+        if not all(_is_number_or_null(x) for x in p["bucket_edges"] + p["tau_per_bucket"]):
+            return f"pair {p['source']} -> {p['target']} has non-numeric bucket edges or thresholds"
+        for c in p["selected"] + p["configurations"]:
+            if not (isinstance(c, dict) and set(c) == keys and c["source"] == p["source"]
+                    and c["target"] == p["target"] and _is_int(c["i"], 1, f) and _is_int(c["j"], 0, g - 1)
+                    and _is_int(c["flops"]) and _is_int(c["bucket"], -1, MAX_BUCKETS)
+                    and all(_is_number_or_null(c[k]) for k in ("omega", "sigma", "gamma"))):
+                return (f"configuration {str(c)[:100]} of {p['source']} -> {p['target']} is malformed or outside "
+                        f"the anchors' blocks (i in 1..{f}, j in 0..{g - 1})")
+    return None
 
 
 def config_from_json(d: dict) -> Config:

@@ -77,7 +77,7 @@ def test_checkpoint_of_other_settings_is_refused(tmp_path):
 
 def test_damaged_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
-    with pytest.raises(KlasError, match="cannot be read"):
+    with pytest.raises(KlasError, match="not a readable finetuning checkpoint"):
         finetune(supernet(), Images(), FinetuneSettings(steps=2, batch_size=8), tmp_path, progress=False)
 
 

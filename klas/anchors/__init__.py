@@ -5,8 +5,9 @@ from klas.anchors.module import ModuleAnchor, load_module
 from klas.anchors.registry import ADAPTERS, load_anchor, parse_spec, register_adapter
 from klas.anchors.timm_models import load_timm
 
-register_adapter("cifar-resnet", load_cifar_resnet)
-register_adapter("timm", load_timm)
+register_adapter("cifar-resnet", load_cifar_resnet, {"pretrained": bool, "num_classes": int})
+register_adapter("timm", load_timm, {"pretrained": bool, "num_classes": int, "img_size": int, "patch_size": int,
+                                     "depth": int, "window_size": int, "in_chans": int}, open_options=True)
 register_adapter("module", load_module)
 
 __all__ = [

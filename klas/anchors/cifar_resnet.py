@@ -46,13 +46,17 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+MAX_DEPTH = 1202  # the deepest CIFAR ResNet of He et al. (2016)
+
+
 class CifarResNet(nn.Module):
     """ResNet-`depth` for 32x32 inputs; parameter names match the shared checkpoints."""
 
     def __init__(self, depth: int, num_classes: int = 10):
         super().__init__()
-        if (depth - 2) % 6 != 0 or depth < 8:
-            raise AnchorError(f"CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110), got {depth}")
+        if (depth - 2) % 6 != 0 or not 8 <= depth <= MAX_DEPTH or not 1 <= num_classes <= 100_000:
+            raise AnchorError(f"CIFAR ResNet depth must be 6n + 2 from 8 to {MAX_DEPTH} (8, 14, 20, 32, 44, 56, 110, "
+                              f"…, 1202) and num_classes in 1..100000, got depth {depth}, {num_classes} classes")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
@@ -137,10 +141,10 @@ def load_cifar_resnet(spec: str, args: list[str], options: dict) -> CifarResNetA
     Option `pretrained=false` builds random weights."""
     from klas.settings import cifar_resnet_dir
 
-    if not args or not args[0].isdigit():
+    if not args or not args[0].isdigit() or len(args[0]) > 5:
         raise AnchorError(f"anchor spec {spec!r}: expected cifar-resnet:DEPTH[:CHECKPOINT], e.g. cifar-resnet:20")
     depth = int(args[0])
-    model = CifarResNet(depth, num_classes=int(options.get("num_classes", 10)))
+    model = CifarResNet(depth, num_classes=options.get("num_classes", 10))
     if options.get("pretrained", True):
         path = Path(":".join(args[1:])) if len(args) > 1 else cifar_resnet_dir() / f"resnet{depth}.th"
         load_checkpoint_into(model, path.expanduser())

@@ -8,9 +8,14 @@
     cifar-resnet:20:/path/resnet20.th
     module:mypkg.models:make_anchor
 
-Options after ``?`` are passed to the adapter; values parse as int, float, true/false or text.
-The option ``seed`` (default 0) seeds any randomly initialised weights, so one spec names one
-model in every process (``pretrained=false`` anchors included).
+Options after ``?`` are passed to the adapter. An adapter that declares its options gets each value
+parsed strictly as the declared type (``pretrained=flase`` and ``pretraind=false`` are errors, not
+the default); other values parse as true/false, int, float or text. The option ``seed`` (default 0)
+seeds any randomly initialised weights, so one spec names one model in every process
+(``pretrained=false`` anchors included).
+
+A spec names code only when the user types it: ``module:`` imports a Python module and calls a
+factory in it. Specs read back from files klas wrote are compared as text and never loaded.
 """
 from __future__ import annotations
 
@@ -19,22 +24,37 @@ from typing import Callable
 from klas.anchors.base import Anchor
 from klas.errors import AnchorError
 
-__all__ = ["load_anchor", "parse_spec", "register_adapter", "ADAPTERS"]
+__all__ = ["load_anchor", "parse_spec", "register_adapter", "ADAPTERS", "OPTIONS"]
 
 Loader = Callable[[str, list, dict], Anchor]
 ADAPTERS: dict[str, Loader] = {}
+# kind -> {option: type} for adapters that declare their options (others take any key=value)
+OPTIONS: dict[str, dict[str, type]] = {}
+OPEN_KINDS: set[str] = set()  # kinds whose undeclared options pass through, loosely typed
+COMMON_OPTIONS = {"seed": int}
+MAX_SPEC_CHARS = 4096
 
 
-def register_adapter(kind: str, loader: Loader) -> None:
-    """Makes `kind:` specs load through `loader(spec, args, options)`."""
+def register_adapter(kind: str, loader: Loader, options: dict[str, type] | None = None, *,
+                     open_options: bool = False) -> None:
+    """Makes `kind:` specs load through `loader(spec, args, options)`. `options` declares option
+    names and types, parsed strictly; other names are refused unless `open_options` (then they
+    pass through loosely typed, for adapters that forward them, e.g. to timm.create_model)."""
     ADAPTERS[kind] = loader
+    OPTIONS[kind] = dict(options or {})
+    if open_options or options is None:
+        OPEN_KINDS.add(kind)
+
+
+_TRUE, _FALSE = ("true", "yes"), ("false", "no")
 
 
 def _value(text: str):
+    """A loosely typed option value: true/false, int, float, or the text itself."""
     low = text.lower()
-    if low in ("true", "yes", "1"):
+    if low in _TRUE:
         return True
-    if low in ("false", "no", "0"):
+    if low in _FALSE:
         return False
     for cast in (int, float):
         try:
@@ -44,18 +64,53 @@ def _value(text: str):
     return text
 
 
+def _typed(spec: str, key: str, text: str, kind: type):
+    """An option value parsed strictly as `kind`; AnchorError otherwise."""
+    low = text.lower()
+    if kind is bool:
+        if low in _TRUE + ("1",):
+            return True
+        if low in _FALSE + ("0",):
+            return False
+    elif kind is int:
+        if text.lstrip("-").isdigit() and len(text) <= 18:
+            return int(text)
+    elif kind is float:
+        try:
+            value = float(text)
+            if value == value and abs(value) != float("inf"):
+                return value
+        except ValueError:
+            pass
+    elif kind is str:
+        return text
+    raise AnchorError(f"anchor spec {spec!r}: option {key}={text!r} is not a{'n' if kind is int else ''} "
+                      f"{ {bool: 'true/false', int: 'int', float: 'finite number', str: 'text'}[kind] } value")
+
+
 def parse_spec(spec: str) -> tuple[str, list[str], dict]:
     """Splits a spec into (kind, args, options)."""
     if not isinstance(spec, str) or ":" not in spec:
         raise AnchorError(f"anchor spec {spec!r} must look like KIND:NAME (kinds: {', '.join(sorted(ADAPTERS))})")
+    if len(spec) > MAX_SPEC_CHARS:
+        raise AnchorError(f"anchor spec of {len(spec)} characters; a spec is at most {MAX_SPEC_CHARS}")
     body, _, query = spec.partition("?")
     kind, *args = body.split(":")
+    declared = {**OPTIONS.get(kind, {}), **COMMON_OPTIONS}
     options = {}
     for item in filter(None, query.split("&")):
         key, eq, val = item.partition("=")
         if not eq or not key:
             raise AnchorError(f"anchor spec {spec!r}: option {item!r} is not key=value")
-        options[key] = _value(val)
+        if key in options:
+            raise AnchorError(f"anchor spec {spec!r}: option {key!r} is given twice")
+        if key in declared:
+            options[key] = _typed(spec, key, val, declared[key])
+        elif kind in OPEN_KINDS or kind not in ADAPTERS:
+            options[key] = _value(val)
+        else:
+            raise AnchorError(f"anchor spec {spec!r}: unknown option {key!r} for {kind}: (known: "
+                              f"{', '.join(sorted(declared))})")
     return kind, args, options
 
 
@@ -65,8 +120,8 @@ def load_anchor(spec: str) -> Anchor:
     if kind not in ADAPTERS:
         raise AnchorError(f"anchor spec {spec!r}: unknown kind {kind!r} (known: {', '.join(sorted(ADAPTERS))})")
     seed = options.pop("seed", 0)
-    if not isinstance(seed, int):
-        raise AnchorError(f"anchor spec {spec!r}: seed must be an integer")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise AnchorError(f"anchor spec {spec!r}: seed must be an integer in 0..2^63-1")
     import torch
 
     with torch.random.fork_rng(devices=[]):

@@ -110,6 +110,7 @@ class CacheWriter:
         }
         self._progress = self.dir / progress_name(rank, world_size)
         self._make_dir_writable()
+        self._lock = self._take_lock()
         self.shards: list[ShardEntry] = self._resume()  # this writer's finished shards, in order
         self.rows_done = sum(s.rows for s in self.shards)
         self._buf = np.empty((min(shard_rows, num_samples), self.row_width), dtype=self.storage)
@@ -128,6 +129,31 @@ class CacheWriter:
                 f"output directory {self.dir} is not writable ({e.strerror or e}); "
                 "choose another --out or fix its permissions"
             ) from None
+
+    def _take_lock(self) -> int | None:
+        """An exclusive lock on the cache folder (rank 0), held until `finish` or the process ends:
+        a second extraction into the same folder is refused instead of racing on its files."""
+        import fcntl
+
+        if self.rank != 0:
+            return None  # ranks of one job share the folder; rank 0's lock keeps other jobs out
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CacheError(f"{self.dir} is being written by another extraction (it holds the folder's lock); wait "
+                             "for it to finish, or choose another --out") from None
+        return fd
+
+    def release(self) -> None:
+        """Gives up the folder's lock (also when the writer is garbage-collected or the process ends)."""
+        if getattr(self, "_lock", None) is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def __del__(self):
+        self.release()
 
     def shard_rows_of(self, index: int) -> tuple[int, int]:
         """``(first row, rows)`` of shard `index`."""
@@ -238,7 +264,9 @@ class CacheWriter:
         expected = sum(self.shard_rows_of(k)[1] for k in self.mine)
         if self.rows_done != expected:
             raise CacheError(f"{self.dir}: {self.rows_done} rows written by {self._who()}, {expected} expected")
-        return self.write_manifest() if self.world_size == 1 else None
+        manifest = self.write_manifest() if self.world_size == 1 else None
+        self.release()
+        return manifest
 
     def _who(self) -> str:
         return "this writer" if self.world_size == 1 else f"rank {self.rank} of {self.world_size}"

@@ -21,8 +21,8 @@ import os
 import sys
 
 from klas import distributed
-from klas.errors import KlasError, UsageError
 from klas.devices import check_device, triton_usable_here
+from klas.errors import ConfigError, KlasError, UsageError
 from klas.files import describe_path_error, describe_write_error
 
 __all__ = ["main"]
@@ -230,12 +230,10 @@ def _print_selection(sel) -> None:
 
 
 def _cmd_export(args) -> int:
-    import json
     from pathlib import Path
 
     from klas.export import to_snnet, write_csv
     from klas.files import write_json_atomic
-
     from klas.select import read_selection
 
     path = Path(args.selection)
@@ -251,14 +249,12 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_import_snnet(args) -> int:
-    import json
     from pathlib import Path
 
     from klas.export import from_snnet
     from klas.files import write_json_atomic
-    from klas.scores import load_scores
-
     from klas.reading import read_json
+    from klas.scores import load_scores
 
     snnet = read_json(args.config, what="SN-Net configuration file", error=UsageError,
                       fix="give a JSON file as `klas export --format snnet` writes")
@@ -276,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("extract", help="cache every block's pooled output for each anchor and split")
-    p.add_argument("--anchor", action="append", required=True, help="anchor spec (repeat for several)")
+    p.add_argument("--anchor", action="append", required=True,
+                   help="anchor spec (repeat for several); a module:PKG.MOD:FACTORY spec imports PKG.MOD and calls "
+                        "FACTORY, so give only specs you trust")
     p.add_argument("--out", required=True, help="cache root; caches go to OUT/<anchor>/<split>")
     p.add_argument("--splits", default="train,val", help="comma-separated: train (D_t), val (D_v), test")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
@@ -342,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_import_snnet)
 
     p = sub.add_parser("eval-anchor", help="top-1 accuracy of one anchor on a dataset split")
-    p.add_argument("spec", help="anchor spec, e.g. cifar-resnet:20 or timm:deit_tiny_patch16_224")
+    p.add_argument("spec", help="anchor spec, e.g. cifar-resnet:20 or timm:deit_tiny_patch16_224 (module:PKG.MOD:FACTORY "
+                                "imports PKG.MOD and calls FACTORY)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_data_options(p)
@@ -377,11 +376,14 @@ def _cmd_run(args) -> int:
         overrides["select.compare"] = args.compare
     for item in args.set or []:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set expects KEY=VALUE (e.g. finetune.steps=200), got {item!r}")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. finetune.steps=200), got {item!r}")
         import yaml
 
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: the value {value!r} does not parse ({' '.join(str(e).split())})") from None
     cfg = load_config(args.config, overrides)
     methods = [args.method] if args.method and not args.compare else None
     run(cfg, methods=methods, progress=not args.quiet)

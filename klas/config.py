@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 from klas.errors import ConfigError

@@ -16,9 +16,9 @@ import math
 import os
 from pathlib import Path
 
+from klas.errors import UsageError
 from klas.scores import Scores
 from klas.select import PairSelection, Selection, configurations, unscored_config
-from klas.errors import UsageError
 
 __all__ = ["to_snnet", "write_csv", "from_snnet", "SNNET_FORMAT"]
 
@@ -40,8 +40,10 @@ def to_snnet(selection: dict) -> dict:
 
 def write_csv(selection: dict, path: str | os.PathLike) -> Path:
     """One row per selected configuration: anchor pair, i, j (KLAS), a, b (SN-Net), FLOPs, Ω, Σ, Γ, bucket."""
+    from klas.files import atomic_path
+
     path = Path(path)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["source", "target", "i", "j", "snnet_a", "snnet_b", "flops", "omega", "sigma", "gamma", "bucket"])
         for p in selection["pairs"]:

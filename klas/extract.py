@@ -82,8 +82,9 @@ def _extract_one(anchor: Anchor, cache_dir: Path, *, data, split, batch_size, dt
                     f"{cache_dir} holds the cache of anchor {existing.anchor!r}, not {anchor.spec!r}; "
                     "choose another --out (two specs with one name cannot share a folder)"
                 )
-            if existing.dtype == dtype and existing.source == settings:
-                return existing  # complete and matching: nothing to do
+            if (existing.dtype == dtype and existing.source == settings
+                    and existing.weights_digest == anchor.weights_digest()):
+                return existing  # complete and matching (data, settings and weights): nothing to do
             if dist.is_main():
                 warnings.warn(f"{cache_dir}: cache made with other settings is replaced", stacklevel=3)
     dist.barrier()  # every rank has read the old manifest before rank 0's writer removes it

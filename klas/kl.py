@@ -30,6 +30,7 @@ from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
+
 from klas.errors import UsageError
 
 __all__ = [

@@ -16,7 +16,6 @@ gradient is the one-process gradient; the result differs from one process by rou
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +29,11 @@ from tqdm.auto import tqdm
 from klas import distributed as dist
 from klas.cache import CacheReader, Manifest
 from klas.cache.format import DTYPES
-from klas.cache.reader import batch_share, row_ranges
 from klas.cache.pairing import check_same_samples, check_same_weights, recorded
+from klas.cache.reader import batch_share, row_ranges
 from klas.errors import CacheError, UsageError
-from klas.reading import finite_number, load_safetensors, read_json
 from klas.files import save_safetensors_atomic, write_json_atomic
+from klas.reading import finite_number, load_safetensors, read_json
 
 __all__ = ["ProbeSet", "train_probes", "load_probes", "probe_table", "probe_losses", "JointProbes"]
 

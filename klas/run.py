@@ -22,7 +22,6 @@ files, and every rank waits for them before the next stage.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path

@@ -14,7 +14,6 @@ Written as ``scores.safetensors`` + ``scores.json`` (+ a heatmap PNG per anchor 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -26,9 +25,9 @@ import torch
 from klas import distributed as dist
 from klas.cache import CacheReader
 from klas.cache.pairing import check_same_samples, check_same_weights
-from klas.files import save_safetensors_atomic, write_json_atomic
 from klas.errors import CacheError, UsageError
 from klas.features import CacheFeatures
+from klas.files import save_safetensors_atomic, write_json_atomic
 from klas.kl import check_temperature, kl_matrix_from_features
 from klas.probes import load_probes
 from klas.reading import finite_number, load_safetensors, read_json

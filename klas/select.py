@@ -22,9 +22,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from klas.scores import AnchorEntry, Scores
 from klas.errors import UsageError
 from klas.reading import finite_number
+from klas.scores import AnchorEntry, Scores
 
 __all__ = [
     "Config", "PairSelection", "Selection", "CHAIN_RULES", "METHODS", "anchor_chain", "configurations",

@@ -40,3 +40,11 @@ def shared_available() -> bool:
 requires_shared = pytest.mark.skipif(
     not shared_available(), reason="shared CIFAR-10 data/models not found (set KLAS_SHARED)"
 )
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory, shapes_dir) -> Path:
+    """A finished extract -> probes -> score run (read-only: copy it before damaging it)."""
+    from helpers import make_real_run
+
+    return make_real_run(tmp_path_factory.mktemp("real"), shapes_dir)

@@ -34,3 +34,46 @@ def feature_cache(path, n: int, widths, num_classes: int, *, seed: int = 0, data
     w.append(rows.astype(np.float16) if dtype == "float16" else rows, labels)
     w.finish()
     return rows, labels
+
+
+# -- a real run to damage (tests/test_bad_input.py, tests/test_hostile_input.py) -----------------
+
+REAL_A = "cifar-resnet:8?pretrained=false&seed=1"
+REAL_B = "cifar-resnet:14?pretrained=false&seed=2"
+
+
+def make_real_run(root, shapes_dir):
+    """extract -> probes -> score of two small random ResNets on the generated shapes under `root`."""
+    from klas.cli import main
+
+    cache = root / "cache"
+    assert main(["extract", "--anchor", REAL_A, "--anchor", REAL_B, "--data", str(shapes_dir), "--out", str(cache),
+                 "--batch-size", "16", "--shard-rows", "32", "--quiet"]) == 0
+    assert main(["probes", "--cache", str(cache), "--epochs", "1", "--batch-size", "32", "--quiet"]) == 0
+    assert main(["score", "--cache", str(cache), "--no-plots"]) == 0
+    return root
+
+
+def tree(root) -> dict:
+    """sha256 of every file under `root`, by relative path."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def rewrite_crc(cache_dir, shard: int) -> None:
+    """Makes the manifest agree with a shard edited on purpose (so that only the values are bad)."""
+    import json
+
+    from klas.cache.format import checksum
+
+    m = json.loads((cache_dir / "manifest.json").read_text())
+    m["shards"][shard]["crc32c"] = checksum((cache_dir / m["shards"][shard]["file"]).read_bytes())
+    (cache_dir / "manifest.json").write_text(json.dumps(m))
+
+
+def patch_bytes(path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)

@@ -4,7 +4,6 @@ names the problem and the fix, and every other file of the run is left as it was
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -15,42 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import REAL_A as A
+from helpers import REAL_B as B
+from helpers import patch_bytes as _patch
+from helpers import rewrite_crc as _rewrite_crc
+from helpers import tree as _tree
 from PIL import Image
 
-from klas.cache.format import checksum
 from klas.cli import main
-
-A = "cifar-resnet:8?pretrained=false&seed=1"
-B = "cifar-resnet:14?pretrained=false&seed=2"
-
-
-@pytest.fixture(scope="module")
-def real_run(tmp_path_factory, shapes_dir) -> Path:
-    root = tmp_path_factory.mktemp("real")
-    cache = root / "cache"
-    assert main(["extract", "--anchor", A, "--anchor", B, "--data", str(shapes_dir), "--out", str(cache),
-                 "--batch-size", "16", "--shard-rows", "32", "--quiet"]) == 0
-    assert main(["probes", "--cache", str(cache), "--epochs", "1", "--batch-size", "32", "--quiet"]) == 0
-    assert main(["score", "--cache", str(cache), "--no-plots"]) == 0
-    return root
-
-
-def _tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _rewrite_crc(cache_dir: Path, shard: int) -> None:
-    """Makes the manifest agree with a shard edited on purpose (so that only the values are bad)."""
-    m = json.loads((cache_dir / "manifest.json").read_text())
-    m["shards"][shard]["crc32c"] = checksum((cache_dir / m["shards"][shard]["file"]).read_bytes())
-    (cache_dir / "manifest.json").write_text(json.dumps(m))
-
-
-def _patch(path: Path, offset: int, data: bytes) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(data)
 
 
 def corrupt_byte(c: Path) -> list[Path]:

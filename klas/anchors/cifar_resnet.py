@@ -141,7 +141,7 @@ def load_cifar_resnet(spec: str, args: list[str], options: dict) -> CifarResNetA
     Option `pretrained=false` builds random weights."""
     from klas.settings import cifar_resnet_dir
 
-    if not args or not args[0].isdigit() or len(args[0]) > 5:
+    if not args or not args[0].isdigit():
         raise AnchorError(f"anchor spec {spec!r}: expected cifar-resnet:DEPTH[:CHECKPOINT], e.g. cifar-resnet:20")
     depth = int(args[0])
     model = CifarResNet(depth, num_classes=options.get("num_classes", 10))
@@ -149,6 +149,6 @@ def load_cifar_resnet(spec: str, args: list[str], options: dict) -> CifarResNetA
         path = Path(":".join(args[1:])) if len(args) > 1 else cifar_resnet_dir() / f"resnet{depth}.th"
         load_checkpoint_into(model, path.expanduser())
     anchor = CifarResNetAnchor(model.eval(), spec=spec, name=f"cifar-resnet{depth}")
-    if options.get("pretrained", True) and anchor.num_classes == len(CIFAR10_CLASSES):
-        anchor.class_names = CIFAR10_CLASSES  # the checkpoints were trained on CIFAR-10, in this order
+    if options.get("pretrained", True) and len(args) == 1 and anchor.num_classes == len(CIFAR10_CLASSES):
+        anchor.class_names = CIFAR10_CLASSES  # the shared checkpoints were trained on CIFAR-10, in this order
     return anchor

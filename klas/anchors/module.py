@@ -1,5 +1,8 @@
 """A user's own model as an anchor: `module:package.module:factory`.
 
+Loading such a spec imports `package.module` and calls `factory`: it runs code. klas loads specs
+only as the user types them (CLI, config, API), never from a file it reads back.
+
 The factory (called with the spec's options as keyword arguments) returns either an `Anchor`, or
 a dict with ``stem``, ``blocks`` (a sequence of modules), ``head`` and optionally ``layout``
 (one of LAYOUTS or a list), ``input_size``, ``mean``, ``std``, ``num_classes``, ``name``.

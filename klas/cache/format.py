@@ -16,7 +16,6 @@ that the manifest lists it in its place (a shard listed twice or two swapped are
 """
 from __future__ import annotations
 
-import json
 import os
 import struct
 from dataclasses import asdict, dataclass, field

@@ -36,9 +36,23 @@ from klas.files import write_json_atomic
 from klas.reading import load_checkpoint, read_json
 from klas.select import read_selection
 
-__all__ = ["run", "run_methods", "MARKER"]
+__all__ = ["run", "run_methods", "stage_done", "MARKER"]
 
 MARKER = ".klas-stage.json"
+
+
+def stage_done(directory: Path, stage: str, fingerprint: str) -> bool:
+    """True when `directory` holds this stage's finished outputs for `fingerprint`; False when it has
+    no marker; ConfigError when the marker is damaged or belongs to another config."""
+    marker = directory / MARKER
+    if not os.path.lexists(marker):
+        return False
+    found = read_json(marker, what="stage marker", error=ConfigError, inside=directory,
+                      fix=f"delete {directory} to redo the {stage} stage").get("fingerprint")
+    if found == fingerprint:
+        return True
+    raise ConfigError(f"{directory} holds {stage} outputs of another config (fingerprint {str(found)[:40]}, this "
+                      f"config {fingerprint}); give the run another `out`, or delete {directory} to redo the stage")
 
 
 def _stage(directory: Path, stage: str, fingerprint: str, work: Callable[[], None], log, *,
@@ -47,15 +61,9 @@ def _stage(directory: Path, stage: str, fingerprint: str, work: Callable[[], Non
 
     every_rank: `work` is collective (every rank calls it); otherwise rank 0 alone runs it.
     """
-    marker = directory / MARKER
-    if os.path.lexists(marker):
-        found = read_json(marker, what="stage marker", error=ConfigError, inside=directory,
-                          fix=f"delete {directory} to redo the {stage} stage").get("fingerprint")
-        if found == fingerprint:
-            log(f"[{stage}] up to date in {directory}, skipped")
-            return False
-        raise ConfigError(f"{directory} holds {stage} outputs of another config (fingerprint {found}, this config "
-                          f"{fingerprint}); give the run another `out`, or delete {directory} to redo the stage")
+    if stage_done(directory, stage, fingerprint):
+        log(f"[{stage}] up to date in {directory}, skipped")
+        return False
     log(f"[{stage}] running -> {directory}")
     began = time.perf_counter()
     directory.mkdir(parents=True, exist_ok=True)

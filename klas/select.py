@@ -147,7 +147,8 @@ def _selection_problem(doc: dict) -> str | None:
         return "pairs is not a list"
     keys = {f.name for f in Config.__dataclass_fields__.values()}
     for p in pairs:
-        if not isinstance(p, dict) or p.get("source") not in depth or p.get("target") not in depth:
+        if (not isinstance(p, dict) or not isinstance(p.get("source"), str) or not isinstance(p.get("target"), str)
+                or p["source"] not in depth or p["target"] not in depth):
             return f"a pair names anchors not listed ({str(p)[:80]})"
         f, g = depth[p["source"]], depth[p["target"]]
         lists = [p.get("selected"), p.get("configurations"), p.get("bucket_edges"), p.get("tau_per_bucket"),

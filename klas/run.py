@@ -61,6 +61,7 @@ def _stage(directory: Path, stage: str, fingerprint: str, work: Callable[[], Non
 
     every_rank: `work` is collective (every rank calls it); otherwise rank 0 alone runs it.
     """
+    marker = directory / MARKER
     if stage_done(directory, stage, fingerprint):
         log(f"[{stage}] up to date in {directory}, skipped")
         return False

@@ -166,14 +166,14 @@ class CacheWriter:
 
     def _recorded(self, progress: Path) -> list[ShardEntry] | None:
         """The shards a progress file records, if it reads back and holds these settings; else None."""
-        import json
+        from klas.reading import read_json
 
         try:
-            state = json.loads(progress.read_text())
+            state = read_json(progress, what="progress file", fix="", error=CacheError, inside=self.dir)
             if state.get("settings") != _jsonable(self._settings):
                 return None
             return [ShardEntry(file=s["file"], rows=_int(s["rows"]), crc32c=_int(s["crc32c"])) for s in state["shards"]]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (CacheError, OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
     def _resume(self) -> list[ShardEntry]:

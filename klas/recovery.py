@@ -1,0 +1,310 @@
+"""The recovery test (the KLAS paper's Table 1): does a selection method pick the good stitches?
+
+For one anchor pair (f, g) every grid-valid configuration (i, j) inside the pair's FLOPs range is
+stitched, initialised by least squares and finetuned alone with the same small budget (the
+stitching layer alone, both anchors frozen, so that configurations of one source block can share
+its front), then evaluated on the test split: the ground-truth
+accuracy of every configuration, and for free its accuracy right after the least-squares fit.
+
+The good set: the FLOPs range split into m_g − 1 equal buckets (the first bucket count of KLAS's
+coverage rule); in each bucket the best configuration and those within `delta` points of it. Every
+method's picks on this pair are then scored against it: precision, recall, the accuracy lost
+against the best configuration of the pick's bucket, and, for methods that score configurations,
+the Spearman correlation between score and accuracy within each bucket (lower Γ should mean higher
+accuracy, so a good score correlates negatively).
+
+Work is shared and resumable: the configurations of one source block i are trained together, in
+lock-step on the same batches, with f's frozen front (stem + blocks 1..i) computed once per batch
+for all of them; each configuration's result is written to its own file as soon as it is known, so
+a rerun trains only what is missing. Under torchrun the source blocks are shared out across ranks.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from klas import distributed as dist
+from klas.errors import CacheError, UsageError
+from klas.files import write_json_atomic
+from klas.reading import finite_number, read_json
+
+__all__ = ["RecoverySettings", "train_configurations", "good_set", "score_method", "recovery_report", "RANDOM"]
+
+RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class RecoverySettings:
+    """The budget every configuration gets (identical for all, so only the configuration differs)."""
+
+    steps: int = 200
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    calibration_images: int = 128
+    delta: float = 0.5  # points of top-1: the good set's tolerance
+    random_seeds: int = 20
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 0 or self.batch_size < 1 or self.calibration_images < 1 or self.random_seeds < 1:
+            raise UsageError(f"recovery settings need steps >= 0, batch_size, calibration_images and random_seeds "
+                             f">= 1, got {self}")
+        finite_number(self.lr, "recovery lr", error=UsageError, positive=True)
+        finite_number(self.weight_decay, "recovery weight_decay", error=UsageError, low=0.0, high=100.0)
+        finite_number(self.delta, "recovery delta", error=UsageError, low=0.0, high=100.0)
+
+    def fingerprint(self) -> dict:
+        """What a configuration's result depends on (delta and the random seeds only score it)."""
+        keep = asdict(self)
+        for k in ("delta", "random_seeds"):
+            keep.pop(k)
+        return keep
+
+
+def _result_path(out: Path, i: int, j: int) -> Path:
+    return out / "configurations" / f"i{i:03d}_j{j:03d}.json"
+
+
+def _load_result(path: Path, fingerprint: dict) -> dict | None:
+    """A finished configuration's result if it was trained with these settings; else None."""
+    try:
+        doc = read_json(path, what="recovery result", error=CacheError, inside=path.parent, fix="")
+    except CacheError:
+        return None
+    ok = (doc.get("settings") == fingerprint and all(
+        isinstance(doc.get(k), (int, float)) and not isinstance(doc.get(k), bool) and 0 <= doc[k] <= 100
+        for k in ("top1", "top1_init")))
+    return doc if ok else None
+
+
+def _accuracy(front_outputs, stitches, back) -> list[tuple[int, int]]:
+    """(correct, total) per stitch over pre-computed batches."""
+    counts = [[0, 0] for _ in stitches]
+    for h, y in front_outputs():
+        for s, stitch in enumerate(stitches):
+            pred = back(s, stitch(h)).argmax(dim=1)
+            counts[s][0] += int((pred == y).sum())
+            counts[s][1] += len(y)
+    return [(c, t) for c, t in counts]
+
+
+def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, settings: RecoverySettings,
+                         out: str | Path, *, device: str = "cpu", progress: bool = True, eval_batch: int = 500,
+                         log=print) -> dict[tuple[int, int], dict]:
+    """Trains and evaluates every configuration (i, j) of source f and target g (Anchors); returns
+    ``{(i, j): result}`` with top1_init (after the least-squares fit), top1 (after finetuning), FLOPs.
+
+    train, test: datasets of (image, label) for the anchors' preprocessing. Results are files under
+    `out`/configurations; a configuration with a finished result is not trained again.
+    """
+    from klas.stitch import StitchedSupernet
+
+    out = Path(out)
+    fp = settings.fingerprint()
+    done: dict[tuple[int, int], dict] = {}
+    for i, j in configs:
+        r = _load_result(_result_path(out, i, j), fp)
+        if r is not None:
+            done[(i, j)] = r
+    todo = [c for c in configs if c not in done]
+    by_source: dict[int, list[int]] = {}
+    for i, j in todo:
+        by_source.setdefault(i, []).append(j)
+    ctx = dist.context()
+    blocks = sorted(by_source)[ctx.rank::ctx.world_size]
+    if todo:
+        log(f"[recovery] {len(done)} of {len(configs)} configurations done; training {len(todo)} "
+            f"(source blocks {blocks})")
+    gen = torch.Generator().manual_seed(settings.seed)
+    calib_idx = torch.randperm(len(train), generator=gen)[:settings.calibration_images].tolist()
+    calib = torch.stack([train[k][0] for k in calib_idx]).to(device)
+    order = torch.randint(0, len(train), (settings.steps, settings.batch_size), generator=gen)
+    test_loader = torch.utils.data.DataLoader(test, batch_size=eval_batch)
+    for i in blocks:
+        began = time.perf_counter()
+        js = by_source[i]
+        net = StitchedSupernet([f, g], [(f.name, g.name, i, j) for j in js]).to(device).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        net.init_stitches(calib, seed=settings.seed)
+        stitches = list(net.stitches)
+        trained = [p for s in stitches for p in s.parameters()]  # the stitching layers alone: anchors frozen
+        for p in trained:
+            p.requires_grad_(True)
+
+        def back(s: int, h: torch.Tensor) -> torch.Tensor:
+            return g.forward_back(h, js[s])
+
+        @torch.no_grad()
+        def test_fronts():
+            for x, y in test_loader:
+                yield f.forward_front(x.to(device), i), y.to(device)
+
+        with torch.no_grad():
+            init = _accuracy(test_fronts, stitches, back)
+        opt = torch.optim.AdamW(trained, lr=settings.lr, weight_decay=settings.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / max(settings.steps, 1), 1.0))))
+        bar = tqdm(range(settings.steps), desc=f"recovery i={i} ({len(js)} stitches)", unit="step",
+                   disable=not progress or not dist.is_main())
+        losses = []
+        for step in bar:
+            idx = order[step].tolist()
+            x = torch.stack([train[k][0] for k in idx]).to(device)
+            y = torch.tensor([train[k][1] for k in idx], device=device)
+            with torch.no_grad():
+                h = f.forward_front(x, i)
+            loss = sum(torch.nn.functional.cross_entropy(back(s, st(h)), y) for s, st in enumerate(stitches))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss) / len(stitches))
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        bar.close()
+        with torch.no_grad():
+            final = _accuracy(test_fronts, stitches, back)
+        seconds = time.perf_counter() - began
+        for s, j in enumerate(js):
+            k = len(net.anchor_names) + s
+            result = {
+                "i": i, "j": j, "flops": net.route_flops(k), "top1_init": 100.0 * init[s][0] / max(init[s][1], 1),
+                "top1": 100.0 * final[s][0] / max(final[s][1], 1), "correct": final[s][0], "total": final[s][1],
+                "final_loss": losses[-1] if losses else None, "seconds_for_source_block": seconds,
+                "settings": fp,
+            }
+            write_json_atomic(_result_path(out, i, j), result)
+            done[(i, j)] = result
+        log(f"[recovery] source block {i}: {len(js)} configurations in {seconds:.0f} s, top-1 "
+            f"{min(done[(i, j)]['top1'] for j in js):.2f}..{max(done[(i, j)]['top1'] for j in js):.2f}%")
+    dist.barrier()
+    for i, j in configs:  # other ranks' results
+        if (i, j) not in done:
+            r = _load_result(_result_path(out, i, j), fp)
+            if r is None:
+                raise CacheError(f"{_result_path(out, i, j)} is missing after every rank finished; run the same "
+                                 "command again to train it")
+            done[(i, j)] = r
+    return done
+
+
+# -- scoring a method's picks against the ground truth -------------------------------------------
+
+def buckets_of(flops: dict[tuple[int, int], int], lo: float, hi: float, count: int) -> dict[tuple[int, int], int]:
+    """Equal-width FLOPs bucket of each configuration over [lo, hi] (the selection's bucketing)."""
+    width = (hi - lo) / count if hi > lo else 1.0
+    return {c: min(max(int((v - lo) // width), 0), count - 1) for c, v in flops.items()}
+
+
+def good_set(acc: dict[tuple[int, int], float], bucket: dict[tuple[int, int], int], delta: float) -> set:
+    """Per bucket: the best configuration and those within `delta` points of it."""
+    best: dict[int, float] = {}
+    for c, a in acc.items():
+        best[bucket[c]] = max(best.get(bucket[c], -1.0), a)
+    return {c for c, a in acc.items() if a >= best[bucket[c]] - delta}
+
+
+def score_method(picks: Sequence[tuple[int, int]], acc: dict, bucket: dict, good: set,
+                 scores: dict | None = None) -> dict:
+    """Precision, recall, accuracy lost and within-bucket Spearman(score, accuracy) of one method."""
+    from klas.evaluate import spearman
+
+    inside = [c for c in dict.fromkeys(picks) if c in acc]
+    hit = [c for c in inside if c in good]
+    best = {}
+    for c, a in acc.items():
+        best[bucket[c]] = max(best.get(bucket[c], -1.0), a)
+    lost = [best[bucket[c]] - acc[c] for c in inside]
+    per_bucket_best_pick = {}
+    for c in inside:
+        b = bucket[c]
+        per_bucket_best_pick[b] = max(per_bucket_best_pick.get(b, -1.0), acc[c])
+    out = {
+        "picks": len(inside), "picks_outside_ground_truth": len(set(picks)) - len(inside), "good_found": len(hit),
+        "precision": len(hit) / len(inside) if inside else None, "recall": len(hit) / len(good) if good else None,
+        "mean_points_lost_per_pick": sum(lost) / len(lost) if lost else None,
+        "buckets_covered": len(per_bucket_best_pick), "buckets": len(best),
+        "mean_points_lost_per_covered_bucket": (sum(best[b] - a for b, a in per_bucket_best_pick.items())
+                                                / len(per_bucket_best_pick)) if per_bucket_best_pick else None,
+        "spearman_score_top1_within_buckets": None,
+    }
+    if scores:
+        rhos, weights = [], []
+        for b in set(bucket.values()):
+            members = [c for c in acc if bucket[c] == b and c in scores and math.isfinite(scores[c])]
+            if len(members) >= 3 and len({acc[c] for c in members}) > 1 and len({scores[c] for c in members}) > 1:
+                rhos.append(spearman([scores[c] for c in members], [acc[c] for c in members]))
+                weights.append(len(members))
+        if rhos:
+            out["spearman_score_top1_within_buckets"] = sum(r * w for r, w in zip(rhos, weights)) / sum(weights)
+            out["spearman_buckets"] = len(rhos)
+    return out
+
+
+def mean_interval(values: Sequence[float]) -> dict:
+    """Mean and a 95% interval (t distribution) of independent values."""
+    vals = [v for v in values if v is not None]
+    n = len(vals)
+    if n == 0:
+        return {"mean": None, "low": None, "high": None, "n": 0}
+    mean = sum(vals) / n
+    if n == 1:
+        return {"mean": mean, "low": None, "high": None, "n": 1}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+    half = t_quantile_975(n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+
+
+def t_quantile_975(dof: int) -> float:
+    """The 97.5% quantile of Student's t with `dof` degrees of freedom (for 95% intervals)."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+             12: 2.179, 15: 2.131, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+    if dof in table:
+        return table[dof]
+    keys = sorted(table)
+    if dof > keys[-1]:
+        return 1.960
+    lo = max(k for k in keys if k < dof)
+    hi = min(k for k in keys if k > dof)
+    return table[lo] + (table[hi] - table[lo]) * (dof - lo) / (hi - lo)
+
+
+def recovery_report(results: dict[tuple[int, int], dict], methods: dict[str, dict], settings: RecoverySettings,
+                    lo: float, hi: float, bucket_count: int) -> dict:
+    """The whole report: ground truth, good set, and every method's scores.
+
+    methods: name -> {"picks": [(i, j)], "scores": {(i, j): score} or None}; the name RANDOM maps to
+    {"draws": [[(i, j)], ...]} (one pick list per seed), reported as mean and 95% interval.
+    """
+    acc = {c: r["top1"] for c, r in results.items()}
+    acc_init = {c: r["top1_init"] for c, r in results.items()}
+    bucket = buckets_of({c: r["flops"] for c, r in results.items()}, lo, hi, bucket_count)
+    good = good_set(acc, bucket, settings.delta)
+    scored = {}
+    for name, m in methods.items():
+        if name == RANDOM:
+            draws = [score_method(d, acc, bucket, good) for d in m["draws"]]
+            scored[name] = {k: mean_interval([d[k] for d in draws]) for k in
+                            ("precision", "recall", "mean_points_lost_per_pick", "mean_points_lost_per_covered_bucket",
+                             "picks")}
+            scored[name]["seeds"] = len(draws)
+        else:
+            scored[name] = score_method(m["picks"], acc, bucket, good, m.get("scores"))
+            scored[name]["picked"] = sorted([list(c) for c in dict.fromkeys(m["picks"])])
+    good_init = good_set(acc_init, bucket, settings.delta)
+    return {
+        "format": "klas-recovery", "version": 1, "settings": asdict(settings), "flops_range": [lo, hi],
+        "buckets": bucket_count,
+        "configurations": [{**{k: v for k, v in results[c].items() if k != "settings"}, "bucket": bucket[c],
+                            "good": c in good} for c in sorted(results, key=lambda c: (results[c]["flops"], c))],
+        "good_set": sorted([list(c) for c in good]), "good_set_after_lstsq_only": sorted([list(c) for c in good_init]),
+        "methods": scored,
+    }

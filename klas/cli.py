@@ -198,7 +198,8 @@ def _cmd_select(args) -> int:
     out = Path(args.out) if args.out else scores_dir.parent / "selection"
     buckets = args.buckets
     scores = load_scores(scores_dir)
-    options = dict(tau=args.tau, tau_mode=args.tau_mode, buckets=buckets, chain_rule=args.chain_rule)
+    options = dict(tau=args.tau, tau_mode=args.tau_mode, buckets=buckets, chain_rule=args.chain_rule,
+                   flops_range=args.flops_range)
     if args.method in METRIC_METHODS:
         from klas.metric_tables import metric_numerators
 
@@ -206,9 +207,11 @@ def _cmd_select(args) -> int:
             raise KlasError(f"--method {args.method} reads the pooled features: give --cache (the extraction output)")
         sel = select(scores, numerators=metric_numerators(scores, args.method, args.cache, args.probes),
                      method=args.method, **options)
+    elif args.method == "snnet-nearest":
+        sel = select_snnet_nearest(scores, stage_skips=not args.snnet_all_stages)
     else:
         sel = METHODS[args.method](scores, **options)
-    baseline = select_snnet_nearest(scores) if args.method == "klas" else None
+    baseline = select_snnet_nearest(scores, stage_skips=not args.snnet_all_stages) if args.method == "klas" else None
     out.mkdir(parents=True, exist_ok=True)
     stem = "selection" if args.method == "klas" else f"selection-{args.method}"
     write_json_atomic(out / f"{stem}.json", sel.to_json())
@@ -319,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau-mode", default="relative", choices=["relative", "absolute"])
     p.add_argument("--buckets", default="auto", type=_buckets, help="FLOPs buckets per anchor pair, or auto (coverage rule)")
     p.add_argument("--chain-rule", default="minimax", choices=["minimax", "nearest"])
+    p.add_argument("--flops-range", default="exclude", choices=["exclude", "end-buckets"],
+                   help="configurations cheaper than the source anchor or costlier than the target: not candidates "
+                        "(exclude), or in the first / last bucket")
+    p.add_argument("--snnet-all-stages", action="store_true",
+                   help="SN-Net baseline: stitch every stage (default: skip the stages SN-Net's code skips)")
     p.add_argument("--method", default="klas", choices=["klas", "snnet-nearest", "cka", "mse", "ce", "dm", "kl-ls", "random"],
                    help="klas; SN-Net's nearest stitching; Γ with CKA / least-squares error / cross-entropy / "
                         "distance-matrix gap / Θ through a least-squares stitch (kl-ls) in place of Θ (needs --cache); "

@@ -31,9 +31,9 @@ DEFAULTS: dict[str, Any] = {
     "probes": {"epochs": 4, "batch_size": 256, "lr": 1e-2, "weight_decay": 0.0, "labels": "true"},
     "score": {"temperature": 1.0, "floor": 1e-6, "backend": "auto"},
     "select": {"method": "klas", "compare": [], "tau": 0.05, "tau_mode": "relative", "buckets": "auto",
-               "chain_rule": "minimax"},
+               "chain_rule": "minimax", "flops_range": "exclude", "snnet_stage_skips": True},
     "finetune": {"steps": 1000, "batch_size": 64, "lr": 1e-4, "weight_decay": 0.05, "warmup_fraction": 0.05,
-                 "stitches_only": False, "freeze_bn": True, "checkpoint_every": 100, "calibration_images": 128, "num_workers": 0},
+                 "stitches_only": False, "freeze_bn": True, "anchors": "chain", "checkpoint_every": 100, "calibration_images": 128, "num_workers": 0},
     "evaluate": {"batch_size": 500, "split": "test"},
     "distributed": {"timeout_s": 1800.0},  # under torchrun: how long a rank waits for the others
 }
@@ -44,6 +44,8 @@ CHOICES = {
     ("score", "backend"): ("auto", "torch", "native", "triton"),
     ("select", "tau_mode"): ("relative", "absolute"),
     ("select", "chain_rule"): ("minimax", "nearest"),
+    ("select", "flops_range"): ("exclude", "end-buckets"),
+    ("finetune", "anchors"): ("chain", "all"),
     ("evaluate", "split"): ("test", "val"),
 }
 
@@ -229,11 +231,12 @@ STAGE_KEYS = {
     "probes": ("anchors", "data", "extract", "seed", "probes"),
     "score": ("anchors", "data", "extract", "seed", "probes", "score"),
     "select": ("anchors", "data", "extract", "seed", "probes", "score", "select.tau", "select.tau_mode",
-               "select.buckets", "select.chain_rule"),
+               "select.buckets", "select.chain_rule", "select.flops_range", "select.snnet_stage_skips"),
     "finetune": ("anchors", "data", "extract", "seed", "probes", "score", "select.tau", "select.tau_mode",
-                 "select.buckets", "select.chain_rule", "finetune"),
+                 "select.buckets", "select.chain_rule", "select.flops_range", "select.snnet_stage_skips", "finetune"),
     "evaluate": ("anchors", "data", "extract", "seed", "probes", "score", "select.tau", "select.tau_mode",
-                 "select.buckets", "select.chain_rule", "finetune", "evaluate"),
+                 "select.buckets", "select.chain_rule", "select.flops_range", "select.snnet_stage_skips", "finetune",
+                 "evaluate"),
 }
 # settings that change speed or file layout, not results
 _NOT_RESULTS = {"num_workers", "checkpoint_every", "shard_rows"}

@@ -182,7 +182,10 @@ def _selection(cfg: dict, method: str, cache: Path):
 
     s = cfg["select"]
     scores = load_scores(cache / "scores")
-    options = {"tau": s["tau"], "tau_mode": s["tau_mode"], "buckets": s["buckets"], "chain_rule": s["chain_rule"]}
+    options = {"tau": s["tau"], "tau_mode": s["tau_mode"], "buckets": s["buckets"], "chain_rule": s["chain_rule"],
+               "flops_range": s["flops_range"]}
+    if method == "snnet-nearest":
+        return METHODS[method](scores, snnet_stage_skips=s["snnet_stage_skips"])
     if method in METRIC_METHODS:
         from klas.metric_tables import metric_numerators
 
@@ -193,9 +196,13 @@ def _selection(cfg: dict, method: str, cache: Path):
     return METHODS[method](scores, **options)
 
 
-def _build_supernet(anchors, selection_doc: dict):
+def _build_supernet(anchors, selection_doc: dict, which: str = "chain"):
+    """The supernet of a selection: its stitches, and the anchors on its chain (KLAS.md §5.5: anchors
+    the chain skips are not routes), or every anchor of the run (`which="all"`)."""
     from klas.stitch import StitchedSupernet
 
+    if which == "chain":
+        anchors = [a for a in anchors if a.name in selection_doc["chain"]]
     stitches = [(c["source"], c["target"], c["i"], c["j"]) for p in selection_doc["pairs"] for c in p["selected"]]
     return StitchedSupernet(anchors, stitches)
 
@@ -233,7 +240,7 @@ def _run_method(cfg: dict, method: str, anchors, out: Path, device: str, *, prog
                                 device=device)
 
     def fresh_supernet():
-        return _build_supernet([load_anchor(spec) for spec in cfg["anchors"]], selection_doc)
+        return _build_supernet([load_anchor(spec) for spec in cfg["anchors"]], selection_doc, f["anchors"])
 
     def do_finetune():
         net = fresh_supernet()

@@ -29,7 +29,7 @@ from klas.scores import AnchorEntry, Scores
 __all__ = [
     "Config", "PairSelection", "Selection", "CHAIN_RULES", "METHODS", "anchor_chain", "configurations",
     "stitch_flops", "config_flops", "unscored_config", "select_pair", "select", "select_random",
-    "snnet_nearest_pairs", "select_snnet_nearest", "METRIC_METHODS", "config_from_json", "read_selection",
+    "snnet_nearest_pairs", "snnet_stitched_stages", "select_snnet_nearest", "in_flops_range", "METRIC_METHODS", "config_from_json", "read_selection",
 ]
 
 
@@ -300,18 +300,36 @@ def _keep(configs: list[Config], buckets: int, tau: float, tau_mode: str) -> tup
 
 
 MAX_BUCKETS = 10_000  # far more than any anchor pair has configurations
+FLOPS_RANGE_RULES = ("exclude", "end-buckets")
+
+
+def in_flops_range(configs: list[Config], lo: float, hi: float) -> list[Config]:
+    """The configurations whose FLOPs lie within [lo, hi] (the anchors' range)."""
+    return [c for c in configs if lo <= c.flops <= hi]
 
 
 def select_pair(scores: Scores, source: str, target: str, *, tau: float = 0.05, tau_mode: str = "relative",
                 buckets: int | str = "auto", max_buckets: int | None = None,
-                numerator: torch.Tensor | None = None) -> PairSelection:
-    """KLAS's candidate configurations for one anchor pair."""
+                numerator: torch.Tensor | None = None, flops_range: str = "exclude") -> PairSelection:
+    """KLAS's candidate configurations for one anchor pair.
+
+    flops_range: "exclude" (KLAS.md §5.2: a configuration cheaper than the source anchor or costlier
+    than the target is not a candidate) or "end-buckets" (such configurations join the first or
+    last bucket).
+    """
+    if flops_range not in FLOPS_RANGE_RULES:
+        raise UsageError(f"flops_range must be one of {FLOPS_RANGE_RULES}, got {flops_range!r}")
     finite_number(tau, "tau", error=UsageError, positive=True)
     if tau_mode not in ("relative", "absolute"):
         raise UsageError(f"tau_mode must be 'relative' or 'absolute', got {tau_mode!r}")
     f, g = scores.anchor(source), scores.anchor(target)
     configs = configurations(scores, source, target, numerator)
     lo, hi = float(f.total_flops), float(g.total_flops)
+    if flops_range == "exclude":
+        configs = in_flops_range(configs, lo, hi)
+        if not configs:
+            raise UsageError(f"no configuration of {source} -> {target} lies within the anchors' FLOPs "
+                             f"[{lo:.0f}, {hi:.0f}]; select with flops_range='end-buckets' to keep them")
     targets = {c.j for c in configs}
     if buckets == "auto":
         count, cap = g.depth - 1, max_buckets or 4 * (g.depth - 1)
@@ -336,11 +354,11 @@ def select_pair(scores: Scores, source: str, target: str, *, tau: float = 0.05, 
 
 def select(scores: Scores, *, tau: float = 0.05, tau_mode: str = "relative", buckets: int | str = "auto",
            chain_rule: str = "minimax", numerators: Callable[[str, str], torch.Tensor] | None = None,
-           method: str = "klas") -> Selection:
+           method: str = "klas", flops_range: str = "exclude") -> Selection:
     """KLAS selection over the anchor chain; `numerators(source, target)` swaps Θ for another distance
     ``[m_f − 1, m_g − 1]`` in Γ's numerator (the metric baselines)."""
     chain = anchor_chain(scores, chain_rule)
-    pairs = [select_pair(scores, f, g, tau=tau, tau_mode=tau_mode, buckets=buckets,
+    pairs = [select_pair(scores, f, g, tau=tau, tau_mode=tau_mode, buckets=buckets, flops_range=flops_range,
                          numerator=numerators(f, g) if numerators else None) for f, g in zip(chain, chain[1:])]
     order = [a.name for a in scores.anchors]
     return Selection(method=method, chain=chain, chain_rule=chain_rule, tau=tau, tau_mode=tau_mode, pairs=pairs,
@@ -390,23 +408,40 @@ def _nearest_pairs(d_f: int, d_g: int, *, hierarchical: bool) -> list[tuple[int,
     return pairs
 
 
-def snnet_nearest_pairs(f: AnchorEntry, g: AnchorEntry) -> list[tuple[int, int]]:
+def snnet_stitched_stages(count: int) -> list[int]:
+    """The stages (0-indexed) SN-Net's code stitches in a model of `count` stages (KLAS.md §7): a
+    4-stage model its middle two (ResNet; Swin's code also skips its last), a 3-stage model all but
+    its last (LeViT, the CIFAR ResNets), a plain model (one grid) every block. By the same rules a
+    2-stage model stitches its first stage and a model of 5 or more stages all but its first and last."""
+    if count <= 1:
+        return [0]
+    if count == 2:
+        return [0]
+    if count == 3:
+        return [0, 1]
+    return list(range(1, count - 1))
+
+
+def snnet_nearest_pairs(f: AnchorEntry, g: AnchorEntry, *, stage_skips: bool = True) -> list[tuple[int, int]]:
     """SN-Net's configurations for front f and end g as KLAS (i, j) = (a + 1, b), global indices.
 
     Plain models (one grid): the rules over all blocks. Hierarchical models (several grids): the
     rules within each stage, indices local to it; f and g need the same number of stages.
+    stage_skips: leave out the stages SN-Net's code never stitches (`snnet_stitched_stages`).
     """
     sf, sg = _stages(f.grids), _stages(g.grids)
     hierarchical = len(sf) > 1 or len(sg) > 1
     if len(sf) != len(sg):
         raise UsageError(f"{f.name} has {len(sf)} stages and {g.name} {len(sg)}: SN-Net stitches stage to stage")
+    stitched = set(snnet_stitched_stages(len(sf))) if stage_skips else set(range(len(sf)))
     out = []
-    for (of, df), (og, dg) in zip(sf, sg):
-        out += [(of + a + 1, og + b) for a, b in _nearest_pairs(df, dg, hierarchical=hierarchical)]
+    for s, ((of, df), (og, dg)) in enumerate(zip(sf, sg)):
+        if s in stitched:
+            out += [(of + a + 1, og + b) for a, b in _nearest_pairs(df, dg, hierarchical=hierarchical)]
     return out
 
 
-def select_snnet_nearest(scores: Scores) -> Selection:
+def select_snnet_nearest(scores: Scores, *, stage_skips: bool = True) -> Selection:
     """The SN-Net baseline: neighbouring anchors (by FLOPs), SN-Net's fixed configurations.
 
     Configurations with j = 0 or i = m_f (one anchor runs all its blocks) lie outside KLAS's scores: their
@@ -416,7 +451,8 @@ def select_snnet_nearest(scores: Scores) -> Selection:
     for source, target in zip(chain, chain[1:]):
         f, g = scores.anchor(source), scores.anchor(target)
         scored = {(c.i, c.j): c for c in configurations(scores, source, target)}
-        chosen = sorted((scored.get((i, j)) or unscored_config(f, g, i, j) for i, j in snnet_nearest_pairs(f, g)),
+        chosen = sorted((scored.get((i, j)) or unscored_config(f, g, i, j)
+                         for i, j in snnet_nearest_pairs(f, g, stage_skips=stage_skips)),
                         key=lambda c: (c.flops, c.i, c.j))
         pairs.append(PairSelection(source, target, sorted(scored.values(), key=lambda c: (c.flops, c.i, c.j)),
                                    chosen, [float(f.total_flops), float(g.total_flops)], [float("nan")]))
@@ -428,7 +464,8 @@ def select_snnet_nearest(scores: Scores) -> Selection:
 
 METHODS = {
     "klas": select,
-    "snnet-nearest": lambda scores, **_: select_snnet_nearest(scores),
+    "snnet-nearest": lambda scores, snnet_stage_skips=True, **_: select_snnet_nearest(scores,
+                                                                                      stage_skips=snnet_stage_skips),
     "random": select_random,
 }
 METRIC_METHODS = ("cka", "mse", "ce", "dm", "kl-ls")  # Γ with another distance in the numerator: klas.metric_tables

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from klas.errors import UsageError
 from klas.scores import AnchorEntry, Scores
 from klas.select import _bucketise, _keep, anchor_chain, configurations, select, select_pair, stitch_flops
 
@@ -30,11 +31,20 @@ def make_scores(stages_per_anchor, seed: int, widths=(16, 32, 64)) -> Scores:
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), tau=st.floats(0.01, 0.5), stages=st.lists(st.integers(1, 4), min_size=2, max_size=4, unique=True))
-def test_selection_rules_hold(seed, tau, stages):
+@given(seed=st.integers(0, 10_000), tau=st.floats(0.01, 0.5), stages=st.lists(st.integers(1, 4), min_size=2, max_size=4, unique=True),
+       flops_range=st.sampled_from(["exclude", "end-buckets"]))
+def test_selection_rules_hold(seed, tau, stages, flops_range):
     stages = sorted(stages)
     scores = make_scores(stages, seed)
-    sel = select(scores, tau=tau)
+    try:
+        sel = select(scores, tau=tau, flops_range=flops_range)
+    except UsageError as e:  # only when a hop has no configuration within its anchors' FLOPs
+        assert flops_range == "exclude" and "lies within the anchors' FLOPs" in str(e)
+        return
+    for pair in sel.pairs:
+        lo, hi = scores.anchor(pair.source).total_flops, scores.anchor(pair.target).total_flops
+        inside = [c for c in pair.configs if lo <= c.flops <= hi]
+        assert flops_range == "end-buckets" or inside == pair.configs  # outside configurations are no candidates
     assert sel.chain[0] == "a0" and sel.chain[-1] == f"a{len(stages) - 1}"
     for pair in sel.pairs:
         g = scores.anchor(pair.target)
@@ -132,7 +142,23 @@ def test_snnet_hierarchical_works_per_stage_and_drops_b0():
     f = _entry("f", [[8, 8]] * 3 + [[4, 4]] * 3)
     g = _entry("g", [[8, 8]] * 3 + [[4, 4]] * 3)
     # paired within a stage keeps a < b only: (0,1), (1,2) per stage; stage 2 offsets by 3
-    assert snnet_nearest_pairs(f, g) == [(1, 1), (2, 2), (4, 4), (5, 5)]
+    assert snnet_nearest_pairs(f, g, stage_skips=False) == [(1, 1), (2, 2), (4, 4), (5, 5)]
+    # SN-Net's code stitches only the first stage of a 2-stage model (all but the last)
+    assert snnet_nearest_pairs(f, g) == [(1, 1), (2, 2)]
+
+
+@pytest.mark.parametrize("stages, stitched", [(1, [0]), (2, [0]), (3, [0, 1]), (4, [1, 2]), (5, [1, 2, 3])])
+def test_snnet_stitches_the_stages_its_code_stitches(stages, stitched):
+    """KLAS.md §7: 4-stage models their middle two stages, 3-stage models (CIFAR ResNets, LeViT) all
+    but the last, plain models every block."""
+    from klas.select import snnet_nearest_pairs, snnet_stitched_stages
+
+    assert snnet_stitched_stages(stages) == stitched
+    grids = [[2 ** (8 - s)] * 2 for s in range(stages) for _ in range(2)]
+    f, g = _entry("f", grids), _entry("g", grids)
+    got = snnet_nearest_pairs(f, g)
+    assert {(i - 1) // 2 for i, _ in got} == set(stitched)  # the stage of each front block a = i - 1
+    assert {j // 2 for _, j in got} == set(stitched)
 
 
 def test_snnet_selection_runs_on_scores():

@@ -98,3 +98,17 @@ def test_forward_many_equals_one_route_at_a_time(pair):
         assert sorted(many) == list(range(len(net)))
         for k in range(len(net)):
             torch.testing.assert_close(many[k], net(x, k))
+
+
+def test_a_supernet_holds_the_anchors_of_its_chain_only():
+    """KLAS.md §5.5: anchors the chain skips are not routes of the KLAS supernet (unless asked)."""
+    from klas.anchors import load_anchor
+    from klas.run import _build_supernet
+
+    anchors = [load_anchor(f"cifar-resnet:{d}?pretrained=false") for d in (8, 14, 20)]
+    doc = {"chain": ["cifar-resnet8", "cifar-resnet20"],
+           "pairs": [{"selected": [{"source": "cifar-resnet8", "target": "cifar-resnet20", "i": 1, "j": 2}]}]}
+    chain = _build_supernet(anchors, doc)
+    assert [r.name for r in chain.routes] == ["cifar-resnet8", "cifar-resnet20", "cifar-resnet8:1->cifar-resnet20:2"]
+    every = _build_supernet(anchors, doc, "all")
+    assert [r.name for r in every.routes][:3] == ["cifar-resnet8", "cifar-resnet14", "cifar-resnet20"]

@@ -8,6 +8,7 @@
     klas import-snnet FILE --scores DIR
     klas eval-anchor SPEC --data PATH [--split test] [--json]
     klas run CONFIG.yaml [--method M | --compare klas,snnet-nearest] [--set KEY=VALUE]
+    klas recovery CONFIG.yaml --pair SOURCE,TARGET [--set KEY=VALUE]
     klas demo [--out DIR] [--data PATH --anchors SPEC,SPEC,...]
 
 Errors in the user's input print one line saying what is wrong and exit with status 2.
@@ -364,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_cmd_run)
 
+    p = sub.add_parser("recovery", help="the recovery test: every configuration of one anchor pair trained alone, "
+                                        "and how well each method's picks recover the good ones")
+    p.add_argument("config", help="YAML config (see configs/); its `recovery` section sets the budget")
+    p.add_argument("--pair", required=True, help="SOURCE,TARGET: two anchors of the config (names or specs)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. recovery.steps=100")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_cmd_recovery)
+
     p = sub.add_parser("demo", help="end-to-end demo: a small digits family (from scikit-learn), KLAS vs SN-Net")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--data", help="run on this data root instead (e.g. ../shared/data/cifar10); needs --anchors")
@@ -373,16 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_run(args) -> int:
-    from klas.config import load_config
-    from klas.run import run
-
+def _overrides(items: list[str] | None) -> dict:
+    """--set KEY=VALUE items as {dotted key: YAML value}."""
     overrides = {}
-    if args.method:
-        overrides["select.method"] = args.method
-    if args.compare:
-        overrides["select.compare"] = args.compare
-    for item in args.set or []:
+    for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. finetune.steps=200), got {item!r}")
@@ -392,6 +395,27 @@ def _cmd_run(args) -> int:
             overrides[key] = yaml.safe_load(value)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {key}: the value {value!r} does not parse ({' '.join(str(e).split())})") from None
+    return overrides
+
+
+def _cmd_recovery(args) -> int:
+    from klas.config import load_config
+    from klas.run import run_recovery
+
+    cfg = load_config(args.config, _overrides(args.set))
+    run_recovery(cfg, [p.strip() for p in args.pair.split(",")], progress=not args.quiet)
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from klas.config import load_config
+    from klas.run import run
+
+    overrides = _overrides(args.set)
+    if args.method:
+        overrides["select.method"] = args.method
+    if args.compare:
+        overrides["select.compare"] = args.compare
     cfg = load_config(args.config, overrides)
     methods = [args.method] if args.method and not args.compare else None
     run(cfg, methods=methods, progress=not args.quiet)
@@ -408,7 +432,7 @@ def _cmd_demo(args) -> int:
 
 
 # commands that share their work across the ranks of a torchrun job; the others run in one process
-RANK_AWARE = ("extract", "probes", "score", "run")
+RANK_AWARE = ("extract", "probes", "score", "run", "recovery")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command not in RANK_AWARE:
             raise KlasError(f"`klas {args.command}` runs in one process: start it without torchrun "
                             f"(torchrun serves {', '.join(RANK_AWARE)})")
-        if args.command != "run":  # run() joins the group itself, with the config's device and timeout
+        if args.command not in ("run", "recovery"):  # these join the group themselves, with the config's device and timeout
             distributed.init_from_env(args.device)
             args.device = distributed.rank_device(args.device)
         with contextlib.ExitStack() as quiet:

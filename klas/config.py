@@ -35,6 +35,10 @@ DEFAULTS: dict[str, Any] = {
     "finetune": {"steps": 1000, "batch_size": 64, "lr": 1e-4, "weight_decay": 0.05, "warmup_fraction": 0.05,
                  "stitches_only": False, "freeze_bn": True, "anchors": "chain", "checkpoint_every": 100, "calibration_images": 128, "num_workers": 0},
     "evaluate": {"batch_size": 500, "split": "test"},
+    # klas recovery: every configuration of one pair trained alone (the stitching layer) with this budget
+    "recovery": {"steps": 200, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.0, "calibration_images": 128,
+                 "delta": 0.5, "random_seeds": 20,
+                 "methods": ["klas", "kl-ls", "snnet-nearest", "cka", "mse", "ce", "dm", "random"]},
     "distributed": {"timeout_s": 1800.0},  # under torchrun: how long a rank waits for the others
 }
 OPTIONAL_TYPES = {"train_limit": int, "val_limit": int, "test_limit": int}
@@ -67,6 +71,10 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool]] = {
     ("finetune", "warmup_fraction"): (0.0, 1.0, True), ("finetune", "checkpoint_every"): (1, 10**9, True),
     ("finetune", "calibration_images"): (1, 10**6, True), ("finetune", "num_workers"): (0, 256, True),
     ("evaluate", "batch_size"): (1, 65536, True),
+    ("recovery", "steps"): (0, 10**7, True), ("recovery", "batch_size"): (1, 65536, True),
+    ("recovery", "lr"): (0.0, 100.0, False), ("recovery", "weight_decay"): (0.0, 100.0, True),
+    ("recovery", "calibration_images"): (1, 10**6, True), ("recovery", "delta"): (0.0, 100.0, True),
+    ("recovery", "random_seeds"): (1, 10**4, True),
     ("distributed", "timeout_s"): (0.0, 10**7, False),
 }
 MAX_BUCKETS = 10_000
@@ -188,6 +196,9 @@ def validate_config(raw: Any) -> dict:
         raise ConfigError("data.root: the image folder or zip is required")
     from klas.select import METHODS, METRIC_METHODS
 
+    for m in cfg["recovery"]["methods"]:
+        if m not in (*METHODS, *METRIC_METHODS):
+            raise ConfigError(f"recovery.methods: unknown method {m!r} (have {sorted((*METHODS, *METRIC_METHODS))})")
     for m in [cfg["select"]["method"], *cfg["select"]["compare"]]:
         if m not in (*METHODS, *METRIC_METHODS):
             raise ConfigError(f"select.method: unknown method {m!r} (have {sorted((*METHODS, *METRIC_METHODS))})")

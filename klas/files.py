@@ -112,7 +112,7 @@ def describe_write_error(e: OSError) -> str | None:
 
 # errno values that mean "this path is not what the command expects there"
 _PATH_ERRORS = {errno.ENOTDIR: "a file stands where a folder belongs", errno.EISDIR: "it is a folder, not a file",
-                errno.EEXIST: "something is already there", errno.ENOENT: "it does not exist",
+                errno.EEXIST: "something is already there",
                 errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
                 errno.ELOOP: "too many levels of links", errno.ENAMETOOLONG: "the name is too long"}
 

@@ -7,7 +7,7 @@ import torch
 
 from klas.files import atomic_path
 
-__all__ = ["pair_heatmap", "selection_scatter"]
+__all__ = ["pair_heatmap", "selection_scatter", "recovery_plot"]
 
 
 def _save(fig, path: Path) -> Path:
@@ -94,3 +94,48 @@ def _mark(ax, configs, style: dict, label: str) -> None:
         color = style.get("edgecolors", style.get("c"))
         ax.scatter([c.flops / 1e6 for c in unscored], [0.02] * len(unscored), marker="x", c=color,
                    transform=ax.get_xaxis_transform(), label=f"{label}, no Γ ({len(unscored)})")
+
+
+def recovery_plot(report: dict, path: Path) -> Path:
+    """The recovery test: top-1 against FLOPs of every configuration (after finetuning; open circles
+    after the least-squares fit alone), the good set ringed, one panel per method with its picks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    configs = report["configurations"]
+    methods = [m for m in report["methods"] if "picked" in report["methods"][m]]
+    cols = min(4, max(1, len(methods)))
+    rows = -(-len(methods) // cols) if methods else 1
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), sharex=True, sharey=True,
+                             constrained_layout=True, squeeze=False)
+    x = [c["flops"] / 1e6 for c in configs]
+    good = [(c["flops"] / 1e6, c["top1"]) for c in configs if c["good"]]
+    for k, ax in enumerate(axes.flat):
+        if k >= len(methods):
+            ax.axis("off")
+            continue
+        m = methods[k]
+        ax.scatter(x, [c["top1_init"] for c in configs], s=8, facecolors="none", edgecolors="0.75", label="lstsq init")
+        ax.scatter(x, [c["top1"] for c in configs], s=8, c="0.55", label="finetuned")
+        ax.scatter([g[0] for g in good], [g[1] for g in good], s=40, facecolors="none", edgecolors="k", label="good set")
+        picked = {tuple(p) for p in report["methods"][m]["picked"]}
+        mine = [c for c in configs if (c["i"], c["j"]) in picked]
+        ax.scatter([c["flops"] / 1e6 for c in mine], [c["top1"] for c in mine], s=16, color=f"C{k}", label="picked")
+        s = report["methods"][m]
+        pr = "n/a" if s["precision"] is None else f"{s['precision']:.2f}"
+        rc = "n/a" if s["recall"] is None else f"{s['recall']:.2f}"
+        ax.set_title(f"{m}: precision {pr}, recall {rc}", fontsize=9)
+        ax.grid(alpha=0.3)
+        if k % cols == 0:
+            ax.set_ylabel("test top-1 (%)")
+        if k >= (rows - 1) * cols:
+            ax.set_xlabel("MFLOPs")
+    axes.flat[0].legend(fontsize=7, loc="lower right")
+    pair = report.get("pair", {})
+    fig.suptitle(f"recovery test {pair.get('source', '')} -> {pair.get('target', '')}: "
+                 f"{len(configs)} configurations, {len(good)} good (δ = {report['settings']['delta']} points)")
+    return _save(fig, path)

@@ -34,7 +34,8 @@ from klas.errors import CacheError, UsageError
 from klas.files import write_json_atomic
 from klas.reading import finite_number, read_json
 
-__all__ = ["RecoverySettings", "train_configurations", "good_set", "score_method", "recovery_report", "RANDOM"]
+__all__ = ["RecoverySettings", "train_configurations", "good_set", "score_method", "recovery_report", "method_picks",
+           "mean_interval", "RANDOM"]
 
 RANDOM = "random"
 
@@ -107,6 +108,7 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
     from klas.stitch import StitchedSupernet
 
     out = Path(out)
+    (out / "configurations").mkdir(parents=True, exist_ok=True)
     fp = settings.fingerprint()
     done: dict[tuple[int, int], dict] = {}
     for i, j in configs:
@@ -166,7 +168,7 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss) / len(stitches))
+            losses.append(loss.item() / len(stitches))
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
         bar.close()
@@ -308,3 +310,43 @@ def recovery_report(results: dict[tuple[int, int], dict], methods: dict[str, dic
         "good_set": sorted([list(c) for c in good]), "good_set_after_lstsq_only": sorted([list(c) for c in good_init]),
         "methods": scored,
     }
+
+
+def method_picks(scores, source: str, target: str, methods: Sequence[str], *, evaluated: Sequence[tuple[int, int]],
+                 cache, select_options: dict, snnet_stage_skips: bool = True, random_seeds: int = 20) -> dict:
+    """Each method's picks on the pair (source, target), in the form `recovery_report` takes.
+
+    Selection methods (klas and the metric baselines) run KLAS's bucketing, τ and coverage on this
+    pair alone with their own score in Γ's numerator, and report that score per configuration;
+    snnet-nearest picks SN-Net's fixed configurations; random draws, per seed, as many evaluated
+    configurations as KLAS picked.
+    """
+    from klas.select import METRIC_METHODS, select_pair, snnet_nearest_pairs
+
+    out: dict[str, dict] = {}
+    opts = {k: select_options[k] for k in ("tau", "tau_mode", "buckets", "flops_range") if k in select_options}
+    for m in methods:
+        if m == "klas" or m in METRIC_METHODS:
+            numerator = None
+            if m in METRIC_METHODS:
+                from klas.metric_tables import metric_numerators
+
+                numerator = metric_numerators(scores, m, cache, Path(cache) / "probes")(source, target)
+            pair = select_pair(scores, source, target, numerator=numerator, **opts)
+            out[m] = {"picks": [(c.i, c.j) for c in pair.selected], "scores": {(c.i, c.j): c.gamma for c in pair.configs}}
+        elif m == "snnet-nearest":
+            f, g = scores.anchor(source), scores.anchor(target)
+            out[m] = {"picks": snnet_nearest_pairs(f, g, stage_skips=snnet_stage_skips), "scores": None}
+        elif m == RANDOM:
+            continue
+        else:
+            raise UsageError(f"recovery: unknown method {m!r}")
+    if RANDOM in methods:
+        size = len([c for c in out.get("klas", {"picks": evaluated[:1]})["picks"] if c in set(evaluated)]) or 1
+        draws = []
+        for seed in range(random_seeds):
+            gen = torch.Generator().manual_seed(seed)
+            idx = torch.randperm(len(evaluated), generator=gen)[:size].tolist()
+            draws.append([tuple(evaluated[k]) for k in idx])
+        out[RANDOM] = {"draws": draws}
+    return out

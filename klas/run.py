@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -36,7 +36,7 @@ from klas.files import write_json_atomic
 from klas.reading import load_checkpoint, read_json
 from klas.select import read_selection
 
-__all__ = ["run", "run_methods", "stage_done", "MARKER"]
+__all__ = ["run", "run_methods", "run_recovery", "prepare", "stage_done", "recovery_table", "MARKER"]
 
 MARKER = ".klas-stage.json"
 
@@ -84,20 +84,12 @@ def run_methods(cfg: dict, methods_override: list[str] | None = None) -> list[st
     return list(dict.fromkeys(methods))
 
 
-def run(cfg: dict, *, methods: list[str] | None = None, progress: bool = True, log=print) -> Path:
-    """Runs every stage of `cfg` (validated, klas.config) for each method; returns the report folder.
-
-    Joins torchrun's process group when launched by torchrun (klas.distributed); the caller may
-    leave it with `klas.distributed.shutdown()`.
-    """
+def prepare(cfg: dict, *, progress: bool = True, log=print) -> tuple[list, str]:
+    """The stages every method and the recovery test share: extraction, probes and scores under
+    `out`/cache (each skipped when done). Returns the loaded anchors and this rank's device."""
     from klas.anchors import load_anchor
 
-    dist.init_from_env(cfg["device"], timeout_s=cfg["distributed"]["timeout_s"])
-    if not dist.is_main():
-        log = _silent
-    methods = run_methods(cfg, methods)
-    out = Path(cfg["out"])
-    cache = out / "cache"
+    cache = Path(cfg["out"]) / "cache"
     anchors = [load_anchor(spec) for spec in cfg["anchors"]]
     _check_preprocessing(anchors)
     dcfg, seed, device = cfg["data"], cfg["seed"], dist.rank_device(cfg["device"])
@@ -135,6 +127,22 @@ def run(cfg: dict, *, methods: list[str] | None = None, progress: bool = True, l
               floor=s["floor"], backend=s["backend"], device=device)
 
     _stage(cache / "scores", "score", stage_fingerprint(cfg, "score"), do_score, log)
+
+    return anchors, device
+
+
+def run(cfg: dict, *, methods: list[str] | None = None, progress: bool = True, log=print) -> Path:
+    """Runs every stage of `cfg` (validated, klas.config) for each method; returns the report folder.
+
+    Joins torchrun's process group when launched by torchrun (klas.distributed); the caller may
+    leave it with `klas.distributed.shutdown()`.
+    """
+    dist.init_from_env(cfg["device"], timeout_s=cfg["distributed"]["timeout_s"])
+    if not dist.is_main():
+        log = _silent
+    methods = run_methods(cfg, methods)
+    out = Path(cfg["out"])
+    anchors, device = prepare(cfg, progress=progress, log=log)
 
     results = {}
     for method in methods:
@@ -286,3 +294,102 @@ def _run_method(cfg: dict, method: str, anchors, out: Path, device: str, *, prog
         return [RouteResult.from_json(r) for r in doc["routes"]]
     except (KeyError, TypeError, ValueError):
         raise CacheError(f"{path}: malformed route entries; {fix}") from None
+
+
+def _resolve_pair(cfg: dict, anchors, pair: Sequence[str]):
+    """The two anchors a --pair names (by spec or by name), cheaper first."""
+    if len(pair) != 2 or pair[0] == pair[1]:
+        raise ConfigError(f"--pair names two different anchors (SOURCE,TARGET), got {list(pair)}")
+    found = []
+    for want in pair:
+        match = [a for a in anchors if want in (a.name, a.spec)]
+        if not match:
+            raise ConfigError(f"--pair: {want!r} is not an anchor of this config (have "
+                              f"{', '.join(a.name for a in anchors)})")
+        found.append(match[0])
+    return sorted(found, key=lambda a: a.flops.total)
+
+
+def run_recovery(cfg: dict, pair: Sequence[str], *, progress: bool = True, log=print) -> Path:
+    """The recovery test on one anchor pair of `cfg` (klas.recovery); returns its folder under
+    `out`/recovery holding recovery.json, recovery.csv and recovery.png."""
+    from klas.plots import recovery_plot
+    from klas.recovery import RecoverySettings, method_picks, recovery_report, train_configurations
+    from klas.scores import load_scores
+    from klas.select import configurations, in_flops_range
+
+    began = time.perf_counter()
+    dist.init_from_env(cfg["device"], timeout_s=cfg["distributed"]["timeout_s"])
+    if not dist.is_main():
+        log = _silent
+    anchors, device = prepare(cfg, progress=progress, log=log)
+    f, g = _resolve_pair(cfg, anchors, pair)
+    cache = Path(cfg["out"]) / "cache"
+    scores = load_scores(cache / "scores")
+    lo, hi = float(scores.anchor(f.name).total_flops), float(scores.anchor(g.name).total_flops)
+    configs = configurations(scores, f.name, g.name)
+    if cfg["select"]["flops_range"] == "exclude":
+        configs = in_flops_range(configs, lo, hi)
+    r = cfg["recovery"]
+    settings = RecoverySettings(steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"], weight_decay=r["weight_decay"],
+                                calibration_images=r["calibration_images"], delta=r["delta"],
+                                random_seeds=r["random_seeds"], seed=cfg["seed"])
+    out = Path(cfg["out"]) / "recovery" / f"{f.name}__{g.name}"
+    train = _images(cfg, "train", f, cfg["data"]["train_limit"])
+    test = _images(cfg, "test", f, cfg["data"]["test_limit"])
+    results = train_configurations(f.to(device), g.to(device), [(c.i, c.j) for c in configs], train, test, settings,
+                                   out, device=device, progress=progress, eval_batch=cfg["evaluate"]["batch_size"],
+                                   log=log)
+    if not dist.is_main():
+        return out
+    s = cfg["select"]
+    picks = method_picks(scores, f.name, g.name, r["methods"], evaluated=[(c.i, c.j) for c in configs], cache=cache,
+                         select_options=s, snnet_stage_skips=s["snnet_stage_skips"], random_seeds=r["random_seeds"])
+    report = recovery_report(results, picks, settings, lo, hi, g.depth - 1)
+    trained_s = {res["i"]: res["seconds_for_source_block"] for res in results.values()}
+    report.update(pair={"source": f.name, "target": g.name, "source_spec": f.spec, "target_spec": g.spec},
+                  test_images=len(test), train_images=len(train),
+                  wall_seconds={"training_and_evaluation": sum(trained_s.values()),
+                                "this_call": time.perf_counter() - began})
+    write_json_atomic(out / "recovery.json", report)
+    _write_recovery_csv(report, out / "recovery.csv")
+    recovery_plot(report, out / "recovery.png")
+    log(recovery_table(report))
+    log(f"recovery: {out / 'recovery.json'}; plot: {out / 'recovery.png'}")
+    return out
+
+
+def _write_recovery_csv(report: dict, path: Path) -> None:
+    import csv
+
+    from klas.files import atomic_path
+
+    methods = [m for m in report["methods"] if "picked" in report["methods"][m]]
+    picked = {m: {tuple(p) for p in report["methods"][m]["picked"]} for m in methods}
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["i", "j", "flops", "top1_init", "top1", "bucket", "good", *[f"picked_{m}" for m in methods]])
+        for c in report["configurations"]:
+            w.writerow([c["i"], c["j"], c["flops"], f"{c['top1_init']:.2f}", f"{c['top1']:.2f}", c["bucket"],
+                        int(c["good"]), *[int((c["i"], c["j"]) in picked[m]) for m in methods]])
+
+
+def recovery_table(report: dict) -> str:
+    """The recovery test's summary as a plain-text table."""
+    def fmt(v, spec=".2f"):
+        if isinstance(v, dict):
+            if v.get("mean") is None:
+                return "n/a"
+            ci = f" [{v['low']:{spec}}, {v['high']:{spec}}]" if v.get("low") is not None else ""
+            return f"{v['mean']:{spec}}{ci}"
+        return "n/a" if v is None else f"{v:{spec}}"
+
+    n_good = len(report["good_set"])
+    lines = [f"recovery test {report['pair']['source']} -> {report['pair']['target']}: "
+             f"{len(report['configurations'])} configurations, {n_good} good (δ = {report['settings']['delta']} "
+             f"points, {report['buckets']} FLOPs buckets)",
+             f"  {'method':<14} {'picks':>6} {'precision':>22} {'recall':>22} {'pts lost/pick':>20} {'ρ(score,top1)':>14}"]
+    for m, s in report["methods"].items():
+        lines.append(f"  {m:<14} {fmt(s['picks'], '.1f'):>6} {fmt(s['precision']):>22} {fmt(s['recall']):>22} "
+                     f"{fmt(s['mean_points_lost_per_pick']):>20} {fmt(s.get('spearman_score_top1_within_buckets')):>14}")
+    return "\n".join(lines)

@@ -1,0 +1,116 @@
+"""The recovery test: the good set and each method's scores on hand-made cases, and `klas recovery`
+end to end on small random ResNets (every configuration evaluated, the report agrees with its own
+CSV, a rerun trains nothing, one lost result is retrained to the same numbers)."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import yaml
+
+from klas.cli import main
+from klas.recovery import RecoverySettings, good_set, mean_interval, recovery_report, score_method
+
+
+def test_good_set_is_each_buckets_best_and_those_within_delta():
+    acc = {(1, 1): 80.0, (1, 2): 79.6, (2, 1): 79.4, (2, 2): 70.0, (3, 3): 60.0}
+    bucket = {(1, 1): 0, (1, 2): 0, (2, 1): 0, (2, 2): 1, (3, 3): 1}
+    assert good_set(acc, bucket, 0.5) == {(1, 1), (1, 2), (2, 2)}
+    assert good_set(acc, bucket, 0.0) == {(1, 1), (2, 2)}
+
+
+def test_score_method_counts_hits_losses_and_within_bucket_rank_correlation():
+    acc = {(1, 1): 80.0, (1, 2): 79.0, (2, 1): 75.0, (2, 2): 70.0, (3, 3): 60.0, (3, 4): 65.0}
+    bucket = {(1, 1): 0, (1, 2): 0, (2, 1): 0, (2, 2): 1, (3, 3): 1, (3, 4): 1}
+    good = good_set(acc, bucket, 0.5)  # {(1, 1), (2, 2)}
+    # lower score for higher accuracy inside each bucket: a perfect within-bucket ranking
+    score = {(1, 1): 0.1, (1, 2): 0.2, (2, 1): 0.3, (2, 2): 0.1, (3, 3): 0.9, (3, 4): 0.5}
+    s = score_method([(1, 1), (3, 3), (9, 9)], acc, bucket, good, score)
+    assert s["picks"] == 2 and s["picks_outside_ground_truth"] == 1 and s["good_found"] == 1
+    assert s["precision"] == 0.5 and s["recall"] == 0.5
+    assert s["mean_points_lost_per_pick"] == pytest.approx((0.0 + 10.0) / 2)
+    assert s["spearman_score_top1_within_buckets"] == pytest.approx(-1.0)
+
+
+def test_mean_interval_uses_the_t_distribution():
+    m = mean_interval([1.0, 2.0, 3.0])
+    assert m["mean"] == 2.0 and m["n"] == 3
+    assert m["high"] - m["mean"] == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert mean_interval([5.0])["low"] is None
+
+
+def test_random_picks_are_reported_as_mean_and_interval():
+    results = {(i, j): {"i": i, "j": j, "flops": 100 * i + j, "top1": 50.0 + i + j, "top1_init": 40.0}
+               for i in (1, 2) for j in (1, 2)}
+    report = recovery_report(results, {"random": {"draws": [[(1, 1)], [(2, 2)]]}}, RecoverySettings(delta=0.0),
+                             100.0, 300.0, 2)
+    r = report["methods"]["random"]
+    assert r["seeds"] == 2 and r["precision"]["n"] == 2
+    assert {c["bucket"] for c in report["configurations"]} == {0, 1}
+
+
+@pytest.fixture(scope="module")
+def recovered(tmp_path_factory, shapes_dir):
+    root = tmp_path_factory.mktemp("recovery")
+    cfg = {"out": str(root / "out"), "anchors": ["cifar-resnet:14?pretrained=false&seed=1",
+                                                 "cifar-resnet:26?pretrained=false&seed=2"],
+           "data": {"root": str(shapes_dir), "test_limit": 40},
+           "extract": {"batch_size": 32, "shard_rows": 64}, "probes": {"epochs": 2},
+           "recovery": {"steps": 6, "batch_size": 8, "calibration_images": 16, "random_seeds": 4,
+                        "methods": ["klas", "snnet-nearest", "cka", "random"]}}
+    path = root / "rec.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["recovery", str(path), "--pair", "cifar-resnet26,cifar-resnet14", "--quiet"]) == 0
+    return path, root / "out/recovery/cifar-resnet14__cifar-resnet26"
+
+
+def test_recovery_evaluates_every_configuration_in_range_and_scores_every_method(recovered):
+    from klas.scores import load_scores
+    from klas.select import configurations, in_flops_range
+
+    cfg_path, out = recovered
+    report = json.loads((out / "recovery.json").read_text())
+    scores = load_scores(cfg_path.parent / "out/cache/scores")
+    lo, hi = (scores.anchor(n).total_flops for n in ("cifar-resnet14", "cifar-resnet26"))
+    want = {(c.i, c.j) for c in in_flops_range(configurations(scores, "cifar-resnet14", "cifar-resnet26"), lo, hi)}
+    got = {(c["i"], c["j"]) for c in report["configurations"]}
+    assert got == want and len(got) >= 10
+    assert all(lo <= c["flops"] <= hi and c["total"] == 40 for c in report["configurations"])
+    assert set(report["methods"]) == {"klas", "snnet-nearest", "cka", "random"}
+    assert report["wall_seconds"]["training_and_evaluation"] > 0
+    # the summary agrees with the CSV it wrote
+    rows = list(csv.DictReader(open(out / "recovery.csv")))
+    good = {(int(r["i"]), int(r["j"])) for r in rows if r["good"] == "1"}
+    assert good == {tuple(c) for c in report["good_set"]}
+    for m in ("klas", "snnet-nearest", "cka"):
+        picked = {(int(r["i"]), int(r["j"])) for r in rows if r[f"picked_{m}"] == "1"}
+        s = report["methods"][m]
+        assert s["picks"] == len(picked) and s["good_found"] == len(picked & good)
+        assert s["recall"] == pytest.approx(len(picked & good) / len(good))
+    assert (out / "recovery.png").stat().st_size > 5000
+
+
+def test_recovery_resumes_per_configuration(recovered, capsys):
+    cfg_path, out = recovered
+    files = sorted((out / "configurations").glob("*.json"))
+    before = {p.name: json.loads(p.read_text()) for p in files}
+    files[3].unlink()  # one configuration's result lost: only it is trained again, to the same numbers
+    capsys.readouterr()
+    assert main(["recovery", str(cfg_path), "--pair", "cifar-resnet14,cifar-resnet26", "--quiet"]) == 0
+    log = capsys.readouterr().out
+    assert f"{len(files) - 1} of {len(files)} configurations done; training 1" in log
+    after = {p.name: json.loads(p.read_text()) for p in sorted((out / "configurations").glob("*.json"))}
+    for name in before:
+        for key in ("top1", "top1_init", "correct", "flops"):
+            assert after[name][key] == before[name][key], (name, key)
+    capsys.readouterr()
+    assert main(["recovery", str(cfg_path), "--pair", "cifar-resnet14,cifar-resnet26", "--quiet"]) == 0
+    assert "training" not in capsys.readouterr().out.split("recovery test")[0].split("[score]")[-1]
+
+
+def test_recovery_pair_must_name_two_anchors_of_the_config(recovered, capsys):
+    cfg_path, _ = recovered
+    assert main(["recovery", str(cfg_path), "--pair", "cifar-resnet14,cifar-resnet99", "--quiet"]) == 2
+    assert "is not an anchor of this config" in capsys.readouterr().err

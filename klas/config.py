@@ -27,6 +27,8 @@ DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "anchors": [],
     "data": {"root": "", "val_fraction": 0.1, "train_limit": None, "val_limit": None, "test_limit": None},
+    # anchor adaptation before extraction (0 steps: off): each anchor finetuned alone on D_t
+    "adapt": {"steps": 0, "batch_size": 64, "lr": 1e-4, "weight_decay": 0.05, "warmup_fraction": 0.05},
     "extract": {"dtype": "float16", "batch_size": 256, "shard_rows": 4096, "num_workers": 0},
     "probes": {"epochs": 4, "batch_size": 256, "lr": 1e-2, "weight_decay": 0.0, "labels": "true"},
     "score": {"temperature": 1.0, "floor": 1e-6, "backend": "auto"},
@@ -37,11 +39,11 @@ DEFAULTS: dict[str, Any] = {
     "evaluate": {"batch_size": 500, "split": "test"},
     # klas recovery: every configuration of one pair trained alone (the stitching layer) with this budget
     "recovery": {"steps": 200, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.0, "calibration_images": 128,
-                 "delta": 0.5, "random_seeds": 20,
+                 "delta": 0.5, "random_seeds": 20, "test_limit": None,
                  "methods": ["klas", "kl-ls", "snnet-nearest", "cka", "mse", "ce", "dm", "random"]},
     "distributed": {"timeout_s": 1800.0},  # under torchrun: how long a rank waits for the others
 }
-OPTIONAL_TYPES = {"train_limit": int, "val_limit": int, "test_limit": int}
+OPTIONAL_TYPES = {"train_limit": int, "val_limit": int, "test_limit": int}  # recovery.test_limit too
 CHOICES = {
     ("extract", "dtype"): ("float16", "bfloat16", "float32"),
     ("probes", "labels"): ("true", "pseudo"),
@@ -71,10 +73,13 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool]] = {
     ("finetune", "warmup_fraction"): (0.0, 1.0, True), ("finetune", "checkpoint_every"): (1, 10**9, True),
     ("finetune", "calibration_images"): (1, 10**6, True), ("finetune", "num_workers"): (0, 256, True),
     ("evaluate", "batch_size"): (1, 65536, True),
+    ("adapt", "steps"): (0, 10**8, True), ("adapt", "batch_size"): (1, 65536, True),
+    ("adapt", "lr"): (0.0, 100.0, False), ("adapt", "weight_decay"): (0.0, 100.0, True),
+    ("adapt", "warmup_fraction"): (0.0, 1.0, True),
     ("recovery", "steps"): (0, 10**7, True), ("recovery", "batch_size"): (1, 65536, True),
     ("recovery", "lr"): (0.0, 100.0, False), ("recovery", "weight_decay"): (0.0, 100.0, True),
     ("recovery", "calibration_images"): (1, 10**6, True), ("recovery", "delta"): (0.0, 100.0, True),
-    ("recovery", "random_seeds"): (1, 10**4, True),
+    ("recovery", "random_seeds"): (1, 10**4, True), ("recovery", "test_limit"): (1, 10**9, True),
     ("distributed", "timeout_s"): (0.0, 10**7, False),
 }
 MAX_BUCKETS = 10_000
@@ -238,14 +243,15 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> dict:
 
 # which parts of the config each stage's outputs depend on (its own and everything upstream)
 STAGE_KEYS = {
-    "extract": ("anchors", "data", "extract", "seed"),
-    "probes": ("anchors", "data", "extract", "seed", "probes"),
-    "score": ("anchors", "data", "extract", "seed", "probes", "score"),
-    "select": ("anchors", "data", "extract", "seed", "probes", "score", "select.tau", "select.tau_mode",
+    "adapt": ("anchors", "data", "seed", "adapt"),
+    "extract": ("anchors", "data", "adapt", "extract", "seed"),
+    "probes": ("anchors", "data", "adapt", "extract", "seed", "probes"),
+    "score": ("anchors", "data", "adapt", "extract", "seed", "probes", "score"),
+    "select": ("anchors", "data", "adapt", "extract", "seed", "probes", "score", "select.tau", "select.tau_mode",
                "select.buckets", "select.chain_rule", "select.flops_range", "select.snnet_stage_skips"),
-    "finetune": ("anchors", "data", "extract", "seed", "probes", "score", "select.tau", "select.tau_mode",
+    "finetune": ("anchors", "data", "adapt", "extract", "seed", "probes", "score", "select.tau", "select.tau_mode",
                  "select.buckets", "select.chain_rule", "select.flops_range", "select.snnet_stage_skips", "finetune"),
-    "evaluate": ("anchors", "data", "extract", "seed", "probes", "score", "select.tau", "select.tau_mode",
+    "evaluate": ("anchors", "data", "adapt", "extract", "seed", "probes", "score", "select.tau", "select.tau_mode",
                  "select.buckets", "select.chain_rule", "select.flops_range", "select.snnet_stage_skips", "finetune",
                  "evaluate"),
 }
@@ -257,6 +263,8 @@ def stage_fingerprint(cfg: dict, stage: str, method: str | None = None) -> str:
     """Hash of the config parts a stage's outputs depend on (plus the method, for per-method stages)."""
     picked = {}
     for key in STAGE_KEYS[stage]:
+        if key == "adapt" and cfg["adapt"]["steps"] == 0:
+            continue  # no adaptation: the stages' outputs are those of a config without the section
         node = cfg
         for part in key.split("."):
             node = node[part]

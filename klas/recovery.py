@@ -52,6 +52,7 @@ class RecoverySettings:
     delta: float = 0.5  # points of top-1: the good set's tolerance
     random_seeds: int = 20
     seed: int = 0
+    test_images: int = 0  # how many test images the results are counted on (recorded with them)
 
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1 or self.calibration_images < 1 or self.random_seeds < 1:

@@ -93,6 +93,22 @@ def prepare(cfg: dict, *, progress: bool = True, log=print) -> tuple[list, str]:
     anchors = [load_anchor(spec) for spec in cfg["anchors"]]
     _check_preprocessing(anchors)
     dcfg, seed, device = cfg["data"], cfg["seed"], dist.rank_device(cfg["device"])
+    a = cfg["adapt"]
+    if a["steps"] > 0:
+        from klas.adapt import adapt_anchor
+        from klas.finetune import FinetuneSettings
+
+        def do_adapt():
+            settings = FinetuneSettings(steps=a["steps"], batch_size=a["batch_size"], lr=a["lr"],
+                                        weight_decay=a["weight_decay"], warmup_fraction=a["warmup_fraction"],
+                                        seed=seed, device=device, num_workers=cfg["finetune"]["num_workers"])
+            train = _images(cfg, "train", anchors[0], dcfg["train_limit"])
+            for anchor in anchors:
+                stats = adapt_anchor(anchor.to(device), train, settings, _adapted_dir(cfg, anchor), progress=progress)
+                log(f"[adapt] {anchor.name}: {stats['steps']} steps, last loss {stats['final_loss']:.3f}")
+
+        _stage(_adapted_dir(cfg), "adapt", stage_fingerprint(cfg, "adapt"), do_adapt, log)
+        anchors = load_run_anchors(cfg)
 
     def do_extract():
         from klas.extract import extract
@@ -129,6 +145,23 @@ def prepare(cfg: dict, *, progress: bool = True, log=print) -> tuple[list, str]:
     _stage(cache / "scores", "score", stage_fingerprint(cfg, "score"), do_score, log)
 
     return anchors, device
+
+
+def _adapted_dir(cfg: dict, anchor=None) -> Path:
+    root = Path(cfg["out"]) / "adapted"
+    return root if anchor is None else root / anchor.name
+
+
+def load_run_anchors(cfg: dict) -> list:
+    """The run's anchors: built from their specs, with their adapted weights when the config adapts
+    them (klas.adapt; the adaptation stage must have run)."""
+    from klas.adapt import apply_adapted
+    from klas.anchors import load_anchor
+
+    anchors = [load_anchor(spec) for spec in cfg["anchors"]]
+    if cfg["adapt"]["steps"] > 0:
+        anchors = [apply_adapted(a, _adapted_dir(cfg, a)) for a in anchors]
+    return anchors
 
 
 def run(cfg: dict, *, methods: list[str] | None = None, progress: bool = True, log=print) -> Path:
@@ -224,7 +257,6 @@ def _images(cfg: dict, split: str, anchor, limit):
 
 
 def _run_method(cfg: dict, method: str, anchors, out: Path, device: str, *, progress: bool, log) -> list:
-    from klas.anchors import load_anchor
     from klas.evaluate import RouteResult, evaluate_routes
     from klas.finetune import CHECKPOINT, FinetuneSettings, finetune
 
@@ -248,7 +280,7 @@ def _run_method(cfg: dict, method: str, anchors, out: Path, device: str, *, prog
                                 device=device)
 
     def fresh_supernet():
-        return _build_supernet([load_anchor(spec) for spec in cfg["anchors"]], selection_doc, f["anchors"])
+        return _build_supernet(load_run_anchors(cfg), selection_doc, f["anchors"])
 
     def do_finetune():
         net = fresh_supernet()
@@ -331,12 +363,12 @@ def run_recovery(cfg: dict, pair: Sequence[str], *, progress: bool = True, log=p
     if cfg["select"]["flops_range"] == "exclude":
         configs = in_flops_range(configs, lo, hi)
     r = cfg["recovery"]
-    settings = RecoverySettings(steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"], weight_decay=r["weight_decay"],
-                                calibration_images=r["calibration_images"], delta=r["delta"],
-                                random_seeds=r["random_seeds"], seed=cfg["seed"])
     out = Path(cfg["out"]) / "recovery" / f"{f.name}__{g.name}"
     train = _images(cfg, "train", f, cfg["data"]["train_limit"])
-    test = _images(cfg, "test", f, cfg["data"]["test_limit"])
+    test = _images(cfg, "test", f, r["test_limit"] or cfg["data"]["test_limit"])
+    settings = RecoverySettings(steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"], weight_decay=r["weight_decay"],
+                                calibration_images=r["calibration_images"], delta=r["delta"],
+                                random_seeds=r["random_seeds"], seed=cfg["seed"], test_images=len(test))
     results = train_configurations(f.to(device), g.to(device), [(c.i, c.j) for c in configs], train, test, settings,
                                    out, device=device, progress=progress, eval_batch=cfg["evaluate"]["batch_size"],
                                    log=log)

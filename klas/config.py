@@ -16,7 +16,7 @@ from typing import Any
 
 from klas.errors import ConfigError
 
-__all__ = ["DEFAULTS", "load_config", "validate_config", "stage_fingerprint", "ConfigError"]
+__all__ = ["DEFAULTS", "PROTOCOLS", "load_config", "validate_config", "stage_fingerprint", "ConfigError"]
 
 
 # section -> key -> default; a default of None accepts None or the type given in OPTIONAL_TYPES
@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "name": "klas-run",
     "out": "runs/klas-run",
     "seed": 0,
+    "seeds": [],  # several seeds: the whole comparison once per seed, figures as mean and 95% interval
     "device": "cpu",
     "anchors": [],
     "data": {"root": "", "val_fraction": 0.1, "train_limit": None, "val_limit": None, "test_limit": None},
@@ -35,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "select": {"method": "klas", "compare": [], "tau": 0.05, "tau_mode": "relative", "buckets": "auto",
                "chain_rule": "minimax", "flops_range": "exclude", "snnet_stage_skips": True},
     "finetune": {"steps": 1000, "batch_size": 64, "lr": 1e-4, "weight_decay": 0.05, "warmup_fraction": 0.05,
-                 "stitches_only": False, "freeze_bn": True, "anchors": "chain", "checkpoint_every": 100, "calibration_images": 128, "num_workers": 0},
+                 "protocols": ["snnet", "stitches-only"], "freeze_bn": True, "anchors": "chain", "checkpoint_every": 100, "calibration_images": 128, "num_workers": 0},
     "evaluate": {"batch_size": 500, "split": "test"},
     # klas recovery: every configuration of one pair trained alone (the stitching layer) with this budget
     "recovery": {"steps": 200, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.0, "calibration_images": 128,
@@ -166,6 +167,15 @@ def _check(value: Any, default: Any, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
+    if isinstance(default, list) and path == "seeds":
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list) or not all(
+                (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and v.isdigit()) for v in value):
+            raise ConfigError(f"{path}: expected a list of integers, got {value!r}")
+        return [int(v) for v in value]
     if isinstance(default, list):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -193,6 +203,14 @@ def validate_config(raw: Any) -> dict:
     for (section, key), allowed in CHOICES.items():
         if cfg[section][key] not in allowed:
             raise ConfigError(f"{section}.{key}: must be one of {list(allowed)}, got {cfg[section][key]!r}")
+    for protocol in cfg["finetune"]["protocols"]:
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"finetune.protocols: unknown protocol {protocol!r} (have {list(PROTOCOLS)})")
+    if not cfg["finetune"]["protocols"] or len(set(cfg["finetune"]["protocols"])) != len(cfg["finetune"]["protocols"]):
+        raise ConfigError("finetune.protocols: list one or more distinct protocols (snnet, stitches-only)")
+    seeds = cfg["seeds"]
+    if len(set(seeds)) != len(seeds) or any(not 0 <= v < 2**63 for v in seeds):
+        raise ConfigError(f"seeds: distinct integers in 0..2^63-1, got {cfg['seeds']}")
     if len(cfg["anchors"]) < 2:
         raise ConfigError("anchors: list at least two anchor specs (e.g. cifar-resnet:20, cifar-resnet:56)")
     if cfg["distributed"]["timeout_s"] <= 0:
@@ -255,8 +273,12 @@ STAGE_KEYS = {
                  "select.buckets", "select.chain_rule", "select.flops_range", "select.snnet_stage_skips", "finetune",
                  "evaluate"),
 }
-# settings that change speed or file layout, not results
-_NOT_RESULTS = {"num_workers", "checkpoint_every", "shard_rows"}
+# settings that change speed or file layout, not results (protocols: each protocol's stages carry
+# their own name in the fingerprint, so adding one does not redo the others)
+_NOT_RESULTS = {"num_workers", "checkpoint_every", "shard_rows", "protocols"}
+# finetuning protocols: SN-Net's (anchors and stitching layers train), or the stitching layers alone
+# (anchors frozen and identical in every supernet, so that only the selection differs)
+PROTOCOLS = {"snnet": False, "stitches-only": True}
 
 
 def stage_fingerprint(cfg: dict, stage: str, method: str | None = None) -> str:

@@ -166,7 +166,9 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise KlasError(f"checkpoint {ckpt} does not fit this supernet ({type(e).__name__}); delete it to "
                             "finetune from the start") from None
-    schedule = route_schedule(len(net), settings.steps, settings.seed)
+    # with the anchors frozen only the stitches have anything to train: their routes alone are drawn
+    first = len(net.anchor_names) if settings.stitches_only and len(net) > len(net.anchor_names) else 0
+    schedule = first + route_schedule(len(net) - first, settings.steps, settings.seed)
     ctx = dist.context()
     batches = _StepBatches(len(dataset), settings.batch_size, settings.seed, start, settings.steps,
                            ctx.rank, ctx.world_size)

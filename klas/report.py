@@ -18,32 +18,93 @@ from klas.evaluate import (
     spearman,
 )
 
-__all__ = ["summarise", "write_report"]
+__all__ = ["summarise", "compare_stitches", "write_report", "headline"]
 
 
-def summarise(results: list[RouteResult], flops_range: tuple[float, float]) -> dict:
-    """One method's figures: AUC, frontier, Spearman(Γ, top-1) over the scored stitches."""
+def summarise(results: list[RouteResult], flops_range: tuple[float, float], *, buckets: dict | None = None,
+              steps: int | None = None, stitches_only: bool = False) -> dict:
+    """One method's figures: AUC, frontier (and which of its points are anchors), set sizes, steps
+    per route, and Spearman(Γ, top-1) over the scored stitches, overall and within FLOPs buckets.
+
+    buckets: route name -> bucket key (anchor pair and bucket of its selection); within-bucket
+    correlation is the one the method stands on, since across buckets Γ and accuracy both grow
+    with FLOPs."""
     points = [(r.flops, r.top1) for r in results]
     scored = [r for r in results if r.gamma is not None and math.isfinite(r.gamma)]
     rho = spearman([r.gamma for r in scored], [r.top1 for r in scored]) if len(scored) >= 2 else None
-    return {
+    frontier = [results[k].name for k in pareto_frontier(points)]
+    anchors = {r.name for r in results if r.source == r.target}
+    out = {
         "routes": len(results), "stitches": sum(r.source != r.target for r in results),
+        "anchors": sorted(anchors),
+        # the routes finetuning draws from: the stitches alone when the anchors are frozen
+        "steps_per_route": steps / max(1, len(results) - len(anchors) if stitches_only else len(results)) if steps else None,
         "auc": frontier_auc(points, flops_range),
-        "frontier": [results[k].name for k in pareto_frontier(points)],
+        "frontier": frontier, "frontier_anchors": [n for n in frontier if n in anchors],
         "spearman_gamma_top1": None if rho is None or math.isnan(rho) else rho,
         "spearman_routes": len(scored),
+        "spearman_gamma_top1_within_buckets": None, "spearman_buckets": 0,
         "best_top1": max(r.top1 for r in results),
     }
+    if buckets:
+        groups: dict = {}
+        for r in scored:
+            if r.name in buckets:
+                groups.setdefault(buckets[r.name], []).append(r)
+        rhos, weights = [], []
+        for members in groups.values():
+            if len(members) >= 3:
+                value = spearman([r.gamma for r in members], [r.top1 for r in members])
+                if not math.isnan(value):
+                    rhos.append(value)
+                    weights.append(len(members))
+        if rhos:
+            out["spearman_gamma_top1_within_buckets"] = sum(r * w for r, w in zip(rhos, weights)) / sum(weights)
+            out["spearman_buckets"] = len(rhos)
+    return out
+
+
+def compare_stitches(ours: list[RouteResult], theirs: list[RouteResult], flops_range: tuple[float, float]) -> dict:
+    """Two methods compared on their stitches alone, over the FLOPs range both cover with a stitch
+    ([the costlier of the two cheapest stitches, the costliest anchor]): the AUC of each one's
+    best-stitch-within-budget curve, their difference, and the best gain / saving at equal FLOPs or
+    accuracy. No anchor carries these figures."""
+    a = [(r.flops, r.top1) for r in ours if r.source != r.target and r.flops <= flops_range[1]]
+    b = [(r.flops, r.top1) for r in theirs if r.source != r.target and r.flops <= flops_range[1]]
+    if not a or not b:
+        return {"range": None, "auc_ours": None, "auc_theirs": None, "delta_auc": None,
+                "best_gain_at_equal_flops": None, "best_flops_saving_at_equal_accuracy": None}
+    lo = max(min(f for f, _ in a), min(f for f, _ in b))
+    rng = (lo, flops_range[1]) if flops_range[1] > lo else (lo, lo + 1.0)
+    auc_a, auc_b = frontier_auc(a, rng), frontier_auc(b, rng)
+    gain, at_flops = accuracy_gain_at_equal_flops(a, b, rng)
+    ratio, at_acc = flops_saving_at_equal_accuracy(a, b)
+    return {"range": list(rng), "auc_ours": auc_a, "auc_theirs": auc_b, "delta_auc": auc_a - auc_b,
+            "best_gain_at_equal_flops": {"top1_points": gain, "flops": at_flops},
+            "best_flops_saving_at_equal_accuracy": {"ratio": ratio, "top1": None if math.isnan(at_acc) else at_acc}}
+
+
+def _carried_by(results: list[RouteResult], flops: float | None, top1: float | None) -> str | None:
+    """The anchor whose point is the one at `flops` (or `top1`) on a method's frontier, if an anchor is."""
+    for r in results:
+        if r.source == r.target and ((flops is not None and r.flops == flops) or (top1 is not None and r.top1 == top1)):
+            return r.name
+    return None
 
 
 def write_report(results: dict[str, list[RouteResult]], out: str | os.PathLike, *, title: str = "",
-                 extra: dict | None = None) -> Path:
-    """Writes the report for one or more methods (the first is compared against the others)."""
+                 extra: dict | None = None, buckets: dict | None = None, steps: dict | None = None,
+                 stitches_only: bool = False) -> Path:
+    """Writes the report for one or more methods (the first is compared against the others).
+
+    buckets: method -> {route name: bucket key}; steps: method -> finetuning steps (see summarise).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    anchors = [r for r in next(iter(results.values())) if r.source == r.target]
+    anchors = [r for rs in results.values() for r in rs if r.source == r.target]
     flops_range = (min(r.flops for r in anchors), max(r.flops for r in anchors))
-    methods = {m: summarise(rs, flops_range) for m, rs in results.items()}
+    methods = {m: summarise(rs, flops_range, buckets=(buckets or {}).get(m), steps=(steps or {}).get(m),
+                            stitches_only=stitches_only) for m, rs in results.items()}
     doc = {"format": "klas-report", "version": 1, "title": title, "flops_range": list(flops_range),
            "auc_definition": "integral over FLOPs normalised to [0, 1] (anchors' range) of the best top-1 within budget",
            "methods": methods, "comparisons": [], **(extra or {})}
@@ -54,10 +115,16 @@ def write_report(results: dict[str, list[RouteResult]], out: str | os.PathLike, 
         b = [(r.flops, r.top1) for r in results[other]]
         gain, at_flops = accuracy_gain_at_equal_flops(a, b, flops_range)
         ratio, at_acc = flops_saving_at_equal_accuracy(a, b)
+        carried_gain = _carried_by(results[ours], at_flops if gain > 0 else None, None)
+        carried_saving = _carried_by(results[ours], None, at_acc if ratio > 1 else None)
         doc["comparisons"].append({
             "ours": ours, "baseline": other, "delta_auc": methods[ours]["auc"] - methods[other]["auc"],
-            "best_gain_at_equal_flops": {"top1_points": gain, "flops": at_flops},
-            "best_flops_saving_at_equal_accuracy": {"ratio": ratio, "top1": None if math.isnan(at_acc) else at_acc},
+            "best_gain_at_equal_flops": {"top1_points": gain, "flops": at_flops, "carried_by_anchor": carried_gain},
+            "best_flops_saving_at_equal_accuracy": {"ratio": ratio, "top1": None if math.isnan(at_acc) else at_acc,
+                                                    "carried_by_anchor": carried_saving},
+            "anchors": {r.name: {"ours": r.top1, "baseline": next((x.top1 for x in results[other] if x.name == r.name),
+                                                                  None)} for r in results[ours] if r.source == r.target},
+            "stitches_only": compare_stitches(results[ours], results[other], flops_range),
         })
     doc["results"] = {m: [r.to_json() for r in rs] for m, rs in results.items()}
     write_json_atomic(out / "report.json", doc)
@@ -108,3 +175,25 @@ def _plot(results: dict[str, list[RouteResult]], methods: dict, path: Path, titl
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     _save(fig, path)
+
+
+def headline(comparison: dict) -> str:
+    """One comparison in words that credit selection only with what its stitches did: the
+    stitches-only figures first, and the all-routes figures with the anchor that carries them named."""
+    c = comparison
+    st = c["stitches_only"]
+    parts = [f"{c['ours']} vs {c['baseline']}:"]
+    if st["delta_auc"] is not None:
+        parts.append(f"stitches-only ΔAUC {st['delta_auc']:+.3f} over {st['range'][0] / 1e6:.1f}–{st['range'][1] / 1e6:.1f} "
+                     f"MFLOPs, best stitch gain at equal FLOPs {st['best_gain_at_equal_flops']['top1_points']:+.2f} "
+                     f"points;")
+    gain = c["best_gain_at_equal_flops"]
+    line = f"all routes ΔAUC {c['delta_auc']:+.3f}, best gain at equal FLOPs {gain['top1_points']:+.2f} points"
+    if gain.get("carried_by_anchor"):
+        line += f" (carried by the anchor {gain['carried_by_anchor']}, not by a stitch)"
+    saving = c["best_flops_saving_at_equal_accuracy"]
+    line += f", FLOPs saving at equal accuracy {saving['ratio']:.2f}x"
+    if saving.get("carried_by_anchor"):
+        line += f" (carried by the anchor {saving['carried_by_anchor']})"
+    parts.append(line)
+    return " ".join(parts)

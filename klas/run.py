@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import torch
 
 from klas import distributed as dist
-from klas.config import ConfigError, stage_fingerprint
+from klas.config import PROTOCOLS, ConfigError, stage_fingerprint
 from klas.errors import CacheError, KlasError
 from klas.files import write_json_atomic
 from klas.reading import load_checkpoint, read_json
@@ -165,7 +165,9 @@ def load_run_anchors(cfg: dict) -> list:
 
 
 def run(cfg: dict, *, methods: list[str] | None = None, progress: bool = True, log=print) -> Path:
-    """Runs every stage of `cfg` (validated, klas.config) for each method; returns the report folder.
+    """Runs every stage of `cfg` (validated, klas.config) for each method and finetuning protocol;
+    returns the report folder of the first protocol. With `seeds`, the whole comparison runs once
+    per seed (under `out`/seed-<k>) and `out`/summary gathers each figure as mean and 95% interval.
 
     Joins torchrun's process group when launched by torchrun (klas.distributed); the caller may
     leave it with `klas.distributed.shutdown()`.
@@ -173,36 +175,67 @@ def run(cfg: dict, *, methods: list[str] | None = None, progress: bool = True, l
     dist.init_from_env(cfg["device"], timeout_s=cfg["distributed"]["timeout_s"])
     if not dist.is_main():
         log = _silent
+    if not cfg["seeds"]:
+        return _run_one(cfg, methods, progress=progress, log=log)
+    reports = {}
+    for seed in cfg["seeds"]:
+        one = {**cfg, "seed": seed, "seeds": [], "out": str(Path(cfg["out"]) / f"seed-{seed}")}
+        log(f"== seed {seed} -> {one['out']}")
+        _run_one(one, methods, progress=progress, log=log)
+        reports[seed] = Path(one["out"]) / "report"
+    summary = Path(cfg["out"]) / "summary"
+    if dist.is_main():
+        from klas.seeds import summarise_seeds, summary_lines
+
+        doc = summarise_seeds(reports, cfg["finetune"]["protocols"], summary)
+        for line in summary_lines(doc):
+            log(line)
+        log(f"summary: {summary / 'summary.json'}")
+    dist.barrier()
+    return summary
+
+
+def _run_one(cfg: dict, methods: list[str] | None, *, progress: bool, log) -> Path:
+    """One seed: the shared stages, then each protocol's finetuning and evaluation of every method,
+    and one report per protocol under `out`/report/<protocol>."""
+    from klas.report import headline
+
     methods = run_methods(cfg, methods)
     out = Path(cfg["out"])
     anchors, device = prepare(cfg, progress=progress, log=log)
-
-    results = {}
+    protocols = cfg["finetune"]["protocols"]
     for method in methods:
-        results[method] = _run_method(cfg, method, anchors, out, device, progress=progress, log=log)
+        _select_stage(cfg, method, out, log)
+    for protocol in protocols:
+        results, buckets = {}, {}
+        for method in methods:
+            results[method], buckets[method] = _run_method(cfg, method, protocol, anchors, out, device,
+                                                           progress=progress, log=log)
+        report = out / "report" / protocol
+        if dist.is_main():
+            from klas.report import write_report
 
-    report = out / "report"
-    if dist.is_main():
-        from klas.report import write_report
-
-        write_report(results, report, title=f"{cfg['name']}: " + " vs ".join(methods),
-                     extra={"config": cfg, "methods_run": methods})
-    dist.barrier()
-    if not dist.is_main():
-        return report
-    doc = read_json(report / "report.json", what="report", error=CacheError, inside=report,
-                    fix=f"delete {report} to write the report again")
-    for m in methods:
-        s = doc["methods"][m]
-        rho = s["spearman_gamma_top1"]
-        log(f"{m}: {s['stitches']} stitches, AUC {s['auc']:.3f}, best top-1 {s['best_top1']:.2f}%, "
-            f"Spearman(Γ, top-1) {'n/a' if rho is None else f'{rho:+.3f}'} over {s['spearman_routes']} scored stitches")
-    for c in doc["comparisons"]:
-        log(f"{c['ours']} vs {c['baseline']}: ΔAUC {c['delta_auc']:+.3f}, best gain at equal FLOPs "
-            f"{c['best_gain_at_equal_flops']['top1_points']:+.2f} points, FLOPs saving at equal accuracy "
-            f"{c['best_flops_saving_at_equal_accuracy']['ratio']:.2f}x")
-    log(f"report: {report / 'report.json'}; plot: {report / 'accuracy_flops.png'}")
-    return report
+            write_report(results, report, title=f"{cfg['name']} ({protocol} finetuning): " + " vs ".join(methods),
+                         extra={"config": cfg, "methods_run": methods, "protocol": protocol},
+                         buckets=buckets, steps={m: cfg["finetune"]["steps"] for m in methods},
+                         stitches_only=PROTOCOLS[protocol])
+        dist.barrier()
+        if not dist.is_main():
+            continue
+        doc = read_json(report / "report.json", what="report", error=CacheError, inside=report,
+                        fix=f"delete {report} to write the report again")
+        log(f"-- {protocol} finetuning ({'stitching layers only, anchors frozen' if PROTOCOLS[protocol] else 'anchors and stitching layers train'})")
+        for m in methods:
+            s = doc["methods"][m]
+            within = s["spearman_gamma_top1_within_buckets"]
+            log(f"{m}: {s['stitches']} stitches + {len(s['anchors'])} anchors ({s['steps_per_route']:.0f} steps per "
+                f"route), AUC {s['auc']:.3f}, best top-1 {s['best_top1']:.2f}%, Spearman(Γ, top-1) within buckets "
+                f"{'n/a' if within is None else f'{within:+.3f}'} over {s['spearman_buckets']} buckets; frontier "
+                f"anchors: {', '.join(s['frontier_anchors']) or 'none'}")
+        for c in doc["comparisons"]:
+            log(headline(c))
+        log(f"report: {report / 'report.json'}; plot: {report / 'accuracy_flops.png'}")
+    return out / "report" / protocols[0]
 
 
 def _silent(*args, **kwargs) -> None:
@@ -256,28 +289,37 @@ def _images(cfg: dict, split: str, anchor, limit):
     return ImageDataset(source, indices, input_size=anchor.input_size, mean=anchor.mean, std=anchor.std)
 
 
-def _run_method(cfg: dict, method: str, anchors, out: Path, device: str, *, progress: bool, log) -> list:
-    from klas.evaluate import RouteResult, evaluate_routes
-    from klas.finetune import CHECKPOINT, FinetuneSettings, finetune
-
-    cache, here = out / "cache", out / "methods" / method
-    sel_dir, net_dir = here / "selection", here / "supernet"
+def _select_stage(cfg: dict, method: str, out: Path, log) -> None:
+    """The selection of one method (shared by every finetuning protocol)."""
+    sel_dir = out / "methods" / method / "selection"
 
     def do_select():
         from klas.plots import selection_scatter
 
-        sel = _selection(cfg, method, cache)
+        sel = _selection(cfg, method, out / "cache")
         write_json_atomic(sel_dir / "selection.json", sel.to_json())
         selection_scatter(sel, sel_dir / "selection.png")
         log(f"[select] {method}: {len(sel.selected)} stitches over {' -> '.join(sel.chain)}")
 
     _stage(sel_dir, "select", stage_fingerprint(cfg, "select", method), do_select, log, every_rank=False)
+
+
+def _run_method(cfg: dict, method: str, protocol: str, anchors, out: Path, device: str, *, progress: bool,
+                log) -> tuple[list, dict]:
+    """Finetuning and evaluation of one method's supernet under one protocol; returns the route
+    results and each scored route's bucket (for the within-bucket diagnostics)."""
+    from klas.evaluate import RouteResult, evaluate_routes
+    from klas.finetune import CHECKPOINT, FinetuneSettings, finetune
+
+    here = out / "methods" / method
+    sel_dir, net_dir, eval_dir = here / "selection", here / protocol / "supernet", here / protocol / "evaluation"
     selection_doc = read_selection(sel_dir / "selection.json")
     f = cfg["finetune"]
     settings = FinetuneSettings(steps=f["steps"], batch_size=f["batch_size"], lr=f["lr"], weight_decay=f["weight_decay"],
-                                warmup_fraction=f["warmup_fraction"], stitches_only=f["stitches_only"], freeze_bn=f["freeze_bn"],
-                                seed=cfg["seed"], checkpoint_every=f["checkpoint_every"], num_workers=f["num_workers"],
-                                device=device)
+                                warmup_fraction=f["warmup_fraction"], stitches_only=PROTOCOLS[protocol],
+                                freeze_bn=f["freeze_bn"], seed=cfg["seed"], checkpoint_every=f["checkpoint_every"],
+                                num_workers=f["num_workers"], device=device)
+    variant = f"{method}/{protocol}"
 
     def fresh_supernet():
         return _build_supernet(load_run_anchors(cfg), selection_doc, f["anchors"])
@@ -290,10 +332,10 @@ def _run_method(cfg: dict, method: str, anchors, out: Path, device: str, *, prog
             images = torch.stack([x for x, _ in calib]).to(device)
             net.to(device).init_stitches(images, seed=cfg["seed"])
         stats = finetune(net, train, settings, net_dir, progress=progress)
-        log(f"[finetune] {method}: {stats['steps']} steps (from {stats['resumed_from']}), "
+        log(f"[finetune] {variant}: {stats['steps']} steps (from {stats['resumed_from']}), "
             f"{stats['seconds']:.0f} s, last loss {stats['final_loss']:.3f}")
 
-    _stage(net_dir, "finetune", stage_fingerprint(cfg, "finetune", method), do_finetune, log)
+    _stage(net_dir, "finetune", stage_fingerprint(cfg, "finetune", variant), do_finetune, log)
     e = cfg["evaluate"]
 
     def do_evaluate():
@@ -311,21 +353,30 @@ def _run_method(cfg: dict, method: str, anchors, out: Path, device: str, *, prog
         start, count = dist.even_share(len(data))  # this rank's images; evaluate_routes sums the counts
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(start, start + count)),
                                              batch_size=e["batch_size"], num_workers=f["num_workers"])
-        gammas = {f"{c['source']}:{c['i']}->{c['target']}:{c['j']}": c["gamma"]
-                  for p in selection_doc["pairs"] for c in p["selected"]}
+        gammas = {_route_name(c): c["gamma"] for p in selection_doc["pairs"] for c in p["selected"]}
         results = evaluate_routes(net, loader, device=device, progress=progress and dist.is_main(), gammas=gammas)
         if dist.is_main():
-            write_json_atomic(here / "evaluation" / "evaluation.json", {"method": method, "split": e["split"],
-                                                                         "routes": [r.to_json() for r in results]})
+            write_json_atomic(eval_dir / "evaluation.json", {"method": method, "protocol": protocol, "split": e["split"],
+                                                             "routes": [r.to_json() for r in results]})
 
-    _stage(here / "evaluation", "evaluate", stage_fingerprint(cfg, "evaluate", method), do_evaluate, log)
-    path = here / "evaluation" / "evaluation.json"
+    _stage(eval_dir, "evaluate", stage_fingerprint(cfg, "evaluate", variant), do_evaluate, log)
+    path = eval_dir / "evaluation.json"
     fix = f"delete {path.parent} to evaluate again"
     doc = read_json(path, what="evaluation file", error=CacheError, inside=path.parent, fix=fix)
     try:
-        return [RouteResult.from_json(r) for r in doc["routes"]]
+        results = [RouteResult.from_json(r) for r in doc["routes"]]
     except (KeyError, TypeError, ValueError):
         raise CacheError(f"{path}: malformed route entries; {fix}") from None
+    buckets = {_route_name(c): (p["source"], p["target"], c["bucket"]) for p in selection_doc["pairs"]
+               for c in p["selected"]}
+    return results, buckets
+
+
+def _route_name(c: dict) -> str:
+    """The supernet's route name of a selection.json configuration (klas.stitch.Route.name)."""
+    from klas.stitch import Route
+
+    return Route(c["source"], c["target"], c["i"], c["j"]).name
 
 
 def _resolve_pair(cfg: dict, anchors, pair: Sequence[str]):

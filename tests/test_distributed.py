@@ -64,11 +64,11 @@ def _config(out: Path, shapes_dir: Path) -> dict:
         return {**common, "anchors": ["cifar-resnet:20", "cifar-resnet:32"],
                 "data": {"root": str(cifar10_dir()), "train_limit": 512, "val_limit": 256, "test_limit": 256},
                 "extract": {"batch_size": 64, "shard_rows": 128}, "probes": {"epochs": 2, "batch_size": 64},
-                "finetune": {"steps": 20, "batch_size": 16, "checkpoint_every": 5, "calibration_images": 32}}
+                "finetune": {"steps": 20, "batch_size": 16, "checkpoint_every": 5, "calibration_images": 32, "protocols": ["snnet"]}}
     return {**common, "anchors": ["cifar-resnet:8?pretrained=false&seed=1", "cifar-resnet:14?pretrained=false&seed=2"],
             "data": {"root": str(shapes_dir), "val_fraction": 0.25},
             "extract": {"batch_size": 16, "shard_rows": 32}, "probes": {"epochs": 2, "batch_size": 32},
-            "finetune": {"steps": 20, "batch_size": 8, "checkpoint_every": 5, "calibration_images": 16}}
+            "finetune": {"steps": 20, "batch_size": 8, "checkpoint_every": 5, "calibration_images": 16, "protocols": ["snnet"]}}
 
 
 def _write_config(directory: Path, shapes_dir: Path) -> Path:
@@ -119,7 +119,7 @@ def _assert_same_results(a: Path, b: Path) -> None:
     sel = [json.loads((d / "methods/klas/selection/selection.json").read_text()) for d in (a, b)]
     chosen = [[(c["source"], c["i"], c["target"], c["j"]) for p in s["pairs"] for c in p["selected"]] for s in sel]
     assert chosen[0] == chosen[1] and chosen[0]
-    ev = [json.loads((d / "methods/klas/evaluation/evaluation.json").read_text())["routes"] for d in (a, b)]
+    ev = [json.loads((d / "methods/klas/snnet/evaluation/evaluation.json").read_text())["routes"] for d in (a, b)]
     assert [r["name"] for r in ev[0]] == [r["name"] for r in ev[1]]
     assert [r["total"] for r in ev[1]] == [r["total"] for r in ev[0]]
     # weights agree to rounding (gradients summed in another order); a test image near a decision
@@ -174,7 +174,7 @@ def test_a_rank_that_dies_fails_the_job_fast_and_a_rerun_finishes_it(one_process
     out = config.parent / "out"
     stages = [
         ("extracting", lambda: any(out.glob("cache/*/train/progress-1-of-2.json"))),
-        ("finetuning", lambda: (out / "methods/klas/supernet/checkpoint.pt").exists()),
+        ("finetuning", lambda: (out / "methods/klas/snnet/supernet/checkpoint.pt").exists()),
     ]
     for what, ready in stages:
         proc = _torchrun(config, 2)
@@ -184,7 +184,7 @@ def test_a_rank_that_dies_fails_the_job_fast_and_a_rerun_finishes_it(one_process
         assert proc.returncode != 0
         assert waited < 60, f"the job took {waited:.0f} s to stop after rank 1 died"
         assert "rank      : 1" in output and "SIGKILL" in output, output[-3000:]
-    assert not (out / "methods/klas/supernet/.klas-stage.json").exists()
+    assert not (out / "methods/klas/snnet/supernet/.klas-stage.json").exists()
     _finish(_torchrun(config, 2))
     _assert_same_results(one_process, out)
 

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from klas.cli import main
-from klas.recovery import RecoverySettings, good_set, mean_interval, recovery_report, score_method
+from klas.recovery import RecoverySettings, good_set, recovery_report, score_method
+from klas.stats import mean_interval
 
 
 def test_good_set_is_each_buckets_best_and_those_within_delta():

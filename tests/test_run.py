@@ -24,7 +24,8 @@ def tiny_config(out: Path, data: Path, **finetune) -> dict:
         "name": "tiny", "out": str(out), "anchors": ANCHORS, "data": {"root": str(data), "val_fraction": 0.25},
         "extract": {"batch_size": 32}, "probes": {"epochs": 2, "batch_size": 32},
         "select": {"compare": ["klas", "snnet-nearest"]},
-        "finetune": {"steps": 6, "batch_size": 8, "checkpoint_every": 2, "calibration_images": 16, **finetune},
+        "finetune": {"steps": 6, "batch_size": 8, "checkpoint_every": 2, "calibration_images": 16,
+                     "protocols": ["snnet"], **finetune},
         "evaluate": {"batch_size": 64},
     }
 
@@ -79,14 +80,14 @@ def _write(tmp_path: Path, cfg: dict) -> Path:
 def test_run_compares_methods_and_skips_completed_stages(tmp_path, shapes_dir, capsys):
     config = _write(tmp_path, tiny_config(tmp_path / "out", shapes_dir))
     assert main(["run", str(config), "--quiet"]) == 0
-    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    report = json.loads((tmp_path / "out" / "report" / "snnet" / "report.json").read_text())
     assert set(report["methods"]) == {"klas", "snnet-nearest"}
     assert report["comparisons"][0]["ours"] == "klas"
     for m, routes in report["results"].items():
         assert [r["name"] for r in routes][:2] == ["cifar-resnet8", "cifar-resnet14"]  # anchors first
         assert all(0 <= r["top1"] <= 100 and r["total"] == 120 for r in routes)  # one image set: test = all 120
         assert report["methods"][m]["stitches"] == len(routes) - 2
-    assert (tmp_path / "out" / "report" / "accuracy_flops.png").stat().st_size > 5000
+    assert (tmp_path / "out" / "report" / "snnet" / "accuracy_flops.png").stat().st_size > 5000
     capsys.readouterr()
     # a second run finds every stage complete
     assert main(["run", str(config), "--quiet"]) == 0
@@ -120,7 +121,7 @@ def test_killed_finetuning_resumes_to_the_same_result(tmp_path, shapes_dir):
     killed = _write(tmp_path / "b", tiny_config(tmp_path / "b" / "out", shapes_dir, **steps))
     assert _run_process(straight).wait(timeout=600) == 0
     proc = _run_process(killed)
-    checkpoint = tmp_path / "b" / "out" / "methods" / "klas" / "supernet" / "checkpoint.pt"
+    checkpoint = tmp_path / "b" / "out" / "methods" / "klas" / "snnet" / "supernet" / "checkpoint.pt"
     deadline = time.time() + 600
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -134,13 +135,13 @@ def test_killed_finetuning_resumes_to_the_same_result(tmp_path, shapes_dir):
     output = rerun.communicate(timeout=600)[0].decode()
     assert rerun.returncode == 0, output
     assert f"(from {step})" in output
-    a = torch.load(tmp_path / "a" / "out" / "methods" / "klas" / "supernet" / "checkpoint.pt", weights_only=True)
+    a = torch.load(tmp_path / "a" / "out" / "methods" / "klas" / "snnet" / "supernet" / "checkpoint.pt", weights_only=True)
     b = torch.load(checkpoint, weights_only=True)
     assert a["step"] == b["step"] == 30
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, atol=1e-5, rtol=1e-5, msg=key)
-    ra = json.loads((tmp_path / "a" / "out" / "methods" / "klas" / "evaluation" / "evaluation.json").read_text())
-    rb = json.loads((tmp_path / "b" / "out" / "methods" / "klas" / "evaluation" / "evaluation.json").read_text())
+    ra = json.loads((tmp_path / "a" / "out" / "methods" / "klas" / "snnet" / "evaluation" / "evaluation.json").read_text())
+    rb = json.loads((tmp_path / "b" / "out" / "methods" / "klas" / "snnet" / "evaluation" / "evaluation.json").read_text())
     assert [r["correct"] for r in ra["routes"]] == [r["correct"] for r in rb["routes"]]
 
 
@@ -153,8 +154,8 @@ def _outputs(out: Path) -> dict:
     for method_dir in sorted((out / "methods").iterdir()):
         sel = json.loads((method_dir / "selection" / "selection.json").read_text())
         got[f"{method_dir.name}/selected"] = [(c["i"], c["j"]) for p in sel["pairs"] for c in p["selected"]]
-        got[f"{method_dir.name}/weights"] = torch.load(method_dir / "supernet" / "checkpoint.pt", weights_only=True)["model"]
-        evaluation = json.loads((method_dir / "evaluation" / "evaluation.json").read_text())
+        got[f"{method_dir.name}/weights"] = torch.load(method_dir / "snnet" / "supernet" / "checkpoint.pt", weights_only=True)["model"]
+        evaluation = json.loads((method_dir / "snnet" / "evaluation" / "evaluation.json").read_text())
         got[f"{method_dir.name}/correct"] = [r["correct"] for r in evaluation["routes"]]
     return got
 
@@ -194,7 +195,7 @@ def test_run_killed_in_each_stage_ends_like_an_uninterrupted_run(tmp_path, shape
         (out / "cache", lambda: any(out.glob("cache/*/train/shard-00000.bin"))),
         (out / "cache" / "probes", lambda: (out / "cache" / "probes").is_dir()),
         (out / "cache" / "scores", lambda: (out / "cache" / "scores").is_dir()),
-        (out / "methods" / "klas" / "supernet", lambda: (out / "methods/klas/supernet/checkpoint.pt").exists()),
+        (out / "methods" / "klas" / "snnet" / "supernet", lambda: (out / "methods/klas/snnet/supernet/checkpoint.pt").exists()),
     ]
     for folder, ready in stages:
         proc = subprocess.Popen([*cmd, str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,0 +1,77 @@
+"""Several seeds: the reports of one comparison run once per seed, gathered as mean and 95% interval.
+
+Each seed's run (`klas run` with `seeds:`) changes the data split, the route schedule, the batches
+and the initialisation. For every finetuning protocol and method this gathers the AUC, the
+stitches-only figures and the within-bucket correlation, and for every comparison ΔAUC (all routes
+and stitches only) with its interval; a difference whose interval covers 0 is reported as "no
+significant difference".
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from klas.errors import CacheError
+from klas.files import write_json_atomic
+from klas.reading import read_json
+from klas.stats import mean_interval
+
+__all__ = ["summarise_seeds", "summary_lines", "verdict"]
+
+
+def verdict(interval: dict) -> str:
+    """'no significant difference' when a 95% interval covers 0, else which side leads."""
+    if interval.get("low") is None:
+        return "one seed: no interval"
+    if interval["low"] <= 0.0 <= interval["high"]:
+        return "no significant difference"
+    return "higher" if interval["mean"] > 0 else "lower"
+
+
+def summarise_seeds(reports: dict[int, Path], protocols: list[str], out: Path) -> dict:
+    """Reads `<report root>/<protocol>/report.json` of every seed and writes `out`/summary.json."""
+    doc = {"format": "klas-seed-summary", "version": 1, "seeds": sorted(reports), "protocols": {}}
+    for protocol in protocols:
+        runs = {}
+        for seed, root in reports.items():
+            path = Path(root) / protocol / "report.json"
+            runs[seed] = read_json(path, what="report", error=CacheError, inside=path.parent,
+                                   fix=f"delete {path.parent} and run the same command again")
+        first = next(iter(runs.values()))
+        methods = {}
+        for m in first["methods"]:
+            methods[m] = {key: mean_interval([r["methods"][m][key] for r in runs.values()])
+                          for key in ("auc", "stitches", "best_top1", "spearman_gamma_top1_within_buckets")}
+        comparisons = []
+        for k, c in enumerate(first["comparisons"]):
+            delta = mean_interval([r["comparisons"][k]["delta_auc"] for r in runs.values()])
+            stitch = mean_interval([r["comparisons"][k]["stitches_only"]["delta_auc"] for r in runs.values()])
+            gain = mean_interval([(r["comparisons"][k]["stitches_only"]["best_gain_at_equal_flops"] or {})
+                                  .get("top1_points") for r in runs.values()])
+            comparisons.append({"ours": c["ours"], "baseline": c["baseline"], "delta_auc": delta,
+                                "delta_auc_verdict": verdict(delta), "stitches_only_delta_auc": stitch,
+                                "stitches_only_verdict": verdict(stitch), "stitches_only_best_gain": gain})
+        doc["protocols"][protocol] = {"methods": methods, "comparisons": comparisons}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "summary.json", doc)
+    return doc
+
+
+def _fmt(v: dict, spec: str = "+.3f") -> str:
+    if v.get("mean") is None:
+        return "n/a"
+    if v.get("low") is None:
+        return f"{v['mean']:{spec}}"
+    return f"{v['mean']:{spec}} [{v['low']:{spec}}, {v['high']:{spec}}]"
+
+
+def summary_lines(doc: dict) -> list[str]:
+    """The summary in words: each comparison's ΔAUC with its interval and verdict."""
+    lines = [f"over seeds {doc['seeds']} (mean [95% interval]):"]
+    for protocol, p in doc["protocols"].items():
+        for m, s in p["methods"].items():
+            lines.append(f"  {protocol:>13} {m}: AUC {_fmt(s['auc'], '.3f')}, stitches {_fmt(s['stitches'], '.1f')}")
+        for c in p["comparisons"]:
+            lines.append(f"  {protocol:>13} {c['ours']} vs {c['baseline']}: ΔAUC {_fmt(c['delta_auc'])} "
+                         f"({c['delta_auc_verdict']}); stitches only {_fmt(c['stitches_only_delta_auc'])} "
+                         f"({c['stitches_only_verdict']})")
+    return lines

@@ -149,6 +149,7 @@ def _cmd_probes(args) -> int:
         [root / n / "train" for n in names], [root / n / "val" for n in names], epochs=args.epochs,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, labels=args.labels, seed=args.seed, device=args.device,
+        standardise=not args.no_standardise,
         progress=not args.quiet,
     )
     out = Path(args.out) if args.out else root / "probes"
@@ -296,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_number(float, low=0.0, closed_low=False, high=100.0), default=1e-2)
     p.add_argument("--weight-decay", type=_number(float, low=0.0, high=100.0), default=0.0)
     p.add_argument("--label-smoothing", type=_number(float, low=0.0, high=1.0, closed_high=False), default=0.0)
+    p.add_argument("--no-standardise", action="store_true",
+                   help="train probes on the raw pooled features (default: standardised per feature on D_t, "
+                        "folded into the saved weights)")
     p.add_argument("--labels", default="true", choices=["true", "pseudo"],
                    help="dataset labels, or label-free: each anchor's own predictions")
     p.add_argument("--seed", type=SEED, default=0)

@@ -31,7 +31,7 @@ DEFAULTS: dict[str, Any] = {
     # anchor adaptation before extraction (0 steps: off): each anchor finetuned alone on D_t
     "adapt": {"steps": 0, "batch_size": 64, "lr": 1e-4, "weight_decay": 0.05, "warmup_fraction": 0.05},
     "extract": {"dtype": "float16", "batch_size": 256, "shard_rows": 4096, "num_workers": 0},
-    "probes": {"epochs": 4, "batch_size": 256, "lr": 1e-2, "weight_decay": 0.0, "labels": "true"},
+    "probes": {"epochs": 4, "batch_size": 256, "lr": 1e-2, "weight_decay": 0.0, "labels": "true", "standardise": True},
     "score": {"temperature": 1.0, "floor": 1e-6, "backend": "auto"},
     "select": {"method": "klas", "compare": [], "tau": 0.05, "tau_mode": "relative", "buckets": "auto",
                "chain_rule": "minimax", "flops_range": "exclude", "snnet_stage_skips": True},

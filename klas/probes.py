@@ -170,6 +170,9 @@ class JointProbes(nn.Module):
             bound = 1.0 / w ** 0.5  # nn.Linear's default initialisation, per probe
             self.weights.append(nn.Parameter(torch.empty(n_g, c, w).uniform_(-bound, bound)))
             self.biases.append(nn.Parameter(torch.empty(n_g, c).uniform_(-bound, bound)))
+            # per-feature standardisation of each probe's input (identity until `standardise` fits it)
+            self.register_buffer(f"shift{len(self.weights) - 1}", torch.zeros(n_g, 1, w))
+            self.register_buffer(f"scale{len(self.weights) - 1}", torch.ones(n_g, 1, w))
         self.register_buffer("unsort", torch.argsort(torch.tensor(order)), persistent=False)
         self.register_buffer("anchor_of_probe", torch.repeat_interleave(
             torch.arange(len(manifests)), torch.tensor(self.sizes)), persistent=False)
@@ -185,15 +188,48 @@ class JointProbes(nn.Module):
         columns are converted and moved in one copy."""
         n = rows[0].shape[0]
         start = 0
-        for runs, w, b in zip(self.group_runs, self.weights, self.biases):
+        for g, (runs, w, b) in enumerate(zip(self.group_runs, self.weights, self.biases)):
             width = w.shape[2]
             x = torch.empty(w.shape[0], n, width, dtype=torch.float32, device=rows[0].device)
             i = 0
             for a, col, k in runs:
                 x[i:i + k].copy_(rows[a][:, col:col + k * width].view(n, k, width).transpose(0, 1))
                 i += k
+            if self.standardised:
+                x.sub_(getattr(self, f"shift{g}")).mul_(getattr(self, f"scale{g}"))
             yield x, w, b, self._order[start:start + w.shape[0]]
             start += w.shape[0]
+
+    standardised = False
+
+    @torch.no_grad()
+    def standardise(self, batches) -> None:
+        """Fits each probe's per-feature standardisation (mean 0, variance 1 over the rows `batches`
+        yields, summed across ranks): pooled features of early blocks have offsets and scales far
+        from those of late ones, and probes on them otherwise learn slowly or not at all. The fit is
+        folded into the weights that `per_anchor` returns, so saved probes read raw features."""
+        self.standardised = False
+        sums = None
+        count = 0
+        for rows in batches:
+            parts = [(x.double().sum(dim=1), x.double().square().sum(dim=1)) for x, *_ in self._group_inputs(rows)]
+            sums = parts if sums is None else [(a + p, b + q) for (a, b), (p, q) in zip(sums, parts)]
+            count += rows[0].shape[0]
+        flat = torch.cat([torch.cat([a.flatten(), b.flatten()]) for a, b in sums]) if sums else None
+        if flat is None:
+            return
+        total = dist.all_reduce_sum(torch.cat([flat, torch.tensor([float(count)], dtype=flat.dtype)]))
+        flat, count = total[:-1], float(total[-1])
+        pos = 0
+        for g, w in enumerate(self.weights):
+            size = w.shape[0] * w.shape[2]
+            s1, s2 = flat[pos:pos + size].view(w.shape[0], 1, -1), flat[pos + size:pos + 2 * size].view(w.shape[0], 1, -1)
+            pos += 2 * size
+            mean = s1 / count
+            std = (s2 / count - mean.square()).clamp_min(0).sqrt()
+            getattr(self, f"shift{g}").copy_(mean.float())
+            getattr(self, f"scale{g}").copy_(torch.where(std > 1e-6, 1.0 / std.clamp_min(1e-6), 1.0).float())
+        self.standardised = True
 
     def forward(self, rows: Sequence[torch.Tensor], target: torch.Tensor | None = None, label_smoothing: float = 0.0,
                 *, fused: bool = False, denominator: float | None = None) -> torch.Tensor:
@@ -226,9 +262,14 @@ class JointProbes(nn.Module):
         """``(W [C, d_k], b [C])`` for every block of every anchor, in order."""
         flat = [None] * self.num_blocks
         i = 0
-        for w, b in zip(self.weights, self.biases):
+        for g, (w, b) in enumerate(zip(self.weights, self.biases)):
+            w, b = w.detach(), b.detach()
+            if self.standardised:  # W (x - μ) ⊙ s + b = (W ⊙ s) x + (b − (W ⊙ s) μ)
+                shift, scale = getattr(self, f"shift{g}"), getattr(self, f"scale{g}")
+                w = w * scale
+                b = b - torch.bmm(w, shift.transpose(1, 2)).squeeze(2)
             for j in range(w.shape[0]):
-                flat[self._order[i]] = (w[j].detach().clone(), b[j].detach().clone())
+                flat[self._order[i]] = (w[j].clone(), b[j].clone())
                 i += 1
         out, start = [], 0
         for size in self.sizes:
@@ -354,6 +395,7 @@ def train_probes(
     progress: bool = True,
     evaluate: bool = True,
     backend: str = "auto",
+    standardise: bool = True,
 ) -> list[ProbeSet]:
     """Trains one probe per block of every anchor, all together, one pass over the caches per epoch.
 
@@ -365,6 +407,8 @@ def train_probes(
         evaluate: measure train/validation accuracy after training (one more pass over each).
         backend: "torch", "triton" (the fused linear + cross-entropy kernel) or "auto" (Triton on
             CUDA devices when it is importable).
+        standardise: train each probe on standardised features (mean and variance fitted on D_t in
+            one pass, folded into the saved weights); see JointProbes.standardise.
 
     Returns:
         One ProbeSet per anchor, in the order given.
@@ -416,6 +460,9 @@ def train_probes(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
         model = JointProbes([r.manifest for r in readers]).to(device)
+    if standardise:
+        share = row_ranges(readers[0].num_samples, chunk_rows=4 * batch_size, rank=ctx.rank, world_size=ctx.world_size)
+        model.standardise([r.to(device) for r, _ in batch] for batch in _lockstep(readers, 4 * batch_size, share))
     trained = model
     if ctx.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -459,7 +506,7 @@ def train_probes(
     if val_readers and evaluate:
         val_acc, head_acc = _accuracy(model, val_readers, labels, 4 * batch_size, device)
     settings = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                    label_smoothing=label_smoothing, seed=seed)
+                    label_smoothing=label_smoothing, seed=seed, standardise=standardise)
     out = []
     for a, (w_b, reader) in enumerate(zip(model.per_anchor(), readers)):
         m = reader.manifest

@@ -127,7 +127,8 @@ def prepare(cfg: dict, *, progress: bool = True, log=print) -> tuple[list, str]:
         p = cfg["probes"]
         sets = train_probes([cache / a.name / "train" for a in anchors], [cache / a.name / "val" for a in anchors],
                             epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], weight_decay=p["weight_decay"],
-                            labels=p["labels"], seed=seed, device=device, progress=progress)
+                            labels=p["labels"], seed=seed, device=device, progress=progress,
+                            standardise=p["standardise"])
         if dist.is_main():
             for ps in sets:
                 ps.save(cache / "probes")

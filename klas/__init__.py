@@ -1,6 +1,6 @@
 """klas: choose where to stitch pretrained networks (KLAS), fast."""
-from klas.errors import AnchorError, CacheError, DataError, KlasError
 from klas.anchors import load_anchor
+from klas.errors import AnchorError, CacheError, DataError, KlasError
 from klas.extract import extract
 from klas.kl import kl_matrix, kl_matrix_from_features
 from klas.probes import train_probes

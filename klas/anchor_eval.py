@@ -5,10 +5,10 @@ import os
 from dataclasses import asdict, dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from klas.anchors import Anchor, load_anchor
 from klas.data import make_loader, split_for_anchor
+from klas.progress import progress_bar
 
 __all__ = ["AnchorAccuracy", "evaluate_anchor"]
 
@@ -46,7 +46,7 @@ def evaluate_anchor(
     source, indices = split_for_anchor(data, split, anchor, val_fraction=val_fraction, seed=seed, limit=limit)
     correct = torch.zeros((), dtype=torch.int64)  # on the CPU: one sync per batch is fine here
     loader = make_loader(source, indices, anchor, batch_size=batch_size, num_workers=num_workers)
-    for images, labels in tqdm(loader, disable=not progress, desc=f"eval {anchor.name}/{split}", unit="batch"):
+    for images, labels in progress_bar(loader, disable=not progress, desc=f"eval {anchor.name}/{split}", unit="batch"):
         logits = anchor(images.to(device))
         correct += (logits.argmax(dim=1).cpu() == labels).sum()
     total = len(indices)

@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from klas import distributed as dist
-from klas.stitch import StitchedSupernet
 from klas.errors import UsageError
+from klas.progress import progress_bar
+from klas.stitch import StitchedSupernet
 
 __all__ = ["RouteResult", "evaluate_routes", "pareto_frontier", "frontier_auc", "accuracy_gain_at_equal_flops",
            "flops_saving_at_equal_accuracy", "spearman"]
@@ -74,7 +74,7 @@ def evaluate_routes(net: StitchedSupernet, loader, *, device: str = "cpu", progr
     net.to(device).eval()
     correct = torch.zeros(len(net), dtype=torch.int64)
     total = 0
-    for images, labels in tqdm(loader, disable=not progress, desc=f"evaluate {len(net)} routes", unit="batch"):
+    for images, labels in progress_bar(loader, disable=not progress, desc=f"evaluate {len(net)} routes", unit="batch"):
         logits = net.forward_many(images.to(device))
         for k, z in logits.items():
             correct[k] += int((z.argmax(dim=1).cpu() == labels).sum())

@@ -18,7 +18,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from klas import distributed as dist
 from klas.anchors import Anchor, load_anchor
@@ -26,6 +25,7 @@ from klas.cache import BlockEntry, CacheWriter, Manifest, read_manifest
 from klas.cache.format import DTYPES
 from klas.data import make_loader, samples_digest, split_for_anchor
 from klas.errors import CacheError, UsageError
+from klas.progress import progress_bar
 
 __all__ = ["extract", "anchor_info", "cache_dir_for", "cache_layout", "cached_anchors"]
 
@@ -102,7 +102,7 @@ def _extract_one(anchor: Anchor, cache_dir: Path, *, data, split, batch_size, dt
         todo = np.concatenate([indices[s:s + n] for s, n in pending]) if pending else indices[:0]
         loader = make_loader(source, todo, anchor, batch_size=batch_size, num_workers=num_workers)
         mine = sum(writer.shard_rows_of(k)[1] for k in writer.mine)
-        bar = tqdm(total=mine, initial=mine - len(todo), unit="img", disable=not progress or not dist.is_main(),
+        bar = progress_bar(total=mine, initial=mine - len(todo), unit="img", disable=not progress or not dist.is_main(),
                    desc=f"extract {anchor.name}/{split}" + (f" (rank 0 of {ctx.world_size})" if ctx.distributed else ""))
         for images, labels in loader:
             pooled = [anchor.pool(h, k) if k else h for k, h in anchor.block_outputs(images.to(device))]

@@ -31,11 +31,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from klas import distributed as dist
 from klas.errors import KlasError, UsageError
 from klas.files import torch_save_atomic
+from klas.progress import progress_bar
 from klas.stitch import StitchedSupernet
 
 __all__ = ["FinetuneSettings", "finetune", "route_schedule", "CHECKPOINT"]
@@ -197,7 +197,7 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.eval()
     began, loss_value = time.perf_counter(), float("nan")
-    bar = tqdm(total=settings.steps, initial=start, disable=not progress or not dist.is_main(), desc="finetune",
+    bar = progress_bar(total=settings.steps, initial=start, disable=not progress or not dist.is_main(), desc="finetune",
                unit="step")
     for step, (images, labels) in enumerate(loader, start=start):
         k = int(schedule[step])

@@ -10,6 +10,7 @@ the bias); a small ridge keeps rank-deficient features (dead channels, n < d_in)
 from __future__ import annotations
 
 import torch
+
 from klas.errors import UsageError
 
 __all__ = ["fit_linear"]

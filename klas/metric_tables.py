@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 
 from klas.cache import CacheReader
+from klas.errors import UsageError
 from klas.features import CacheFeatures
 from klas.kl import kl_matrix_from_features, probe_logits
 from klas.linear_fit import fit_linear
 from klas.metrics import FEATURE_METRICS, cross_entropy
 from klas.probes import load_probes
 from klas.scores import Scores, manifest_fingerprint
-from klas.errors import UsageError
 
 __all__ = ["metric_numerators", "NUMERATOR_METRICS"]
 

@@ -24,7 +24,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from klas import distributed as dist
 from klas.cache import CacheReader, Manifest
@@ -33,6 +32,7 @@ from klas.cache.pairing import check_same_samples, check_same_weights, recorded
 from klas.cache.reader import batch_share, row_ranges
 from klas.errors import CacheError, UsageError
 from klas.files import save_safetensors_atomic, write_json_atomic
+from klas.progress import progress_bar
 from klas.reading import finite_number, load_safetensors, read_json
 
 __all__ = ["ProbeSet", "train_probes", "load_probes", "probe_table", "probe_losses", "JointProbes"]
@@ -473,7 +473,7 @@ def train_probes(
     steps_per_epoch = -(-n // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
 
-    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress or not dist.is_main(), desc="probes", unit="step")
+    bar = progress_bar(total=epochs * steps_per_epoch, disable=not progress or not dist.is_main(), desc="probes", unit="step")
     m = model.num_blocks
     for epoch in range(epochs):
         order = row_ranges(n, shuffle=True, seed=seed, epoch=epoch)

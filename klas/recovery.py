@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from klas import distributed as dist
 from klas.errors import CacheError, UsageError
 from klas.files import write_json_atomic
+from klas.progress import progress_bar
 from klas.reading import finite_number, read_json
 from klas.stats import mean_interval
 
@@ -156,7 +156,7 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
         opt = torch.optim.AdamW(trained, lr=settings.lr, weight_decay=settings.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / max(settings.steps, 1), 1.0))))
-        bar = tqdm(range(settings.steps), desc=f"recovery i={i} ({len(js)} stitches)", unit="step",
+        bar = progress_bar(range(settings.steps), desc=f"recovery i={i} ({len(js)} stitches)", unit="step",
                    disable=not progress or not dist.is_main())
         losses = []
         for step in bar:

@@ -8,7 +8,6 @@ import math
 import os
 from pathlib import Path
 
-from klas.files import atomic_path, write_json_atomic
 from klas.evaluate import (
     RouteResult,
     accuracy_gain_at_equal_flops,
@@ -17,6 +16,7 @@ from klas.evaluate import (
     pareto_frontier,
     spearman,
 )
+from klas.files import atomic_path, write_json_atomic
 
 __all__ = ["summarise", "compare_stitches", "write_report", "headline"]
 

@@ -23,9 +23,9 @@ from torch import nn
 
 from klas.anchors import Anchor
 from klas.anchors.base import width_and_grid
+from klas.errors import UsageError
 from klas.linear_fit import fit_linear
 from klas.select import stitch_flops
-from klas.errors import UsageError
 
 __all__ = ["Route", "Part", "StitchedSupernet", "stitching_layer"]
 

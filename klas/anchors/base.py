@@ -14,6 +14,7 @@ from functools import cached_property
 
 import torch
 from torch import nn
+
 from klas.errors import UsageError
 
 __all__ = ["Anchor", "BlockInfo", "PartCounts", "AnchorFlops", "AnchorParams", "LAYOUTS"]

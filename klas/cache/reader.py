@@ -22,8 +22,17 @@ from typing import Iterator
 
 import numpy as np
 
-from klas.cache.format import (DTYPES, HEADER_BYTES, HEADER_FORMAT, SHARD_VERSION, Manifest, checksum, labels_offset,
-                               read_manifest, shard_file_bytes)
+from klas.cache.format import (
+    DTYPES,
+    HEADER_BYTES,
+    HEADER_FORMAT,
+    SHARD_VERSION,
+    Manifest,
+    checksum,
+    labels_offset,
+    read_manifest,
+    shard_file_bytes,
+)
 from klas.errors import CacheError, UsageError
 from klas.reading import regular_file
 

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from klas.cache.format import _int  # the manifest's strict integer, for progress files too
 from klas.cache.format import (
     DTYPES,
     BlockEntry,
     Manifest,
     ShardEntry,
+    _int,  # the manifest's strict integer, for progress files too
     checksum,
     labels_offset,
     pack_header,

@@ -59,6 +59,15 @@ def _number(kind, *, low=None, high=None, closed_low=True, closed_high=True):
     return parse
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("klas")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _buckets(text: str):
     from klas.select import MAX_BUCKETS
 
@@ -274,6 +283,7 @@ def _cmd_import_snnet(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="klas", description="Choose where to stitch pretrained networks (KLAS).")
+    parser.add_argument("--version", action="version", version=f"klas {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("extract", help="cache every block's pooled output for each anchor and split")

@@ -147,6 +147,10 @@ def load_cifar_resnet(spec: str, args: list[str], options: dict) -> CifarResNetA
     model = CifarResNet(depth, num_classes=options.get("num_classes", 10))
     if options.get("pretrained", True):
         path = Path(":".join(args[1:])) if len(args) > 1 else cifar_resnet_dir() / f"resnet{depth}.th"
+        if len(args) == 1 and not path.exists():
+            raise AnchorError(f"{path} does not exist: the shared CIFAR ResNets are looked for under $KLAS_SHARED "
+                              f"(now {cifar_resnet_dir().parent.parent}); set KLAS_SHARED to the shared folder, or give "
+                              f"a checkpoint path (cifar-resnet:{depth}:PATH)")
         load_checkpoint_into(model, path.expanduser())
     anchor = CifarResNetAnchor(model.eval(), spec=spec, name=f"cifar-resnet{depth}")
     if options.get("pretrained", True) and len(args) == 1 and anchor.num_classes == len(CIFAR10_CLASSES):

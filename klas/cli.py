@@ -342,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(exclude), or in the first / last bucket")
     p.add_argument("--snnet-all-stages", action="store_true",
                    help="SN-Net baseline: stitch every stage (default: skip the stages SN-Net's code skips)")
-    p.add_argument("--method", default="klas", choices=["klas", "snnet-nearest", "cka", "mse", "ce", "dm", "kl-ls", "random"],
-                   help="klas; SN-Net's nearest stitching; Γ with CKA / least-squares error / cross-entropy / "
+    p.add_argument("--method", default="klas", choices=["klas", "klas-snnet-chain", "snnet-nearest", "cka", "mse", "ce",
+                                                         "dm", "kl-ls", "random"],
+                   help="klas; klas on SN-Net's chain (every anchor to the next); SN-Net's nearest stitching; Γ with CKA / least-squares error / cross-entropy / "
                         "distance-matrix gap / Θ through a least-squares stitch (kl-ls) in place of Θ (needs --cache); "
                         "or a random set of KLAS's size")
     p.add_argument("--cache", help="extraction output (for the metric methods)")
@@ -372,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the whole pipeline from a YAML config, resuming completed stages")
     p.add_argument("config", help="YAML config (see configs/)")
-    p.add_argument("--method", help="one selection method (klas, snnet-nearest, cka, mse, ce, dm, kl-ls, random)")
+    p.add_argument("--method", help="one selection method (klas, klas-snnet-chain, snnet-nearest, cka, mse, ce, dm, kl-ls, "
+                                    "random)")
     p.add_argument("--compare", help="comma-separated methods run with equal budgets into one report, "
                                      "e.g. klas,snnet-nearest")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. finetune.steps=200")

@@ -462,8 +462,16 @@ def select_snnet_nearest(scores: Scores, *, stage_skips: bool = True) -> Selecti
                      last_block={"order": order, "theta": scores.last_block().tolist()})
 
 
+def select_on_snnet_chain(scores: Scores, **klas_options) -> Selection:
+    """The paper's Fig. 6 control: KLAS's block selection on SN-Net's chain (every anchor, each to
+    the next costlier one), so that a difference from SN-Net comes from the blocks chosen alone."""
+    klas_options = {k: v for k, v in klas_options.items() if k not in ("chain_rule", "method")}
+    return select(scores, chain_rule="nearest", method="klas-snnet-chain", **klas_options)
+
+
 METHODS = {
     "klas": select,
+    "klas-snnet-chain": select_on_snnet_chain,
     "snnet-nearest": lambda scores, snnet_stage_skips=True, **_: select_snnet_nearest(scores,
                                                                                       stage_skips=snnet_stage_skips),
     "random": select_random,

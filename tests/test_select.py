@@ -169,3 +169,14 @@ def test_snnet_selection_runs_on_scores():
     assert sel.chain == ["a0", "a1", "a2"] and len(sel.pairs) == 2
     for pair in sel.pairs:
         assert pair.selected and all(c.flops > 0 for c in pair.selected)
+
+
+def test_klas_on_snnet_chain_is_klas_selection_over_every_neighbouring_pair():
+    """The Fig. 6 control: the same block selection as KLAS, on SN-Net's chain."""
+    from klas.select import METHODS, select
+
+    scores = make_scores([1, 2, 3], 0)
+    control = METHODS["klas-snnet-chain"](scores, tau=0.05, chain_rule="minimax")
+    assert control.chain == ["a0", "a1", "a2"] and control.method == "klas-snnet-chain"
+    same = select(scores, tau=0.05, chain_rule="nearest")
+    assert [c for p in control.pairs for c in p.selected] == [c for p in same.pairs for c in p.selected]

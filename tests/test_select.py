@@ -176,7 +176,7 @@ def test_klas_on_snnet_chain_is_klas_selection_over_every_neighbouring_pair():
     from klas.select import METHODS, select
 
     scores = make_scores([1, 2, 3], 0)
-    control = METHODS["klas-snnet-chain"](scores, tau=0.05, chain_rule="minimax")
+    control = METHODS["klas-snnet-chain"](scores, tau=0.05, chain_rule="minimax", flops_range="end-buckets")
     assert control.chain == ["a0", "a1", "a2"] and control.method == "klas-snnet-chain"
-    same = select(scores, tau=0.05, chain_rule="nearest")
+    same = select(scores, tau=0.05, chain_rule="nearest", flops_range="end-buckets")
     assert [c for p in control.pairs for c in p.selected] == [c for p in same.pairs for c in p.selected]

@@ -208,3 +208,30 @@ def test_run_killed_in_each_stage_ends_like_an_uninterrupted_run(tmp_path, shape
         assert not (folder / ".klas-stage.json").exists(), f"the kill came after {folder.name} had finished"
     assert subprocess.run([*cmd, str(killed)], env=env, capture_output=True).returncode == 0
     assert_same_outputs(tmp_path / "a" / "out", out)
+
+
+def test_seeds_run_the_comparison_once_each_and_give_intervals(tmp_path, shapes_dir, capsys):
+    from klas.seeds import verdict
+
+    cfg = tiny_config(tmp_path / "out", shapes_dir, protocols=["stitches-only"])
+    cfg["seeds"] = [0, 1]
+    assert main(["run", str(_write(tmp_path, cfg)), "--quiet"]) == 0
+    log = capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "summary" / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and list(summary["protocols"]) == ["stitches-only"]
+    per_seed = [json.loads((tmp_path / "out" / f"seed-{s}" / "report" / "stitches-only" / "report.json").read_text())
+                for s in (0, 1)]
+    c = summary["protocols"]["stitches-only"]["comparisons"][0]
+    deltas = [r["comparisons"][0]["delta_auc"] for r in per_seed]
+    assert c["delta_auc"]["mean"] == pytest.approx(sum(deltas) / 2) and c["delta_auc"]["n"] == 2
+    assert c["delta_auc_verdict"] == verdict(c["delta_auc"]) and c["delta_auc_verdict"] in log
+    assert per_seed[0]["config"]["seed"] == 0 and per_seed[1]["config"]["seed"] == 1
+
+
+def test_verdict_says_no_significant_difference_when_the_interval_covers_zero():
+    from klas.seeds import verdict
+
+    assert verdict({"mean": 0.2, "low": -0.1, "high": 0.5}) == "no significant difference"
+    assert verdict({"mean": 0.4, "low": 0.1, "high": 0.7}) == "higher"
+    assert verdict({"mean": -0.4, "low": -0.7, "high": -0.1}) == "lower"
+    assert verdict({"mean": 0.4, "low": None, "high": None}) == "one seed: no interval"

@@ -162,13 +162,15 @@ def _plot(results: dict[str, list[RouteResult]], methods: dict, path: Path, titl
             xs, ys = [*xs, top], [*ys, ys[-1]]
         ax.step(xs, ys, where="post", color=color, lw=1.6,
                 label=f"{m}: {methods[m]['stitches']} stitches, AUC {methods[m]['auc']:.2f}")
-    anchors = [r for r in next(iter(results.values())) if r.source == r.target]
+    anchors = list({r.name: r for rs in results.values() for r in rs if r.source == r.target}.values())
     for n, rs in enumerate(results.values()):
         for r in rs:
             if r.source == r.target:
                 ax.scatter([r.flops / 1e6], [r.top1], s=70, marker="*", color=f"C{n}", edgecolors="k", zorder=5)
     for r in anchors:
         ax.annotate(r.name, (r.flops / 1e6, r.top1), textcoords="offset points", xytext=(4, -12), fontsize=7)
+    ax.scatter([], [], s=70, marker="*", color="0.6", edgecolors="k", label="anchors (a frontier through a star is an anchor's)")
+    ax.scatter([], [], s=16, color="0.6", alpha=0.45, label="stitches")
     ax.set_xlabel("MFLOPs per image")
     ax.set_ylabel("top-1 (%) on the test split")
     ax.set_title(title or "accuracy vs FLOPs (stars: anchors; lines: Pareto frontiers)", fontsize=10)

@@ -124,8 +124,14 @@ def _cmd_extract(args) -> int:
 def _cmd_eval_anchor(args) -> int:
     from klas.anchor_eval import evaluate_anchor
 
+    anchor = args.spec
+    if args.adapted:
+        from klas.adapt import apply_adapted
+        from klas.anchors import load_anchor
+
+        anchor = apply_adapted(load_anchor(args.spec), args.adapted)
     result = evaluate_anchor(
-        args.spec, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
+        anchor, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
         limit=args.limit, num_workers=args.workers, val_fraction=args.val_fraction, seed=args.seed,
         progress=not args.quiet,
     )
@@ -368,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "imports PKG.MOD and calls FACTORY)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--adapted", metavar="DIR", help="evaluate the anchor with the adapted weights a run wrote there "
+                                                   "(OUT/adapted/<anchor name>), checked against the spec's weights")
     _add_data_options(p)
     p.set_defaults(run=_cmd_eval_anchor)
 

@@ -48,3 +48,14 @@ def test_the_pipeline_extracts_from_the_adapted_anchors(tmp_path, shapes_dir, ca
     capsys.readouterr()
     assert main(["recovery", str(path), "--pair", "cifar-resnet8,cifar-resnet14", "--quiet"]) == 0
     assert "[adapt] up to date" in capsys.readouterr().out
+
+
+def test_eval_anchor_with_adapted_weights(tmp_path, shapes_dir, capsys):
+    anchor = load_anchor(SPEC)
+    adapt_anchor(anchor, _train(shapes_dir, anchor), FinetuneSettings(steps=2, batch_size=8, lr=1e-3), tmp_path / "a",
+                 progress=False)
+    assert main(["eval-anchor", SPEC, "--data", str(shapes_dir), "--adapted", str(tmp_path / "a"), "--quiet"]) == 0
+    assert "top-1" in capsys.readouterr().out
+    other = "cifar-resnet:8?pretrained=false&seed=9"
+    assert main(["eval-anchor", other, "--data", str(shapes_dir), "--adapted", str(tmp_path / "a"), "--quiet"]) == 2
+    assert "adaptation of other weights" in capsys.readouterr().err

@@ -63,8 +63,9 @@ def _to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
 
 
 @torch.inference_mode()
-def _extract_one(anchor: Anchor, cache_dir: Path, *, data, split, batch_size, dtype, device,
+def _extract_one(anchor: Anchor, cache_dir: Path, *, info: dict, data, split, batch_size, dtype, device,
                  shard_rows, val_fraction, seed, limit, num_workers, progress) -> Manifest:
+    """One (anchor, split) cache; `info` is `anchor_info(anchor)`, measured once per anchor."""
     source, indices = split_for_anchor(data, split, anchor, val_fraction=val_fraction, seed=seed, limit=limit)
     settings = {
         "data": str(Path(data).resolve()), "split_of": str(source.path.name), "val_fraction": val_fraction,
@@ -83,7 +84,7 @@ def _extract_one(anchor: Anchor, cache_dir: Path, *, data, split, batch_size, dt
                     "choose another --out (two specs with one name cannot share a folder)"
                 )
             if (existing.dtype == dtype and existing.source == settings
-                    and existing.weights_digest == anchor.weights_digest()):
+                    and existing.weights_digest == info["weights"]):
                 return existing  # complete and matching (data, settings and weights): nothing to do
             if dist.is_main():
                 warnings.warn(f"{cache_dir}: cache made with other settings is replaced", stacklevel=3)
@@ -95,7 +96,7 @@ def _extract_one(anchor: Anchor, cache_dir: Path, *, data, split, batch_size, dt
     writer = CacheWriter(
         cache_dir, anchor=anchor.spec, split=split, dtype=dtype, blocks=cache_layout(anchor),
         num_classes=anchor.num_classes, num_samples=len(indices), shard_rows=shard_rows, source=settings,
-        anchor_info=anchor_info(anchor), rank=ctx.rank, world_size=ctx.world_size,
+        anchor_info=info, rank=ctx.rank, world_size=ctx.world_size,
     )
     try:
         pending = writer.pending_rows()
@@ -172,9 +173,10 @@ def extract(
     for spec in anchors:
         anchor = load_anchor(spec) if isinstance(spec, str) else spec
         anchor = anchor.to(device).eval()
+        info = anchor_info(anchor)  # FLOPs and the weights digest: once per anchor, not per split
         for split in splits:
             cache_dir = cache_dir_for(out, anchor, split)
-            _extract_one(anchor, cache_dir, data=data, split=split, batch_size=batch_size, dtype=dtype,
+            _extract_one(anchor, cache_dir, info=info, data=data, split=split, batch_size=batch_size, dtype=dtype,
                          device=device, shard_rows=shard_rows, val_fraction=val_fraction, seed=seed,
                          limit=limit, num_workers=num_workers, progress=progress)
             done[(anchor.name, split)] = cache_dir

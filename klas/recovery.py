@@ -126,11 +126,12 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
     if todo:
         log(f"[recovery] {len(done)} of {len(configs)} configurations done; training {len(todo)} "
             f"(source blocks {blocks})")
-    gen = torch.Generator().manual_seed(settings.seed)
-    calib_idx = torch.randperm(len(train), generator=gen)[:settings.calibration_images].tolist()
-    calib = torch.stack([train[k][0] for k in calib_idx]).to(device)
-    order = torch.randint(0, len(train), (settings.steps, settings.batch_size), generator=gen)
-    test_loader = torch.utils.data.DataLoader(test, batch_size=eval_batch)
+    if blocks:  # calibration images decoded, batch order drawn, only when this rank trains something
+        gen = torch.Generator().manual_seed(settings.seed)
+        calib_idx = torch.randperm(len(train), generator=gen)[:settings.calibration_images].tolist()
+        calib = torch.stack([train[k][0] for k in calib_idx]).to(device)
+        order = torch.randint(0, len(train), (settings.steps, settings.batch_size), generator=gen)
+        test_loader = torch.utils.data.DataLoader(test, batch_size=eval_batch)
     for i in blocks:
         began = time.perf_counter()
         js = by_source[i]
@@ -204,15 +205,22 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
 
 def buckets_of(flops: dict[tuple[int, int], int], lo: float, hi: float, count: int) -> dict[tuple[int, int], int]:
     """Equal-width FLOPs bucket of each configuration over [lo, hi] (the selection's bucketing)."""
-    width = (hi - lo) / count if hi > lo else 1.0
-    return {c: min(max(int((v - lo) // width), 0), count - 1) for c, v in flops.items()}
+    from klas.select import bucket_index
+
+    return {c: bucket_index(v, lo, hi, count) for c, v in flops.items()}
+
+
+def _best_per_bucket(acc: dict, bucket: dict) -> dict[int, float]:
+    """The best accuracy of each bucket."""
+    best: dict[int, float] = {}
+    for c, a in acc.items():
+        best[bucket[c]] = max(best.get(bucket[c], -1.0), a)
+    return best
 
 
 def good_set(acc: dict[tuple[int, int], float], bucket: dict[tuple[int, int], int], delta: float) -> set:
     """Per bucket: the best configuration and those within `delta` points of it."""
-    best: dict[int, float] = {}
-    for c, a in acc.items():
-        best[bucket[c]] = max(best.get(bucket[c], -1.0), a)
+    best = _best_per_bucket(acc, bucket)
     return {c for c, a in acc.items() if a >= best[bucket[c]] - delta}
 
 
@@ -223,9 +231,7 @@ def score_method(picks: Sequence[tuple[int, int]], acc: dict, bucket: dict, good
 
     inside = [c for c in dict.fromkeys(picks) if c in acc]
     hit = [c for c in inside if c in good]
-    best = {}
-    for c, a in acc.items():
-        best[bucket[c]] = max(best.get(bucket[c], -1.0), a)
+    best = _best_per_bucket(acc, bucket)
     lost = [best[bucket[c]] - acc[c] for c in inside]
     per_bucket_best_pick = {}
     for c in inside:

@@ -275,14 +275,17 @@ def configurations(scores: Scores, source: str, target: str, numerator: torch.Te
 
 # -- buckets, τ, coverage -----------------------------------------------------------------------
 
+def bucket_index(flops: float, lo: float, hi: float, buckets: int) -> int:
+    """The equal-width FLOPs bucket (0..buckets-1) of `flops` over [lo, hi]; outside: the end buckets."""
+    if not hi > lo:
+        return 0
+    return min(max(int((flops - lo) // ((hi - lo) / buckets)), 0), buckets - 1)
+
+
 def _bucketise(configs: list[Config], lo: float, hi: float, buckets: int) -> tuple[list[Config], list[float]]:
     width = (hi - lo) / buckets if hi > lo else 1.0
     edges = [lo + k * width for k in range(buckets + 1)]
-    placed = []
-    for c in configs:
-        k = int((c.flops - lo) // width) if hi > lo else 0  # outside [lo, hi]: the end buckets
-        placed.append(replace(c, bucket=min(max(k, 0), buckets - 1)))
-    return placed, edges
+    return [replace(c, bucket=bucket_index(c.flops, lo, hi, buckets)) for c in configs], edges
 
 
 def _keep(configs: list[Config], buckets: int, tau: float, tau_mode: str) -> tuple[list[Config], list[float]]:

@@ -19,7 +19,19 @@ def progress_bar(iterable=None, **kwargs):
         kwargs.setdefault("maxinterval", LOG_INTERVAL_S)
         kwargs.setdefault("ascii", True)
         kwargs.setdefault("file", _LineStream(sys.stderr))
+        return _LineBar(iterable, **kwargs)
     return tqdm(iterable, **kwargs)
+
+
+class _LineBar(tqdm):
+    """tqdm whose postfix and description changes wait for the next timed redraw (tqdm redraws on
+    every `set_postfix` by default, which in a log file is one line per step)."""
+
+    def set_postfix(self, ordered_dict=None, refresh=False, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def set_description(self, desc=None, refresh=False):
+        super().set_description(desc, refresh=False)
 
 
 class _LineStream:

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
 
 from klas import distributed
+from klas.config import (DataSection, EvaluateSection, ExtractSection, ProbesSection, RunConfig, ScoreSection,
+                         SelectSection, add_setting_option)
+from klas.methods import get_method, method_names
 from klas.devices import check_device, triton_usable_here
 from klas.errors import ConfigError, KlasError, UsageError
 from klas.files import describe_path_error, describe_write_error
@@ -34,6 +38,18 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Help that ends each option with its default, unless the help names it or there is none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+                or not action.option_strings
+                or action.required):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _number(kind, *, low=None, high=None, closed_low=True, closed_high=True):
@@ -52,7 +68,7 @@ def _number(kind, *, low=None, high=None, closed_low=True, closed_high=True):
                 or high is not None and (value > high or (value == high and not closed_high))):
             lo = "" if low is None else ("[" if closed_low else "(") + f"{low}"
             hi = "" if high is None else f"{high}" + ("]" if closed_high else ")")
-            raise argparse.ArgumentTypeError(f"must lie in {lo or '(-inf'}, {hi or 'inf)'}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be a finite number in {lo or '(-inf'}, {hi or 'inf)'}, got {text!r}")
         return value
 
     parse.__name__ = kind.__name__
@@ -68,12 +84,6 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _buckets(text: str):
-    from klas.select import MAX_BUCKETS
-
-    return text if text == "auto" else _number(int, low=1, high=MAX_BUCKETS)(text)
-
-
 def _names(text: str | None, option: str) -> list[str] | None:
     """A comma-separated list of distinct names (None stays None)."""
     if text is None:
@@ -87,22 +97,16 @@ def _names(text: str | None, option: str) -> list[str] | None:
     return names
 
 
-BATCH = _number(int, low=1, high=65536)
-WORKERS = _number(int, low=0, high=256)
-SEED = _number(int, low=0, high=2**63 - 1)
-POSITIVE = _number(float, low=0.0, closed_low=False, high=1e6)
-
-
-def _add_data_options(p: argparse.ArgumentParser) -> None:
+def _add_data_options(p: argparse.ArgumentParser, batch_section) -> None:
+    """The options of the commands that read images; --batch-size defaults as `batch_section`'s."""
     p.add_argument("--data", required=True, help="data root: folder with train/test sets (zip or class folders), or one image set")
-    p.add_argument("--batch-size", type=BATCH, default=128)
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
-    p.add_argument("--val-fraction", type=_number(float, low=0.0, high=1.0, closed_low=False, closed_high=False),
-                   default=0.1, help="part of the training set held out as D_v")
-    p.add_argument("--seed", type=SEED, default=0, help="seed of the D_t / D_v split")
-    p.add_argument("--limit", type=_number(int, low=1), default=None,
-                   help="use N images of each split, drawn at random with --seed (quick runs)")
-    p.add_argument("--workers", type=WORKERS, default=0, help="DataLoader worker processes")
+    add_setting_option(p, batch_section, "batch_size")
+    add_setting_option(p, RunConfig, "device")
+    add_setting_option(p, DataSection, "val_fraction")
+    add_setting_option(p, RunConfig, "seed", help="seed of the D_t / D_v split and of --limit's draw")
+    add_setting_option(p, DataSection, "train_limit", "--limit",
+                       help="use N images of each split, drawn at random with --seed (quick runs)")
+    add_setting_option(p, ExtractSection, "num_workers", "--workers")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -209,25 +213,17 @@ def _cmd_select(args) -> int:
     from klas.files import write_json_atomic
     from klas.plots import selection_scatter
     from klas.scores import load_scores
-    from klas.select import METHODS, METRIC_METHODS, select, select_snnet_nearest
+    from klas.methods import SelectOptions, run_method
+    from klas.select import select_snnet_nearest
 
     scores_dir = Path(args.scores)
     out = Path(args.out) if args.out else scores_dir.parent / "selection"
-    buckets = args.buckets
     scores = load_scores(scores_dir)
-    options = dict(tau=args.tau, tau_mode=args.tau_mode, buckets=buckets, chain_rule=args.chain_rule,
-                   flops_range=args.flops_range)
-    if args.method in METRIC_METHODS:
-        from klas.metric_tables import metric_numerators
-
-        if not args.cache:
-            raise KlasError(f"--method {args.method} reads the pooled features: give --cache (the extraction output)")
-        sel = select(scores, numerators=metric_numerators(scores, args.method, args.cache, args.probes),
-                     method=args.method, **options)
-    elif args.method == "snnet-nearest":
-        sel = select_snnet_nearest(scores, stage_skips=not args.snnet_all_stages)
-    else:
-        sel = METHODS[args.method](scores, **options)
+    options = SelectOptions(tau=args.tau, tau_mode=args.tau_mode, buckets=args.buckets, chain_rule=args.chain_rule,
+                            flops_range=args.flops_range, snnet_stage_skips=not args.snnet_all_stages, seed=args.seed,
+                            cache=Path(args.cache) if args.cache else None,
+                            probes=Path(args.probes) if args.probes else None)
+    sel = run_method(args.method, scores, options)
     baseline = select_snnet_nearest(scores, stage_skips=not args.snnet_all_stages) if args.method == "klas" else None
     out.mkdir(parents=True, exist_ok=True)
     stem = "selection" if args.method == "klas" else f"selection-{args.method}"
@@ -291,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="klas", description="Choose where to stitch pretrained networks (KLAS).")
     parser.add_argument("--version", action="version", version=f"klas {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser = functools.partial(sub.add_parser, formatter_class=_HelpWithDefaults)
 
     p = sub.add_parser("extract", help="cache every block's pooled output for each anchor and split")
     p.add_argument("--anchor", action="append", required=True,
@@ -298,29 +295,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "FACTORY, so give only specs you trust")
     p.add_argument("--out", required=True, help="cache root; caches go to OUT/<anchor>/<split>")
     p.add_argument("--splits", default="train,val", help="comma-separated: train (D_t), val (D_v), test")
-    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
-    p.add_argument("--shard-rows", type=_number(int, low=1, high=10**7), default=4096, help="images per cache shard")
-    _add_data_options(p)
+    add_setting_option(p, ExtractSection, "dtype")
+    add_setting_option(p, ExtractSection, "shard_rows")
+    _add_data_options(p, ExtractSection)
     p.set_defaults(run=_cmd_extract)
 
     p = sub.add_parser("probes", help="train a linear probe on every block of every anchor (from the caches)")
     p.add_argument("--cache", required=True, help="extraction output folder (OUT of klas extract)")
     p.add_argument("--anchors", help="comma-separated anchor names (default: every cached anchor)")
     p.add_argument("--out", help="where to write the probes (default CACHE/probes)")
-    p.add_argument("--epochs", type=_number(int, low=1, high=10**4), default=4)
-    p.add_argument("--batch-size", type=_number(int, low=1, high=10**6), default=256)
-    p.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"])
-    p.add_argument("--lr", type=_number(float, low=0.0, closed_low=False, high=100.0), default=1e-2)
-    p.add_argument("--weight-decay", type=_number(float, low=0.0, high=100.0), default=0.0)
-    p.add_argument("--label-smoothing", type=_number(float, low=0.0, high=1.0, closed_high=False), default=0.0)
+    for name in ("epochs", "batch_size", "lr", "weight_decay"):
+        add_setting_option(p, ProbesSection, name)
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"], help="the probes' optimiser")
+    p.add_argument("--label-smoothing", type=_number(float, low=0.0, high=1.0, closed_high=False), default=0.0,
+                   help="label smoothing of the probes' cross-entropy")
     p.add_argument("--no-standardise", action="store_true",
                    help="train probes on the raw pooled features (default: standardised per feature on D_t, "
                         "folded into the saved weights)")
-    p.add_argument("--labels", default="true", choices=["true", "pseudo"],
-                   help="dataset labels, or label-free: each anchor's own predictions")
-    p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true")
+    add_setting_option(p, ProbesSection, "labels")
+    add_setting_option(p, RunConfig, "seed", help="seed of the probes' initialisation and batch order")
+    add_setting_option(p, RunConfig, "device")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_cmd_probes)
 
     p = sub.add_parser("score", help="Θ for every block pair over D_v, Σ and Γ for every anchor pair")
@@ -328,38 +323,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", help="probe folder (default CACHE/probes)")
     p.add_argument("--out", help="where to write the scores (default CACHE/scores)")
     p.add_argument("--anchors", help="comma-separated anchor names (default: every anchor with probes)")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("--temperature", type=POSITIVE, default=1.0)
-    p.add_argument("--floor", type=POSITIVE, default=1e-6, help="floor on Σ in Γ = Ω / Σ")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "native", "triton"])
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"], help="the split Θ is measured on")
+    for name in ("temperature", "floor", "backend"):
+        add_setting_option(p, ScoreSection, name)
+    add_setting_option(p, RunConfig, "device")
     p.add_argument("--no-plots", action="store_true", help="skip the heatmap PNGs")
     p.set_defaults(run=_cmd_score)
 
     p = sub.add_parser("select", help="the KLAS candidate set from the scores (anchor chain, buckets, τ, coverage)")
     p.add_argument("--scores", required=True, help="folder written by klas score")
     p.add_argument("--out", help="where to write selection.json and selection.png (default: beside the scores)")
-    p.add_argument("--tau", type=POSITIVE, default=0.05, help="tolerance: relative (τ_b = (1 + τ)·min Γ) or absolute")
-    p.add_argument("--tau-mode", default="relative", choices=["relative", "absolute"])
-    p.add_argument("--buckets", default="auto", type=_buckets, help="FLOPs buckets per anchor pair, or auto (coverage rule)")
-    p.add_argument("--chain-rule", default="minimax", choices=["minimax", "nearest"])
-    p.add_argument("--flops-range", default="exclude", choices=["exclude", "end-buckets"],
-                   help="configurations cheaper than the source anchor or costlier than the target: not candidates "
-                        "(exclude), or in the first / last bucket")
+    for name in ("tau", "tau_mode", "buckets", "chain_rule", "flops_range"):
+        add_setting_option(p, SelectSection, name)
     p.add_argument("--snnet-all-stages", action="store_true",
                    help="SN-Net baseline: stitch every stage (default: skip the stages SN-Net's code skips)")
-    p.add_argument("--method", default="klas", choices=["klas", "klas-snnet-chain", "snnet-nearest", "cka", "mse", "ce",
-                                                         "dm", "kl-ls", "random"],
-                   help="klas; klas on SN-Net's chain (every anchor to the next); SN-Net's nearest stitching; Γ with CKA / least-squares error / cross-entropy / "
-                        "distance-matrix gap / Θ through a least-squares stitch (kl-ls) in place of Θ (needs --cache); "
-                        "or a random set of KLAS's size")
-    p.add_argument("--cache", help="extraction output (for the metric methods)")
+    p.add_argument("--method", default="klas", choices=method_names(),
+                   help="; ".join(f"{m}: {get_method(m).help}" for m in method_names()))
+    p.add_argument("--cache", help="extraction output (for the methods that read the caches)")
     p.add_argument("--probes", help="probe folder for --method ce / kl-ls (default CACHE/probes)")
+    add_setting_option(p, RunConfig, "seed", help="seed of --method random")
     p.set_defaults(run=_cmd_select)
 
     p = sub.add_parser("export", help="write a selection in SN-Net's configuration form or as CSV")
     p.add_argument("--selection", required=True, help="selection.json written by klas select")
-    p.add_argument("--format", default="snnet", choices=["snnet", "csv"])
+    p.add_argument("--format", default="snnet", choices=["snnet", "csv"], help="output form")
     p.add_argument("--out", help="output file (default: beside the selection)")
     p.set_defaults(run=_cmd_export)
 
@@ -372,17 +359,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval-anchor", help="top-1 accuracy of one anchor on a dataset split")
     p.add_argument("spec", help="anchor spec, e.g. cifar-resnet:20 or timm:deit_tiny_patch16_224 (module:PKG.MOD:FACTORY "
                                 "imports PKG.MOD and calls FACTORY)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="the split evaluated")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--adapted", metavar="DIR", help="evaluate the anchor with the adapted weights a run wrote there "
                                                    "(OUT/adapted/<anchor name>), checked against the spec's weights")
-    _add_data_options(p)
+    _add_data_options(p, EvaluateSection)
     p.set_defaults(run=_cmd_eval_anchor)
 
     p = sub.add_parser("run", help="the whole pipeline from a YAML config, resuming completed stages")
     p.add_argument("config", help="YAML config (see configs/)")
-    p.add_argument("--method", help="one selection method (klas, klas-snnet-chain, snnet-nearest, cka, mse, ce, dm, kl-ls, "
-                                    "random)")
+    p.add_argument("--method", choices=method_names(), help="one selection method (default: the config's)")
     p.add_argument("--compare", help="comma-separated methods run with equal budgets into one report, "
                                      "e.g. klas,snnet-nearest")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. finetune.steps=200")

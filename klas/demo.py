@@ -109,7 +109,7 @@ def train_demo_anchors(data: Path, out: Path, *, seed: int = 0, log=print) -> li
     return specs
 
 
-def demo_config(out: Path, data: str, anchors: list[str], *, quick: bool = True) -> dict:
+def demo_config(out: Path, data: str, anchors: list[str], *, quick: bool = True):
     """The run config of the demo (small budgets on the digits; the shared family's own otherwise)."""
     from klas.config import validate_config
 
@@ -141,6 +141,6 @@ def demo(out: str | os.PathLike = "runs/demo", *, data: str | None = None, ancho
         cfg = demo_config(out, str(data_dir), anchors, quick=True)
     else:
         cfg = demo_config(out, data, anchors, quick=False)
-    write_json_atomic(out / "demo-config.json", cfg)
+    write_json_atomic(out / "demo-config.json", cfg.to_json())
     log(f"demo config: {out / 'demo-config.json'}")
     return run(cfg, progress=progress, log=log)

@@ -293,7 +293,7 @@ def recovery_report(results: dict[tuple[int, int], dict], methods: dict[str, dic
 
 
 def method_picks(scores, source: str, target: str, methods: Sequence[str], *, evaluated: Sequence[tuple[int, int]],
-                 cache, select_options: dict, snnet_stage_skips: bool = True, random_seeds: int = 20) -> dict:
+                 cache, options, random_seeds: int = 20) -> dict:
     """Each method's picks on the pair (source, target), in the form `recovery_report` takes.
 
     Selection methods (klas and the metric baselines) run KLAS's bucketing, τ and coverage on this
@@ -301,26 +301,28 @@ def method_picks(scores, source: str, target: str, methods: Sequence[str], *, ev
     snnet-nearest picks SN-Net's fixed configurations; random draws, per seed, as many evaluated
     configurations as KLAS picked.
     """
-    from klas.select import METRIC_METHODS, select_pair, snnet_nearest_pairs
+    from klas.methods import get_method, recovery_method_names
+    from klas.select import select_pair, snnet_nearest_pairs
 
     out: dict[str, dict] = {}
-    opts = {k: select_options[k] for k in ("tau", "tau_mode", "buckets", "flops_range") if k in select_options}
+    opts = options.pair_options()
     for m in methods:
-        if m == "klas" or m in METRIC_METHODS:
+        method = get_method(m)
+        if method.pair_rule == "gamma":
             numerator = None
-            if m in METRIC_METHODS:
+            if method.metric is not None:
                 from klas.metric_tables import metric_numerators
 
-                numerator = metric_numerators(scores, m, cache, Path(cache) / "probes")(source, target)
+                numerator = metric_numerators(scores, method.metric, cache, Path(cache) / "probes")(source, target)
             pair = select_pair(scores, source, target, numerator=numerator, **opts)
             out[m] = {"picks": [(c.i, c.j) for c in pair.selected], "scores": {(c.i, c.j): c.gamma for c in pair.configs}}
-        elif m == "snnet-nearest":
+        elif method.pair_rule == "snnet":
             f, g = scores.anchor(source), scores.anchor(target)
-            out[m] = {"picks": snnet_nearest_pairs(f, g, stage_skips=snnet_stage_skips), "scores": None}
-        elif m == RANDOM:
+            out[m] = {"picks": snnet_nearest_pairs(f, g, stage_skips=options.snnet_stage_skips), "scores": None}
+        elif method.pair_rule == "random":
             continue
         else:
-            raise UsageError(f"recovery: unknown method {m!r}")
+            raise UsageError(f"recovery: method {m!r} has no one-pair form (have {', '.join(recovery_method_names())})")
     if RANDOM in methods:
         size = len([c for c in out.get("klas", {"picks": evaluated[:1]})["picks"] if c in set(evaluated)]) or 1
         draws = []

@@ -1,6 +1,6 @@
 """`klas run CONFIG`: extract → probes → score → select → stitch + finetune → evaluate → report.
 
-Output layout under ``cfg["out"]``::
+Output layout under ``cfg.out``::
 
     cache/<anchor>/{train,val}/     activation caches          (stage extract)
     cache/probes/                   probe weights + accuracies (stage probes)
@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import torch
 
 from klas import distributed as dist
-from klas.config import PROTOCOLS, ConfigError, stage_fingerprint
+from klas.config import PROTOCOLS, ConfigError, RunConfig, stage_fingerprint
 from klas.errors import CacheError, KlasError
 from klas.files import write_json_atomic
 from klas.reading import load_checkpoint, read_json
@@ -78,31 +78,31 @@ def _stage(directory: Path, stage: str, fingerprint: str, work: Callable[[], Non
     return True
 
 
-def run_methods(cfg: dict, methods_override: list[str] | None = None) -> list[str]:
+def run_methods(cfg: RunConfig, methods_override: list[str] | None = None) -> list[str]:
     """Methods a run covers: the override, else select.compare when given, else select.method."""
-    methods = methods_override or cfg["select"]["compare"] or [cfg["select"]["method"]]
+    methods = methods_override or cfg.select.compare or [cfg.select.method]
     return list(dict.fromkeys(methods))
 
 
-def prepare(cfg: dict, *, progress: bool = True, log=print) -> tuple[list, str]:
+def prepare(cfg: RunConfig, *, progress: bool = True, log=print) -> tuple[list, str]:
     """The stages every method and the recovery test share: extraction, probes and scores under
     `out`/cache (each skipped when done). Returns the loaded anchors and this rank's device."""
     from klas.anchors import load_anchor
 
-    cache = Path(cfg["out"]) / "cache"
-    anchors = [load_anchor(spec) for spec in cfg["anchors"]]
+    cache = Path(cfg.out) / "cache"
+    anchors = [load_anchor(spec) for spec in cfg.anchors]
     _check_preprocessing(anchors)
-    dcfg, seed, device = cfg["data"], cfg["seed"], dist.rank_device(cfg["device"])
-    a = cfg["adapt"]
-    if a["steps"] > 0:
+    dcfg, seed, device = cfg.data, cfg.seed, dist.rank_device(cfg.device)
+    a = cfg.adapt
+    if a.steps > 0:
         from klas.adapt import adapt_anchor
         from klas.finetune import FinetuneSettings
 
         def do_adapt():
-            settings = FinetuneSettings(steps=a["steps"], batch_size=a["batch_size"], lr=a["lr"],
-                                        weight_decay=a["weight_decay"], warmup_fraction=a["warmup_fraction"],
-                                        seed=seed, device=device, num_workers=cfg["finetune"]["num_workers"])
-            train = _images(cfg, "train", anchors[0], dcfg["train_limit"])
+            settings = FinetuneSettings(steps=a.steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+                                        warmup_fraction=a.warmup_fraction, seed=seed, device=device,
+                                        num_workers=cfg.finetune.num_workers)
+            train = _images(cfg, "train", anchors[0], dcfg.train_limit)
             for anchor in anchors:
                 stats = adapt_anchor(anchor.to(device), train, settings, _adapted_dir(cfg, anchor), progress=progress)
                 log(f"[adapt] {anchor.name}: {stats['steps']} steps, last loss {stats['final_loss']:.3f}")
@@ -113,22 +113,21 @@ def prepare(cfg: dict, *, progress: bool = True, log=print) -> tuple[list, str]:
     def do_extract():
         from klas.extract import extract
 
-        for split, limit in (("train", dcfg["train_limit"]), ("val", dcfg["val_limit"])):
-            extract(anchors, dcfg["root"], cache, splits=(split,), batch_size=cfg["extract"]["batch_size"],
-                    dtype=cfg["extract"]["dtype"], device=device, shard_rows=cfg["extract"]["shard_rows"],
-                    val_fraction=dcfg["val_fraction"], seed=seed,
-                    limit=limit, num_workers=cfg["extract"]["num_workers"], progress=progress)
+        for split, limit in (("train", dcfg.train_limit), ("val", dcfg.val_limit)):
+            extract(anchors, dcfg.root, cache, splits=(split,), batch_size=cfg.extract.batch_size,
+                    dtype=cfg.extract.dtype, device=device, shard_rows=cfg.extract.shard_rows,
+                    val_fraction=dcfg.val_fraction, seed=seed,
+                    limit=limit, num_workers=cfg.extract.num_workers, progress=progress)
 
     _stage(cache, "extract", stage_fingerprint(cfg, "extract"), do_extract, log)
 
     def do_probes():
         from klas.probes import probe_table, train_probes
 
-        p = cfg["probes"]
+        p = cfg.probes
         sets = train_probes([cache / a.name / "train" for a in anchors], [cache / a.name / "val" for a in anchors],
-                            epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], weight_decay=p["weight_decay"],
-                            labels=p["labels"], seed=seed, device=device, progress=progress,
-                            standardise=p["standardise"])
+                            epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
+                            labels=p.labels, seed=seed, device=device, progress=progress, standardise=p.standardise)
         if dist.is_main():
             for ps in sets:
                 ps.save(cache / "probes")
@@ -139,33 +138,33 @@ def prepare(cfg: dict, *, progress: bool = True, log=print) -> tuple[list, str]:
     def do_score():
         from klas.scores import score
 
-        s = cfg["score"]
-        score(cache, cache / "probes", cache / "scores", anchors=[a.name for a in anchors], temperature=s["temperature"],
-              floor=s["floor"], backend=s["backend"], device=device)
+        s = cfg.score
+        score(cache, cache / "probes", cache / "scores", anchors=[a.name for a in anchors], temperature=s.temperature,
+              floor=s.floor, backend=s.backend, device=device)
 
     _stage(cache / "scores", "score", stage_fingerprint(cfg, "score"), do_score, log)
 
     return anchors, device
 
 
-def _adapted_dir(cfg: dict, anchor=None) -> Path:
-    root = Path(cfg["out"]) / "adapted"
+def _adapted_dir(cfg: RunConfig, anchor=None) -> Path:
+    root = Path(cfg.out) / "adapted"
     return root if anchor is None else root / anchor.name
 
 
-def load_run_anchors(cfg: dict) -> list:
+def load_run_anchors(cfg: RunConfig) -> list:
     """The run's anchors: built from their specs, with their adapted weights when the config adapts
     them (klas.adapt; the adaptation stage must have run)."""
     from klas.adapt import apply_adapted
     from klas.anchors import load_anchor
 
-    anchors = [load_anchor(spec) for spec in cfg["anchors"]]
-    if cfg["adapt"]["steps"] > 0:
+    anchors = [load_anchor(spec) for spec in cfg.anchors]
+    if cfg.adapt.steps > 0:
         anchors = [apply_adapted(a, _adapted_dir(cfg, a)) for a in anchors]
     return anchors
 
 
-def run(cfg: dict, *, methods: list[str] | None = None, progress: bool = True, log=print) -> Path:
+def run(cfg: RunConfig, *, methods: list[str] | None = None, progress: bool = True, log=print) -> Path:
     """Runs every stage of `cfg` (validated, klas.config) for each method and finetuning protocol;
     returns the report folder of the first protocol. With `seeds`, the whole comparison runs once
     per seed (under `out`/seed-<k>) and `out`/summary gathers each figure as mean and 95% interval.
@@ -173,22 +172,22 @@ def run(cfg: dict, *, methods: list[str] | None = None, progress: bool = True, l
     Joins torchrun's process group when launched by torchrun (klas.distributed); the caller may
     leave it with `klas.distributed.shutdown()`.
     """
-    dist.init_from_env(cfg["device"], timeout_s=cfg["distributed"]["timeout_s"])
+    dist.init_from_env(cfg.device, timeout_s=cfg.distributed.timeout_s)
     if not dist.is_main():
         log = _silent
-    if not cfg["seeds"]:
+    if not cfg.seeds:
         return _run_one(cfg, methods, progress=progress, log=log)
     reports = {}
-    for seed in cfg["seeds"]:
-        one = {**cfg, "seed": seed, "seeds": [], "out": str(Path(cfg["out"]) / f"seed-{seed}")}
-        log(f"== seed {seed} -> {one['out']}")
+    for seed in cfg.seeds:
+        one = cfg.replace(seed=seed, seeds=[], out=str(Path(cfg.out) / f"seed-{seed}"))
+        log(f"== seed {seed} -> {one.out}")
         _run_one(one, methods, progress=progress, log=log)
-        reports[seed] = Path(one["out"]) / "report"
-    summary = Path(cfg["out"]) / "summary"
+        reports[seed] = Path(one.out) / "report"
+    summary = Path(cfg.out) / "summary"
     if dist.is_main():
         from klas.seeds import summarise_seeds, summary_lines
 
-        doc = summarise_seeds(reports, cfg["finetune"]["protocols"], summary)
+        doc = summarise_seeds(reports, cfg.finetune.protocols, summary)
         for line in summary_lines(doc):
             log(line)
         log(f"summary: {summary / 'summary.json'}")
@@ -196,15 +195,15 @@ def run(cfg: dict, *, methods: list[str] | None = None, progress: bool = True, l
     return summary
 
 
-def _run_one(cfg: dict, methods: list[str] | None, *, progress: bool, log) -> Path:
+def _run_one(cfg: RunConfig, methods: list[str] | None, *, progress: bool, log) -> Path:
     """One seed: the shared stages, then each protocol's finetuning and evaluation of every method,
     and one report per protocol under `out`/report/<protocol>."""
     from klas.report import headline
 
     methods = run_methods(cfg, methods)
-    out = Path(cfg["out"])
+    out = Path(cfg.out)
     anchors, device = prepare(cfg, progress=progress, log=log)
-    protocols = cfg["finetune"]["protocols"]
+    protocols = cfg.finetune.protocols
     for method in methods:
         _select_stage(cfg, method, out, log)
     for protocol in protocols:
@@ -216,9 +215,9 @@ def _run_one(cfg: dict, methods: list[str] | None, *, progress: bool, log) -> Pa
         if dist.is_main():
             from klas.report import write_report
 
-            write_report(results, report, title=f"{cfg['name']} ({protocol} finetuning): " + " vs ".join(methods),
-                         extra={"config": cfg, "methods_run": methods, "protocol": protocol},
-                         buckets=buckets, steps={m: cfg["finetune"]["steps"] for m in methods},
+            write_report(results, report, title=f"{cfg.name} ({protocol} finetuning): " + " vs ".join(methods),
+                         extra={"config": cfg.to_json(), "methods_run": methods, "protocol": protocol},
+                         buckets=buckets, steps={m: cfg.finetune.steps for m in methods},
                          stitches_only=PROTOCOLS[protocol])
         dist.barrier()
         if not dist.is_main():
@@ -251,24 +250,12 @@ def _check_preprocessing(anchors) -> None:
                               "a stitched supernet feeds one image to both")
 
 
-def _selection(cfg: dict, method: str, cache: Path):
+def _selection(cfg: RunConfig, method: str, cache: Path):
+    from klas.methods import SelectOptions, run_method
     from klas.scores import load_scores
-    from klas.select import METHODS, METRIC_METHODS, select
 
-    s = cfg["select"]
-    scores = load_scores(cache / "scores")
-    options = {"tau": s["tau"], "tau_mode": s["tau_mode"], "buckets": s["buckets"], "chain_rule": s["chain_rule"],
-               "flops_range": s["flops_range"]}
-    if method == "snnet-nearest":
-        return METHODS[method](scores, snnet_stage_skips=s["snnet_stage_skips"])
-    if method in METRIC_METHODS:
-        from klas.metric_tables import metric_numerators
-
-        return select(scores, numerators=metric_numerators(scores, method, cache, cache / "probes"), method=method,
-                      **options)
-    if method == "random":
-        return METHODS[method](scores, seed=cfg["seed"], **options)
-    return METHODS[method](scores, **options)
+    return run_method(method, load_scores(cache / "scores"), SelectOptions.from_config(cfg.select, seed=cfg.seed,
+                                                                                        cache=cache))
 
 
 def _build_supernet(anchors, selection_doc: dict, which: str = "chain"):
@@ -282,15 +269,15 @@ def _build_supernet(anchors, selection_doc: dict, which: str = "chain"):
     return StitchedSupernet(anchors, stitches)
 
 
-def _images(cfg: dict, split: str, anchor, limit):
+def _images(cfg: RunConfig, split: str, anchor, limit):
     from klas.data import ImageDataset, split_for_anchor
 
-    source, indices = split_for_anchor(cfg["data"]["root"], split, anchor, val_fraction=cfg["data"]["val_fraction"],
-                                       seed=cfg["seed"], limit=limit)
+    source, indices = split_for_anchor(cfg.data.root, split, anchor, val_fraction=cfg.data.val_fraction,
+                                       seed=cfg.seed, limit=limit)
     return ImageDataset(source, indices, input_size=anchor.input_size, mean=anchor.mean, std=anchor.std)
 
 
-def _select_stage(cfg: dict, method: str, out: Path, log) -> None:
+def _select_stage(cfg: RunConfig, method: str, out: Path, log) -> None:
     """The selection of one method (shared by every finetuning protocol)."""
     sel_dir = out / "methods" / method / "selection"
 
@@ -305,7 +292,7 @@ def _select_stage(cfg: dict, method: str, out: Path, log) -> None:
     _stage(sel_dir, "select", stage_fingerprint(cfg, "select", method), do_select, log, every_rank=False)
 
 
-def _run_method(cfg: dict, method: str, protocol: str, anchors, out: Path, device: str, *, progress: bool,
+def _run_method(cfg: RunConfig, method: str, protocol: str, anchors, out: Path, device: str, *, progress: bool,
                 log) -> tuple[list, dict]:
     """Finetuning and evaluation of one method's supernet under one protocol; returns the route
     results and each scored route's bucket (for the within-bucket diagnostics)."""
@@ -315,29 +302,26 @@ def _run_method(cfg: dict, method: str, protocol: str, anchors, out: Path, devic
     here = out / "methods" / method
     sel_dir, net_dir, eval_dir = here / "selection", here / protocol / "supernet", here / protocol / "evaluation"
     selection_doc = read_selection(sel_dir / "selection.json")
-    f = cfg["finetune"]
-    settings = FinetuneSettings(steps=f["steps"], batch_size=f["batch_size"], lr=f["lr"], weight_decay=f["weight_decay"],
-                                warmup_fraction=f["warmup_fraction"], stitches_only=PROTOCOLS[protocol],
-                                freeze_bn=f["freeze_bn"], seed=cfg["seed"], checkpoint_every=f["checkpoint_every"],
-                                num_workers=f["num_workers"], device=device)
+    f = cfg.finetune
+    settings = f.settings(seed=cfg.seed, device=device, stitches_only=PROTOCOLS[protocol])
     variant = f"{method}/{protocol}"
 
     def fresh_supernet():
-        return _build_supernet(load_run_anchors(cfg), selection_doc, f["anchors"])
+        return _build_supernet(load_run_anchors(cfg), selection_doc, f.anchors)
 
     def do_finetune():
         net = fresh_supernet()
-        train = _images(cfg, "train", anchors[0], cfg["data"]["train_limit"])
+        train = _images(cfg, "train", anchors[0], cfg.data.train_limit)
         if not (net_dir / CHECKPOINT).is_file():  # a resumed run takes the stitches from its checkpoint
-            calib = torch.utils.data.Subset(train, range(min(f["calibration_images"], len(train))))
+            calib = torch.utils.data.Subset(train, range(min(f.calibration_images, len(train))))
             images = torch.stack([x for x, _ in calib]).to(device)
-            net.to(device).init_stitches(images, seed=cfg["seed"])
+            net.to(device).init_stitches(images, seed=cfg.seed)
         stats = finetune(net, train, settings, net_dir, progress=progress)
         log(f"[finetune] {variant}: {stats['steps']} steps (from {stats['resumed_from']}), "
             f"{stats['seconds']:.0f} s, last loss {stats['final_loss']:.3f}")
 
     _stage(net_dir, "finetune", stage_fingerprint(cfg, "finetune", variant), do_finetune, log)
-    e = cfg["evaluate"]
+    e = cfg.evaluate
 
     def do_evaluate():
         net = fresh_supernet()
@@ -350,14 +334,14 @@ def _run_method(cfg: dict, method: str, protocol: str, anchors, out: Path, devic
         except RuntimeError:
             raise KlasError(f"{net_dir / CHECKPOINT} does not fit this selection's supernet; delete {net_dir} to "
                             "finetune again") from None
-        data = _images(cfg, e["split"], anchors[0], cfg["data"]["test_limit"] if e["split"] == "test" else cfg["data"]["val_limit"])
+        data = _images(cfg, e.split, anchors[0], cfg.data.test_limit if e.split == "test" else cfg.data.val_limit)
         start, count = dist.even_share(len(data))  # this rank's images; evaluate_routes sums the counts
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(start, start + count)),
-                                             batch_size=e["batch_size"], num_workers=f["num_workers"])
+                                             batch_size=e.batch_size, num_workers=f.num_workers)
         gammas = {_route_name(c): c["gamma"] for p in selection_doc["pairs"] for c in p["selected"]}
         results = evaluate_routes(net, loader, device=device, progress=progress and dist.is_main(), gammas=gammas)
         if dist.is_main():
-            write_json_atomic(eval_dir / "evaluation.json", {"method": method, "protocol": protocol, "split": e["split"],
+            write_json_atomic(eval_dir / "evaluation.json", {"method": method, "protocol": protocol, "split": e.split,
                                                              "routes": [r.to_json() for r in results]})
 
     _stage(eval_dir, "evaluate", stage_fingerprint(cfg, "evaluate", variant), do_evaluate, log)
@@ -380,7 +364,7 @@ def _route_name(c: dict) -> str:
     return Route(c["source"], c["target"], c["i"], c["j"]).name
 
 
-def _resolve_pair(cfg: dict, anchors, pair: Sequence[str]):
+def _resolve_pair(cfg: RunConfig, anchors, pair: Sequence[str]):
     """The two anchors a --pair names (by spec or by name), cheaper first."""
     if len(pair) != 2 or pair[0] == pair[1]:
         raise ConfigError(f"--pair names two different anchors (SOURCE,TARGET), got {list(pair)}")
@@ -394,41 +378,42 @@ def _resolve_pair(cfg: dict, anchors, pair: Sequence[str]):
     return sorted(found, key=lambda a: a.flops.total)
 
 
-def run_recovery(cfg: dict, pair: Sequence[str], *, progress: bool = True, log=print) -> Path:
+def run_recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool = True, log=print) -> Path:
     """The recovery test on one anchor pair of `cfg` (klas.recovery); returns its folder under
     `out`/recovery holding recovery.json, recovery.csv and recovery.png."""
+    from klas.methods import SelectOptions
     from klas.plots import recovery_plot
     from klas.recovery import RecoverySettings, method_picks, recovery_report, train_configurations
     from klas.scores import load_scores
     from klas.select import configurations, in_flops_range
 
     began = time.perf_counter()
-    dist.init_from_env(cfg["device"], timeout_s=cfg["distributed"]["timeout_s"])
+    dist.init_from_env(cfg.device, timeout_s=cfg.distributed.timeout_s)
     if not dist.is_main():
         log = _silent
     anchors, device = prepare(cfg, progress=progress, log=log)
     f, g = _resolve_pair(cfg, anchors, pair)
-    cache = Path(cfg["out"]) / "cache"
+    cache = Path(cfg.out) / "cache"
     scores = load_scores(cache / "scores")
     lo, hi = float(scores.anchor(f.name).total_flops), float(scores.anchor(g.name).total_flops)
     configs = configurations(scores, f.name, g.name)
-    if cfg["select"]["flops_range"] == "exclude":
+    if cfg.select.flops_range == "exclude":
         configs = in_flops_range(configs, lo, hi)
-    r = cfg["recovery"]
-    out = Path(cfg["out"]) / "recovery" / f"{f.name}__{g.name}"
-    train = _images(cfg, "train", f, cfg["data"]["train_limit"])
-    test = _images(cfg, "test", f, r["test_limit"] or cfg["data"]["test_limit"])
-    settings = RecoverySettings(steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"], weight_decay=r["weight_decay"],
-                                calibration_images=r["calibration_images"], delta=r["delta"],
-                                random_seeds=r["random_seeds"], seed=cfg["seed"], test_images=len(test))
+    r = cfg.recovery
+    out = Path(cfg.out) / "recovery" / f"{f.name}__{g.name}"
+    train = _images(cfg, "train", f, cfg.data.train_limit)
+    test = _images(cfg, "test", f, r.test_limit or cfg.data.test_limit)
+    settings = RecoverySettings(steps=r.steps, batch_size=r.batch_size, lr=r.lr, weight_decay=r.weight_decay,
+                                calibration_images=r.calibration_images, delta=r.delta,
+                                random_seeds=r.random_seeds, seed=cfg.seed, test_images=len(test))
     results = train_configurations(f.to(device), g.to(device), [(c.i, c.j) for c in configs], train, test, settings,
-                                   out, device=device, progress=progress, eval_batch=cfg["evaluate"]["batch_size"],
+                                   out, device=device, progress=progress, eval_batch=cfg.evaluate.batch_size,
                                    log=log)
     if not dist.is_main():
         return out
-    s = cfg["select"]
-    picks = method_picks(scores, f.name, g.name, r["methods"], evaluated=[(c.i, c.j) for c in configs], cache=cache,
-                         select_options=s, snnet_stage_skips=s["snnet_stage_skips"], random_seeds=r["random_seeds"])
+    s = cfg.select
+    picks = method_picks(scores, f.name, g.name, r.methods, evaluated=[(c.i, c.j) for c in configs], cache=cache,
+                         options=SelectOptions.from_config(s, seed=cfg.seed, cache=cache), random_seeds=r.random_seeds)
     report = recovery_report(results, picks, settings, lo, hi, g.depth - 1)
     trained_s = {res["i"]: res["seconds_for_source_block"] for res in results.values()}
     report.update(pair={"source": f.name, "target": g.name, "source_spec": f.spec, "target_spec": g.spec},

@@ -27,9 +27,9 @@ from klas.reading import finite_number
 from klas.scores import AnchorEntry, Scores
 
 __all__ = [
-    "Config", "PairSelection", "Selection", "CHAIN_RULES", "METHODS", "anchor_chain", "configurations",
+    "Config", "PairSelection", "Selection", "CHAIN_RULES", "anchor_chain", "configurations",
     "stitch_flops", "config_flops", "unscored_config", "select_pair", "select", "select_random",
-    "snnet_nearest_pairs", "snnet_stitched_stages", "select_snnet_nearest", "in_flops_range", "METRIC_METHODS", "config_from_json", "read_selection",
+    "snnet_nearest_pairs", "snnet_stitched_stages", "select_snnet_nearest", "in_flops_range", "config_from_json", "read_selection",
 ]
 
 
@@ -471,12 +471,3 @@ def select_on_snnet_chain(scores: Scores, **klas_options) -> Selection:
     klas_options = {k: v for k, v in klas_options.items() if k not in ("chain_rule", "method")}
     return select(scores, chain_rule="nearest", method="klas-snnet-chain", **klas_options)
 
-
-METHODS = {
-    "klas": select,
-    "klas-snnet-chain": select_on_snnet_chain,
-    "snnet-nearest": lambda scores, snnet_stage_skips=True, **_: select_snnet_nearest(scores,
-                                                                                      stage_skips=snnet_stage_skips),
-    "random": select_random,
-}
-METRIC_METHODS = ("cka", "mse", "ce", "dm", "kl-ls")  # Γ with another distance in the numerator: klas.metric_tables

@@ -173,10 +173,12 @@ def test_snnet_selection_runs_on_scores():
 
 def test_klas_on_snnet_chain_is_klas_selection_over_every_neighbouring_pair():
     """The Fig. 6 control: the same block selection as KLAS, on SN-Net's chain."""
-    from klas.select import METHODS, select
+    from klas.methods import SelectOptions, run_method
+    from klas.select import select
 
     scores = make_scores([1, 2, 3], 0)
-    control = METHODS["klas-snnet-chain"](scores, tau=0.05, chain_rule="minimax", flops_range="end-buckets")
+    control = run_method("klas-snnet-chain", scores, SelectOptions(tau=0.05, chain_rule="minimax",
+                                                                    flops_range="end-buckets"))
     assert control.chain == ["a0", "a1", "a2"] and control.method == "klas-snnet-chain"
     same = select(scores, tau=0.05, chain_rule="nearest", flops_range="end-buckets")
     assert [c for p in control.pairs for c in p.selected] == [c for p in same.pairs for c in p.selected]

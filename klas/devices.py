@@ -6,7 +6,7 @@ import os
 
 from klas.errors import UsageError
 
-__all__ = ["check_device", "triton_usable_here"]
+__all__ = ["check_device", "triton_importable", "triton_interpreted", "triton_runs_on", "triton_usable_here"]
 
 
 def check_device(name: str) -> str:
@@ -29,13 +29,32 @@ def check_device(name: str) -> str:
     raise UsageError(f"--device {name}: klas runs on cpu or cuda devices")
 
 
-def triton_usable_here() -> bool:
-    """True when the Triton kernels can run: a CUDA GPU and Triton, or the CPU interpreter
-    (TRITON_INTERPRET=1, used by the tests)."""
+def triton_importable() -> bool:
+    """True when the `triton` package imports here."""
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
+    return True
+
+
+def triton_interpreted() -> bool:
+    """True under TRITON_INTERPRET=1: the kernels run on CPU tensors through Triton's interpreter (tests)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_runs_on(device) -> bool:
+    """True when the Triton kernels can run on tensors of `device` (a torch.device or its name):
+    a CUDA device with Triton importable, or any device under the interpreter."""
     import torch
 
-    return os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
+    if not triton_importable():
+        return False
+    return triton_interpreted() or torch.device(device).type == "cuda"
+
+
+def triton_usable_here() -> bool:
+    """True when the Triton kernels can run on some device of this machine."""
+    import torch
+
+    return triton_importable() and (triton_interpreted() or torch.cuda.is_available())

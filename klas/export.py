@@ -25,20 +25,20 @@ __all__ = ["to_snnet", "write_csv", "from_snnet", "SNNET_FORMAT"]
 SNNET_FORMAT = "snnet-stitch-configs"
 
 
-def to_snnet(selection: dict) -> dict:
-    """SN-Net's form of a selection.json document."""
-    specs = [a["spec"] for a in selection["anchors"]]
-    index = {a["name"]: k for k, a in enumerate(selection["anchors"])}
+def to_snnet(selection: Selection) -> dict:
+    """SN-Net's form of a selection."""
+    specs = [a.spec for a in selection.anchors]
+    index = {a.name: k for k, a in enumerate(selection.anchors)}
     return {
-        "format": SNNET_FORMAT, "version": 1, "anchors": specs, "method": selection["method"],
+        "format": SNNET_FORMAT, "version": 1, "anchors": specs, "method": selection.method,
         "stitch_configs": [{
-            "front": index[p["source"]], "end": index[p["target"]],
-            "configs": [[c["i"] - 1, c["j"]] for c in p["selected"]],
-        } for p in selection["pairs"]],
+            "front": index[p.source], "end": index[p.target],
+            "configs": [[c.i - 1, c.j] for c in p.selected],
+        } for p in selection.pairs],
     }
 
 
-def write_csv(selection: dict, path: str | os.PathLike) -> Path:
+def write_csv(selection: Selection, path: str | os.PathLike) -> Path:
     """One row per selected configuration: anchor pair, i, j (KLAS), a, b (SN-Net), FLOPs, Ω, Σ, Γ, bucket."""
     from klas.files import atomic_path
 
@@ -46,11 +46,15 @@ def write_csv(selection: dict, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["source", "target", "i", "j", "snnet_a", "snnet_b", "flops", "omega", "sigma", "gamma", "bucket"])
-        for p in selection["pairs"]:
-            for c in p["selected"]:
-                w.writerow([p["source"], p["target"], c["i"], c["j"], c["i"] - 1, c["j"], c["flops"],
-                            c["omega"], c["sigma"], c["gamma"], c["bucket"]])
+        for c in selection.selected:
+            w.writerow([c.source, c.target, c.i, c.j, c.i - 1, c.j, c.flops, _cell(c.omega), _cell(c.sigma),
+                        _cell(c.gamma), c.bucket])
     return path
+
+
+def _cell(x: float):
+    """A CSV cell: an undefined score (NaN) is left empty, as selection.json writes it null."""
+    return "" if x != x else x
 
 
 def from_snnet(snnet: dict, scores: Scores, where: str = "the SN-Net configuration") -> Selection:

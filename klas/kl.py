@@ -31,6 +31,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from klas.devices import triton_runs_on
 from klas.errors import UsageError
 
 __all__ = [
@@ -277,7 +278,7 @@ def kl_matrix_native(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temp
 def _auto_backend(t: torch.Tensor) -> str:
     """triton for CUDA tensors when Triton is importable, native for CPU tensors when klas._C is
     built, torch otherwise."""
-    if _triton_usable(t):
+    if t.is_cuda and triton_runs_on(t.device):
         return "triton"
     return "native" if t.device.type == "cpu" and native_available() else "torch"
 
@@ -293,21 +294,10 @@ def _check_backend(backend: str, t: torch.Tensor) -> str:
     """UsageError for an unknown backend, or one that cannot run on `t`'s device."""
     if backend not in BACKENDS:
         raise UsageError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"  # kernels run on CPU tensors (tests)
-    if backend == "triton" and not (interpreted or _triton_usable(t)):
+    if backend == "triton" and not triton_runs_on(t.device):
         raise UsageError("the triton backend needs CUDA tensors and an importable Triton (no GPU here?); use "
                          "backend auto, native or torch")
     return backend
-
-
-def _triton_usable(t: torch.Tensor) -> bool:
-    if not t.is_cuda:
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def kl_matrix(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature: float = 1.0,

@@ -30,6 +30,7 @@ from klas.cache import CacheReader, Manifest
 from klas.cache.format import DTYPES
 from klas.cache.pairing import check_same_samples, check_same_weights, recorded
 from klas.cache.reader import batch_share, row_ranges
+from klas.devices import triton_runs_on
 from klas.errors import CacheError, UsageError
 from klas.files import save_safetensors_atomic, write_json_atomic
 from klas.progress import progress_bar
@@ -291,14 +292,6 @@ def _targets(batch, readers, mode: str, model: "JointProbes", device) -> torch.T
     return torch.stack(per_anchor, dim=1).index_select(1, model.anchor_of_probe)
 
 
-def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def probe_losses(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0,
                  denominator: float | None = None) -> torch.Tensor:
     """Each probe's cross-entropy summed over the batch and divided by `denominator` (default b: the
@@ -424,7 +417,7 @@ def train_probes(
         raise UsageError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
     if backend not in ("auto", "torch", "triton"):
         raise UsageError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
-    fused = backend == "triton" or (backend == "auto" and torch.device(device).type == "cuda" and _has_triton())
+    fused = backend == "triton" or (backend == "auto" and torch.device(device).type == "cuda" and triton_runs_on(device))
     readers = [c if isinstance(c, CacheReader) else CacheReader(c) for c in train_caches]
     if not readers:
         raise UsageError("no caches given")

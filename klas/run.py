@@ -34,7 +34,7 @@ from klas.config import PROTOCOLS, ConfigError, RunConfig, stage_fingerprint
 from klas.errors import CacheError, KlasError
 from klas.files import write_json_atomic
 from klas.reading import load_checkpoint, read_json
-from klas.select import read_selection
+from klas.select import Selection, read_selection
 
 __all__ = ["run", "run_methods", "run_recovery", "prepare", "stage_done", "recovery_table", "MARKER"]
 
@@ -258,14 +258,14 @@ def _selection(cfg: RunConfig, method: str, cache: Path):
                                                                                         cache=cache))
 
 
-def _build_supernet(anchors, selection_doc: dict, which: str = "chain"):
+def _build_supernet(anchors, selection: Selection, which: str = "chain"):
     """The supernet of a selection: its stitches, and the anchors on its chain (KLAS.md §5.5: anchors
     the chain skips are not routes), or every anchor of the run (`which="all"`)."""
     from klas.stitch import StitchedSupernet
 
     if which == "chain":
-        anchors = [a for a in anchors if a.name in selection_doc["chain"]]
-    stitches = [(c["source"], c["target"], c["i"], c["j"]) for p in selection_doc["pairs"] for c in p["selected"]]
+        anchors = [a for a in anchors if a.name in selection.chain]
+    stitches = [(c.source, c.target, c.i, c.j) for c in selection.selected]
     return StitchedSupernet(anchors, stitches)
 
 
@@ -301,13 +301,13 @@ def _run_method(cfg: RunConfig, method: str, protocol: str, anchors, out: Path, 
 
     here = out / "methods" / method
     sel_dir, net_dir, eval_dir = here / "selection", here / protocol / "supernet", here / protocol / "evaluation"
-    selection_doc = read_selection(sel_dir / "selection.json")
+    selection = read_selection(sel_dir / "selection.json")
     f = cfg.finetune
     settings = f.settings(seed=cfg.seed, device=device, stitches_only=PROTOCOLS[protocol])
     variant = f"{method}/{protocol}"
 
     def fresh_supernet():
-        return _build_supernet(load_run_anchors(cfg), selection_doc, f.anchors)
+        return _build_supernet(load_run_anchors(cfg), selection, f.anchors)
 
     def do_finetune():
         net = fresh_supernet()
@@ -338,7 +338,7 @@ def _run_method(cfg: RunConfig, method: str, protocol: str, anchors, out: Path, 
         start, count = dist.even_share(len(data))  # this rank's images; evaluate_routes sums the counts
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(start, start + count)),
                                              batch_size=e.batch_size, num_workers=f.num_workers)
-        gammas = {_route_name(c): c["gamma"] for p in selection_doc["pairs"] for c in p["selected"]}
+        gammas = {c.route.name: _json_number(c.gamma) for c in selection.selected}
         results = evaluate_routes(net, loader, device=device, progress=progress and dist.is_main(), gammas=gammas)
         if dist.is_main():
             write_json_atomic(eval_dir / "evaluation.json", {"method": method, "protocol": protocol, "split": e.split,
@@ -352,16 +352,13 @@ def _run_method(cfg: RunConfig, method: str, protocol: str, anchors, out: Path, 
         results = [RouteResult.from_json(r) for r in doc["routes"]]
     except (KeyError, TypeError, ValueError):
         raise CacheError(f"{path}: malformed route entries; {fix}") from None
-    buckets = {_route_name(c): (p["source"], p["target"], c["bucket"]) for p in selection_doc["pairs"]
-               for c in p["selected"]}
+    buckets = {c.route.name: (c.source, c.target, c.bucket) for c in selection.selected}
     return results, buckets
 
 
-def _route_name(c: dict) -> str:
-    """The supernet's route name of a selection.json configuration (klas.stitch.Route.name)."""
-    from klas.stitch import Route
-
-    return Route(c["source"], c["target"], c["i"], c["j"]).name
+def _json_number(x: float) -> float | None:
+    """NaN (an unscored stitch's Γ) as JSON's null."""
+    return None if x != x else x
 
 
 def _resolve_pair(cfg: RunConfig, anchors, pair: Sequence[str]):

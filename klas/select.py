@@ -27,7 +27,7 @@ from klas.reading import finite_number
 from klas.scores import AnchorEntry, Scores
 
 __all__ = [
-    "Config", "PairSelection", "Selection", "CHAIN_RULES", "anchor_chain", "configurations",
+    "Config", "PairSelection", "Selection", "SelectedAnchor", "CHAIN_RULES", "anchor_chain", "configurations",
     "stitch_flops", "config_flops", "unscored_config", "select_pair", "select", "select_random",
     "snnet_nearest_pairs", "snnet_stitched_stages", "select_snnet_nearest", "in_flops_range", "config_from_json", "read_selection",
 ]
@@ -46,6 +46,24 @@ class Config:
     sigma: float
     gamma: float
     bucket: int = -1
+
+    @property
+    def route(self):
+        """The supernet route of this stitch (klas.stitch.Route; its `name` keys evaluations)."""
+        from klas.stitch import Route
+
+        return Route(self.source, self.target, self.i, self.j)
+
+
+@dataclass(frozen=True)
+class SelectedAnchor:
+    """An anchor as a saved selection records it (name, spec, depth, total FLOPs per image); the
+    selection of a live run holds klas.scores.AnchorEntry, which has the same fields."""
+
+    name: str
+    spec: str
+    depth: int
+    total_flops: int
 
 
 @dataclass
@@ -67,12 +85,25 @@ class Selection:
     tau: float
     tau_mode: str
     pairs: list[PairSelection]
-    anchors: list[AnchorEntry]
+    anchors: list[AnchorEntry] | list[SelectedAnchor]
     last_block: dict  # {"order": [...], "theta": [[...]]}
 
     @property
     def selected(self) -> list[Config]:
         return [c for p in self.pairs for c in p.selected]
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "Selection":
+        """The inverse of `to_json`, for a document `read_selection` has checked (nulls -> NaN)."""
+        nan = lambda x: math.nan if x is None else x  # noqa: E731
+        pairs = [PairSelection(p["source"], p["target"], [config_from_json(c) for c in p["configurations"]],
+                               [config_from_json(c) for c in p["selected"]], [nan(e) for e in p["bucket_edges"]],
+                               [nan(t) for t in p["tau_per_bucket"]], list(p.get("coverage_added_blocks", [])))
+                 for p in doc["pairs"]]
+        anchors = [SelectedAnchor(a["name"], a["spec"], a["depth"], a["flops"]) for a in doc["anchors"]]
+        return cls(method=doc["method"], chain=list(doc["chain"]), chain_rule=doc.get("chain_rule", ""),
+                   tau=nan(doc.get("tau")), tau_mode=doc.get("tau_mode", ""), pairs=pairs, anchors=anchors,
+                   last_block=doc.get("last_block", {}))
 
     def to_json(self) -> dict:
         return {
@@ -99,10 +130,10 @@ def _config_json(c: Config) -> dict:
     return {k: _number(v) if isinstance(v, float) else v for k, v in asdict(c).items()}
 
 
-def read_selection(path) -> dict:
-    """A selection.json document, every field checked (types, anchor names, block indices in
-    range, finite numbers or null); CacheError naming the file otherwise. Specs in it are
-    identifiers only: nothing here loads an anchor."""
+def read_selection(path) -> Selection:
+    """A selection.json file as a Selection, every field checked first (types, anchor names, block
+    indices in range, finite numbers or null); CacheError naming the file otherwise. Specs in it
+    are identifiers only: nothing here loads an anchor."""
     from pathlib import Path
 
     from klas.errors import CacheError
@@ -114,7 +145,7 @@ def read_selection(path) -> dict:
     problem = _selection_problem(doc)
     if problem:
         raise CacheError(f"{path}: {problem}; {fix}")
-    return doc
+    return Selection.from_json(doc)
 
 
 def _is_int(x, low: int = 0, high: int = 2**62) -> bool:

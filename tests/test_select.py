@@ -182,3 +182,19 @@ def test_klas_on_snnet_chain_is_klas_selection_over_every_neighbouring_pair():
     assert control.chain == ["a0", "a1", "a2"] and control.method == "klas-snnet-chain"
     same = select(scores, tau=0.05, chain_rule="nearest", flops_range="end-buckets")
     assert [c for p in control.pairs for c in p.selected] == [c for p in same.pairs for c in p.selected]
+
+
+def test_a_saved_selection_reads_back_to_the_same_document(tmp_path):
+    """read_selection gives a Selection whose JSON is the file's, NaN scores and thresholds included."""
+    import json
+
+    from klas.files import write_json_atomic
+    from klas.select import read_selection, select, select_snnet_nearest
+
+    scores = make_scores([1, 2, 3], 0)
+    for sel in (select(scores, tau=0.05, flops_range="end-buckets"), select_snnet_nearest(scores)):
+        path = tmp_path / f"{sel.method}.json"
+        write_json_atomic(path, sel.to_json())
+        back = read_selection(path)
+        assert json.loads(json.dumps(back.to_json())) == json.loads(path.read_text())
+        assert [c.route.name for c in back.selected] == [c.route.name for c in sel.selected]

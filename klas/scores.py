@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 
 from klas import distributed as dist
+from klas.anchors.base import PartCounts
 from klas.cache import CacheReader
 from klas.cache.pairing import check_same_samples, check_same_weights
 from klas.errors import CacheError, UsageError
@@ -72,7 +73,7 @@ class AnchorEntry:
     name: str
     spec: str
     depth: int
-    flops: dict  # {"stem": int, "blocks": [int], "head": int}
+    flops: PartCounts  # FLOPs of one image through the stem, each block, the head
     widths: list
     grids: list
     offset: int  # first row/column of this anchor in theta_all
@@ -81,7 +82,10 @@ class AnchorEntry:
 
     @property
     def total_flops(self) -> int:
-        return self.flops["stem"] + sum(self.flops["blocks"]) + self.flops["head"]
+        return self.flops.total
+
+    def to_json(self) -> dict:
+        return {**self.__dict__, "flops": self.flops.to_json()}
 
 
 @dataclass
@@ -138,7 +142,7 @@ class Scores:
         meta = {
             "format": "klas-scores", "version": 1, "split": self.split, "temperature": self.temperature,
             "floor": self.floor, "probe_labels": self.probe_labels, "caches": self.caches,
-            "anchors": [a.__dict__ for a in self.anchors],
+            "anchors": [a.to_json() for a in self.anchors],
             "pairs": [{"source": f, "target": g} for f, g in self.pairs()],
             "floored": {a.name: floored_blocks(self.sigma(a.name), self.floor) for a in self.anchors},
             "last_block": {"order": [a.name for a in self.anchors], "theta": self.last_block().tolist()},
@@ -228,8 +232,8 @@ def _anchor_entry(a, offset: int) -> AnchorEntry | None:
         ok = ok and (head is None or isinstance(head, (int, float)) and not isinstance(head, bool))
         if not ok:
             return None
-        return AnchorEntry(name=a["name"], spec=a["spec"], depth=depth, flops=flops, widths=a["widths"],
-                           grids=a["grids"], offset=offset, probe_val_acc=acc, head_val_acc=head)
+        return AnchorEntry(name=a["name"], spec=a["spec"], depth=depth, flops=PartCounts.from_json(flops),
+                           widths=a["widths"], grids=a["grids"], offset=offset, probe_val_acc=acc, head_val_acc=head)
     except (KeyError, TypeError):
         return None
 
@@ -328,8 +332,8 @@ def score(
     if len(counts) != 1:
         raise CacheError(f"the {split} caches hold different sample counts {sorted(counts)}")
     check_same_samples([r for r, _ in readers.values()], split)
-    flops = {n: _anchor_flops(readers[n][0]) for n in anchors}
-    ordered = sorted(anchors, key=lambda n: flops[n]["stem"] + sum(flops[n]["blocks"]) + flops[n]["head"])
+    flops = {n: PartCounts.from_json(_anchor_flops(readers[n][0])) for n in anchors}
+    ordered = sorted(anchors, key=lambda n: flops[n].total)
     offset, ctx = 0, dist.context()
     for name in ordered:
         reader, ps = readers[name]

@@ -24,11 +24,12 @@ import torch
 
 from klas.errors import UsageError
 from klas.reading import finite_number
+from klas.anchors.base import PartCounts
 from klas.scores import AnchorEntry, Scores
 
 __all__ = [
     "Config", "PairSelection", "Selection", "SelectedAnchor", "CHAIN_RULES", "anchor_chain", "configurations",
-    "stitch_flops", "config_flops", "unscored_config", "select_pair", "select", "select_random",
+    "stitch_flops", "stitched_flops", "config_flops", "unscored_config", "select_pair", "select", "select_random",
     "snnet_nearest_pairs", "snnet_stitched_stages", "select_snnet_nearest", "in_flops_range", "config_from_json", "read_selection",
 ]
 
@@ -258,12 +259,17 @@ def stitch_flops(width_in: int, width_out: int, grid: Sequence[int]) -> int:
     return (2 * width_in * width_out + width_out) * math.prod(grid)
 
 
+def stitched_flops(front: PartCounts, i: int, stitch: int, back: PartCounts, j: int) -> int:
+    """FLOPs of one image through a stitched route: the source's stem and blocks 1..i, the stitching
+    layer, the target's blocks j+1..m and head (the one sum behind selection and the supernet)."""
+    return int(front.front(i) + stitch + back.back(j))
+
+
 def config_flops(f: AnchorEntry, g: AnchorEntry, i: int, j: int) -> int:
     """FLOPs of the network stem_f + f_1..f_i + stitching layer + g_{j+1}..g_m + head_g (j = 0:
     the whole of g after the stitch, whose output width is then g's first block's input width)."""
     width_out = g.widths[j - 1] if j > 0 else g.widths[0]
-    return int(f.flops["stem"] + sum(f.flops["blocks"][:i]) + stitch_flops(f.widths[i - 1], width_out, f.grids[i - 1])
-               + sum(g.flops["blocks"][j:]) + g.flops["head"])
+    return stitched_flops(f.flops, i, stitch_flops(f.widths[i - 1], width_out, f.grids[i - 1]), g.flops, j)
 
 
 def unscored_config(f: AnchorEntry, g: AnchorEntry, i: int, j: int) -> Config:
@@ -279,9 +285,6 @@ def configurations(scores: Scores, source: str, target: str, numerator: torch.Te
     Γ is then numerator / max(Σ, floor).
     """
     f, g = scores.anchor(source), scores.anchor(target)
-    for a in (f, g):
-        if not a.flops or "blocks" not in a.flops:
-            raise UsageError(f"anchor {a.name} has no FLOPs in the scores; re-run `klas extract` and `klas score`")
     sigma = scores.sigma(target)
     if numerator is None:
         theta, gamma = scores.theta(source, target), scores.gamma(source, target)

@@ -5,9 +5,10 @@ runs f's stem and blocks 1..i, the stitching layer, then g's blocks j+1..m and h
 notation; SN-Net's j = 0 and i = m_f are routes too). Routes are numbered: the anchors first, in
 FLOPs order, then the stitches in the order given.
 
-`route_parts(k)` is the one block walk: `forward(x, k)` runs it, and `route_flops(k)` /
-`route_params(k)` add up the same parts (the anchors' per-part FLOPs and parameters, plus the
-stitching layer's), so cost and computation cannot disagree.
+`route_parts(k)` is the one block walk: `forward(x, k)` runs it and `route_params(k)` adds up its
+parts' parameters. `route_flops(k)` is klas.select.stitched_flops, the one FLOPs sum that selection
+uses too (the source's front, the stitching layer, the target's back); the tests hold it against
+FlopCounterMode on the route's forward.
 
 Stitching layers: a 1x1 convolution on feature maps (``[B, C, H, W]``), a Linear on tokens
 (``[B, L, C]`` / ``[B, H, W, C]``); initialised by least squares (klas.linear_fit) on a calibration
@@ -25,7 +26,7 @@ from klas.anchors import Anchor
 from klas.anchors.base import width_and_grid
 from klas.errors import UsageError
 from klas.linear_fit import fit_linear
-from klas.select import stitch_flops
+from klas.select import stitch_flops, stitched_flops
 
 __all__ = ["Route", "Part", "StitchedSupernet", "stitching_layer"]
 
@@ -152,16 +153,12 @@ class StitchedSupernet(nn.Module):
 
     def route_flops(self, k: int) -> int:
         """FLOPs of one image through route k: the anchors' measured parts plus the stitching layer."""
-        total = 0
-        for p in self.route_parts(k):
-            if p.kind == "stitch":
-                r = self.routes[k]
-                w_in, grid, _ = _cut_shape(self.anchor(r.source), r.i)
-                total += stitch_flops(w_in, _cut_shape(self.anchor(r.target), r.j)[0], grid)
-            else:
-                f = self.anchor(p.owner).flops
-                total += f.stem if p.kind == "stem" else f.head if p.kind == "head" else f.blocks[p.index - 1]
-        return int(total)
+        r = self.routes[k]
+        if r.is_anchor:
+            return int(self.anchor(r.source).flops.total)
+        f, g = self.anchor(r.source), self.anchor(r.target)
+        w_in, grid, _ = _cut_shape(f, r.i)
+        return stitched_flops(f.flops, r.i, stitch_flops(w_in, _cut_shape(g, r.j)[0], grid), g.flops, r.j)
 
     def route_params(self, k: int) -> int:
         total = 0

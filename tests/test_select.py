@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from klas.errors import UsageError
 from klas.scores import AnchorEntry, Scores
+from klas.anchors.base import PartCounts
 from klas.select import _bucketise, _keep, anchor_chain, configurations, select, select_pair, stitch_flops
 
 
@@ -22,8 +23,7 @@ def make_scores(stages_per_anchor, seed: int, widths=(16, 32, 64)) -> Scores:
         grids = [[8, 8]] * n + [[4, 4]] * n + [[2, 2]] * n
         ws = [widths[0]] * n + [widths[1]] * n + [widths[2]] * n
         blocks = [int(1000 * w * g[0] * g[1] / 64) for w, g in zip(ws, grids)]
-        anchors.append(AnchorEntry(name=f"a{a}", spec=f"test:a{a}", depth=3 * n, flops={"stem": 500, "blocks": blocks,
-                                   "head": 100}, widths=ws, grids=grids, offset=offset))
+        anchors.append(AnchorEntry(name=f"a{a}", spec=f"test:a{a}", depth=3 * n, flops=PartCounts(500, tuple(blocks), 100), widths=ws, grids=grids, offset=offset))
         offset += 3 * n
     theta = torch.rand(offset, offset, generator=gen) * 2 + 0.01
     theta.fill_diagonal_(0)
@@ -96,7 +96,7 @@ def test_stitch_flops_and_config_flops():
     scores = make_scores([1, 2], 0)
     c = next(c for c in configurations(scores, "a0", "a1") if (c.i, c.j) == (1, 2))
     f, g = scores.anchor("a0"), scores.anchor("a1")
-    assert c.flops == 500 + f.flops["blocks"][0] + stitch_flops(16, 16, (8, 8)) + sum(g.flops["blocks"][2:]) + 100
+    assert c.flops == 500 + f.flops.blocks[0] + stitch_flops(16, 16, (8, 8)) + sum(g.flops.blocks[2:]) + 100
 
 
 def test_bad_requests():
@@ -113,7 +113,7 @@ def test_bad_requests():
 
 def _entry(name, grids, widths=None):
     widths = widths or [8] * len(grids)
-    return AnchorEntry(name=name, spec=name, depth=len(grids), flops={"stem": 1, "blocks": [1] * len(grids), "head": 1},
+    return AnchorEntry(name=name, spec=name, depth=len(grids), flops=PartCounts(1, (1,) * len(grids), 1),
                        widths=widths, grids=grids, offset=0)
 
 

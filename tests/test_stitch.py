@@ -104,10 +104,12 @@ def test_a_supernet_holds_the_anchors_of_its_chain_only():
     """KLAS.md §5.5: anchors the chain skips are not routes of the KLAS supernet (unless asked)."""
     from klas.anchors import load_anchor
     from klas.run import _build_supernet
+    from klas.select import Config, PairSelection, Selection
 
     anchors = [load_anchor(f"cifar-resnet:{d}?pretrained=false") for d in (8, 14, 20)]
-    doc = {"chain": ["cifar-resnet8", "cifar-resnet20"],
-           "pairs": [{"selected": [{"source": "cifar-resnet8", "target": "cifar-resnet20", "i": 1, "j": 2}]}]}
+    stitch = Config("cifar-resnet8", "cifar-resnet20", 1, 2, 0, 0.0, 0.0, 0.0)
+    doc = Selection("klas", ["cifar-resnet8", "cifar-resnet20"], "minimax", 0.05, "relative",
+                    [PairSelection("cifar-resnet8", "cifar-resnet20", [stitch], [stitch], [0.0, 1.0], [0.0])], [], {})
     chain = _build_supernet(anchors, doc)
     assert [r.name for r in chain.routes] == ["cifar-resnet8", "cifar-resnet20", "cifar-resnet8:1->cifar-resnet20:2"]
     every = _build_supernet(anchors, doc, "all")

@@ -57,6 +57,22 @@ class PartCounts:
     def total(self) -> int:
         return self.stem + sum(self.blocks) + self.head
 
+    def front(self, i: int) -> int:
+        """The stem and blocks 1..i (a stitch's source side)."""
+        return self.stem + sum(self.blocks[:i])
+
+    def back(self, j: int) -> int:
+        """Blocks j+1..m and the head (a stitch's target side; j = 0: every block)."""
+        return sum(self.blocks[j:]) + self.head
+
+    def to_json(self) -> dict:
+        return {"stem": self.stem, "blocks": list(self.blocks), "head": self.head}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "PartCounts":
+        """From {"stem": int, "blocks": [int], "head": int} (checked by whoever read it)."""
+        return cls(int(d["stem"]), tuple(int(b) for b in d["blocks"]), int(d["head"]))
+
 
 AnchorFlops = PartCounts  # FLOPs of one image through each part, counted by torch.utils.flop_counter
 AnchorParams = PartCounts  # parameters of each part; stem and head: the parameters their forward uses

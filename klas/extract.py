@@ -21,8 +21,9 @@ import torch
 
 from klas import distributed as dist
 from klas.anchors import Anchor, load_anchor
+from klas.anchors.base import LOGITS
 from klas.cache import BlockEntry, CacheWriter, Manifest, read_manifest
-from klas.cache.format import DTYPES
+from klas.cache.format import DTYPES, LOGITS_INDEX
 from klas.data import make_loader, samples_digest, split_for_anchor
 from klas.errors import CacheError, UsageError
 from klas.progress import progress_bar
@@ -43,7 +44,7 @@ def cache_layout(anchor: Anchor) -> tuple[BlockEntry, ...]:
     for info in anchor.block_info:
         entries.append(BlockEntry(name=info.name, index=info.index, width=info.width, offset=offset, grid=info.grid))
         offset += info.width
-    entries.append(BlockEntry(name="logits", index=0, width=anchor.num_classes, offset=offset, kind="logits"))
+    entries.append(BlockEntry(name=LOGITS, index=LOGITS_INDEX, width=anchor.num_classes, offset=offset, kind=LOGITS))
     return tuple(entries)
 
 
@@ -106,7 +107,7 @@ def _extract_one(anchor: Anchor, cache_dir: Path, *, info: dict, data, split, ba
         bar = progress_bar(total=mine, initial=mine - len(todo), unit="img", disable=not progress or not dist.is_main(),
                    desc=f"extract {anchor.name}/{split}" + (f" (rank 0 of {ctx.world_size})" if ctx.distributed else ""))
         for images, labels in loader:
-            pooled = [anchor.pool(h, k) if k else h for k, h in anchor.block_outputs(images.to(device))]
+            pooled = [h if k == LOGITS else anchor.pool(h, k) for k, h in anchor.block_outputs(images.to(device))]
             row = torch.cat(pooled, dim=1).float().cpu()
             if not torch.isfinite(row).all():
                 raise CacheError(

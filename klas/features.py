@@ -5,8 +5,8 @@ from typing import Iterator, Sequence
 
 import torch
 
+from klas.anchors.base import LOGITS, take_blocks
 from klas.cache import CacheReader
-from klas.errors import UsageError
 
 __all__ = ["CacheFeatures"]
 
@@ -16,8 +16,8 @@ class CacheFeatures:
 
     Args:
         reader: the cache (one anchor, one split).
-        blocks: 1-indexed blocks to read, in order; 0 stands for the anchor's logits.
-            Default: every block, then the logits.
+        blocks: blocks to read, in order: 1..m, negative from the end, or LOGITS for the
+            anchor's logits (klas.anchors.base.take_blocks). Default: every block, then the logits.
         device: where the chunks go.
         rank, world_size: read only this rank's share of the rows (every world_size-th chunk).
     """
@@ -25,14 +25,13 @@ class CacheFeatures:
     def __init__(self, reader: CacheReader, blocks: Sequence[int] | None = None, *, device="cpu", rank: int = 0,
                  world_size: int = 1):
         m = reader.manifest
-        by_index = {b.index: b for b in m.blocks}
+        depth = len(m.block_entries)
         if blocks is None:
-            blocks = [b.index for b in m.block_entries] + [0]
-        missing = [k for k in blocks if k not in by_index]
-        if missing:
-            raise UsageError(f"cache {reader.dir} has no block(s) {missing} (blocks 1..{len(m.block_entries)}, 0 = logits)")
+            blocks = [*range(1, depth + 1), LOGITS]
+        numbered = iter(take_blocks(depth, [k for k in blocks if k != LOGITS], name=f"the cache {reader.dir}"))
+        by_index = {b.index: b for b in m.block_entries}
         self.reader = reader
-        self.entries = [by_index[k] for k in blocks]
+        self.entries = [m.logits_entry if k == LOGITS else by_index[next(numbered)] for k in blocks]
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
 

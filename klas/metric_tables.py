@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from klas.anchors.base import stitch_sources
 from klas.cache import CacheReader
 from klas.errors import UsageError
 from klas.features import CacheFeatures
@@ -54,7 +55,7 @@ def metric_numerators(scores: Scores, metric: str, cache_root: str | os.PathLike
         if which == scores.split and scores.caches.get(name) not in (None, manifest_fingerprint(reader.dir)):
             raise UsageError(f"the scores were computed on another cache than {reader.dir} (its manifest changed "
                              "since `klas score`); re-run `klas score` or name the cache that was scored")
-        feats = next(CacheFeatures(reader, [b.index for b in m.block_entries[:-1]]).chunks(reader.num_samples))
+        feats = next(CacheFeatures(reader, stitch_sources(len(m.block_entries))).chunks(reader.num_samples))
         return [f.float() for f in feats]
 
     @cache

@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 
 from klas import distributed as dist
-from klas.anchors.base import PartCounts
+from klas.anchors.base import LOGITS, PartCounts, stitch_sources
 from klas.cache import CacheReader
 from klas.cache.pairing import check_same_samples, check_same_weights
 from klas.errors import CacheError, UsageError
@@ -346,7 +346,7 @@ def score(
         ))
         offset += depth
         # blocks 1..m-1 through their probes, block m through the anchor's own head
-        streams.append(CacheFeatures(reader, [b.index for b in m.block_entries[:-1]] + [0], device=device,
+        streams.append(CacheFeatures(reader, [*stitch_sources(depth), LOGITS], device=device,
                                      rank=ctx.rank, world_size=ctx.world_size))
         probes += [(w.to(device), b.to(device)) for w, b in ps.probes()[:-1]] + [None]
         caches[name] = manifest_fingerprint(reader.dir)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from klas.anchors import Anchor, ModuleAnchor, load_anchor, parse_spec
+from klas.anchors.base import LOGITS
 from klas.errors import AnchorError
 
 # timm models built with random weights at a small input size
@@ -55,7 +56,7 @@ def test_block_info_and_pooling_agree(anchor):
     assert len(infos) == anchor.depth
     with torch.no_grad():
         for k, h in anchor.block_outputs(x):
-            if k == 0:
+            if k == LOGITS:
                 assert h.shape == (3, anchor.num_classes)
                 continue
             pooled = anchor.pool(h, k)
@@ -127,3 +128,20 @@ def test_checkpoint_that_needs_pickle_is_refused(tmp_path):
     with pytest.raises(AnchorError, match="not a plain checkpoint.*will not unpickle") as e:
         load_anchor(f"cifar-resnet:20:{path}")
     assert "weights_only=False" not in str(e.value)  # torch's advice to unpickle is not passed on
+
+
+@pytest.mark.parametrize("indices, blocks", [
+    (None, [1, 2, 3, 4, 5]), (2, [4, 5]), (5, [1, 2, 3, 4, 5]), ([1, -1], [1, 5]), ([-5, 3], [1, 3]), ([], []),
+])
+def test_take_blocks_maps_user_indices_to_block_numbers(indices, blocks):
+    from klas.anchors.base import take_blocks
+
+    assert take_blocks(5, indices) == blocks
+
+
+@pytest.mark.parametrize("indices", [0, 6, [0], [6], [-6], [True], ["2"]])
+def test_take_blocks_refuses_what_is_not_a_block(indices):
+    from klas.anchors.base import take_blocks
+
+    with pytest.raises(IndexError, match="blocks 1..5|has 5 blocks"):
+        take_blocks(5, indices)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from klas.anchors import load_anchor
+from klas.anchors.base import LOGITS
 from klas.cache import CacheReader, read_manifest
 from klas.cli import main
 from klas.data import ImageDataset, resolve_split
@@ -39,7 +40,7 @@ def test_cache_rows_are_pooled_block_outputs(tmp_path, shapes_dir):
     x = torch.stack([ds[k][0] for k in range(5)])
     rows = next(iter(CacheReader(cache).batches(5)))
     with torch.no_grad():
-        expect = torch.cat([anchor.pool(h, k) if k else h for k, h in anchor.block_outputs(x)], dim=1)
+        expect = torch.cat([h if k == LOGITS else anchor.pool(h, k) for k, h in anchor.block_outputs(x)], dim=1)
     np.testing.assert_allclose(rows.features, expect.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(rows.labels, source.labels[indices[:5]])
 

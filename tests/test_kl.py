@@ -241,3 +241,17 @@ def test_compiled_cpu_path_matches_oracle(monkeypatch):
     want = torch.from_numpy(theta_numpy(src.numpy(), tgt.numpy())).float()
     torch.testing.assert_close(kl_matrix(src, tgt, backend="torch"), want, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(kl_matrix(src, src, backend="torch").diagonal(), torch.zeros(5), atol=1e-5, rtol=0)
+
+
+def test_cache_features_take_blocks_from_the_end_and_the_logits_by_name(tmp_path):
+    from klas.anchors.base import LOGITS
+
+    rows, _ = feature_cache(tmp_path / "s", 40, (3, 4, 5), 7, seed=1)
+    reader = CacheReader(tmp_path / "s")
+    every = next(CacheFeatures(reader).chunks(40))
+    picked = next(CacheFeatures(reader, [-1, LOGITS, 1]).chunks(40))
+    assert [t.shape[1] for t in every] == [3, 4, 5, 7]
+    torch.testing.assert_close(torch.cat(every, dim=1), torch.from_numpy(rows))
+    assert torch.equal(picked[0], every[2]) and torch.equal(picked[1], every[3]) and torch.equal(picked[2], every[0])
+    with pytest.raises(IndexError, match="blocks 1..3"):
+        CacheFeatures(reader, [0])

@@ -74,6 +74,36 @@ class PartCounts:
         return cls(int(d["stem"]), tuple(int(b) for b in d["blocks"]), int(d["head"]))
 
 
+# The one rule for block indices. Blocks are numbered 1..m (KLAS notation); a stitch (i, j) leaves
+# the source after block i (1..m-1) and enters the target after block j, where j = 0 is the output
+# of the stem. The anchor's output (its head's logits) is not a block: it is named LOGITS wherever
+# a block number would stand (the cache's column groups, the anchor walk), never 0.
+LOGITS = "logits"
+
+
+def take_blocks(depth: int, indices=None, *, name: str = "the anchor") -> list[int]:
+    """1-indexed block numbers from a user's indices, in the spirit of timm's `feature_take_indices`:
+    None: every block 1..m; an int n: the last n blocks; a sequence: each index as given, 1..m, or
+    negative from the end (-1 is block m). IndexError naming the valid range otherwise."""
+    if indices is None:
+        return list(range(1, depth + 1))
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 0 < indices <= depth:
+            raise IndexError(f"{name} has {depth} blocks; cannot take the last {indices}")
+        return list(range(depth - indices + 1, depth + 1))
+    out = []
+    for k in indices:
+        if isinstance(k, bool) or not isinstance(k, int) or not (1 <= k <= depth or -depth <= k <= -1):
+            raise IndexError(f"block {k!r} is outside {name}'s blocks 1..{depth} (or -{depth}..-1 from the end)")
+        out.append(k if k > 0 else depth + 1 + k)
+    return out
+
+
+def stitch_sources(depth: int) -> list[int]:
+    """The blocks a stitch can leave an anchor from: 1..m-1 (after block m only the head is left)."""
+    return list(range(1, depth))
+
+
 AnchorFlops = PartCounts  # FLOPs of one image through each part, counted by torch.utils.flop_counter
 AnchorParams = PartCounts  # parameters of each part; stem and head: the parameters their forward uses
 
@@ -186,12 +216,12 @@ class Anchor(nn.Module):
         return self.forward_back(self.forward_front(x, self.depth), self.depth)
 
     def block_outputs(self, x: torch.Tensor):
-        """Yields ``(k, output of block k)`` for k = 1..m, then ``(0, logits)``: one forward."""
+        """Yields ``(k, output of block k)`` for k = 1..m, then ``(LOGITS, logits)``: one forward."""
         h = self.run_stem(x)
         for k, block in enumerate(self._blocks, start=1):
             h = block(h)
             yield k, h
-        yield 0, self.run_head(h)
+        yield LOGITS, self.run_head(h)
 
     def pool(self, h: torch.Tensor, k: int) -> torch.Tensor:
         """Global average over the grid of block k's output -> ``[B, width_k]``."""
@@ -208,7 +238,7 @@ class Anchor(nn.Module):
         infos = []
         with torch.no_grad():
             for k, h in self.block_outputs(self._blank_input()):
-                if k == 0:
+                if k == LOGITS:
                     break
                 layout = self.layouts[k - 1]
                 width, grid = width_and_grid(h, layout)

@@ -94,11 +94,16 @@ def pack_header(dtype_code: int, rows: int, row_bytes: int, index: int, first_ro
     return head + b"\0" * (HEADER_BYTES - len(head))
 
 
+LOGITS_INDEX = 0  # the logits' `index` in a manifest file (format version 1)
+
+
 @dataclass(frozen=True)
 class BlockEntry:
     """One column group of a row: a block's pooled output, or the anchor's logits.
 
-    `index` is the 1-indexed block number (KLAS notation), 0 for the logits.
+    `index` is the 1-indexed block number (KLAS notation). The logits' entry (kind "logits") is
+    stored with index LOGITS_INDEX (0) in the manifest; code reaches it as `Manifest.logits_entry`
+    or by the name klas.anchors.base.LOGITS, never by number.
     """
 
     name: str

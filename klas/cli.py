@@ -6,6 +6,7 @@
     klas select --scores DIR [--method klas|snnet-nearest|cka|mse|ce|dm|kl-ls|random]
     klas export --selection FILE [--format snnet|csv]
     klas import-snnet FILE --scores DIR
+    klas anchors [--json]
     klas eval-anchor SPEC --data PATH [--split test] [--json]
     klas run CONFIG.yaml [--method M | --compare klas,snnet-nearest] [--set KEY=VALUE]
     klas recovery CONFIG.yaml --pair SOURCE,TARGET [--set KEY=VALUE]
@@ -122,6 +123,32 @@ def _cmd_extract(args) -> int:
     )
     for (name, split), path in done.items():
         print(f"{name:>28s} {split:>5s}  {path}")
+    return 0
+
+
+def _cmd_anchors(args) -> int:
+    from klas.anchors import KINDS, TIMM_FAMILIES
+    from klas.anchors.registry import COMMON_OPTIONS
+
+    kinds = [{"kind": k.kind, "usage": k.usage, "help": k.help,
+              "options": {n: t.__name__ for n, t in {**k.options, **COMMON_OPTIONS}.items()},
+              "other_options": "passed through" if k.open_options else "refused",
+              "example": k.test_specs[0] if k.test_specs else None} for k in KINDS.values()]
+    families = [{"family": f.name, "timm_class": f.model_class, "modules": list(f.modules),
+                 "img_size": "input size only" if f.input_size_only else "passed to timm"}
+                for f in TIMM_FAMILIES.values()]
+    if args.json:
+        print(json.dumps({"kinds": kinds, "timm_families": families}))
+        return 0
+    for k in kinds:
+        print(f"{k['usage']}\n    {k['help']}")
+        print("    options: " + ", ".join(f"{n} ({t})" for n, t in k["options"].items())
+              + f"; other options {k['other_options']}")
+        if k["example"]:
+            print(f"    e.g. {k['example']}")
+    print("\ntimm families (timm:MODEL_NAME of these classes or their subclasses):")
+    for f in families:
+        print(f"    {f['family']:<8} {f['timm_class']}  (img_size: {f['img_size']})")
     return 0
 
 
@@ -355,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", required=True, help="folder written by klas score")
     p.add_argument("--out", help="where to write selection-imported.json (default: beside the scores)")
     p.set_defaults(run=_cmd_import_snnet)
+
+    p = sub.add_parser("anchors", help="list the kinds of anchor spec, their options, and the timm families")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_cmd_anchors)
 
     p = sub.add_parser("eval-anchor", help="top-1 accuracy of one anchor on a dataset split")
     p.add_argument("spec", help="anchor spec, e.g. cifar-resnet:20 or timm:deit_tiny_patch16_224 (module:PKG.MOD:FACTORY "

@@ -5,20 +5,22 @@ import pytest
 import torch
 from torch import nn
 
-from klas.anchors import Anchor, ModuleAnchor, load_anchor, parse_spec
+from klas.anchors import KINDS, TIMM_FAMILIES, Anchor, ModuleAnchor, load_anchor, parse_spec
 from klas.anchors.base import LOGITS
 from klas.errors import AnchorError
 
-# timm models built with random weights at a small input size
-TIMM_SPECS = [
-    "timm:deit_tiny_patch16_224?pretrained=false&img_size=32&patch_size=8",
-    "timm:deit_tiny_distilled_patch16_224?pretrained=false&img_size=32&patch_size=8",
-    "timm:vit_small_patch16_224?pretrained=false&img_size=32&patch_size=16&depth=4",
-    "timm:swin_tiny_patch4_window7_224?pretrained=false&img_size=64&window_size=4",
-    "timm:resnet18?pretrained=false&num_classes=10",
-    "timm:levit_128s?pretrained=false&img_size=64",
-]
-SPECS = ["cifar-resnet:20?pretrained=false", "cifar-resnet:32?pretrained=false"] + TIMM_SPECS
+# every registered kind's test specs: random weights, small inputs, nothing downloaded
+SPECS = [spec for kind in KINDS.values() for spec in kind.test_specs]
+
+
+def _model_forward(anchor: Anchor, x: torch.Tensor) -> torch.Tensor:
+    """The wrapped model's own forward; a module: anchor's parts chained by hand (its model is their dict)."""
+    if isinstance(anchor, ModuleAnchor):
+        h = anchor.model["stem"](x)
+        for block in anchor.model["blocks"]:
+            h = block(h)
+        return anchor.model["head"](h)
+    return anchor.model(x)
 
 
 def small_module_anchor() -> Anchor:
@@ -38,13 +40,13 @@ def anchor(request) -> Anchor:
 def test_full_forward_equals_model(anchor):
     x = torch.randn(2, *anchor.input_size)
     with torch.no_grad():
-        torch.testing.assert_close(anchor(x), anchor.model(x), rtol=0, atol=0)
+        torch.testing.assert_close(anchor(x), _model_forward(anchor, x), rtol=0, atol=0)
 
 
 def test_split_and_rejoin_at_every_block_equals_model(anchor):
     x = torch.randn(2, *anchor.input_size)
     with torch.no_grad():
-        ref = anchor.model(x)
+        ref = _model_forward(anchor, x)
         for k in range(anchor.depth + 1):
             torch.testing.assert_close(anchor.forward_back(anchor.forward_front(x, k), k), ref,
                                        rtol=1e-5, atol=1e-5, msg=f"cut at block {k}")
@@ -145,3 +147,39 @@ def test_take_blocks_refuses_what_is_not_a_block(indices):
 
     with pytest.raises(IndexError, match="blocks 1..5|has 5 blocks"):
         take_blocks(5, indices)
+
+
+def test_every_kind_and_timm_family_has_a_contract_test():
+    assert all(kind.test_specs for kind in KINDS.values()), [k for k, v in KINDS.items() if not v.test_specs]
+    for family in TIMM_FAMILIES.values():
+        assert family.test_spec in SPECS
+        assert family.adapts(load_anchor(family.test_spec).model), family.name
+
+
+def test_img_size_sets_a_convolutional_models_input_without_reaching_timm():
+    a = load_anchor("timm:resnet18?pretrained=false&img_size=64")
+    assert a.input_size == (3, 64, 64)
+    with torch.no_grad():
+        assert a(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
+
+
+def test_spec_options_parse_strictly():
+    assert parse_spec("timm:resnet18?num_classes=1")[2] == {"num_classes": 1}
+    assert parse_spec("cifar-resnet:20?pretrained=0")[2] == {"pretrained": False}
+    for bad, message in (("cifar-resnet:20?num_classes=1.5", "not an int"), ("cifar-resnet:20?pretraind=no",
+                                                                                 "unknown option 'pretraind'")):
+        with pytest.raises(AnchorError, match=message):
+            parse_spec(bad)
+
+
+def test_klas_anchors_lists_every_registered_kind_and_family(capsys):
+    import json
+
+    from klas.cli import main
+
+    assert main(["anchors", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [k["kind"] for k in doc["kinds"]] == list(KINDS)
+    assert [f["family"] for f in doc["timm_families"]] == list(TIMM_FAMILIES)
+    cifar = next(k for k in doc["kinds"] if k["kind"] == "cifar-resnet")
+    assert cifar["options"] == {"pretrained": "bool", "num_classes": "int", "seed": "int"}

@@ -1,16 +1,16 @@
-"""Anchors: pretrained models cut into stem, blocks and head, named by spec strings."""
-from klas.anchors.base import LAYOUTS, Anchor, AnchorFlops, BlockInfo
+"""Anchors: pretrained models cut into stem, blocks and head, named by spec strings.
+
+Each kind of spec registers itself where its loader is defined (`klas.anchors.registry.anchor_kind`);
+importing this package imports every adapter module, so that `KINDS` lists them all (`klas anchors`).
+"""
+from klas.anchors.base import LAYOUTS, LOGITS, Anchor, AnchorFlops, BlockInfo, take_blocks
 from klas.anchors.cifar_resnet import CifarResNet, load_cifar_resnet
 from klas.anchors.module import ModuleAnchor, load_module
-from klas.anchors.registry import ADAPTERS, load_anchor, parse_spec, register_adapter
-from klas.anchors.timm_models import load_timm
-
-register_adapter("cifar-resnet", load_cifar_resnet, {"pretrained": bool, "num_classes": int})
-register_adapter("timm", load_timm, {"pretrained": bool, "num_classes": int, "img_size": int, "patch_size": int,
-                                     "depth": int, "window_size": int, "in_chans": int}, open_options=True)
-register_adapter("module", load_module)
+from klas.anchors.registry import ADAPTERS, KINDS, anchor_kind, load_anchor, parse_spec, register_adapter
+from klas.anchors.timm_models import TIMM_FAMILIES, load_timm
 
 __all__ = [
-    "ADAPTERS", "LAYOUTS", "Anchor", "AnchorFlops", "BlockInfo", "CifarResNet", "ModuleAnchor",
-    "load_anchor", "parse_spec", "register_adapter",
+    "ADAPTERS", "KINDS", "LAYOUTS", "LOGITS", "TIMM_FAMILIES", "Anchor", "AnchorFlops", "BlockInfo", "CifarResNet",
+    "ModuleAnchor", "anchor_kind", "load_anchor", "load_cifar_resnet", "load_module", "load_timm", "parse_spec",
+    "register_adapter", "take_blocks",
 ]

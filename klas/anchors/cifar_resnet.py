@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from klas.anchors.base import Anchor
+from klas.anchors.registry import anchor_kind
 from klas.errors import AnchorError
 
 __all__ = ["CifarResNet", "CifarResNetAnchor", "load_cifar_resnet"]
@@ -136,6 +137,10 @@ def _short(keys: list[str], limit: int = 6) -> str:
     return f"[{shown}{f', … ({len(keys)} in all)' if len(keys) > limit else ''}]"
 
 
+@anchor_kind("cifar-resnet", options={"pretrained": bool, "num_classes": int},
+             usage="cifar-resnet:DEPTH[:CHECKPOINT]",
+             help="CIFAR ResNet-6n+2 (option-A shortcuts); without CHECKPOINT the shared resnetDEPTH.th",
+             test_specs=("cifar-resnet:20?pretrained=false", "cifar-resnet:32?pretrained=false"))
 def load_cifar_resnet(spec: str, args: list[str], options: dict) -> CifarResNetAnchor:
     """`cifar-resnet:DEPTH[:PATH]`; without PATH the shared folder's resnetDEPTH.th is used.
     Option `pretrained=false` builds random weights."""

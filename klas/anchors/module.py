@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from klas.anchors.base import Anchor
+from klas.anchors.registry import anchor_kind
 from klas.errors import AnchorError
 
 __all__ = ["ModuleAnchor", "load_module"]
@@ -58,6 +59,19 @@ class ModuleAnchor(Anchor):
         return self.model["head"](h)
 
 
+def example_anchor(num_classes: int = 5, width: int = 8) -> dict:
+    """A factory for `module:` specs to copy: three conv blocks on 16x16 images, random weights
+    (`module:klas.anchors.module:example_anchor?num_classes=10`)."""
+    stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU())
+    blocks = [nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU()) for _ in range(3)]
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+    return {"stem": stem, "blocks": blocks, "head": head, "input_size": (3, 16, 16), "name": "example"}
+
+
+@anchor_kind("module", usage="module:PACKAGE.MODULE:FACTORY",
+             help="imports PACKAGE.MODULE and calls FACTORY(**options): an Anchor, or a dict of stem, blocks, "
+                  "head and input_size (runs code: give only specs you trust)",
+             test_specs=("module:klas.anchors.module:example_anchor",))
 def load_module(spec: str, args: list[str], options: dict) -> Anchor:
     if len(args) != 2 or not all(args):
         raise AnchorError(f"anchor spec {spec!r}: expected module:package.module:factory")

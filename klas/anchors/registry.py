@@ -19,31 +19,62 @@ factory in it. Specs read back from files klas wrote are compared as text and ne
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
 
 from klas.anchors.base import Anchor
 from klas.errors import AnchorError
 
-__all__ = ["load_anchor", "parse_spec", "register_adapter", "ADAPTERS", "OPTIONS"]
+__all__ = ["load_anchor", "parse_spec", "register_adapter", "anchor_kind", "AnchorKind", "KINDS", "ADAPTERS",
+           "OPTIONS", "COMMON_OPTIONS"]
 
 Loader = Callable[[str, list, dict], Anchor]
-ADAPTERS: dict[str, Loader] = {}
-# kind -> {option: type} for adapters that declare their options (others take any key=value)
-OPTIONS: dict[str, dict[str, type]] = {}
-OPEN_KINDS: set[str] = set()  # kinds whose undeclared options pass through, loosely typed
 COMMON_OPTIONS = {"seed": int}
 MAX_SPEC_CHARS = 4096
 
 
+@dataclass(frozen=True)
+class AnchorKind:
+    """One kind of anchor spec.
+
+    usage: the spec's form (``cifar-resnet:DEPTH[:CHECKPOINT]``); help: what it builds.
+    options: declared option names and types, parsed strictly; open_options: undeclared options
+        pass through loosely typed (for adapters that forward them, e.g. to timm.create_model).
+    test_specs: specs of this kind that build here without downloads or shared files (random
+        weights, small inputs): the anchor contract tests run on each.
+    """
+    kind: str
+    loader: Loader = field(repr=False)
+    usage: str = ""
+    help: str = ""
+    options: dict = field(default_factory=dict)
+    open_options: bool = False
+    test_specs: tuple[str, ...] = ()
+
+
+KINDS: dict[str, AnchorKind] = {}
+ADAPTERS: dict[str, Loader] = {}  # kind -> loader (a view of KINDS)
+OPTIONS: dict[str, dict[str, type]] = {}  # kind -> declared options (a view of KINDS)
+
+
 def register_adapter(kind: str, loader: Loader, options: dict[str, type] | None = None, *,
-                     open_options: bool = False) -> None:
+                     open_options: bool = False, usage: str = "", help: str = "",
+                     test_specs: tuple[str, ...] = ()) -> None:
     """Makes `kind:` specs load through `loader(spec, args, options)`. `options` declares option
-    names and types, parsed strictly; other names are refused unless `open_options` (then they
-    pass through loosely typed, for adapters that forward them, e.g. to timm.create_model)."""
+    names and types, parsed strictly; other names are refused unless `open_options` (an adapter
+    that declares none takes any key=value, loosely typed)."""
+    KINDS[kind] = AnchorKind(kind, loader, usage or f"{kind}:...", help, dict(options or {}),
+                             open_options or options is None, tuple(test_specs))
     ADAPTERS[kind] = loader
     OPTIONS[kind] = dict(options or {})
-    if open_options or options is None:
-        OPEN_KINDS.add(kind)
+
+
+def anchor_kind(kind: str, **registration):
+    """Decorator form of `register_adapter` on a loader ``fn(spec, args, options) -> Anchor``."""
+    def wrap(loader: Loader) -> Loader:
+        register_adapter(kind, loader, **registration)
+        return loader
+    return wrap
 
 
 _TRUE, _FALSE = ("true", "yes"), ("false", "no")
@@ -106,7 +137,7 @@ def parse_spec(spec: str) -> tuple[str, list[str], dict]:
             raise AnchorError(f"anchor spec {spec!r}: option {key!r} is given twice")
         if key in declared:
             options[key] = _typed(spec, key, val, declared[key])
-        elif kind in OPEN_KINDS or kind not in ADAPTERS:
+        elif kind not in KINDS or KINDS[kind].open_options:
             options[key] = _value(val)
         else:
             raise AnchorError(f"anchor spec {spec!r}: unknown option {key!r} for {kind}: (known: "

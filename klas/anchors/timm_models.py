@@ -1,7 +1,8 @@
 """timm models as anchors: `timm:MODEL_NAME[?pretrained=false&img_size=64&num_classes=10]`.
 
 One small adapter per model family says what the stem, the blocks and the head are, following
-each family's own `forward_features` / `forward_head`:
+each family's own `forward_features` / `forward_head`. Each registers itself (`timm_family`) with
+the timm model class it adapts and the timm modules that define that family's models:
 
 - VisionTransformer (ViT, DeiT, DeiT distilled): stem = patch embed + position embed;
   blocks = `blocks`; head = `norm` + `forward_head`. Tokens, layout ``[B, L, C]``.
@@ -10,15 +11,53 @@ each family's own `forward_features` / `forward_head`:
 - ResNet: stem = conv1/bn1/act1/maxpool; blocks = `layer1..4` in order; head = `forward_head`.
 - LeViT: stem = `stem` + flatten to tokens; blocks = every stage's blocks, downsampling folded
   into the first block of the stage; head = `forward_head`. Tokens.
+
+timm has no public call for a ViT's stem alone (`forward_intermediates` starts at the images and
+returns block outputs), so the ViT stem calls the same parts as `forward_features` does, `_pos_embed`
+among them; the tests hold every adapter's cut-and-rejoin to the model's own forward.
+
+`img_size` sets the input size; convolutional families take any size and are not passed it.
 """
 from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
 
 from torch import nn
 
 from klas.anchors.base import Anchor
+from klas.anchors.registry import anchor_kind
 from klas.errors import AnchorError
 
-__all__ = ["load_timm"]
+__all__ = ["load_timm", "timm_family", "TimmFamily", "TIMM_FAMILIES"]
+
+
+@dataclass(frozen=True)
+class TimmFamily:
+    """A timm model family klas can cut: its adapter, the timm class it adapts (a subclass also
+    fits), the timm modules whose models belong to it, and whether `img_size` is for the input only."""
+    name: str
+    model_class: str  # "timm.models.resnet.ResNet"
+    modules: tuple[str, ...]  # "timm.models.resnet", ...
+    adapter: type
+    input_size_only: bool = False
+    test_spec: str = ""  # a model of the family built with random weights at a small size (contract tests)
+
+    def adapts(self, model) -> bool:
+        module, _, cls = self.model_class.rpartition(".")
+        return isinstance(model, getattr(importlib.import_module(module), cls))
+
+
+TIMM_FAMILIES: dict[str, TimmFamily] = {}
+
+
+def timm_family(name: str, model_class: str, modules: tuple[str, ...], *, input_size_only: bool = False,
+                test_spec: str = ""):
+    """Class decorator: registers an Anchor subclass as the adapter of a timm family."""
+    def wrap(adapter):
+        TIMM_FAMILIES[name] = TimmFamily(name, model_class, tuple(modules), adapter, input_size_only, test_spec)
+        return adapter
+    return wrap
 
 
 def _stage_blocks(stages, prefix: str) -> tuple[list[nn.Module], list[str]]:
@@ -35,6 +74,9 @@ def _stage_blocks(stages, prefix: str) -> tuple[list[nn.Module], list[str]]:
     return blocks, names
 
 
+@timm_family("vit", "timm.models.vision_transformer.VisionTransformer",
+             ("timm.models.vision_transformer", "timm.models.deit"),
+             test_spec="timm:deit_tiny_patch16_224?pretrained=false&img_size=32&patch_size=8")
 class VitAnchor(Anchor):
     layout = "nlc"
 
@@ -50,6 +92,8 @@ class VitAnchor(Anchor):
         return self.model.forward_head(self.model.norm(h))
 
 
+@timm_family("swin", "timm.models.swin_transformer.SwinTransformer", ("timm.models.swin_transformer",),
+             test_spec="timm:swin_tiny_patch4_window7_224?pretrained=false&img_size=64&window_size=4")
 class SwinAnchor(Anchor):
     layout = "nhwc"
 
@@ -64,6 +108,8 @@ class SwinAnchor(Anchor):
         return self.model.forward_head(self.model.norm(h))
 
 
+@timm_family("resnet", "timm.models.resnet.ResNet", ("timm.models.resnet",), input_size_only=True,
+             test_spec="timm:resnet18?pretrained=false&img_size=64")
 class ResNetAnchor(Anchor):
     layout = "nchw"
 
@@ -84,6 +130,8 @@ class ResNetAnchor(Anchor):
         return self.model.forward_head(h)
 
 
+@timm_family("levit", "timm.models.levit.Levit", ("timm.models.levit",),
+             test_spec="timm:levit_128s?pretrained=false&img_size=64")
 class LevitAnchor(Anchor):
     layout = "nlc"
 
@@ -100,22 +148,34 @@ class LevitAnchor(Anchor):
         return self.model.forward_head(h)
 
 
-def _adapter_for(model) -> type[Anchor]:
-    from timm.models.levit import Levit
-    from timm.models.resnet import ResNet
-    from timm.models.swin_transformer import SwinTransformer
-    from timm.models.vision_transformer import VisionTransformer
-
-    for cls, adapter in ((VisionTransformer, VitAnchor), (SwinTransformer, SwinAnchor),
-                         (ResNet, ResNetAnchor), (Levit, LevitAnchor)):
-        if isinstance(model, cls):
-            return adapter
-    raise AnchorError(
-        f"timm model class {type(model).__name__} has no klas adapter yet (supported: ViT/DeiT, "
-        "Swin, ResNet, LeViT); wrap it with a module: spec instead"
-    )
+def _supported() -> str:
+    return ", ".join(f"{f.name} ({f.model_class.rsplit('.', 1)[-1]})" for f in TIMM_FAMILIES.values())
 
 
+def _family_by_module(name: str) -> TimmFamily | None:
+    """The family whose timm module defines model `name` (known before the model is built)."""
+    from timm.models import model_entrypoint
+
+    module = model_entrypoint(name).__module__
+    return next((f for f in TIMM_FAMILIES.values() if module in f.modules), None)
+
+
+def _family_of(model) -> TimmFamily:
+    for family in TIMM_FAMILIES.values():
+        if family.adapts(model):
+            return family
+    raise AnchorError(f"timm model class {type(model).__name__} has no klas adapter yet (supported: {_supported()}); "
+                      "wrap it with a module: spec instead")
+
+
+@anchor_kind("timm", options={"pretrained": bool, "num_classes": int, "img_size": int, "patch_size": int,
+                               "depth": int, "window_size": int, "in_chans": int}, open_options=True,
+             usage="timm:MODEL_NAME",
+             help="a timm model by name; options go to timm.create_model (pretrained defaults to true)",
+             test_specs=(*(f.test_spec for f in TIMM_FAMILIES.values()),
+                         "timm:deit_tiny_distilled_patch16_224?pretrained=false&img_size=32&patch_size=8",
+                         "timm:vit_small_patch16_224?pretrained=false&img_size=32&patch_size=16&depth=4",
+                         "timm:resnet18?pretrained=false&num_classes=10"))
 def load_timm(spec: str, args: list[str], options: dict) -> Anchor:
     """Builds a timm model by name (options go to timm.create_model; pretrained defaults to True)."""
     import timm
@@ -129,11 +189,14 @@ def load_timm(spec: str, args: list[str], options: dict) -> Anchor:
         raise AnchorError(f"unknown timm model {name!r}" + (f"; similar names: {', '.join(close)}" if close else ""))
     kwargs = dict(options)
     kwargs.setdefault("pretrained", True)
+    expected = _family_by_module(name)
+    if expected is not None and expected.input_size_only:
+        kwargs.pop("img_size", None)
     try:
         model = timm.create_model(name, **kwargs)
     except Exception as e:  # timm raises many types (network, hub, bad kwargs)
         raise AnchorError(f"timm could not build {name!r} with {kwargs} ({type(e).__name__}: {e})") from None
-    adapter = _adapter_for(model)
+    adapter = _family_of(model).adapter
     blocks, names = adapter.parts(model)
     cfg = resolve_data_config({}, model=model)
     if "img_size" in options:  # the pretrained config still names the default resolution

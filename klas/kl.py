@@ -323,9 +323,6 @@ def kl_matrix(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature
     return kl_matrix_torch(logits_src, logits_tgt, temperature=temperature)
 
 
-Probe = "tuple[torch.Tensor, torch.Tensor] | None"
-
-
 def probe_logits(features: Sequence[torch.Tensor], probes: Sequence) -> torch.Tensor:
     """Logits ``[K, n, C]`` of K probes on one chunk: features[k] ``[n, d_k]``, probes[k] = (W ``[C, d_k]``,
     b ``[C]``), or None where features[k] already are logits (an anchor's own head)."""

@@ -280,3 +280,15 @@ def test_check_values_finds_every_kind_of_non_finite_value(tmp_path, dtype):
             reader.check_values(bad)
     with pytest.raises(CacheError, match="labels outside 0..2"):
         reader.check_values(good, torch.full((32,), 3, dtype=torch.int64))
+
+
+def test_the_native_build_agrees_with_the_python_shard_layout():
+    """The shard layout is written twice (format.py and csrc/shard.h); the bound constants must agree."""
+    from klas.cache import format as fmt
+    from klas.cache.reader import native_available
+
+    if not native_available():
+        pytest.skip("klas._C is not built here")
+    from klas import _C
+
+    assert (_C.SHARD_HEADER_BYTES, _C.SHARD_VERSION) == (fmt.HEADER_BYTES, fmt.SHARD_VERSION)

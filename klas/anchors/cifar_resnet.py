@@ -22,7 +22,6 @@ __all__ = ["CifarResNet", "CifarResNetAnchor", "load_cifar_resnet"]
 
 CIFAR_MEAN = (0.485, 0.456, 0.406)
 CIFAR_STD = (0.229, 0.224, 0.225)
-DEPTHS = (20, 32, 44, 56, 110)
 
 
 class BasicBlock(nn.Module):

@@ -26,6 +26,7 @@ from klas.cache.format import (
     DTYPES,
     HEADER_BYTES,
     HEADER_FORMAT,
+    SHARD_MAGIC,
     SHARD_VERSION,
     Manifest,
     checksum,
@@ -43,6 +44,15 @@ try:
 except ImportError as _e:  # pragma: no cover - exercised only on a broken build
     _C = None
     _IMPORT_ERROR = _e
+else:
+    # the shard layout is defined here (format.py) and in csrc/shard.h: a build of other sources is not used
+    if (_C.SHARD_HEADER_BYTES, _C.SHARD_VERSION) != (HEADER_BYTES, SHARD_VERSION):  # pragma: no cover
+        import warnings
+
+        warnings.warn(f"klas._C was built for shard version {_C.SHARD_VERSION} ({_C.SHARD_HEADER_BYTES}-byte "
+                      f"headers), this klas writes version {SHARD_VERSION}: the native reader is off; rebuild it "
+                      "with `python setup.py build_ext --inplace`", stacklevel=1)
+        _C = None
 
 
 def native_available() -> bool:
@@ -293,7 +303,7 @@ class _PythonShards:
             fail(f"{'truncated' if actual < expected else 'too long'}: {actual} bytes on disk, "
                  f"the manifest implies {expected}; re-run extraction for this anchor and split")
         data = np.memmap(path, dtype=np.uint8, mode="r")
-        if bytes(data[:8]) != b"KLASSHRD":
+        if bytes(data[:8]) != SHARD_MAGIC:
             fail("not a klas shard (bad magic bytes)")
         version, dtype, rows, row_bytes, lo, index, first_row = struct.unpack(HEADER_FORMAT, bytes(data[8:56]))
         if version != SHARD_VERSION:

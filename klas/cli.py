@@ -191,14 +191,14 @@ def _cmd_probes(args) -> int:
 
     names = _anchor_names(args, "train")
     root = Path(args.cache)
+    out = Path(args.out) if args.out else root / "probes"
     sets = train_probes(
         [root / n / "train" for n in names], [root / n / "val" for n in names], epochs=args.epochs,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, labels=args.labels, seed=args.seed, device=args.device,
-        standardise=not args.no_standardise,
+        standardise=not args.no_standardise, curve=out / "training.csv",
         progress=not args.quiet,
     )
-    out = Path(args.out) if args.out else root / "probes"
     if distributed.is_main():
         for ps in sets:
             ps.save(out)

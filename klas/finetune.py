@@ -37,6 +37,7 @@ from klas.errors import KlasError, UsageError
 from klas.files import torch_save_atomic
 from klas.progress import progress_bar
 from klas.stitch import StitchedSupernet
+from klas.training_log import TRAINING_CSV, TrainingLog
 
 __all__ = ["FinetuneSettings", "finetune", "route_schedule", "CHECKPOINT"]
 
@@ -181,9 +182,13 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                         find_unused_parameters=True)
 
+    curve = TrainingLog(out_dir / TRAINING_CSV, ["step", "route", "loss", "lr"], resume_from=start,
+                        enabled=dist.is_main())
+
     def save(step: int) -> None:
         if not dist.is_main():
             return
+        curve.flush()  # the curve holds exactly the steps the checkpoint holds
         _save_checkpoint(ckpt, {"step": step, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                                 "scheduler": scheduler.state_dict(), "routes": [r.name for r in net.routes],
                                 "settings": settings.fingerprint()})
@@ -207,11 +212,13 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        lr = scheduler.get_last_lr()[0]
         scheduler.step()
         loss_value = loss.detach().item()
         if not math.isfinite(loss_value):
             raise KlasError(f"finetuning diverged at step {step} (route {net.routes[k].name}, loss {loss_value}); "
                             f"the last checkpoint in {out_dir} is intact: lower the learning rate and run again")
+        curve.row(step=step, route=net.routes[k].name, loss=loss_value, lr=lr)
         bar.set_postfix(loss=f"{loss_value:.3f}", route=k)
         bar.update(1)
         if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
@@ -219,6 +226,7 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
     bar.close()
     if not ckpt.is_file():  # steps = 0: the untrained supernet is the result
         save(settings.steps)
+    curve.close()
     dist.barrier()  # rank 0's last checkpoint is on disk
     net.eval()
     return {"steps": settings.steps, "resumed_from": start, "seconds": time.perf_counter() - began,

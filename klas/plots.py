@@ -7,7 +7,7 @@ import torch
 
 from klas.files import atomic_path
 
-__all__ = ["pair_heatmap", "selection_scatter", "recovery_plot"]
+__all__ = ["pair_heatmap", "selection_scatter", "recovery_plot", "training_curves"]
 
 
 def _save(fig, path: Path) -> Path:
@@ -139,3 +139,34 @@ def recovery_plot(report: dict, path: Path) -> Path:
     fig.suptitle(f"recovery test {pair.get('source', '')} -> {pair.get('target', '')}: "
                  f"{len(configs)} configurations, {len(good)} good (δ = {report['settings']['delta']} points)")
     return _save(fig, path)
+
+
+def training_curves(curves: dict[str, dict[str, list[float]]], path: Path, title: str = "") -> Path | None:
+    """Loss (running mean over 50 steps) and learning rate against step, one line per training
+    (name -> klas.training_log.read_curve of its CSV); None when no curve has rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {name: c for name, c in curves.items() if c.get("step") and c.get("loss")}
+    if not curves:
+        return None
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7.5, 5.5), sharex=True, constrained_layout=True,
+                                         gridspec_kw={"height_ratios": [3, 1]})
+    for n, (name, c) in enumerate(curves.items()):
+        loss = torch.tensor(c["loss"], dtype=torch.float64)
+        window = min(50, len(loss))
+        smooth = loss.unfold(0, window, 1).nanmean(dim=1) if window > 1 else loss
+        steps = c["step"][window - 1:]
+        ax_loss.plot(steps, smooth.tolist(), color=f"C{n}", lw=1.2, label=f"{name} ({len(loss)} steps)")
+        if c.get("lr"):
+            ax_lr.plot(c["step"], c["lr"], color=f"C{n}", lw=1)
+    ax_loss.set_ylabel(f"training loss (running mean of {min(50, max(len(c['loss']) for c in curves.values()))})")
+    ax_loss.set_title(title or "training curves", fontsize=10)
+    ax_loss.legend(fontsize=8)
+    ax_loss.grid(alpha=0.3)
+    ax_lr.set_xlabel("step")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.grid(alpha=0.3)
+    return _save(fig, Path(path))

@@ -389,6 +389,7 @@ def train_probes(
     evaluate: bool = True,
     backend: str = "auto",
     standardise: bool = True,
+    curve: str | os.PathLike | None = None,
 ) -> list[ProbeSet]:
     """Trains one probe per block of every anchor, all together, one pass over the caches per epoch.
 
@@ -402,6 +403,8 @@ def train_probes(
             CUDA devices when it is importable).
         standardise: train each probe on standardised features (mean and variance fitted on D_t in
             one pass, folded into the saved weights); see JointProbes.standardise.
+        curve: a CSV path for the training curve (step, epoch, loss per probe, lr; rank 0's batches),
+            written after training (klas.training_log).
 
     Returns:
         One ProbeSet per anchor, in the order given.
@@ -468,6 +471,7 @@ def train_probes(
 
     bar = progress_bar(total=epochs * steps_per_epoch, disable=not progress or not dist.is_main(), desc="probes", unit="step")
     m = model.num_blocks
+    losses, lrs = [], []  # per step; read back once after training (no sync per step)
     for epoch in range(epochs):
         order = row_ranges(n, shuffle=True, seed=seed, epoch=epoch)
         mine = batch_share(order, batch_size, ctx.rank, ctx.world_size)
@@ -483,7 +487,9 @@ def train_probes(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            lrs.append(sched.get_last_lr()[0])
             sched.step()
+            losses.append(loss.detach())
             bar.update(1)
             if progress and dist.is_main():
                 bar.set_postfix(loss=f"{loss.item() / m:.3f}")  # display only: one sync per step
@@ -492,6 +498,13 @@ def train_probes(
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise UsageError(f"probe training diverged (NaN/Inf weights) with lr {lr}; train again with a smaller --lr "
                          "(nothing was written)")
+    if curve is not None and dist.is_main():
+        from klas.training_log import TrainingLog
+
+        log = TrainingLog(curve, ["step", "epoch", "loss", "lr"])
+        for step, (value, rate) in enumerate(zip((torch.stack(losses).float().cpu() / m).tolist(), lrs)):
+            log.row(step=step, epoch=step // steps_per_epoch, loss=value, lr=rate)
+        log.close()
     train_acc = [[] for _ in readers]
     if evaluate:
         train_acc, _ = _accuracy(model, readers, labels, 4 * batch_size, device)

@@ -94,10 +94,11 @@ def _carried_by(results: list[RouteResult], flops: float | None, top1: float | N
 
 def write_report(results: dict[str, list[RouteResult]], out: str | os.PathLike, *, title: str = "",
                  extra: dict | None = None, buckets: dict | None = None, steps: dict | None = None,
-                 stitches_only: bool = False) -> Path:
+                 stitches_only: bool = False, curves: dict | None = None) -> Path:
     """Writes the report for one or more methods (the first is compared against the others).
 
-    buckets: method -> {route name: bucket key}; steps: method -> finetuning steps (see summarise).
+    buckets: method -> {route name: bucket key}; steps: method -> finetuning steps (see summarise);
+    curves: method -> its finetuning's training CSV (klas.training_log), plotted as training_curves.png.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,6 +138,12 @@ def write_report(results: dict[str, list[RouteResult]], out: str | os.PathLike, 
                 w.writerow([m, r.name, r.source, r.target, r.i, r.j, r.flops, r.params, f"{r.top1:.2f}",
                             "" if r.gamma is None else r.gamma, int(r.name in front)])
     _plot(results, methods, out / "accuracy_flops.png", title)
+    if curves:
+        from klas.plots import training_curves
+        from klas.training_log import read_curve
+
+        training_curves({m: read_curve(p) for m, p in curves.items()}, out / "training_curves.png",
+                        title=f"{title}: finetuning" if title else "")
     return out
 
 

@@ -2,13 +2,18 @@
 
 Output layout under ``cfg.out``::
 
+    adapted/<anchor>/               adapted weights + adapted.json, training/ (stage adapt, when on)
     cache/<anchor>/{train,val}/     activation caches          (stage extract)
-    cache/probes/                   probe weights + accuracies (stage probes)
+    cache/probes/                   probe weights + accuracies, training.csv (stage probes)
     cache/scores/                   Θ, Σ, Γ                    (stage score)
     methods/<method>/selection/     selection.json + plot      (stage select, per method)
-    methods/<method>/supernet/      checkpoint.pt              (stage finetune, per method)
-    methods/<method>/evaluation/    evaluation.json: top-1, FLOPs, parameters per route (stage evaluate)
-    report/                         report.json, routes.csv, accuracy_flops.png
+    methods/<method>/<protocol>/supernet/    checkpoint.pt, training.csv (stage finetune, per method
+                                             and finetuning protocol)
+    methods/<method>/<protocol>/evaluation/  evaluation.json: top-1, FLOPs, parameters per route
+                                             (stage evaluate)
+    report/<protocol>/              report.json, routes.csv, accuracy_flops.png, training_curves.png
+    seed-<k>/..., summary/          with `seeds`: the above once per seed, and the intervals
+    recovery/<source>__<target>/    `klas recovery`
 
 Every stage directory gets a ``.klas-stage.json`` with the fingerprint of the config parts its
 outputs depend on, written only after the outputs are complete. A stage whose marker matches is
@@ -35,6 +40,7 @@ from klas.errors import CacheError, KlasError
 from klas.files import write_json_atomic
 from klas.reading import load_checkpoint, read_json
 from klas.select import Selection, read_selection
+from klas.training_log import TRAINING_CSV
 
 __all__ = ["run", "run_methods", "run_recovery", "prepare", "stage_done", "recovery_table", "MARKER"]
 
@@ -127,7 +133,8 @@ def prepare(cfg: RunConfig, *, progress: bool = True, log=print) -> tuple[list, 
         p = cfg.probes
         sets = train_probes([cache / a.name / "train" for a in anchors], [cache / a.name / "val" for a in anchors],
                             epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
-                            labels=p.labels, seed=seed, device=device, progress=progress, standardise=p.standardise)
+                            labels=p.labels, seed=seed, device=device, progress=progress, standardise=p.standardise,
+                            curve=cache / "probes" / "training.csv")
         if dist.is_main():
             for ps in sets:
                 ps.save(cache / "probes")
@@ -218,7 +225,8 @@ def _run_one(cfg: RunConfig, methods: list[str] | None, *, progress: bool, log) 
             write_report(results, report, title=f"{cfg.name} ({protocol} finetuning): " + " vs ".join(methods),
                          extra={"config": cfg.to_json(), "methods_run": methods, "protocol": protocol},
                          buckets=buckets, steps={m: cfg.finetune.steps for m in methods},
-                         stitches_only=PROTOCOLS[protocol])
+                         stitches_only=PROTOCOLS[protocol],
+                         curves={m: _method_dirs(out, m, protocol)[1] / TRAINING_CSV for m in methods})
         dist.barrier()
         if not dist.is_main():
             continue
@@ -277,9 +285,15 @@ def _images(cfg: RunConfig, split: str, anchor, limit):
     return ImageDataset(source, indices, input_size=anchor.input_size, mean=anchor.mean, std=anchor.std)
 
 
+def _method_dirs(out: Path, method: str, protocol: str) -> tuple[Path, Path, Path]:
+    """(selection, supernet, evaluation) folders of one method under one finetuning protocol."""
+    here = out / "methods" / method
+    return here / "selection", here / protocol / "supernet", here / protocol / "evaluation"
+
+
 def _select_stage(cfg: RunConfig, method: str, out: Path, log) -> None:
     """The selection of one method (shared by every finetuning protocol)."""
-    sel_dir = out / "methods" / method / "selection"
+    sel_dir = _method_dirs(out, method, "")[0]
 
     def do_select():
         from klas.plots import selection_scatter
@@ -299,8 +313,7 @@ def _run_method(cfg: RunConfig, method: str, protocol: str, anchors, out: Path, 
     from klas.evaluate import RouteResult, evaluate_routes
     from klas.finetune import CHECKPOINT, FinetuneSettings, finetune
 
-    here = out / "methods" / method
-    sel_dir, net_dir, eval_dir = here / "selection", here / protocol / "supernet", here / protocol / "evaluation"
+    sel_dir, net_dir, eval_dir = _method_dirs(out, method, protocol)
     selection = read_selection(sel_dir / "selection.json")
     f = cfg.finetune
     settings = f.settings(seed=cfg.seed, device=device, stitches_only=PROTOCOLS[protocol])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -88,6 +89,15 @@ def test_run_compares_methods_and_skips_completed_stages(tmp_path, shapes_dir, c
         assert all(0 <= r["top1"] <= 100 and r["total"] == 120 for r in routes)  # one image set: test = all 120
         assert report["methods"][m]["stitches"] == len(routes) - 2
     assert (tmp_path / "out" / "report" / "snnet" / "accuracy_flops.png").stat().st_size > 5000
+    # every training leaves its curve: a row per step beside its checkpoint, and the report plots them
+    from klas.training_log import read_curve
+
+    for m in ("klas", "snnet-nearest"):
+        curve = read_curve(tmp_path / "out" / "methods" / m / "snnet" / "supernet" / "training.csv")
+        assert curve["step"] == list(range(6)) and all(math.isfinite(v) and v > 0 for v in curve["loss"])
+    probes = read_curve(tmp_path / "out" / "cache" / "probes" / "training.csv")
+    assert len(probes["step"]) > 0 and probes["epoch"][-1] == 1 and probes["lr"][0] > probes["lr"][-1]
+    assert (tmp_path / "out" / "report" / "snnet" / "training_curves.png").stat().st_size > 5000
     capsys.readouterr()
     # a second run finds every stage complete
     assert main(["run", str(config), "--quiet"]) == 0

@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from klas.kernels.common import check_tensors, launch_config
+
 __all__ = ["linear_cross_entropy", "MAX_CLASSES"]
 
 MAX_CLASSES = 4096
@@ -77,23 +79,30 @@ def _linear_ce_kernel(
                       mask=mask_c[:, None] & mask_w[None, :])
 
 
+def _launch_linear_ce(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, target: torch.Tensor,
+                      smoothing: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-probe mean cross-entropy ``[n]`` and the gradients dW ``[n, C, w]``, dβ ``[n, C]`` (fp32)."""
+    b, n, w = x.shape
+    c = weight.shape[1]
+    x = x if x.stride(2) == 1 else x.contiguous()
+    loss = torch.zeros(n, dtype=torch.float32, device=x.device)
+    dw = torch.zeros(n, c, w, dtype=torch.float32, device=x.device)
+    db = torch.zeros(n, c, dtype=torch.float32, device=x.device)
+    cfg = launch_config(BLOCK_B=16, BLOCK_C=c, BLOCK_W=w, high=64)
+    blocks = {**cfg.blocks, "BLOCK_C": max(16, triton.next_power_of_2(c))}  # C in one tile (≤ MAX_CLASSES)
+    grid = (n, triton.cdiv(b, blocks["BLOCK_B"]))
+    _linear_ce_kernel[grid](x, weight.detach().float().contiguous(), bias.detach().float().contiguous(), target,
+                            loss, dw, db, b, c, w, x.stride(0), x.stride(1), target.stride(0), target.stride(1),
+                            1.0 / b, float(smoothing), num_warps=cfg.num_warps, **blocks)
+    return loss, dw, db
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
+    """Forward runs the fused kernel, which leaves the gradients too; backward scales them."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, target, smoothing):
-        b, n, w = x.shape
-        c = weight.shape[1]
-        x = x if x.stride(2) == 1 else x.contiguous()
-        weight_c = weight.detach().float().contiguous()
-        bias_c = bias.detach().float().contiguous()
-        loss = torch.zeros(n, dtype=torch.float32, device=x.device)
-        dw = torch.zeros(n, c, w, dtype=torch.float32, device=x.device)
-        db = torch.zeros(n, c, dtype=torch.float32, device=x.device)
-        block_b = 16
-        grid = (n, triton.cdiv(b, block_b))
-        _linear_ce_kernel[grid](x, weight_c, bias_c, target, loss, dw, db, b, c, w,
-                                x.stride(0), x.stride(1), target.stride(0), target.stride(1), 1.0 / b, float(smoothing),
-                                BLOCK_B=block_b, BLOCK_C=max(16, triton.next_power_of_2(c)),
-                                BLOCK_W=min(64, max(16, triton.next_power_of_2(w))))
+        loss, dw, db = _launch_linear_ce(x, weight, bias, target, smoothing)
         ctx.save_for_backward(dw, db)
         ctx.dtypes = (weight.dtype, bias.dtype)
         return loss.sum()
@@ -110,6 +119,13 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
     x ``[b, n, w]`` (features, no gradient), weight ``[n, C, w]``, bias ``[n, C]``, target ``[b, n]``.
     """
+    check_tensors("linear_cross_entropy", float_inputs={"x": x, "weight": weight, "bias": bias},
+                  other={"target": target}, ndim={"x": 3, "weight": 3, "bias": 2, "target": 2})
+    b, n, w = x.shape
+    if tuple(weight.shape[::2]) != (n, w) or tuple(bias.shape) != tuple(weight.shape[:2]) or tuple(target.shape) != (b, n):
+        raise ValueError(f"linear_cross_entropy: x {list(x.shape)}, weight {list(weight.shape)}, bias "
+                         f"{list(bias.shape)}, target {list(target.shape)} do not fit [b, n, w], [n, C, w], [n, C], "
+                         "[b, n]")
     if weight.shape[1] > MAX_CLASSES:
         raise ValueError(f"the fused probe loss holds C in one tile; C={weight.shape[1]} > {MAX_CLASSES}")
     return _LinearCrossEntropy.apply(x, weight, bias, target.long(), label_smoothing)

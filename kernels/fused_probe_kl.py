@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from klas.kernels.kl_matrix import online_softmax_step
+from klas.kernels.common import check_tensors, kahan_add, launch_config, online_softmax_step, row_stats_end, sample_slices
 
 __all__ = ["ProbePack", "probe_kl_partial"]
 
@@ -72,10 +72,9 @@ def _probe_row_stats_kernel(
         mask = mask_n[:, None] & mask_c[None, :]
         z = tl.where(mask, z, float("-inf"))
         m, s, t = online_softmax_step(m, s, t, z, mask, mask_n)
-    s = tl.where(mask_n, s, 1.0)
-    lse = m + tl.log(s)
+    lse, plogp = row_stats_end(m, s, t, mask_n)
     tl.store(lse_ptr + k * n + offs_n, lse, mask=mask_n)
-    tl.store(plogp_ptr + k * n + offs_n, t / s - lse, mask=mask_n)
+    tl.store(plogp_ptr + k * n + offs_n, plogp, mask=mask_n)
 
 
 @triton.jit
@@ -132,11 +131,9 @@ def _probe_cross_kernel(
                                C, Dt, stride_t, inv_t, BLOCK_B, BLOCK_N, BLOCK_C, BLOCK_D)
             mb = mask_b[:, None, None] & mask_n[None, :, None] & mask_c[None, None, :]
             log_q = tl.where(mb, zt - lt[:, :, None], 0.0)
-            y = tl.dot(tl.reshape(p, (BLOCK_A, BLOCK_N * BLOCK_C)),
-                       tl.trans(tl.reshape(log_q, (BLOCK_B, BLOCK_N * BLOCK_C))), input_precision="ieee") - comp
-            total = acc + y
-            comp = (total - acc) - y
-            acc = total
+            acc, comp = kahan_add(acc, comp, tl.dot(tl.reshape(p, (BLOCK_A, BLOCK_N * BLOCK_C)),
+                                                    tl.trans(tl.reshape(log_q, (BLOCK_B, BLOCK_N * BLOCK_C))),
+                                                    input_precision="ieee"))
     out = out_ptr + pid_s.to(tl.int64) * Ks * Kt + src[:, None] * Kt + tgt[None, :]
     tl.store(out, acc, mask=mask_a[:, None] & mask_b[None, :])
 
@@ -166,21 +163,51 @@ class ProbePack:
                 self.bias[i] = bias.float()
         if not (torch.isfinite(self.weight).all() and torch.isfinite(self.bias).all()):
             raise ValueError("probe weights hold NaN or Inf values")
-
-    def row_stats(self, x: torch.Tensor, inv_t: float) -> tuple[torch.Tensor, torch.Tensor]:
-        n = x.shape[0]
-        lse = torch.empty(self.k, n, dtype=torch.float32, device=x.device)
-        plogp = torch.empty_like(lse)
-        block_c, block_d = min(64, max(16, triton.next_power_of_2(self.c))), min(64, max(16, triton.next_power_of_2(self.d)))
-        grid = (self.k, triton.cdiv(n, 16))
-        _probe_row_stats_kernel[grid](x, self.offsets, self.widths, self.weight, self.bias, lse, plogp,
-                                      n, self.c, self.d, x.stride(0), inv_t,
-                                      BLOCK_N=16, BLOCK_C=block_c, BLOCK_D=block_d)
-        return lse, plogp
+        self.total_width = sum(widths)
 
 
-def _features_matrix(features: Sequence[torch.Tensor]) -> torch.Tensor:
-    x = torch.cat(list(features), dim=1)  # features only: the logits are never materialised
+def _launch_probe_row_stats(pack: ProbePack, x: torch.Tensor, inv_t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """lse and Σ_c p log p ``[K, n]`` fp32 of `pack`'s probes on features x ``[n, Σ d]``."""
+    n = x.shape[0]
+    lse = torch.empty(pack.k, n, dtype=torch.float32, device=x.device)
+    plogp = torch.empty_like(lse)
+    cfg = launch_config(BLOCK_N=16, BLOCK_C=pack.c, BLOCK_D=pack.d)
+    grid = (pack.k, triton.cdiv(n, cfg.blocks["BLOCK_N"]))
+    _probe_row_stats_kernel[grid](x, pack.offsets, pack.widths, pack.weight, pack.bias, lse, plogp,
+                                  n, pack.c, pack.d, x.stride(0), inv_t, num_warps=cfg.num_warps, **cfg.blocks)
+    return lse, plogp
+
+
+def _launch_probe_cross(xs: torch.Tensor, pack_src: ProbePack, lse_s: torch.Tensor, xt: torch.Tensor,
+                        pack_tgt: ProbePack, lse_t: torch.Tensor, inv_t: float,
+                        num_slices: int | None) -> torch.Tensor:
+    """Partial Σ p_a log q_b ``[S, Ks, Kt]`` fp32, one per slice of samples."""
+    n = xs.shape[0]
+    cfg = launch_config(BLOCK_A=16, BLOCK_B=16, BLOCK_N=16, BLOCK_C=pack_src.c, BLOCK_D=max(pack_src.d, pack_tgt.d),
+                        high=32)
+    b = cfg.blocks
+    tiles = triton.cdiv(pack_src.k, b["BLOCK_A"]) * triton.cdiv(pack_tgt.k, b["BLOCK_B"])
+    slices, per_slice = sample_slices(n, tiles, xs.device, per_sm=2, min_samples=b["BLOCK_N"], num_slices=num_slices)
+    partial = torch.empty(slices, pack_src.k, pack_tgt.k, dtype=torch.float32, device=xs.device)
+    grid = (triton.cdiv(pack_src.k, b["BLOCK_A"]), triton.cdiv(pack_tgt.k, b["BLOCK_B"]), slices)
+    _probe_cross_kernel[grid](
+        xs, pack_src.offsets, pack_src.widths, pack_src.weight, pack_src.bias, lse_s,
+        xt, pack_tgt.offsets, pack_tgt.widths, pack_tgt.weight, pack_tgt.bias, lse_t,
+        partial, pack_src.k, pack_tgt.k, n, pack_src.c, pack_src.d, pack_tgt.d, xs.stride(0), xt.stride(0), inv_t,
+        per_slice, num_warps=cfg.num_warps, **b,
+    )
+    return partial
+
+
+def _features_matrix(features: Sequence[torch.Tensor], pack: ProbePack, side: str) -> torch.Tensor:
+    """The probes' features side by side ``[n, Σ d]``, checked against the pack."""
+    features = list(features)
+    check_tensors(f"probe_kl_partial ({side})", float_inputs={f"features[{k}]": f for k, f in enumerate(features)},
+                  other={"weights": pack.weight}, ndim={f"features[{k}]": 2 for k in range(len(features))})
+    if len(features) != pack.k or [f.shape[1] for f in features] != pack.widths.tolist():
+        raise ValueError(f"probe_kl_partial ({side}): features of widths {[f.shape[1] for f in features]} for probes "
+                         f"of widths {pack.widths.tolist()}")
+    x = torch.cat(features, dim=1)  # features only: the logits are never materialised
     if not torch.isfinite(x).all():
         raise ValueError("features hold NaN or Inf values")
     return x
@@ -193,27 +220,13 @@ def probe_kl_partial(feats_src: Sequence[torch.Tensor], pack_src: ProbePack, fea
 
     feats_*: one ``[n, d_k]`` tensor per probe; feats_tgt None means the same features as the source.
     """
-    xs = _features_matrix(feats_src)
-    xt = xs if feats_tgt is None else _features_matrix(feats_tgt)
-    n = xs.shape[0]
+    xs = _features_matrix(feats_src, pack_src, "source")
+    xt = xs if feats_tgt is None else _features_matrix(feats_tgt, pack_tgt, "target")
+    if pack_src.c != pack_tgt.c or xt.shape[0] != xs.shape[0]:
+        raise ValueError(f"probe_kl_partial: {pack_src.c} and {pack_tgt.c} classes, {xs.shape[0]} and {xt.shape[0]} "
+                         "samples; both sides need the same")
     inv_t = 1.0 / float(temperature)
-    lse_s, plogp_s = pack_src.row_stats(xs, inv_t)
-    lse_t, _ = (lse_s, None) if (feats_tgt is None and pack_tgt is pack_src) else pack_tgt.row_stats(xt, inv_t)
-    block_a, block_b, block_n = 16, 16, 16
-    block_c = min(32, max(16, triton.next_power_of_2(pack_src.c)))
-    block_d = min(32, max(16, triton.next_power_of_2(max(pack_src.d, pack_tgt.d))))
-    tiles = triton.cdiv(pack_src.k, block_a) * triton.cdiv(pack_tgt.k, block_b)
-    if num_slices is None:
-        sms = torch.cuda.get_device_properties(xs.device).multi_processor_count if xs.is_cuda else 2
-        num_slices = max(1, min(triton.cdiv(n, block_n), triton.cdiv(2 * sms, tiles)))
-    per_slice = triton.cdiv(triton.cdiv(n, num_slices), block_n) * block_n
-    num_slices = triton.cdiv(n, per_slice)
-    partial = torch.empty(num_slices, pack_src.k, pack_tgt.k, dtype=torch.float32, device=xs.device)
-    grid = (triton.cdiv(pack_src.k, block_a), triton.cdiv(pack_tgt.k, block_b), num_slices)
-    _probe_cross_kernel[grid](
-        xs, pack_src.offsets, pack_src.widths, pack_src.weight, pack_src.bias, lse_s,
-        xt, pack_tgt.offsets, pack_tgt.widths, pack_tgt.weight, pack_tgt.bias, lse_t,
-        partial, pack_src.k, pack_tgt.k, n, pack_src.c, pack_src.d, pack_tgt.d, xs.stride(0), xt.stride(0), inv_t,
-        per_slice, BLOCK_A=block_a, BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_D=block_d,
-    )
+    lse_s, plogp_s = _launch_probe_row_stats(pack_src, xs, inv_t)
+    lse_t = lse_s if (feats_tgt is None and pack_tgt is pack_src) else _launch_probe_row_stats(pack_tgt, xt, inv_t)[0]
+    partial = _launch_probe_cross(xs, pack_src, lse_s, xt, pack_tgt, lse_t, inv_t, num_slices)
     return plogp_s.sum(dim=1, dtype=torch.float64), partial.sum(dim=0, dtype=torch.float64)

@@ -27,19 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
+from klas.kernels.common import check_tensors, kahan_add, launch_config, online_softmax_step, row_stats_end, sample_slices
+
 __all__ = ["kl_partial_sums", "kl_matrix_triton"]
-
-
-@triton.jit
-def online_softmax_step(m, s, t, z, mask, mask_n):
-    """Folds one tile of classes z ``[rows, classes]`` into each row's running max m, Σ exp(z − m) s
-    and Σ exp(z − m)·z t; rows outside mask_n stay finite."""
-    m_new = tl.where(mask_n, tl.maximum(m, tl.max(z, axis=1)), 0.0)
-    alpha = tl.exp(m - m_new)
-    e = tl.where(mask, tl.exp(z - m_new[:, None]), 0.0)
-    s = s * alpha + tl.sum(e, axis=1)
-    t = t * alpha + tl.sum(e * tl.where(mask, z, 0.0), axis=1)
-    return m_new, s, t
 
 
 @triton.jit
@@ -62,10 +52,9 @@ def _row_stats_kernel(
         mask = mask_n[:, None] & (offs_c < C)[None, :]
         z = tl.load(row + offs_c[None, :], mask=mask, other=float("-inf")).to(tl.float32) * inv_t
         m, s, t = online_softmax_step(m, s, t, z, mask, mask_n)
-    s = tl.where(mask_n, s, 1.0)
-    lse = m + tl.log(s)
+    lse, plogp = row_stats_end(m, s, t, mask_n)
     tl.store(lse_ptr + k * N + offs_n, lse, mask=mask_n)
-    tl.store(plogp_ptr + k * N + offs_n, t / s - lse, mask=mask_n)
+    tl.store(plogp_ptr + k * N + offs_n, plogp, mask=mask_n)
 
 
 @triton.jit
@@ -104,26 +93,36 @@ def _cross_kernel(
         zt = tl.load(zt_ptr + tgt_rows + offs_r[None, :], mask=mb, other=0.0).to(tl.float32)
         lt = tl.load(lse_t_ptr + offs_b.to(tl.int64)[:, None] * N + x[None, :], mask=mb, other=0.0)
         log_q = tl.where(mb, zt * inv_t - lt, 0.0)
-        y = tl.dot(p, tl.trans(log_q), input_precision="ieee") - comp
-        total = acc + y
-        comp = (total - acc) - y
-        acc = total
+        acc, comp = kahan_add(acc, comp, tl.dot(p, tl.trans(log_q), input_precision="ieee"))
     out = out_ptr + pid_s.to(tl.int64) * Ks * Kt + offs_a[:, None] * Kt + offs_b[None, :]
     tl.store(out, acc, mask=mask_a[:, None] & mask_b[None, :])
 
 
-def _tile(k: int) -> int:
-    return min(64, max(16, triton.next_power_of_2(k)))
-
-
-def _row_stats(z: torch.Tensor, inv_t: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _launch_row_stats(z: torch.Tensor, inv_t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """lse and Σ_c p log p ``[K, N]`` fp32 of logits z ``[K, N, C]`` (contiguous)."""
     k, n, c = z.shape
     lse = torch.empty(k, n, dtype=torch.float32, device=z.device)
     plogp = torch.empty_like(lse)
-    block_c = min(128, triton.next_power_of_2(c))
-    block_n = 16
-    _row_stats_kernel[(k, triton.cdiv(n, block_n))](z, lse, plogp, n, c, inv_t, BLOCK_N=block_n, BLOCK_C=block_c)
+    cfg = launch_config(BLOCK_N=16, BLOCK_C=c, high=128)
+    grid = (k, triton.cdiv(n, cfg.blocks["BLOCK_N"]))
+    _row_stats_kernel[grid](z, lse, plogp, n, c, inv_t, num_warps=cfg.num_warps, **cfg.blocks)
     return lse, plogp
+
+
+def _launch_cross(src: torch.Tensor, tgt: torch.Tensor, lse_s: torch.Tensor, lse_t: torch.Tensor, inv_t: float,
+                  num_slices: int | None) -> torch.Tensor:
+    """Partial Σ p_a log q_b ``[S, Ks, Kt]`` fp32, one per slice of samples."""
+    ks, n, c = src.shape
+    kt = tgt.shape[0]
+    cfg = launch_config(BLOCK_A=ks, BLOCK_B=kt, BLOCK_R=64)
+    tiles = triton.cdiv(ks, cfg.blocks["BLOCK_A"]) * triton.cdiv(kt, cfg.blocks["BLOCK_B"])
+    slices, per_slice = sample_slices(n, tiles, src.device, per_sm=4, min_samples=64 if num_slices is None else 1,
+                                      num_slices=num_slices)
+    partial = torch.empty(slices, ks, kt, dtype=torch.float32, device=src.device)
+    grid = (triton.cdiv(ks, cfg.blocks["BLOCK_A"]), triton.cdiv(kt, cfg.blocks["BLOCK_B"]), slices)
+    _cross_kernel[grid](src, tgt, lse_s, lse_t, partial, ks, kt, n, c, inv_t, per_slice, num_warps=cfg.num_warps,
+                        **cfg.blocks)
+    return partial
 
 
 def kl_partial_sums(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature: float = 1.0,
@@ -132,25 +131,16 @@ def kl_partial_sums(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, tempe
 
     logits_src ``[Ks, N, C]``, logits_tgt ``[Kt, N, C]`` (fp32, fp16 or bf16), on one device.
     """
-    src = logits_src.contiguous()
-    tgt = logits_tgt.contiguous()
-    ks, n, c = src.shape
-    kt = tgt.shape[0]
+    check_tensors("kl_partial_sums", float_inputs={"logits_src": logits_src, "logits_tgt": logits_tgt},
+                  ndim={"logits_src": 3, "logits_tgt": 3})
+    if logits_src.shape[1:] != logits_tgt.shape[1:]:
+        raise ValueError(f"kl_partial_sums: logits_src {list(logits_src.shape)} and logits_tgt "
+                         f"{list(logits_tgt.shape)} differ in samples or classes")
+    src, tgt = logits_src.contiguous(), logits_tgt.contiguous()
     inv_t = 1.0 / float(temperature)
-    lse_s, plogp_s = _row_stats(src, inv_t)
-    lse_t, _ = _row_stats(tgt, inv_t)
-    block_a, block_b = _tile(ks), _tile(kt)
-    tiles = triton.cdiv(ks, block_a) * triton.cdiv(kt, block_b)
-    if num_slices is None:
-        # enough programs to fill the device, each over at least 64 samples
-        sms = torch.cuda.get_device_properties(src.device).multi_processor_count if src.is_cuda else 2
-        num_slices = max(1, min(triton.cdiv(n, 64), triton.cdiv(4 * sms, tiles)))
-    per_slice = triton.cdiv(n, num_slices)
-    num_slices = triton.cdiv(n, per_slice)
-    partial = torch.empty(num_slices, ks, kt, dtype=torch.float32, device=src.device)
-    grid = (triton.cdiv(ks, block_a), triton.cdiv(kt, block_b), num_slices)
-    _cross_kernel[grid](src, tgt, lse_s, lse_t, partial, ks, kt, n, c, inv_t, per_slice,
-                        BLOCK_A=block_a, BLOCK_B=block_b, BLOCK_R=64)
+    lse_s, plogp_s = _launch_row_stats(src, inv_t)
+    lse_t, _ = _launch_row_stats(tgt, inv_t)
+    partial = _launch_cross(src, tgt, lse_s, lse_t, inv_t, num_slices)
     return plogp_s.sum(dim=1, dtype=torch.float64), partial.sum(dim=0, dtype=torch.float64)
 
 

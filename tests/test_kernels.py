@@ -137,3 +137,21 @@ def test_probe_training_with_the_fused_loss_equals_torch(tmp_path):
     for f, p in zip(fused, plain):
         for wf, wp in zip(f.weights, p.weights):
             torch.testing.assert_close(wf, wp, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: kl_partial_sums(torch.randn(2, 5, 3), torch.randn(2, 6, 3)), "differ in samples or classes"),
+    (lambda: kl_partial_sums(torch.randn(5, 3), torch.randn(2, 5, 3)), "must have 3 dimensions"),
+    (lambda: kl_partial_sums(torch.randint(0, 3, (2, 5, 3)), torch.randn(2, 5, 3)), "dtype torch.int64"),
+])
+def test_launchers_check_their_inputs(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_fused_loss_checks_its_shapes():
+    from klas.kernels.fused_linear_ce import linear_cross_entropy
+
+    x, w, b = torch.randn(4, 3, 8), torch.randn(3, 5, 8), torch.randn(3, 5)
+    with pytest.raises(ValueError, match="do not fit"):
+        linear_cross_entropy(x, w, b, torch.zeros(4, 2, dtype=torch.long))

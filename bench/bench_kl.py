@@ -30,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results  # noqa: E402
 
-from klas.kl import kl_matrix, native_available  # noqa: E402
+from klas.scoring.kl import kl_matrix, native_available  # noqa: E402
 
 SHAPES = {  # name -> (K, N on CPU, N on GPU, C)
     "cifar": (84, 10_000, 10_000, 10),

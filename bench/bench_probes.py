@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results  # noqa: E402
 
 from klas.cache import BlockEntry, CacheReader, CacheWriter  # noqa: E402
-from klas.extract import cached_anchors  # noqa: E402
-from klas.probes import train_probes  # noqa: E402
+from klas.extraction.extract import cached_anchors  # noqa: E402
+from klas.scoring.probes import train_probes  # noqa: E402
 
 
 def synthetic_caches(root: Path, rows: int) -> list[Path]:

@@ -27,7 +27,7 @@ from common import append_results, time_best  # noqa: E402
 
 from klas.cache import BlockEntry, CacheReader, CacheWriter, read_manifest, row_ranges  # noqa: E402
 from klas.cache.format import HEADER_BYTES  # noqa: E402
-from klas.extract import DEFAULT_SHARD_ROWS  # noqa: E402
+from klas.extraction.extract import DEFAULT_SHARD_ROWS  # noqa: E402
 
 SEQ_NP_OPEN = "first pass: numpy memmap, sequential (slice + copy)"
 SEQ_OPEN_VERIFY = "first pass: native reader, sequential, checksums verified"

@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from klas.kl import kl_matrix
+from klas.scoring.kl import kl_matrix
 
 CASES = [(7, 5, 1001, 37), (3, 4, 513, 10), (41, 17, 4001, 1000), (36, 36, 50_000, 1000)]
 TOL = {torch.float32: 1e-4, torch.float16: 1e-4, torch.bfloat16: 1e-4}  # abs and rel, vs float64

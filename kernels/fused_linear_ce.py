@@ -1,12 +1,12 @@
 """Fused linear + softmax cross-entropy, forward and backward, for training many probes at once.
 
-For a group of n probes of one width w (klas.probes.JointProbes): features x ``[b, n, w]``, weights
+For a group of n probes of one width w (klas.scoring.probes.JointProbes): features x ``[b, n, w]``, weights
 W ``[n, C, w]``, bias β ``[n, C]``, targets y ``[b, n]``. One program per (probe, block of samples)
 forms its logits tile in registers, takes the log-sum-exp, adds its share of each probe's mean
 cross-entropy, and, in the same pass, the gradients ``dW = (softmax − onehot)ᵀ x / b`` and
 ``dβ``, accumulated with atomic adds. The logits never reach memory and no second pass over the
 features is needed for the backward (the loss is linear in what backward multiplies it by).
-PyTorch twin: klas.probes.probe_losses on ``einsum("bnw,ncw->bnc", x, W) + β``.
+PyTorch twin: klas.scoring.probes.probe_losses on ``einsum("bnw,ncw->bnc", x, W) + β``.
 
 Cost model (b samples, n probes, C classes, w width): 4·b·n·C·w FLOPs (logits and dW), reads x
 twice per program (b·n·w·s bytes each) and writes dW, dβ (n·C·(w+1)·4 bytes, atomically): for

@@ -3,7 +3,7 @@
 For a chunk of n samples, source probes a (features f_a ``[n, d_a]``, weights W_a ``[C, d_a]``, bias
 β_a) and target probes b, this computes Σ_x Σ_c p_a log p_a ``[Ks]`` and Σ_x Σ_c p_a log q_b
 ``[Ks, Kt]`` with z = f·Wᵀ + β formed tile by tile in registers: the logits are never written to
-memory. PyTorch twin: klas.kl.probe_logits followed by klas.kl.ThetaAccumulator.
+memory. PyTorch twin: klas.scoring.kl.probe_logits followed by klas.scoring.kl.ThetaAccumulator.
 
 Layout: every probe's features are columns of one matrix ``[n, Σ d]`` (a cache row has this layout
 already); the weights are packed once into ``[K, C, D]``, zero-padded to the widest probe D. A

@@ -2,7 +2,7 @@
 
     Θ[a, b] = (1/N) Σ_x [ Σ_c p_a log p_a  −  Σ_c p_a log q_b ],   p = softmax(z_src/T), q = softmax(z_tgt/T)
 
-Two kernels (PyTorch twin: klas.kl.ThetaAccumulator, oracle: klas.kl.kl_matrix_reference):
+Two kernels (PyTorch twin: klas.scoring.kl.ThetaAccumulator, oracle: klas.scoring.kl.kl_matrix_reference):
 
 1. `_row_stats_kernel`, one program per (probe, block of samples): an online log-sum-exp over the
    classes gives lse(x) and Σ_c p log p for every (probe, sample), so the log-sum-exp is computed

@@ -7,6 +7,6 @@ import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from klas.cli import main
+from klas.pipeline.cli import main
 
 sys.exit(record(main)())

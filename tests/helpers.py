@@ -44,7 +44,7 @@ REAL_B = "cifar-resnet:14?pretrained=false&seed=2"
 
 def make_real_run(root, shapes_dir):
     """extract -> probes -> score of two small random ResNets on the generated shapes under `root`."""
-    from klas.cli import main
+    from klas.pipeline.cli import main
 
     cache = root / "cache"
     assert main(["extract", "--anchor", REAL_A, "--anchor", REAL_B, "--data", str(shapes_dir), "--out", str(cache),

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from klas.adapt import adapt_anchor, apply_adapted
+from klas.stitching.adapt import adapt_anchor, apply_adapted
 from klas.anchors import load_anchor
-from klas.cli import main
-from klas.data import ImageDataset, resolve_split
+from klas.pipeline.cli import main
+from klas.extraction.data import ImageDataset, resolve_split
 from klas.errors import CacheError
-from klas.finetune import FinetuneSettings
+from klas.stitching.finetune import FinetuneSettings
 
 SPEC = "cifar-resnet:8?pretrained=false&seed=3"
 

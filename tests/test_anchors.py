@@ -175,7 +175,7 @@ def test_spec_options_parse_strictly():
 def test_klas_anchors_lists_every_registered_kind_and_family(capsys):
     import json
 
-    from klas.cli import main
+    from klas.pipeline.cli import main
 
     assert main(["anchors", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)

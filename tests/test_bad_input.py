@@ -21,7 +21,7 @@ from helpers import rewrite_crc as _rewrite_crc
 from helpers import tree as _tree
 from PIL import Image
 
-from klas.cli import main
+from klas.pipeline.cli import main
 
 
 def corrupt_byte(c: Path) -> list[Path]:

@@ -5,8 +5,8 @@ import dataclasses
 
 import pytest
 
-from klas.cli import build_parser
-from klas.config import (STAGES, ConfigError, ExtractSection, RunConfig, SelectSection, stage_fingerprint,
+from klas.pipeline.cli import build_parser
+from klas.pipeline.config import (STAGES, ConfigError, ExtractSection, RunConfig, SelectSection, stage_fingerprint,
                          stage_settings, validate_config)
 
 RAW = {"anchors": ["cifar-resnet:20", "cifar-resnet:56"], "data": {"root": "/data/cifar10"},
@@ -98,7 +98,7 @@ def test_the_cli_takes_defaults_choices_and_help_from_the_config():
     assert _option("extract", "--dtype").choices == ["float16", "bfloat16", "float32"]
     assert _option("select", "--tau").default == SelectSection().tau
     assert _option("select", "--tau").help == dataclasses.fields(SelectSection)[2].metadata["help"]
-    from klas.methods import method_names
+    from klas.selection.methods import method_names
 
     assert list(_option("select", "--method").choices) == list(method_names())
     assert list(_option("run", "--method").choices) == list(method_names())

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from klas.data import ImageDataset, open_images, resolve_split, split_indices
+from klas.extraction.data import ImageDataset, open_images, resolve_split, split_indices
 from klas.errors import DataError
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from klas.cli import main
+from klas.pipeline.cli import main
 
 
 @pytest.mark.slow

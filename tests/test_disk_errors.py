@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from klas.cache import CacheReader
-from klas.cli import main
+from klas.pipeline.cli import main
 from klas.files import atomic_path, save_safetensors_atomic, torch_save_atomic, write_json_atomic
 from test_run import assert_same_outputs, tiny_config
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from klas.evaluate import (
+from klas.evaluation.evaluate import (
     RouteResult,
     accuracy_gain_at_equal_flops,
     flops_saving_at_equal_accuracy,
@@ -14,7 +14,7 @@ from klas.evaluate import (
     pareto_frontier,
     spearman,
 )
-from klas.report import write_report
+from klas.evaluation.report import write_report
 
 
 def test_pareto_frontier_keeps_only_unbeaten_points():

@@ -14,10 +14,10 @@ import torch
 from klas.anchors import load_anchor
 from klas.anchors.base import LOGITS
 from klas.cache import CacheReader, read_manifest
-from klas.cli import main
-from klas.data import ImageDataset, resolve_split
+from klas.pipeline.cli import main
+from klas.extraction.data import ImageDataset, resolve_split
 from klas.errors import CacheError
-from klas.extract import extract
+from klas.extraction.extract import extract
 
 from conftest import requires_shared
 
@@ -135,7 +135,7 @@ EXPECTED_TOP1 = {20: 81.0, 32: 82.6, 44: 82.7, 56: 83.2}
 @requires_shared
 @pytest.mark.parametrize("depth", sorted(EXPECTED_TOP1))
 def test_shared_cifar_resnets_reproduce_their_accuracy(depth):
-    from klas.anchor_eval import evaluate_anchor
+    from klas.evaluation.anchor_eval import evaluate_anchor
     from klas.settings import cifar10_dir
 
     result = evaluate_anchor(f"cifar-resnet:{depth}", cifar10_dir(), split="test", progress=False)

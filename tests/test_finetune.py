@@ -6,8 +6,8 @@ import torch
 
 from klas.anchors import load_anchor
 from klas.errors import KlasError
-from klas.finetune import CHECKPOINT, FinetuneSettings, finetune, route_schedule
-from klas.stitch import StitchedSupernet
+from klas.stitching.finetune import CHECKPOINT, FinetuneSettings, finetune, route_schedule
+from klas.stitching.stitch import StitchedSupernet
 
 
 class Images(torch.utils.data.Dataset):

@@ -24,7 +24,7 @@ from helpers import REAL_A as A
 from helpers import REAL_B as B
 from helpers import tree
 
-from klas.cli import main
+from klas.pipeline.cli import main
 from klas.errors import UsageError
 
 R8, R14 = "cifar-resnet8", "cifar-resnet14"
@@ -214,7 +214,7 @@ def test_class_folders_renamed_between_train_and_test_are_refused(tmp_path, shap
 
 
 def test_a_dataset_whose_class_names_differ_from_the_anchors_is_refused(shapes_dir):
-    from klas.data import check_classes, open_images
+    from klas.extraction.data import check_classes, open_images
 
     anchor = type("KnownClasses", (), {"num_classes": 10, "spec": "x:y", "class_names": tuple(f"c{k}" for k in range(10))})
     with pytest.raises(Exception, match="was trained with 'c0' there"):
@@ -277,7 +277,7 @@ def test_triton_backend_without_a_gpu_is_one_line(monkeypatch, capsys):
 @pytest.mark.parametrize("temperature", [0.0, float("nan"), -1.0, float("inf")])
 @pytest.mark.parametrize("backend", ["reference", "torch", "native"])
 def test_kl_matrix_refuses_bad_temperatures_on_every_backend(backend, temperature):
-    from klas.kl import kl_matrix
+    from klas.scoring.kl import kl_matrix
 
     x = torch.randn(2, 5, 3)
     with pytest.raises(UsageError, match="temperature"):
@@ -286,7 +286,7 @@ def test_kl_matrix_refuses_bad_temperatures_on_every_backend(backend, temperatur
 
 @pytest.mark.parametrize("floor", [float("nan"), float("inf"), 0.0, -1.0])
 def test_stitch_scores_refuse_bad_floors(floor):
-    from klas.scores import stitch_scores
+    from klas.scoring.scores import stitch_scores
 
     with pytest.raises(UsageError, match="floor"):
         stitch_scores(torch.rand(3, 4), torch.rand(3), floor=floor)
@@ -488,24 +488,24 @@ def test_a_damaged_stage_marker_is_one_line(tmp_path, shapes_dir, capsys):
 
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
-    import klas.cli
+    import klas.pipeline.cli
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(klas.cli, "_cmd_select", interrupted)
+    monkeypatch.setattr(klas.pipeline.cli, "_cmd_select", interrupted)
     _fails_cleanly(["select", "--scores", "S"], capsys, "interrupted; run the same command again to continue", code=130)
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
     """Errors that are not the user's (here a ValueError from inside the code) are not dressed up
     as one-line user errors."""
-    import klas.cli
+    import klas.pipeline.cli
 
     def buggy(args):
         raise ValueError("an internal inconsistency")
 
-    monkeypatch.setattr(klas.cli, "_cmd_select", buggy)
+    monkeypatch.setattr(klas.pipeline.cli, "_cmd_select", buggy)
     assert main(["select", "--scores", "S"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "an internal inconsistency" in err and "please report it" in err

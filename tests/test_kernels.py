@@ -7,7 +7,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from klas.kernels.kl_matrix import kl_matrix_triton, kl_partial_sums  # noqa: E402
-from klas.kl import ThetaAccumulator, kl_matrix  # noqa: E402
+from klas.scoring.kl import ThetaAccumulator, kl_matrix  # noqa: E402
 
 from test_kl import theta_numpy  # noqa: E402
 
@@ -54,7 +54,7 @@ def test_backend_triton_through_the_public_api():
 
 
 def test_features_path_with_the_triton_backend():
-    from klas.kl import kl_matrix_from_features
+    from klas.scoring.kl import kl_matrix_from_features
 
     gen = torch.Generator().manual_seed(1)
     fs = [torch.randn(90, 6, generator=gen), torch.randn(90, 11, generator=gen)]
@@ -68,7 +68,7 @@ def test_features_path_with_the_triton_backend():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_fused_probe_kl_matches_the_torch_twin(c, widths_s, widths_t, dtype):
     """Features + probe weights -> Θ without logits, against probe_logits + the float64 oracle."""
-    from klas.kl import kl_matrix_from_features, probe_logits
+    from klas.scoring.kl import kl_matrix_from_features, probe_logits
 
     n = 20 if c == 1000 else 301  # the interpreter is slow on the 1000-wide identity probe
     fs = [torch.randn(n, w).to(dtype) for w in widths_s]
@@ -82,7 +82,7 @@ def test_fused_probe_kl_matches_the_torch_twin(c, widths_s, widths_t, dtype):
 
 
 def test_fused_probe_kl_of_a_set_against_itself_has_zero_diagonal():
-    from klas.kl import kl_matrix_from_features
+    from klas.scoring.kl import kl_matrix_from_features
 
     fs = [torch.randn(150, w) for w in (7, 12)] + [torch.randn(150, 9)]
     ps = [(torch.randn(9, 7), torch.randn(9)), (torch.randn(9, 12), torch.randn(9)), None]
@@ -92,7 +92,7 @@ def test_fused_probe_kl_of_a_set_against_itself_has_zero_diagonal():
 
 
 def test_fused_probe_kl_rejects_bad_input():
-    from klas.kl import kl_matrix_from_features
+    from klas.scoring.kl import kl_matrix_from_features
 
     fs = [torch.randn(20, 4)]
     fs[0][3, 1] = float("nan")
@@ -107,7 +107,7 @@ def test_fused_probe_kl_rejects_bad_input():
 @pytest.mark.parametrize("b,n,c,w,smoothing", [(37, 3, 10, 24, 0.0), (20, 2, 37, 70, 0.1), (9, 1, 1000, 16, 0.0)])
 def test_fused_linear_cross_entropy_matches_the_torch_twin(b, n, c, w, smoothing):
     from klas.kernels.fused_linear_ce import linear_cross_entropy
-    from klas.probes import probe_losses
+    from klas.scoring.probes import probe_losses
 
     x = torch.randn(b, n, w)
     weight = (torch.randn(n, c, w) * 0.3).requires_grad_()
@@ -126,7 +126,7 @@ def test_fused_linear_cross_entropy_matches_the_torch_twin(b, n, c, w, smoothing
 
 def test_probe_training_with_the_fused_loss_equals_torch(tmp_path):
     from helpers import feature_cache
-    from klas.probes import train_probes
+    from klas.scoring.probes import train_probes
 
     for name, widths, seed in (("a", (4, 8, 4), 1), ("b", (6, 6), 2)):
         feature_cache(tmp_path / name / "train", 200, widths, 5, seed=seed)

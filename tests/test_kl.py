@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from klas.cache import CacheReader
-from klas.features import CacheFeatures
-from klas.kl import ThetaAccumulator, kl_matrix, kl_matrix_from_features, kl_matrix_torch, native_available
+from klas.scoring.features import CacheFeatures
+from klas.scoring.kl import ThetaAccumulator, kl_matrix, kl_matrix_from_features, kl_matrix_torch, native_available
 
 from helpers import feature_cache
 

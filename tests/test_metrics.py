@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from klas.metrics import cka_distance, cross_entropy, distance_matrix_gap, lstsq_error
+from klas.selection.metrics import cka_distance, cross_entropy, distance_matrix_gap, lstsq_error
 
 
 def rotation(d: int, seed: int) -> torch.Tensor:

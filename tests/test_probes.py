@@ -6,7 +6,7 @@ import torch
 
 from klas.cache import CacheReader
 from klas.errors import CacheError
-from klas.probes import JointProbes, load_probes, probe_table, train_probes
+from klas.scoring.probes import JointProbes, load_probes, probe_table, train_probes
 
 from helpers import feature_cache
 
@@ -79,7 +79,7 @@ def test_training_is_reproducible(two_anchors):
 def test_probe_losses_equal_cross_entropy_per_probe(smoothing):
     import torch.nn.functional as F
 
-    from klas.probes import probe_losses
+    from klas.scoring.probes import probe_losses
 
     logits = torch.randn(33, 7, 10) * 4
     target = torch.randint(0, 10, (33, 7))
@@ -93,7 +93,7 @@ def test_standardised_probes_are_saved_as_probes_of_the_raw_features(tmp_path):
     import torch
 
     from klas.cache import CacheReader
-    from klas.probes import JointProbes
+    from klas.scoring.probes import JointProbes
 
     feature_cache(tmp_path / "c", 200, (6, 9), 4, seed=1)
     reader = CacheReader(tmp_path / "c")
@@ -116,7 +116,7 @@ def test_standardised_probes_do_not_depend_on_the_features_offset_and_scale(tmp_
     import numpy as np
 
     from klas.cache import CacheReader, CacheWriter
-    from klas.probes import train_probes
+    from klas.scoring.probes import train_probes
 
     rows, labels = feature_cache(tmp_path / "c", 512, (8,), 4, seed=2, noise=0.5)
     m = CacheReader(tmp_path / "c").manifest

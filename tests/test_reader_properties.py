@@ -83,7 +83,7 @@ def only_klas_errors(read) -> None:
 @pytest.fixture(scope="module")
 def files(real_run, tmp_path_factory):
     """The real run plus a selection, an SN-Net export and a finetuning checkpoint."""
-    from klas.cli import main
+    from klas.pipeline.cli import main
 
     root = tmp_path_factory.mktemp("props")
     shutil.copytree(real_run, root / "run")
@@ -102,7 +102,7 @@ def _copy_of(src: Path, tmp: Path) -> Path:
 @EXAMPLES
 @given(data=st.data())
 def test_probe_files(files, data):
-    from klas.probes import load_probes
+    from klas.scoring.probes import load_probes
 
     with tempfile.TemporaryDirectory() as tmp:
         probes = _copy_of(files / "run/cache/probes", Path(tmp))
@@ -118,8 +118,8 @@ def test_probe_files(files, data):
 @EXAMPLES
 @given(data=st.data())
 def test_scores(files, data):
-    from klas.scores import load_scores
-    from klas.select import select
+    from klas.scoring.scores import load_scores
+    from klas.selection.select import select
 
     with tempfile.TemporaryDirectory() as tmp:
         scores = _copy_of(files / "run/cache/scores", Path(tmp))
@@ -135,8 +135,8 @@ def test_scores(files, data):
 @EXAMPLES
 @given(data=st.data())
 def test_selections(files, data):
-    from klas.export import to_snnet
-    from klas.select import read_selection
+    from klas.selection.export import to_snnet
+    from klas.selection.select import read_selection
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "selection.json"
@@ -147,8 +147,8 @@ def test_selections(files, data):
 @EXAMPLES
 @given(data=st.data())
 def test_snnet_imports(files, data):
-    from klas.export import from_snnet
-    from klas.scores import load_scores
+    from klas.selection.export import from_snnet
+    from klas.scoring.scores import load_scores
 
     scores = load_scores(files / "run/cache/scores")
     doc = mutate_json(json.loads((files / "sel/selection.snnet.json").read_text()), data)
@@ -158,7 +158,7 @@ def test_snnet_imports(files, data):
 @EXAMPLES
 @given(data=st.data())
 def test_stage_markers(data):
-    from klas.run import MARKER, stage_done
+    from klas.pipeline.run import MARKER, stage_done
 
     with tempfile.TemporaryDirectory() as tmp:
         marker = Path(tmp) / MARKER
@@ -175,7 +175,7 @@ def test_stage_markers(data):
 def test_configs(shapes_dir, data):
     import yaml
 
-    from klas.config import load_config
+    from klas.pipeline.config import load_config
 
     cfg = {"out": "runs/x", "anchors": ["cifar-resnet:8?pretrained=false", "cifar-resnet:14?pretrained=false"],
            "data": {"root": str(shapes_dir), "train_limit": 64}, "probes": {"epochs": 2, "lr": 0.01},
@@ -193,8 +193,8 @@ def test_configs(shapes_dir, data):
 def checkpoint(tmp_path_factory):
     """A finetuning checkpoint of a small supernet, and what is needed to read it back."""
     from klas.anchors import load_anchor
-    from klas.finetune import CHECKPOINT, FinetuneSettings, _save_checkpoint
-    from klas.stitch import StitchedSupernet
+    from klas.stitching.finetune import CHECKPOINT, FinetuneSettings, _save_checkpoint
+    from klas.stitching.stitch import StitchedSupernet
 
     net = StitchedSupernet([load_anchor("cifar-resnet:8?pretrained=false"), load_anchor("cifar-resnet:14?pretrained=false")],
                            [("cifar-resnet8", "cifar-resnet14", 1, 1)])
@@ -210,7 +210,7 @@ def checkpoint(tmp_path_factory):
 @EXAMPLES
 @given(data=st.data())
 def test_checkpoints(checkpoint, data):
-    from klas.finetune import _load_checkpoint
+    from klas.stitching.finetune import _load_checkpoint
 
     path, net, settings_ = checkpoint
     with tempfile.TemporaryDirectory() as tmp:

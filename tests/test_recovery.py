@@ -10,9 +10,9 @@ import math
 import pytest
 import yaml
 
-from klas.cli import main
-from klas.recovery import RecoverySettings, good_set, recovery_report, score_method
-from klas.stats import mean_interval
+from klas.pipeline.cli import main
+from klas.evaluation.recovery import RecoverySettings, good_set, recovery_report, score_method
+from klas.evaluation.stats import mean_interval
 
 
 def test_good_set_is_each_buckets_best_and_those_within_delta():
@@ -68,8 +68,8 @@ def recovered(tmp_path_factory, shapes_dir):
 
 
 def test_recovery_evaluates_every_configuration_in_range_and_scores_every_method(recovered):
-    from klas.scores import load_scores
-    from klas.select import configurations, in_flops_range
+    from klas.scoring.scores import load_scores
+    from klas.selection.select import configurations, in_flops_range
 
     cfg_path, out = recovered
     report = json.loads((out / "recovery.json").read_text())

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from klas.cli import main
-from klas.config import ConfigError, load_config, stage_fingerprint, validate_config
+from klas.pipeline.cli import main
+from klas.pipeline.config import ConfigError, load_config, stage_fingerprint, validate_config
 
 ANCHORS = ["cifar-resnet:8?pretrained=false&seed=1", "cifar-resnet:14?pretrained=false&seed=2"]
 
@@ -115,7 +115,7 @@ def test_unknown_config_key_is_a_one_line_error(tmp_path, shapes_dir, capsys):
 
 
 def _run_process(config: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "klas.cli", "run", str(config), "--method", "klas", "--quiet"],
+    return subprocess.Popen([sys.executable, "-m", "klas.pipeline.cli", "run", str(config), "--method", "klas", "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -197,7 +197,7 @@ def test_run_killed_in_each_stage_ends_like_an_uninterrupted_run(tmp_path, shape
         cfg["probes"]["epochs"] = 150  # long enough to be caught running
         configs.append(_write(tmp_path / name, cfg))
     straight, killed = configs
-    cmd = [sys.executable, "-m", "klas.cli", "run", "--quiet"]
+    cmd = [sys.executable, "-m", "klas.pipeline.cli", "run", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     assert subprocess.run([*cmd, str(straight)], env=env, capture_output=True).returncode == 0
     out = tmp_path / "b" / "out"
@@ -221,7 +221,7 @@ def test_run_killed_in_each_stage_ends_like_an_uninterrupted_run(tmp_path, shape
 
 
 def test_seeds_run_the_comparison_once_each_and_give_intervals(tmp_path, shapes_dir, capsys):
-    from klas.seeds import verdict
+    from klas.evaluation.seeds import verdict
 
     cfg = tiny_config(tmp_path / "out", shapes_dir, protocols=["stitches-only"])
     cfg["seeds"] = [0, 1]
@@ -239,7 +239,7 @@ def test_seeds_run_the_comparison_once_each_and_give_intervals(tmp_path, shapes_
 
 
 def test_verdict_says_no_significant_difference_when_the_interval_covers_zero():
-    from klas.seeds import verdict
+    from klas.evaluation.seeds import verdict
 
     assert verdict({"mean": 0.2, "low": -0.1, "high": 0.5}) == "no significant difference"
     assert verdict({"mean": 0.4, "low": 0.1, "high": 0.7}) == "higher"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from klas.cli import main
-from klas.scores import load_scores, stitch_scores
+from klas.pipeline.cli import main
+from klas.scoring.scores import load_scores, stitch_scores
 
 from helpers import feature_cache
 from test_kl import theta_numpy
@@ -65,7 +65,7 @@ def test_saved_gamma_equals_omega_over_sigma_from_saved_theta(scored):
 
 def test_saved_theta_matches_an_independent_computation(scored):
     from klas.cache import CacheReader
-    from klas.probes import load_probes
+    from klas.scoring.probes import load_probes
 
     s = load_scores(scored / "scores")
     logits = {}
@@ -121,7 +121,7 @@ def test_select_cli_snnet_baseline(scored):
     sel = _strict_json(scored / "selection" / "selection-snnet-nearest.json")
     assert sel["method"] == "snnet-nearest" and sel["chain"] == ["small", "mid", "big"]
     # configurations outside KLAS's domain (j = 0, or i = m_f) have no Γ: null in the file, NaN once read back
-    from klas.select import config_from_json
+    from klas.selection.select import config_from_json
 
     depth = {a["name"]: a["depth"] for a in sel["anchors"]}
     unscored = [c for p in sel["pairs"] for c in p["selected"] if c["gamma"] is None]

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from klas.errors import UsageError
-from klas.scores import AnchorEntry, Scores
+from klas.scoring.scores import AnchorEntry, Scores
 from klas.anchors.base import PartCounts
-from klas.select import _bucketise, _keep, anchor_chain, configurations, select, select_pair, stitch_flops
+from klas.selection.select import _bucketise, _keep, anchor_chain, configurations, select, select_pair, stitch_flops
 
 
 def make_scores(stages_per_anchor, seed: int, widths=(16, 32, 64)) -> Scores:
@@ -118,7 +118,7 @@ def _entry(name, grids, widths=None):
 
 
 def test_snnet_paired_plain_vit():
-    from klas.select import snnet_nearest_pairs
+    from klas.selection.select import snnet_nearest_pairs
 
     f = _entry("f", [[197]] * 4)
     g = _entry("g", [[197]] * 4)
@@ -128,7 +128,7 @@ def test_snnet_paired_plain_vit():
 
 
 def test_snnet_unpaired_uses_nearest_interpolation():
-    from klas.select import snnet_nearest_pairs
+    from klas.selection.select import snnet_nearest_pairs
 
     f = _entry("f", [[197]] * 2)
     g = _entry("g", [[197]] * 4)
@@ -137,7 +137,7 @@ def test_snnet_unpaired_uses_nearest_interpolation():
 
 
 def test_snnet_hierarchical_works_per_stage_and_drops_b0():
-    from klas.select import snnet_nearest_pairs
+    from klas.selection.select import snnet_nearest_pairs
 
     f = _entry("f", [[8, 8]] * 3 + [[4, 4]] * 3)
     g = _entry("g", [[8, 8]] * 3 + [[4, 4]] * 3)
@@ -151,7 +151,7 @@ def test_snnet_hierarchical_works_per_stage_and_drops_b0():
 def test_snnet_stitches_the_stages_its_code_stitches(stages, stitched):
     """KLAS.md §7: 4-stage models their middle two stages, 3-stage models (CIFAR ResNets, LeViT) all
     but the last, plain models every block."""
-    from klas.select import snnet_nearest_pairs, snnet_stitched_stages
+    from klas.selection.select import snnet_nearest_pairs, snnet_stitched_stages
 
     assert snnet_stitched_stages(stages) == stitched
     grids = [[2 ** (8 - s)] * 2 for s in range(stages) for _ in range(2)]
@@ -162,7 +162,7 @@ def test_snnet_stitches_the_stages_its_code_stitches(stages, stitched):
 
 
 def test_snnet_selection_runs_on_scores():
-    from klas.select import select_snnet_nearest
+    from klas.selection.select import select_snnet_nearest
 
     scores = make_scores([1, 2, 3], 0)
     sel = select_snnet_nearest(scores)
@@ -173,8 +173,8 @@ def test_snnet_selection_runs_on_scores():
 
 def test_klas_on_snnet_chain_is_klas_selection_over_every_neighbouring_pair():
     """The Fig. 6 control: the same block selection as KLAS, on SN-Net's chain."""
-    from klas.methods import SelectOptions, run_method
-    from klas.select import select
+    from klas.selection.methods import SelectOptions, run_method
+    from klas.selection.select import select
 
     scores = make_scores([1, 2, 3], 0)
     control = run_method("klas-snnet-chain", scores, SelectOptions(tau=0.05, chain_rule="minimax",
@@ -189,7 +189,7 @@ def test_a_saved_selection_reads_back_to_the_same_document(tmp_path):
     import json
 
     from klas.files import write_json_atomic
-    from klas.select import read_selection, select, select_snnet_nearest
+    from klas.selection.select import read_selection, select, select_snnet_nearest
 
     scores = make_scores([1, 2, 3], 0)
     for sel in (select(scores, tau=0.05, flops_range="end-buckets"), select_snnet_nearest(scores)):

@@ -6,9 +6,9 @@ import time
 import pytest
 import torch
 
-from klas.cli import main
-from klas.probes import load_probes
-from klas.scores import load_scores
+from klas.pipeline.cli import main
+from klas.scoring.probes import load_probes
+from klas.scoring.scores import load_scores
 from klas.settings import cifar10_dir
 
 from conftest import requires_shared

@@ -9,7 +9,7 @@ from torch import nn
 
 from klas.anchors import load_anchor
 from klas.anchors.module import ModuleAnchor
-from klas.stitch import StitchedSupernet
+from klas.stitching.stitch import StitchedSupernet
 
 
 def twin(anchor, name: str):
@@ -103,8 +103,8 @@ def test_forward_many_equals_one_route_at_a_time(pair):
 def test_a_supernet_holds_the_anchors_of_its_chain_only():
     """KLAS.md §5.5: anchors the chain skips are not routes of the KLAS supernet (unless asked)."""
     from klas.anchors import load_anchor
-    from klas.run import _build_supernet
-    from klas.select import Config, PairSelection, Selection
+    from klas.pipeline.run import _build_supernet
+    from klas.selection.select import Config, PairSelection, Selection
 
     anchors = [load_anchor(f"cifar-resnet:{d}?pretrained=false") for d in (8, 14, 20)]
     stitch = Config("cifar-resnet8", "cifar-resnet20", 1, 2, 0, 0.0, 0.0, 0.0)

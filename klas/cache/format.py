@@ -146,7 +146,7 @@ class Manifest:
 
     @property
     def samples_digest(self) -> str | None:
-        """Identity of the cached samples in order (`klas.data.samples_digest`); None if not recorded."""
+        """Identity of the cached samples in order (`klas.extraction.data.samples_digest`); None if not recorded."""
         return self.source.get("samples")
 
     @property

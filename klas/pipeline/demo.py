@@ -61,7 +61,7 @@ def write_digits(root: Path, *, seed: int = 0, test_fraction: float = 0.25) -> P
 def train_demo_anchors(data: Path, out: Path, *, seed: int = 0, log=print) -> list[str]:
     """Trains one ResNet per depth in DEMO_DEPTHS on data/train; returns their anchor specs."""
     from klas.anchors.cifar_resnet import CIFAR_MEAN, CIFAR_STD, CifarResNet
-    from klas.data import ImageDataset, resolve_split
+    from klas.extraction.data import ImageDataset, resolve_split
 
     out.mkdir(parents=True, exist_ok=True)
     source, indices = resolve_split(data, "test")
@@ -111,7 +111,7 @@ def train_demo_anchors(data: Path, out: Path, *, seed: int = 0, log=print) -> li
 
 def demo_config(out: Path, data: str, anchors: list[str], *, quick: bool = True):
     """The run config of the demo (small budgets on the digits; the shared family's own otherwise)."""
-    from klas.config import validate_config
+    from klas.pipeline.config import validate_config
 
     raw = {
         "name": "klas demo", "out": str(out / "run"), "anchors": anchors, "data": {"root": data},
@@ -128,7 +128,7 @@ def demo_config(out: Path, data: str, anchors: list[str], *, quick: bool = True)
 def demo(out: str | os.PathLike = "runs/demo", *, data: str | None = None, anchors: list[str] | None = None,
          progress: bool = True, log=print) -> Path:
     """Runs the demo; returns the report folder."""
-    from klas.run import run
+    from klas.pipeline.run import run
 
     out = Path(out)
     if (data is None) != (anchors is None):

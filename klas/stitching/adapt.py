@@ -6,7 +6,7 @@ comparison of selections would mostly measure that adaptation (KLAS.md §6). Eve
 starts from the same adapted anchors.
 
 `adapt_anchor` trains one anchor (all its parameters, BatchNorm statistics frozen as in
-finetuning) through klas.finetune, so it checkpoints and resumes the same way, and writes the
+finetuning) through klas.stitching.finetune, so it checkpoints and resumes the same way, and writes the
 adapted weights as ``<dir>/weights.safetensors`` with the digest of the weights it started from;
 `apply_adapted` loads them into a freshly built anchor after checking that digest, the keys and
 the shapes.
@@ -29,10 +29,10 @@ INFO = "adapted.json"
 
 
 def adapt_anchor(anchor, dataset, settings, out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
-    """Finetunes `anchor` alone on `dataset` with `settings` (klas.finetune.FinetuneSettings) and
+    """Finetunes `anchor` alone on `dataset` with `settings` (klas.stitching.finetune.FinetuneSettings) and
     writes its weights under `out_dir`; returns the finetuning statistics."""
-    from klas.finetune import finetune
-    from klas.stitch import StitchedSupernet
+    from klas.stitching.finetune import finetune
+    from klas.stitching.stitch import StitchedSupernet
 
     out_dir = Path(out_dir)
     start = anchor.weights_digest()

@@ -350,7 +350,7 @@ def kl_matrix_from_features(feats_src, probes_src, feats_tgt, probes_tgt, *, tem
 
     Args:
         feats_src, feats_tgt: a list of ``[N, d_k]`` tensors (one per probe), or a FeatureStream
-            (klas.features.CacheFeatures) over a cache; both over the same N samples in the same order.
+            (klas.scoring.features.CacheFeatures) over a cache; both over the same N samples in the same order.
         probes_src, probes_tgt: one ``(W [C, d_k], b [C])`` per feature, or None for logits.
         chunk_size: samples per chunk. Peak extra memory is about
             ``chunk * (Ks + Kt) * C * 12`` bytes (logits, log-probabilities, probabilities in fp32)

@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 
 from klas.errors import UsageError
-from klas.scores import Scores
-from klas.select import PairSelection, Selection, configurations, unscored_config
+from klas.scoring.scores import Scores
+from klas.selection.select import PairSelection, Selection, configurations, unscored_config
 
 __all__ = ["to_snnet", "write_csv", "from_snnet", "SNNET_FORMAT"]
 

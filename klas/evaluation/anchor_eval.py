@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from klas.anchors import Anchor, load_anchor
-from klas.data import make_loader, split_for_anchor
+from klas.extraction.data import make_loader, split_for_anchor
 from klas.progress import progress_bar
 
 __all__ = ["AnchorAccuracy", "evaluate_anchor"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from klas.errors import CacheError
 from klas.files import write_json_atomic
 from klas.reading import read_json
-from klas.stats import mean_interval
+from klas.evaluation.stats import mean_interval
 
 __all__ = ["summarise_seeds", "summary_lines", "verdict"]
 

@@ -117,13 +117,13 @@ class ScoreSection(_Section):
 
 
 def _method_names() -> tuple[str, ...]:
-    from klas.methods import method_names
+    from klas.selection.methods import method_names
 
     return method_names()
 
 
 def _recovery_method_names() -> tuple[str, ...]:
-    from klas.methods import recovery_method_names
+    from klas.selection.methods import recovery_method_names
 
     return recovery_method_names()
 
@@ -166,8 +166,8 @@ class FinetuneSection(_Section):
     def settings(self, *, seed: int, device: str, stitches_only: bool = False, steps: int | None = None,
                  batch_size: int | None = None, lr: float | None = None, weight_decay: float | None = None,
                  warmup_fraction: float | None = None):
-        """klas.finetune.FinetuneSettings of this section (the adaptation stage passes its own budget)."""
-        from klas.finetune import FinetuneSettings
+        """klas.stitching.finetune.FinetuneSettings of this section (the adaptation stage passes its own budget)."""
+        from klas.stitching.finetune import FinetuneSettings
 
         pick = lambda given, own: own if given is None else given  # noqa: E731
         return FinetuneSettings(steps=pick(steps, self.steps), batch_size=pick(batch_size, self.batch_size),
@@ -187,7 +187,7 @@ class EvaluateSection(_Section):
 @dataclass(frozen=True)
 class RecoverySection(_Section):
     """klas recovery: every configuration of one pair trained alone (the stitching layer); each
-    configuration's result file carries its own fingerprint (klas.recovery)."""
+    configuration's result file carries its own fingerprint (klas.evaluation.recovery)."""
     steps: int = setting(200, "steps per configuration (stitching layer alone)", low=0, high=10**7)
     batch_size: int = setting(64, "images per step", low=1, high=65536)
     lr: float = setting(1e-3, "learning rate", low=0.0, high=100.0, open_low=True)

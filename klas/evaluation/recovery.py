@@ -33,7 +33,7 @@ from klas.errors import CacheError, UsageError
 from klas.files import write_json_atomic
 from klas.progress import progress_bar
 from klas.reading import finite_number, read_json
-from klas.stats import mean_interval
+from klas.evaluation.stats import mean_interval
 
 __all__ = ["RecoverySettings", "train_configurations", "good_set", "score_method", "recovery_report", "method_picks",
            "mean_interval", "RANDOM"]
@@ -107,7 +107,7 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
     train, test: datasets of (image, label) for the anchors' preprocessing. Results are files under
     `out`/configurations; a configuration with a finished result is not trained again.
     """
-    from klas.stitch import StitchedSupernet
+    from klas.stitching.stitch import StitchedSupernet
 
     out = Path(out)
     (out / "configurations").mkdir(parents=True, exist_ok=True)
@@ -205,7 +205,7 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
 
 def buckets_of(flops: dict[tuple[int, int], int], lo: float, hi: float, count: int) -> dict[tuple[int, int], int]:
     """Equal-width FLOPs bucket of each configuration over [lo, hi] (the selection's bucketing)."""
-    from klas.select import bucket_index
+    from klas.selection.select import bucket_index
 
     return {c: bucket_index(v, lo, hi, count) for c, v in flops.items()}
 
@@ -227,7 +227,7 @@ def good_set(acc: dict[tuple[int, int], float], bucket: dict[tuple[int, int], in
 def score_method(picks: Sequence[tuple[int, int]], acc: dict, bucket: dict, good: set,
                  scores: dict | None = None) -> dict:
     """Precision, recall, accuracy lost and within-bucket Spearman(score, accuracy) of one method."""
-    from klas.evaluate import spearman
+    from klas.evaluation.evaluate import spearman
 
     inside = [c for c in dict.fromkeys(picks) if c in acc]
     hit = [c for c in inside if c in good]
@@ -301,8 +301,8 @@ def method_picks(scores, source: str, target: str, methods: Sequence[str], *, ev
     snnet-nearest picks SN-Net's fixed configurations; random draws, per seed, as many evaluated
     configurations as KLAS picked.
     """
-    from klas.methods import get_method, recovery_method_names
-    from klas.select import select_pair, snnet_nearest_pairs
+    from klas.selection.methods import get_method, recovery_method_names
+    from klas.selection.select import select_pair, snnet_nearest_pairs
 
     out: dict[str, dict] = {}
     opts = options.pair_options()
@@ -311,7 +311,7 @@ def method_picks(scores, source: str, target: str, methods: Sequence[str], *, ev
         if method.pair_rule == "gamma":
             numerator = None
             if method.metric is not None:
-                from klas.metric_tables import metric_numerators
+                from klas.selection.metric_tables import metric_numerators
 
                 numerator = metric_numerators(scores, method.metric, cache, Path(cache) / "probes")(source, target)
             pair = select_pair(scores, source, target, numerator=numerator, **opts)

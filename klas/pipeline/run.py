@@ -35,11 +35,11 @@ from typing import Callable, Sequence
 import torch
 
 from klas import distributed as dist
-from klas.config import PROTOCOLS, ConfigError, RunConfig, stage_fingerprint
+from klas.pipeline.config import PROTOCOLS, ConfigError, RunConfig, stage_fingerprint
 from klas.errors import CacheError, KlasError
 from klas.files import write_json_atomic
 from klas.reading import load_checkpoint, read_json
-from klas.select import Selection, read_selection
+from klas.selection.select import Selection, read_selection
 from klas.training_log import TRAINING_CSV
 
 __all__ = ["run", "run_methods", "run_recovery", "prepare", "stage_done", "recovery_table", "MARKER"]
@@ -101,8 +101,8 @@ def prepare(cfg: RunConfig, *, progress: bool = True, log=print) -> tuple[list, 
     dcfg, seed, device = cfg.data, cfg.seed, dist.rank_device(cfg.device)
     a = cfg.adapt
     if a.steps > 0:
-        from klas.adapt import adapt_anchor
-        from klas.finetune import FinetuneSettings
+        from klas.stitching.adapt import adapt_anchor
+        from klas.stitching.finetune import FinetuneSettings
 
         def do_adapt():
             settings = FinetuneSettings(steps=a.steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
@@ -117,7 +117,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True, log=print) -> tuple[list, 
         anchors = load_run_anchors(cfg)
 
     def do_extract():
-        from klas.extract import extract
+        from klas.extraction.extract import extract
 
         for split, limit in (("train", dcfg.train_limit), ("val", dcfg.val_limit)):
             extract(anchors, dcfg.root, cache, splits=(split,), batch_size=cfg.extract.batch_size,
@@ -128,7 +128,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True, log=print) -> tuple[list, 
     _stage(cache, "extract", stage_fingerprint(cfg, "extract"), do_extract, log)
 
     def do_probes():
-        from klas.probes import probe_table, train_probes
+        from klas.scoring.probes import probe_table, train_probes
 
         p = cfg.probes
         sets = train_probes([cache / a.name / "train" for a in anchors], [cache / a.name / "val" for a in anchors],
@@ -143,7 +143,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True, log=print) -> tuple[list, 
     _stage(cache / "probes", "probes", stage_fingerprint(cfg, "probes"), do_probes, log)
 
     def do_score():
-        from klas.scores import score
+        from klas.scoring.scores import score
 
         s = cfg.score
         score(cache, cache / "probes", cache / "scores", anchors=[a.name for a in anchors], temperature=s.temperature,
@@ -161,8 +161,8 @@ def _adapted_dir(cfg: RunConfig, anchor=None) -> Path:
 
 def load_run_anchors(cfg: RunConfig) -> list:
     """The run's anchors: built from their specs, with their adapted weights when the config adapts
-    them (klas.adapt; the adaptation stage must have run)."""
-    from klas.adapt import apply_adapted
+    them (klas.stitching.adapt; the adaptation stage must have run)."""
+    from klas.stitching.adapt import apply_adapted
     from klas.anchors import load_anchor
 
     anchors = [load_anchor(spec) for spec in cfg.anchors]
@@ -172,7 +172,7 @@ def load_run_anchors(cfg: RunConfig) -> list:
 
 
 def run(cfg: RunConfig, *, methods: list[str] | None = None, progress: bool = True, log=print) -> Path:
-    """Runs every stage of `cfg` (validated, klas.config) for each method and finetuning protocol;
+    """Runs every stage of `cfg` (validated, klas.pipeline.config) for each method and finetuning protocol;
     returns the report folder of the first protocol. With `seeds`, the whole comparison runs once
     per seed (under `out`/seed-<k>) and `out`/summary gathers each figure as mean and 95% interval.
 
@@ -192,7 +192,7 @@ def run(cfg: RunConfig, *, methods: list[str] | None = None, progress: bool = Tr
         reports[seed] = Path(one.out) / "report"
     summary = Path(cfg.out) / "summary"
     if dist.is_main():
-        from klas.seeds import summarise_seeds, summary_lines
+        from klas.evaluation.seeds import summarise_seeds, summary_lines
 
         doc = summarise_seeds(reports, cfg.finetune.protocols, summary)
         for line in summary_lines(doc):
@@ -205,7 +205,7 @@ def run(cfg: RunConfig, *, methods: list[str] | None = None, progress: bool = Tr
 def _run_one(cfg: RunConfig, methods: list[str] | None, *, progress: bool, log) -> Path:
     """One seed: the shared stages, then each protocol's finetuning and evaluation of every method,
     and one report per protocol under `out`/report/<protocol>."""
-    from klas.report import headline
+    from klas.evaluation.report import headline
 
     methods = run_methods(cfg, methods)
     out = Path(cfg.out)
@@ -220,7 +220,7 @@ def _run_one(cfg: RunConfig, methods: list[str] | None, *, progress: bool, log) 
                                                            progress=progress, log=log)
         report = out / "report" / protocol
         if dist.is_main():
-            from klas.report import write_report
+            from klas.evaluation.report import write_report
 
             write_report(results, report, title=f"{cfg.name} ({protocol} finetuning): " + " vs ".join(methods),
                          extra={"config": cfg.to_json(), "methods_run": methods, "protocol": protocol},
@@ -259,8 +259,8 @@ def _check_preprocessing(anchors) -> None:
 
 
 def _selection(cfg: RunConfig, method: str, cache: Path):
-    from klas.methods import SelectOptions, run_method
-    from klas.scores import load_scores
+    from klas.selection.methods import SelectOptions, run_method
+    from klas.scoring.scores import load_scores
 
     return run_method(method, load_scores(cache / "scores"), SelectOptions.from_config(cfg.select, seed=cfg.seed,
                                                                                         cache=cache))
@@ -269,7 +269,7 @@ def _selection(cfg: RunConfig, method: str, cache: Path):
 def _build_supernet(anchors, selection: Selection, which: str = "chain"):
     """The supernet of a selection: its stitches, and the anchors on its chain (KLAS.md §5.5: anchors
     the chain skips are not routes), or every anchor of the run (`which="all"`)."""
-    from klas.stitch import StitchedSupernet
+    from klas.stitching.stitch import StitchedSupernet
 
     if which == "chain":
         anchors = [a for a in anchors if a.name in selection.chain]
@@ -278,7 +278,7 @@ def _build_supernet(anchors, selection: Selection, which: str = "chain"):
 
 
 def _images(cfg: RunConfig, split: str, anchor, limit):
-    from klas.data import ImageDataset, split_for_anchor
+    from klas.extraction.data import ImageDataset, split_for_anchor
 
     source, indices = split_for_anchor(cfg.data.root, split, anchor, val_fraction=cfg.data.val_fraction,
                                        seed=cfg.seed, limit=limit)
@@ -296,7 +296,7 @@ def _select_stage(cfg: RunConfig, method: str, out: Path, log) -> None:
     sel_dir = _method_dirs(out, method, "")[0]
 
     def do_select():
-        from klas.plots import selection_scatter
+        from klas.evaluation.plots import selection_scatter
 
         sel = _selection(cfg, method, out / "cache")
         write_json_atomic(sel_dir / "selection.json", sel.to_json())
@@ -310,8 +310,8 @@ def _run_method(cfg: RunConfig, method: str, protocol: str, anchors, out: Path, 
                 log) -> tuple[list, dict]:
     """Finetuning and evaluation of one method's supernet under one protocol; returns the route
     results and each scored route's bucket (for the within-bucket diagnostics)."""
-    from klas.evaluate import RouteResult, evaluate_routes
-    from klas.finetune import CHECKPOINT, FinetuneSettings, finetune
+    from klas.evaluation.evaluate import RouteResult, evaluate_routes
+    from klas.stitching.finetune import CHECKPOINT, FinetuneSettings, finetune
 
     sel_dir, net_dir, eval_dir = _method_dirs(out, method, protocol)
     selection = read_selection(sel_dir / "selection.json")
@@ -389,13 +389,13 @@ def _resolve_pair(cfg: RunConfig, anchors, pair: Sequence[str]):
 
 
 def run_recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool = True, log=print) -> Path:
-    """The recovery test on one anchor pair of `cfg` (klas.recovery); returns its folder under
+    """The recovery test on one anchor pair of `cfg` (klas.evaluation.recovery); returns its folder under
     `out`/recovery holding recovery.json, recovery.csv and recovery.png."""
-    from klas.methods import SelectOptions
-    from klas.plots import recovery_plot
-    from klas.recovery import RecoverySettings, method_picks, recovery_report, train_configurations
-    from klas.scores import load_scores
-    from klas.select import configurations, in_flops_range
+    from klas.selection.methods import SelectOptions
+    from klas.evaluation.plots import recovery_plot
+    from klas.evaluation.recovery import RecoverySettings, method_picks, recovery_report, train_configurations
+    from klas.scoring.scores import load_scores
+    from klas.selection.select import configurations, in_flops_range
 
     began = time.perf_counter()
     dist.init_from_env(cfg.device, timeout_s=cfg.distributed.timeout_s)

@@ -24,9 +24,9 @@ import os
 import sys
 
 from klas import distributed
-from klas.config import (DataSection, EvaluateSection, ExtractSection, ProbesSection, RunConfig, ScoreSection,
+from klas.pipeline.config import (DataSection, EvaluateSection, ExtractSection, ProbesSection, RunConfig, ScoreSection,
                          SelectSection, add_setting_option)
-from klas.methods import get_method, method_names
+from klas.selection.methods import get_method, method_names
 from klas.devices import check_device, triton_usable_here
 from klas.errors import ConfigError, KlasError, UsageError
 from klas.files import describe_path_error, describe_write_error
@@ -112,7 +112,7 @@ def _add_data_options(p: argparse.ArgumentParser, batch_section) -> None:
 
 
 def _cmd_extract(args) -> int:
-    from klas.extract import extract
+    from klas.extraction.extract import extract
 
     _names(",".join(args.anchor), "--anchor")
 
@@ -153,11 +153,11 @@ def _cmd_anchors(args) -> int:
 
 
 def _cmd_eval_anchor(args) -> int:
-    from klas.anchor_eval import evaluate_anchor
+    from klas.evaluation.anchor_eval import evaluate_anchor
 
     anchor = args.spec
     if args.adapted:
-        from klas.adapt import apply_adapted
+        from klas.stitching.adapt import apply_adapted
         from klas.anchors import load_anchor
 
         anchor = apply_adapted(load_anchor(args.spec), args.adapted)
@@ -176,7 +176,7 @@ def _cmd_eval_anchor(args) -> int:
 
 def _anchor_names(args, split: str) -> list[str]:
     from klas.errors import CacheError
-    from klas.extract import cached_anchors
+    from klas.extraction.extract import cached_anchors
 
     names = _names(args.anchors, "--anchors") or cached_anchors(args.cache, split)
     if not names:
@@ -187,7 +187,7 @@ def _anchor_names(args, split: str) -> list[str]:
 def _cmd_probes(args) -> int:
     from pathlib import Path
 
-    from klas.probes import probe_table, train_probes
+    from klas.scoring.probes import probe_table, train_probes
 
     names = _anchor_names(args, "train")
     root = Path(args.cache)
@@ -210,7 +210,7 @@ def _cmd_probes(args) -> int:
 def _cmd_score(args) -> int:
     from pathlib import Path
 
-    from klas.scores import score
+    from klas.scoring.scores import score
 
     root = Path(args.cache)
     probes = Path(args.probes) if args.probes else root / "probes"
@@ -238,10 +238,10 @@ def _cmd_select(args) -> int:
     from pathlib import Path
 
     from klas.files import write_json_atomic
-    from klas.plots import selection_scatter
-    from klas.scores import load_scores
-    from klas.methods import SelectOptions, run_method
-    from klas.select import select_snnet_nearest
+    from klas.evaluation.plots import selection_scatter
+    from klas.scoring.scores import load_scores
+    from klas.selection.methods import SelectOptions, run_method
+    from klas.selection.select import select_snnet_nearest
 
     scores_dir = Path(args.scores)
     out = Path(args.out) if args.out else scores_dir.parent / "selection"
@@ -275,9 +275,9 @@ def _print_selection(sel) -> None:
 def _cmd_export(args) -> int:
     from pathlib import Path
 
-    from klas.export import to_snnet, write_csv
+    from klas.selection.export import to_snnet, write_csv
     from klas.files import write_json_atomic
-    from klas.select import read_selection
+    from klas.selection.select import read_selection
 
     path = Path(args.selection)
     selection = read_selection(path)
@@ -294,10 +294,10 @@ def _cmd_export(args) -> int:
 def _cmd_import_snnet(args) -> int:
     from pathlib import Path
 
-    from klas.export import from_snnet
+    from klas.selection.export import from_snnet
     from klas.files import write_json_atomic
     from klas.reading import read_json
-    from klas.scores import load_scores
+    from klas.scoring.scores import load_scores
 
     snnet = read_json(args.config, what="SN-Net configuration file", error=UsageError,
                       fix="give a JSON file as `klas export --format snnet` writes")
@@ -440,8 +440,8 @@ def _overrides(items: list[str] | None) -> dict:
 
 
 def _cmd_recovery(args) -> int:
-    from klas.config import load_config
-    from klas.run import run_recovery
+    from klas.pipeline.config import load_config
+    from klas.pipeline.run import run_recovery
 
     cfg = load_config(args.config, _overrides(args.set))
     run_recovery(cfg, [p.strip() for p in args.pair.split(",")], progress=not args.quiet)
@@ -449,8 +449,8 @@ def _cmd_recovery(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from klas.config import load_config
-    from klas.run import run
+    from klas.pipeline.config import load_config
+    from klas.pipeline.run import run
 
     overrides = _overrides(args.set)
     if args.method:
@@ -464,7 +464,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from klas.demo import demo
+    from klas.pipeline.demo import demo
 
     anchors = _names(args.anchors, "--anchors")
     report = demo(args.out, data=args.data, anchors=anchors, progress=not args.quiet)

@@ -25,7 +25,7 @@ import torch
 from klas.errors import UsageError
 from klas.reading import finite_number
 from klas.anchors.base import PartCounts
-from klas.scores import AnchorEntry, Scores
+from klas.scoring.scores import AnchorEntry, Scores
 
 __all__ = [
     "Config", "PairSelection", "Selection", "SelectedAnchor", "CHAIN_RULES", "anchor_chain", "configurations",
@@ -50,8 +50,8 @@ class Config:
 
     @property
     def route(self):
-        """The supernet route of this stitch (klas.stitch.Route; its `name` keys evaluations)."""
-        from klas.stitch import Route
+        """The supernet route of this stitch (klas.stitching.stitch.Route; its `name` keys evaluations)."""
+        from klas.stitching.stitch import Route
 
         return Route(self.source, self.target, self.i, self.j)
 
@@ -59,7 +59,7 @@ class Config:
 @dataclass(frozen=True)
 class SelectedAnchor:
     """An anchor as a saved selection records it (name, spec, depth, total FLOPs per image); the
-    selection of a live run holds klas.scores.AnchorEntry, which has the same fields."""
+    selection of a live run holds klas.scoring.scores.AnchorEntry, which has the same fields."""
 
     name: str
     spec: str

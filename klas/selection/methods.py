@@ -35,18 +35,18 @@ class SelectOptions:
 
     @classmethod
     def from_config(cls, section, *, seed: int, cache: Path | None = None) -> "SelectOptions":
-        """From a run config's `select` section (klas.config.SelectSection)."""
+        """From a run config's `select` section (klas.pipeline.config.SelectSection)."""
         return cls(tau=section.tau, tau_mode=section.tau_mode, buckets=section.buckets, chain_rule=section.chain_rule,
                    flops_range=section.flops_range, snnet_stage_skips=section.snnet_stage_skips, seed=seed,
                    cache=cache, probes=None if cache is None else Path(cache) / "probes")
 
     def klas_options(self) -> dict:
-        """The keyword arguments of klas.select.select."""
+        """The keyword arguments of klas.selection.select.select."""
         return {"tau": self.tau, "tau_mode": self.tau_mode, "buckets": self.buckets, "chain_rule": self.chain_rule,
                 "flops_range": self.flops_range}
 
     def pair_options(self) -> dict:
-        """The keyword arguments of klas.select.select_pair (one anchor pair: no chain)."""
+        """The keyword arguments of klas.selection.select.select_pair (one anchor pair: no chain)."""
         return {"tau": self.tau, "tau_mode": self.tau_mode, "buckets": self.buckets, "flops_range": self.flops_range}
 
 
@@ -54,8 +54,8 @@ class SelectOptions:
 class Method:
     """One selection method.
 
-    select: (scores, options) -> klas.select.Selection over the whole anchor family.
-    metric: the distance a metric baseline puts in Γ's numerator in place of Θ (klas.metric_tables);
+    select: (scores, options) -> klas.selection.select.Selection over the whole anchor family.
+    metric: the distance a metric baseline puts in Γ's numerator in place of Θ (klas.selection.metric_tables);
         such a method reads the pooled features of the extraction output.
     pair_rule: how the recovery test asks it for one pair's picks: "gamma" (KLAS's bucketing, τ and
         coverage with its Γ), "snnet" (SN-Net's fixed configurations), "random", or None (the
@@ -103,7 +103,7 @@ def get_method(name: str) -> Method:
 
 
 def run_method(name: str, scores, options: SelectOptions | None = None):
-    """The selection of method `name` over `scores` (klas.scores.Scores)."""
+    """The selection of method `name` over `scores` (klas.scoring.scores.Scores)."""
     method = get_method(name)
     options = options or SelectOptions()
     if method.reads_features and options.cache is None:
@@ -116,7 +116,7 @@ def run_method(name: str, scores, options: SelectOptions | None = None):
 @register_method("klas", "KLAS: Γ = Θ-based Ω / Σ over the minimax anchor chain, buckets, τ and coverage",
                  pair_rule="gamma")
 def _klas(scores, o: SelectOptions):
-    from klas.select import select
+    from klas.selection.select import select
 
     return select(scores, **o.klas_options())
 
@@ -124,7 +124,7 @@ def _klas(scores, o: SelectOptions):
 @register_method("klas-snnet-chain", "KLAS's block selection on SN-Net's chain, every anchor to the next "
                                      "(the paper's Fig. 6 control)")
 def _klas_snnet_chain(scores, o: SelectOptions):
-    from klas.select import select_on_snnet_chain
+    from klas.selection.select import select_on_snnet_chain
 
     return select_on_snnet_chain(scores, **o.klas_options())
 
@@ -132,15 +132,15 @@ def _klas_snnet_chain(scores, o: SelectOptions):
 @register_method("snnet-nearest", "SN-Net's nearest stitching: neighbouring anchors, fixed configurations",
                  pair_rule="snnet")
 def _snnet_nearest(scores, o: SelectOptions):
-    from klas.select import select_snnet_nearest
+    from klas.selection.select import select_snnet_nearest
 
     return select_snnet_nearest(scores, stage_skips=o.snnet_stage_skips)
 
 
 def _metric_method(metric: str):
     def run(scores, o: SelectOptions):
-        from klas.metric_tables import metric_numerators
-        from klas.select import select
+        from klas.selection.metric_tables import metric_numerators
+        from klas.selection.select import select
 
         return select(scores, numerators=metric_numerators(scores, metric, o.cache, o.probes), method=metric,
                       **o.klas_options())
@@ -157,6 +157,6 @@ for _name, _help in (("cka", "Γ with 1 − linear CKA in the numerator"),
 
 @register_method("random", "a seeded random set of KLAS's size on KLAS's chain (ablation)", pair_rule="random")
 def _random(scores, o: SelectOptions):
-    from klas.select import select_random
+    from klas.selection.select import select_random
 
     return select_random(scores, seed=o.seed, **o.klas_options())

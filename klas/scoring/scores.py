@@ -27,10 +27,10 @@ from klas.anchors.base import LOGITS, PartCounts, stitch_sources
 from klas.cache import CacheReader
 from klas.cache.pairing import check_same_samples, check_same_weights
 from klas.errors import CacheError, UsageError
-from klas.features import CacheFeatures
+from klas.scoring.features import CacheFeatures
 from klas.files import save_safetensors_atomic, write_json_atomic
-from klas.kl import check_temperature, kl_matrix_from_features
-from klas.probes import load_probes
+from klas.scoring.kl import check_temperature, kl_matrix_from_features
+from klas.scoring.probes import load_probes
 from klas.reading import finite_number, load_safetensors, read_json
 
 __all__ = ["stitch_scores", "floored_blocks", "AnchorEntry", "Scores", "score", "load_scores", "DEFAULT_FLOOR"]
@@ -149,7 +149,7 @@ class Scores:
         }
         write_json_atomic(out / "scores.json", meta)
         if plots:
-            from klas.plots import pair_heatmap
+            from klas.evaluation.plots import pair_heatmap
 
             for f, g in self.pairs():
                 pair_heatmap(self.theta(f, g), self.gamma(f, g), f, g, out / "heatmaps" / f"{f}__{g}.png")

@@ -1,13 +1,13 @@
 """Tables of the baseline distances over (i, j) for an anchor pair, from the caches and probes.
 
-`metric_numerators(...)` gives a `numerators(source, target)` callable for klas.select.select: a
+`metric_numerators(...)` gives a `numerators(source, target)` callable for klas.selection.select.select: a
 ``[m_f − 1, m_g − 1]`` table of the chosen distance between source block i and target block j (NaN
 where the grids differ, which selection never uses).
 
-- "cka", "mse", "dm": klas.metrics on the pooled D_v features;
+- "cka", "mse", "dm": klas.selection.metrics on the pooled D_v features;
 - "ce": cross-entropy between the probe distributions on D_v;
 - "kl-ls": Θ measured through a least-squares stitch. For each source block i one solve on D_t maps
-  f's pooled block-i features onto every target block j at once (klas.linear_fit); since probe and
+  f's pooled block-i features onto every target block j at once (klas.selection.linear_fit); since probe and
   stitch are both linear, probe_j(M·a + c) is the composite probe (W_j M, W_j c + b_j), and
   Θ(P^g_j(stitched f_i) ‖ P^g_j) on D_v comes from kl_matrix_from_features (on CUDA the fused
   projection + softmax + KL kernel) with the composite weights. Pooling commutes with a linear
@@ -25,12 +25,12 @@ import torch
 from klas.anchors.base import stitch_sources
 from klas.cache import CacheReader
 from klas.errors import UsageError
-from klas.features import CacheFeatures
-from klas.kl import kl_matrix_from_features, probe_logits
-from klas.linear_fit import fit_linear
-from klas.metrics import FEATURE_METRICS, cross_entropy
-from klas.probes import load_probes
-from klas.scores import Scores, manifest_fingerprint
+from klas.scoring.features import CacheFeatures
+from klas.scoring.kl import kl_matrix_from_features, probe_logits
+from klas.selection.linear_fit import fit_linear
+from klas.selection.metrics import FEATURE_METRICS, cross_entropy
+from klas.scoring.probes import load_probes
+from klas.scoring.scores import Scores, manifest_fingerprint
 
 __all__ = ["metric_numerators", "NUMERATOR_METRICS"]
 
@@ -39,7 +39,7 @@ NUMERATOR_METRICS = (*FEATURE_METRICS, "ce", "kl-ls")
 
 def metric_numerators(scores: Scores, metric: str, cache_root: str | os.PathLike, probes_dir: str | os.PathLike | None = None,
                       split: str = "val", fit_split: str = "train", backend: str = "auto"):
-    """A `numerators(source, target)` callable for klas.select.select with `metric` in Γ's numerator."""
+    """A `numerators(source, target)` callable for klas.selection.select.select with `metric` in Γ's numerator."""
     if metric not in NUMERATOR_METRICS:
         raise UsageError(f"metric must be one of {sorted(NUMERATOR_METRICS)}, got {metric!r}")
     cache_root = Path(cache_root)

@@ -20,7 +20,7 @@ import torch
 from klas import distributed as dist
 from klas.errors import UsageError
 from klas.progress import progress_bar
-from klas.stitch import StitchedSupernet
+from klas.stitching.stitch import StitchedSupernet
 
 __all__ = ["RouteResult", "evaluate_routes", "pareto_frontier", "frontier_auc", "accuracy_gain_at_equal_flops",
            "flops_saving_at_equal_accuracy", "spearman"]

@@ -24,7 +24,7 @@ from klas.anchors import Anchor, load_anchor
 from klas.anchors.base import LOGITS
 from klas.cache import BlockEntry, CacheWriter, Manifest, read_manifest
 from klas.cache.format import DTYPES, LOGITS_INDEX
-from klas.data import make_loader, samples_digest, split_for_anchor
+from klas.extraction.data import make_loader, samples_digest, split_for_anchor
 from klas.errors import CacheError, UsageError
 from klas.progress import progress_bar
 
@@ -157,7 +157,7 @@ def extract(
 
     Args:
         anchors: spec strings or Anchor objects.
-        data: data root (see klas.data).
+        data: data root (see klas.extraction.data).
         out: cache root; caches go to ``out/<anchor name>/<split>``.
         splits: any of "train" (D_t), "val" (D_v), "test".
         dtype: storage dtype of the cache, one of float16, bfloat16, float32.

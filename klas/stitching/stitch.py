@@ -6,12 +6,12 @@ notation; SN-Net's j = 0 and i = m_f are routes too). Routes are numbered: the a
 FLOPs order, then the stitches in the order given.
 
 `route_parts(k)` is the one block walk: `forward(x, k)` runs it and `route_params(k)` adds up its
-parts' parameters. `route_flops(k)` is klas.select.stitched_flops, the one FLOPs sum that selection
+parts' parameters. `route_flops(k)` is klas.selection.select.stitched_flops, the one FLOPs sum that selection
 uses too (the source's front, the stitching layer, the target's back); the tests hold it against
 FlopCounterMode on the route's forward.
 
 Stitching layers: a 1x1 convolution on feature maps (``[B, C, H, W]``), a Linear on tokens
-(``[B, L, C]`` / ``[B, H, W, C]``); initialised by least squares (klas.linear_fit) on a calibration
+(``[B, L, C]`` / ``[B, H, W, C]``); initialised by least squares (klas.selection.linear_fit) on a calibration
 batch, on the device of the features.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from torch import nn
 from klas.anchors import Anchor
 from klas.anchors.base import width_and_grid
 from klas.errors import UsageError
-from klas.linear_fit import fit_linear
-from klas.select import stitch_flops, stitched_flops
+from klas.selection.linear_fit import fit_linear
+from klas.selection.select import stitch_flops, stitched_flops
 
 __all__ = ["Route", "Part", "StitchedSupernet", "stitching_layer"]
 

@@ -36,7 +36,7 @@ from klas import distributed as dist
 from klas.errors import KlasError, UsageError
 from klas.files import torch_save_atomic
 from klas.progress import progress_bar
-from klas.stitch import StitchedSupernet
+from klas.stitching.stitch import StitchedSupernet
 from klas.training_log import TRAINING_CSV, TrainingLog
 
 __all__ = ["FinetuneSettings", "finetune", "route_schedule", "CHECKPOINT"]

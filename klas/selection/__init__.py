@@ -1,0 +1,29 @@
+"""Selection: anchor chain, configurations, buckets, τ and coverage; the baseline distances and methods; exchange formats."""
+from klas._exports import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "select": "select",
+    "select_pair": "select",
+    "select_snnet_nearest": "select",
+    "select_random": "select",
+    "select_on_snnet_chain": "select",
+    "read_selection": "select",
+    "configurations": "select",
+    "Selection": "select",
+    "PairSelection": "select",
+    "Config": "select",
+    "stitched_flops": "select",
+    "stitch_flops": "select",
+    "SelectOptions": "methods",
+    "Method": "methods",
+    "register_method": "methods",
+    "run_method": "methods",
+    "get_method": "methods",
+    "method_names": "methods",
+    "cross_entropy": "metrics",
+    "metric_numerators": "metric_tables",
+    "fit_linear": "linear_fit",
+    "to_snnet": "export",
+    "from_snnet": "export",
+    "write_csv": "export",
+})

@@ -1,0 +1,11 @@
+"""Stitching: the supernet of a selection, its finetuning, and anchor adaptation."""
+from klas._exports import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "StitchedSupernet": "stitch",
+    "Route": "stitch",
+    "FinetuneSettings": "finetune",
+    "route_schedule": "finetune",
+    "adapt_anchor": "adapt",
+    "apply_adapted": "adapt",
+})

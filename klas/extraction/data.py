@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from klas.errors import DataError, UsageError
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "SPLITS", "ImageSource", "ImageDataset", "check_classes", "make_loader", "open_images",
+    "IMAGE_EXTENSIONS", "SPLITS", "ImageSource", "ImageDataset", "check_classes", "make_loader", "open_images", "prefetched",
     "resolve_split", "samples_digest", "split_for_anchor", "split_indices", "take_subset",
 ]
 
@@ -86,27 +86,29 @@ def open_images(path: str | os.PathLike) -> ImageSource:
         names = [i.filename for i in infos]
         is_zip = True
     else:
-        names = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+        names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
         is_zip = False
-    names = [n for n in names if not Path(n).name.startswith(".")]
+    # string operations, not Path objects: a set holds tens of thousands of names
+    names = [n for n in names if not n.rpartition("/")[2].startswith(".")]
     if not names:
         raise DataError(f"dataset {path} is empty: expected <class>/<image> files")
-    bad_depth = [n for n in names if len(Path(n).parts) != 2]
+    bad_depth = [n for n in names if n.count("/") != 1 or n.startswith("/") or n.endswith("/")]
     if bad_depth:
         raise DataError(f"dataset {path}: files must be <class>/<image>; these are not: {bad_depth[:5]}")
-    not_images = [n for n in names if Path(n).suffix.lower() not in IMAGE_EXTENSIONS]
+    not_images = [n for n in names if os.path.splitext(n)[1].lower() not in IMAGE_EXTENSIONS]
     if not_images:
         raise DataError(
             f"dataset {path} holds {len(not_images)} non-image file(s), e.g. {not_images[:5]}; "
             f"remove them (images end in {', '.join(IMAGE_EXTENSIONS)})"
         )
     names.sort()
-    classes = tuple(sorted({Path(n).parts[0] for n in names}))
+    folder_of = [n.partition("/")[0] for n in names]
+    classes = tuple(sorted(set(folder_of)))
     if len(classes) < 2:
         raise DataError(f"dataset {path} has one class ({classes[0]!r}); classification needs at least two "
                         "class folders")
     index = {c: k for k, c in enumerate(classes)}
-    labels = np.array([index[Path(n).parts[0]] for n in names], dtype=np.int64)
+    labels = np.array([index[c] for c in folder_of], dtype=np.int64)
     return ImageSource(path=path, is_zip=is_zip, files=tuple(names), classes=classes, labels=labels)
 
 
@@ -271,3 +273,45 @@ def take_subset(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray
         raise UsageError(f"limit must be positive, got {limit}")
     chosen = np.random.default_rng((seed, 1)).choice(len(indices), size=limit, replace=False)
     return indices[np.sort(chosen)]
+
+
+def prefetched(batches, depth: int = 2):
+    """Iterates `batches` on a background thread, `depth` batches ahead: image decoding (PIL
+    releases the GIL) overlaps the consumer's forward. Errors are raised where the batch would
+    have been; a consumer that stops early leaves the thread to finish its current batch."""
+    import queue
+    import threading
+
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                ready.put((batch, None))
+        except BaseException as e:  # handed to the consumer
+            ready.put((None, e))
+            return
+        ready.put((done, None))
+
+    thread = threading.Thread(target=produce, name="klas-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            batch, error = ready.get()
+            if error is not None:
+                raise error
+            if batch is done:
+                return
+            yield batch
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                ready.get(timeout=0.1)
+            except queue.Empty:
+                pass
+

@@ -19,6 +19,7 @@ import torch
 
 from klas import distributed as dist
 from klas.errors import UsageError
+from klas.extraction.data import prefetched
 from klas.progress import progress_bar
 from klas.stitching.stitch import StitchedSupernet
 
@@ -74,7 +75,9 @@ def evaluate_routes(net: StitchedSupernet, loader, *, device: str = "cpu", progr
     net.to(device).eval()
     correct = torch.zeros(len(net), dtype=torch.int64)
     total = 0
-    for images, labels in progress_bar(loader, disable=not progress, desc=f"evaluate {len(net)} routes", unit="batch"):
+    batches = prefetched(loader) if getattr(loader, "num_workers", 0) == 0 else loader
+    for images, labels in progress_bar(batches, total=len(loader), disable=not progress,
+                                       desc=f"evaluate {len(net)} routes", unit="batch"):
         logits = net.forward_many(images.to(device))
         for k, z in logits.items():
             correct[k] += int((z.argmax(dim=1).cpu() == labels).sum())

@@ -34,6 +34,7 @@ import torch
 
 from klas import distributed as dist
 from klas.errors import KlasError, UsageError
+from klas.extraction.data import prefetched
 from klas.files import torch_save_atomic
 from klas.progress import progress_bar
 from klas.stitching.stitch import StitchedSupernet
@@ -204,7 +205,8 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
     began, loss_value = time.perf_counter(), float("nan")
     bar = progress_bar(total=settings.steps, initial=start, disable=not progress or not dist.is_main(), desc="finetune",
                unit="step")
-    for step, (images, labels) in enumerate(loader, start=start):
+    # batches are decoded on a background thread (or by the loader's workers) while a step runs
+    for step, (images, labels) in enumerate(prefetched(loader) if settings.num_workers == 0 else loader, start=start):
         k = int(schedule[step])
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

@@ -92,7 +92,7 @@ def _complete(anchor: Anchor, cache_dir: Path, info: dict, settings: dict, dtype
     if existing.dtype == dtype and existing.source == settings and existing.weights_digest == info["weights"]:
         return existing  # complete and matching (data, settings and weights): nothing to do
     if dist.is_main():
-        warnings.warn(f"{cache_dir}: cache made with other settings is replaced", stacklevel=4)
+        warnings.warn(f"{cache_dir}: cache made with other settings is replaced", stacklevel=5)  # extract's caller
     return None
 
 

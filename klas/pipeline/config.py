@@ -77,14 +77,28 @@ class DataSection(_Section):
 
 
 @dataclass(frozen=True)
-class AdaptSection(_Section):
-    """Anchor adaptation before extraction (0 steps: off): each anchor finetuned alone on D_t."""
-    STAGE: ClassVar[str | None] = "adapt"
-    steps: int = setting(0, "steps of adaptation per anchor (0: off)", low=0, high=10**8)
-    batch_size: int = setting(64, "images per adaptation step", low=1, high=65536)
+class _TrainingBudget(_Section):
+    """The budget of a training (adaptation, finetuning): steps, batch, AdamW with a cosine schedule."""
+    steps: int = setting(0, "training steps", low=0, high=10**9)
+    batch_size: int = setting(64, "images per step", low=1, high=65536)
     lr: float = setting(1e-4, "peak learning rate (AdamW, cosine)", low=0.0, high=100.0, open_low=True)
     weight_decay: float = setting(0.05, "AdamW weight decay", low=0.0, high=100.0)
     warmup_fraction: float = setting(0.05, "part of the steps spent warming up", low=0.0, high=1.0)
+
+    def settings(self, *, seed: int, device: str, **more):
+        """klas.stitching.finetune.FinetuneSettings of this budget (`more`: the other settings)."""
+        from klas.stitching.finetune import FinetuneSettings
+
+        return FinetuneSettings(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                                weight_decay=self.weight_decay, warmup_fraction=self.warmup_fraction, seed=seed,
+                                device=device, **more)
+
+
+@dataclass(frozen=True)
+class AdaptSection(_TrainingBudget):
+    """Anchor adaptation before extraction (0 steps: off): each anchor finetuned alone on D_t."""
+    STAGE: ClassVar[str | None] = "adapt"
+    steps: int = setting(0, "steps of adaptation per anchor (0: off)", low=0, high=10**8)
 
 
 @dataclass(frozen=True)
@@ -113,7 +127,13 @@ class ScoreSection(_Section):
     STAGE: ClassVar[str | None] = "score"
     temperature: float = setting(1.0, "softmax temperature of Θ", low=0.0, high=1e6, open_low=True)
     floor: float = setting(1e-6, "floor on Σ in Γ = Ω / Σ", low=0.0, high=1e6, open_low=True)
-    backend: str = setting("auto", "Θ backend", choices=("auto", "torch", "native", "triton"))
+    backend: str = setting("auto", "Θ backend", choices=lambda: _theta_backends())
+
+
+def _theta_backends() -> tuple[str, ...]:
+    from klas.scoring.kl import BACKENDS
+
+    return tuple(b for b in BACKENDS if b != "reference")  # the float64 oracle is for tests, not runs
 
 
 def _method_names() -> tuple[str, ...]:
@@ -147,13 +167,9 @@ class SelectSection(_Section):
 
 
 @dataclass(frozen=True)
-class FinetuneSection(_Section):
+class FinetuneSection(_TrainingBudget):
     STAGE: ClassVar[str | None] = "finetune"
     steps: int = setting(1000, "supernet steps (the same budget for every method)", low=0, high=10**9)
-    batch_size: int = setting(64, "images per step", low=1, high=65536)
-    lr: float = setting(1e-4, "peak learning rate (AdamW, cosine)", low=0.0, high=100.0, open_low=True)
-    weight_decay: float = setting(0.05, "AdamW weight decay", low=0.0, high=100.0)
-    warmup_fraction: float = setting(0.05, "part of the steps spent warming up", low=0.0, high=1.0)
     protocols: list[str] = setting(["snnet", "stitches-only"], "finetuning protocols of every comparison",
                                    choices=tuple(PROTOCOLS), stage=None)
     freeze_bn: bool = setting(True, "keep the anchors' BatchNorm statistics")
@@ -163,18 +179,10 @@ class FinetuneSection(_Section):
                                       high=10**6)
     num_workers: int = setting(0, "DataLoader worker processes", low=0, high=256, stage=None)
 
-    def settings(self, *, seed: int, device: str, stitches_only: bool = False, steps: int | None = None,
-                 batch_size: int | None = None, lr: float | None = None, weight_decay: float | None = None,
-                 warmup_fraction: float | None = None):
-        """klas.stitching.finetune.FinetuneSettings of this section (the adaptation stage passes its own budget)."""
-        from klas.stitching.finetune import FinetuneSettings
-
-        pick = lambda given, own: own if given is None else given  # noqa: E731
-        return FinetuneSettings(steps=pick(steps, self.steps), batch_size=pick(batch_size, self.batch_size),
-                                lr=pick(lr, self.lr), weight_decay=pick(weight_decay, self.weight_decay),
-                                warmup_fraction=pick(warmup_fraction, self.warmup_fraction),
-                                stitches_only=stitches_only, freeze_bn=self.freeze_bn, seed=seed,
-                                checkpoint_every=self.checkpoint_every, num_workers=self.num_workers, device=device)
+    def settings(self, *, seed: int, device: str, stitches_only: bool = False, **more):
+        """klas.stitching.finetune.FinetuneSettings of a supernet's finetuning under one protocol."""
+        return super().settings(seed=seed, device=device, stitches_only=stitches_only, freeze_bn=self.freeze_bn,
+                                checkpoint_every=self.checkpoint_every, num_workers=self.num_workers, **more)
 
 
 @dataclass(frozen=True)

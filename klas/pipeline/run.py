@@ -102,12 +102,9 @@ def prepare(cfg: RunConfig, *, progress: bool = True, log=print) -> tuple[list, 
     a = cfg.adapt
     if a.steps > 0:
         from klas.stitching.adapt import adapt_anchor
-        from klas.stitching.finetune import FinetuneSettings
 
         def do_adapt():
-            settings = FinetuneSettings(steps=a.steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-                                        warmup_fraction=a.warmup_fraction, seed=seed, device=device,
-                                        num_workers=cfg.finetune.num_workers)
+            settings = a.settings(seed=seed, device=device, num_workers=cfg.finetune.num_workers)
             train = _images(cfg, "train", anchors[0], dcfg.train_limit)
             for anchor in anchors:
                 stats = adapt_anchor(anchor.to(device), train, settings, _adapted_dir(cfg, anchor), progress=progress)

@@ -189,3 +189,27 @@ def test_metric_baseline_refuses_a_cache_other_than_the_scored_one(scored, tmp_p
     manifest.write_text(json.dumps(data))
     argv = ["select", "--scores", str(tmp_path / "r" / "scores"), "--method", "cka", "--cache", str(tmp_path / "r")]
     assert main(argv) == 2
+
+
+def test_sigma_at_the_last_block_is_measured_with_the_head_and_with_the_last_probe(scored):
+    """The head-based value is the Σ_{m-1} Γ uses; the probe-based one is Θ(P_{m-1} ‖ P_m) computed
+    here independently from the cached rows and the saved probes."""
+    from klas.cache import CacheReader
+    from klas.scoring.probes import load_probes
+
+    s = load_scores(scored / "scores")
+    assert set(s.sigma_last_block) == {"small", "mid", "big"}
+    for name in ("small", "big"):
+        d = s.sigma_last_block[name]
+        assert abs(d["head"] - float(s.sigma(name)[-1])) < 1e-5
+        reader = CacheReader(scored / name / "val")
+        rows = np.concatenate([b.features for b in reader.batches(1000)]).astype(np.float64)
+        ps = load_probes(scored / "probes", name)
+        m = reader.manifest
+        z = [rows[:, e.offset:e.offset + e.width] @ w.double().numpy().T + b.double().numpy()
+             for e, w, b in zip(m.block_entries[-2:], ps.weights[-2:], ps.biases[-2:])]
+        lo = m.logits_entry
+        z.append(rows[:, lo.offset:lo.offset + lo.width])
+        want = theta_numpy(np.stack(z), np.stack(z))
+        assert abs(d["last_probe"] - want[0, 1]) < 1e-4 and abs(d["last_probe_vs_head"] - want[1, 2]) < 1e-4
+        assert abs(d["head"] - want[0, 2]) < 1e-4

@@ -198,3 +198,35 @@ def test_a_saved_selection_reads_back_to_the_same_document(tmp_path):
         back = read_selection(path)
         assert json.loads(json.dumps(back.to_json())) == json.loads(path.read_text())
         assert [c.route.name for c in back.selected] == [c.route.name for c in sel.selected]
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 40, 10_000])
+def test_size_matched_takes_every_buckets_best_before_any_second(size):
+    from klas.selection.select import size_matched
+
+    scores = make_scores([2, 3], 1)
+    sel = select(scores, tau=0.05, flops_range="end-buckets")
+    matched = size_matched(sel, size)
+    picked = [c for p in matched.pairs for c in p.selected]
+    every = [c for p in sel.pairs for c in p.configs]
+    assert len(picked) == min(size, len(every)) and len(set(picked)) == len(picked)
+    buckets = {}
+    for p in sel.pairs:
+        for c in p.configs:
+            buckets.setdefault((p.source, c.bucket), []).append(c)
+    counts = [sum(c in picked for c in cs) for cs in buckets.values()]
+    assert max(counts) - min(counts) <= 1 or min(counts) == min(len(cs) for cs in buckets.values())
+    for cs in buckets.values():  # within a bucket, the kept ones are its lowest Γ
+        kept = sorted(c.gamma for c in cs if c in picked)
+        assert kept == sorted(c.gamma for c in cs)[:len(kept)]
+
+
+def test_klas_size_matched_is_as_large_as_snnets_set():
+    from klas.selection.methods import SelectOptions, run_method
+    from klas.selection.select import select_snnet_nearest
+
+    scores = make_scores([2, 3, 4], 2)
+    options = SelectOptions(flops_range="end-buckets")
+    matched = run_method("klas-size-matched", scores, options)
+    assert matched.method == "klas-size-matched"
+    assert len(matched.selected) == len(select_snnet_nearest(scores).selected)

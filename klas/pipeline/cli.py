@@ -224,6 +224,10 @@ def _cmd_score(args) -> int:
     print(" " * width + "".join(f"{n:>{width}}" for n in order))
     for n, row in zip(order, s.last_block().tolist()):
         print(f"{n:<{width}}" + "".join(f"{v:>{width}.4f}" for v in row))
+    print("\nΣ at each anchor's last block, with its head (Γ's denominator) and with its last block's probe:")
+    for n, d in s.sigma_last_block.items():
+        print(f"  {n}: {d['head']:.4f} head, {d['last_probe']:.4f} last-block probe "
+              f"(probe vs head {d['last_probe_vs_head']:.4f})")
     print("\nbest stitch per anchor pair (1-indexed blocks):")
     for f, g in s.pairs():
         gamma = s.gamma(f, g)

@@ -210,6 +210,12 @@ def _run_one(cfg: RunConfig, methods: list[str] | None, *, progress: bool, log) 
     protocols = cfg.finetune.protocols
     for method in methods:
         _select_stage(cfg, method, out, log)
+    from klas.scoring.scores import load_scores
+
+    sigma_last = load_scores(out / "cache" / "scores").sigma_last_block
+    for name, d in sigma_last.items():
+        log(f"Σ at the last block of {name}: {d['head']:.4f} with the head (Γ's), {d['last_probe']:.4f} with the "
+            f"last block's probe (that probe vs the head: {d['last_probe_vs_head']:.4f})")
     for protocol in protocols:
         results, buckets = {}, {}
         for method in methods:
@@ -220,7 +226,8 @@ def _run_one(cfg: RunConfig, methods: list[str] | None, *, progress: bool, log) 
             from klas.evaluation.report import write_report
 
             write_report(results, report, title=f"{cfg.name} ({protocol} finetuning): " + " vs ".join(methods),
-                         extra={"config": cfg.to_json(), "methods_run": methods, "protocol": protocol},
+                         extra={"config": cfg.to_json(), "methods_run": methods, "protocol": protocol,
+                                "sigma_last_block": sigma_last},
                          buckets=buckets, steps={m: cfg.finetune.steps for m in methods},
                          stitches_only=PROTOCOLS[protocol],
                          curves={m: _method_dirs(out, m, protocol)[1] / TRAINING_CSV for m in methods})

@@ -14,6 +14,7 @@ Written as ``scores.safetensors`` + ``scores.json`` (+ a heatmap PNG per anchor 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -97,6 +98,9 @@ class Scores:
     split: str
     caches: dict  # anchor name -> manifest fingerprint
     probe_labels: str = "true"
+    # diagnostic of Σ_{m-1}, the denominator at the last target block: anchor name -> {"head": Θ(P_{m-1} ‖
+    # head), "last_probe": Θ(P_{m-1} ‖ P_m), "last_probe_vs_head": Θ(P_m ‖ head)} (empty: not measured)
+    sigma_last_block: dict = field(default_factory=dict)
 
     def anchor(self, name: str) -> AnchorEntry:
         for a in self.anchors:
@@ -146,6 +150,7 @@ class Scores:
             "pairs": [{"source": f, "target": g} for f, g in self.pairs()],
             "floored": {a.name: floored_blocks(self.sigma(a.name), self.floor) for a in self.anchors},
             "last_block": {"order": [a.name for a in self.anchors], "theta": self.last_block().tolist()},
+            "sigma_last_block": self.sigma_last_block,
         }
         write_json_atomic(out / "scores.json", meta)
         if plots:
@@ -202,7 +207,8 @@ def load_scores(out: str | os.PathLike) -> Scores:
     if not torch.isfinite(theta).all() or bool((theta < -1e-3).any()):
         raise CacheError(f"{tensor_path}: theta_all holds NaN, Inf or negative divergences; {fix}")
     return Scores(anchors=anchors, theta_all=theta.float(), floor=floor, temperature=temperature, split=meta["split"],
-                  caches=meta["caches"], probe_labels=meta.get("probe_labels", "true"))
+                  caches=meta["caches"], probe_labels=meta.get("probe_labels", "true"),
+                  sigma_last_block=_sigma_last_block(meta.get("sigma_last_block", {}), anchors, bad))
 
 
 _ANCHOR_FIELDS = ("name", "spec", "depth", "flops", "widths", "grids", "offset")
@@ -255,6 +261,39 @@ class _Lockstep:
     def chunks(self, chunk: int):
         for parts in zip(*(s.chunks(chunk) for s in self.streams)):
             yield [t for p in parts for t in p]
+
+
+_SIGMA_KEYS = ("head", "last_probe", "last_probe_vs_head")
+
+
+def _sigma_last_block(raw, anchors, bad) -> dict:
+    """The Σ diagnostic read back: known anchors, the three finite non-negative values each."""
+    names = {a.name for a in anchors}
+    if not isinstance(raw, dict) or not all(
+            name in names and isinstance(v, dict) and set(v) == set(_SIGMA_KEYS)
+            and all(isinstance(v[k], (int, float)) and not isinstance(v[k], bool) and math.isfinite(v[k])
+                    and v[k] >= -1e-6 for k in _SIGMA_KEYS) for name, v in raw.items()):
+        bad("sigma_last_block is malformed")
+    return {name: {k: float(v[k]) for k in _SIGMA_KEYS} for name, v in raw.items()}
+
+
+def last_block_sigmas(readers: dict, *, temperature: float, backend: str, device, chunk_size: int | None = None) -> dict:
+    """For every anchor (name -> (CacheReader, ProbeSet)), Σ at its last block two ways: Θ(P_{m-1} ‖ head),
+    which Γ uses, and Θ(P_{m-1} ‖ P_m) with the last block's own probe, and Θ(P_m ‖ head) between the
+    two (KLAS.md §4: the head's divergence from the last probe sets the denominator there)."""
+    ctx, out = dist.context(), {}
+    for name, (reader, ps) in readers.items():
+        depth = len(reader.manifest.block_entries)
+        if depth < 2:
+            continue
+        feats = CacheFeatures(reader, [depth - 1, depth, LOGITS], device=device, rank=ctx.rank,
+                              world_size=ctx.world_size)
+        probes = [(w.to(device), b.to(device)) for w, b in ps.probes()[depth - 2:depth]] + [None]
+        theta = kl_matrix_from_features(feats, probes, feats, probes, temperature=temperature, backend=backend,
+                                        chunk_size=chunk_size, across_ranks=ctx.distributed).cpu()
+        out[name] = {"head": float(theta[0, 2]), "last_probe": float(theta[0, 1]),
+                     "last_probe_vs_head": float(theta[1, 2])}
+    return out
 
 
 def manifest_fingerprint(cache_dir: Path) -> str:
@@ -354,8 +393,11 @@ def score(
     theta_all = kl_matrix_from_features(feats, probes, feats, probes, temperature=temperature, backend=backend,
                                         chunk_size=chunk_size, across_ranks=ctx.distributed)
     labels = {readers[n][1].labels for n in anchors}
+    sigmas = last_block_sigmas({n: readers[n] for n in ordered}, temperature=temperature, backend=backend,
+                               device=device, chunk_size=chunk_size)
     result = Scores(anchors=entries, theta_all=theta_all.cpu(), floor=floor, temperature=temperature, split=split,
-                    caches=caches, probe_labels=labels.pop() if len(labels) == 1 else "mixed")
+                    caches=caches, probe_labels=labels.pop() if len(labels) == 1 else "mixed",
+                    sigma_last_block=sigmas)
     if out is not None and dist.is_main():
         result.save(out, plots=plots)
     return result

@@ -155,6 +155,15 @@ for _name, _help in (("cka", "Γ with 1 − linear CKA in the numerator"),
     register_method(_name, _help + " (reads the caches)", metric=_name, pair_rule="gamma")(_metric_method(_name))
 
 
+@register_method("klas-size-matched", "KLAS's Γ on KLAS's chain, the best-scored configurations of every bucket "
+                                      "taken in turn until the set is as large as SN-Net's (set-size control)")
+def _klas_size_matched(scores, o: SelectOptions):
+    from klas.selection.select import select, select_snnet_nearest, size_matched
+
+    snnet = select_snnet_nearest(scores, stage_skips=o.snnet_stage_skips)
+    return size_matched(select(scores, **o.klas_options()), len(snnet.selected), method="klas-size-matched")
+
+
 @register_method("random", "a seeded random set of KLAS's size on KLAS's chain (ablation)", pair_rule="random")
 def _random(scores, o: SelectOptions):
     from klas.selection.select import select_random

@@ -29,7 +29,7 @@ from klas.scoring.scores import AnchorEntry, Scores
 
 __all__ = [
     "Config", "PairSelection", "Selection", "SelectedAnchor", "CHAIN_RULES", "anchor_chain", "configurations",
-    "stitch_flops", "stitched_flops", "config_flops", "unscored_config", "select_pair", "select", "select_random",
+    "stitch_flops", "stitched_flops", "config_flops", "unscored_config", "select_pair", "select", "select_random", "size_matched",
     "snnet_nearest_pairs", "snnet_stitched_stages", "select_snnet_nearest", "in_flops_range", "config_from_json", "read_selection",
 ]
 
@@ -415,6 +415,36 @@ def select_random(scores: Scores, *, seed: int = 0, **klas_options) -> Selection
     return Selection(method="random", chain=reference.chain, chain_rule=reference.chain_rule, tau=reference.tau,
                      tau_mode=reference.tau_mode, pairs=pairs, anchors=reference.anchors,
                      last_block=reference.last_block)
+
+
+def size_matched(selection: Selection, size: int, method: str | None = None) -> Selection:
+    """`selection` with `size` stitches in all: each bucket's configurations ranked by score (Γ,
+    lowest first), and taken rank by rank over every bucket of every pair (cheapest bucket first)
+    until `size` are kept; every bucket gets its best before any gets a second. The control for
+    set size (KLAS.md §5: with one total budget, a larger set gives each stitch fewer steps)."""
+    if size < 1:
+        raise UsageError(f"a size-matched selection needs at least one stitch, got {size}")
+    queues = []  # (pair index, bucket) -> configurations by score
+    for k, p in enumerate(selection.pairs):
+        by_bucket: dict[int, list[Config]] = {}
+        for c in p.configs:
+            by_bucket.setdefault(c.bucket, []).append(c)
+        for b in sorted(by_bucket):
+            ranked = sorted(by_bucket[b], key=lambda c: (math.isnan(c.gamma), c.gamma, c.flops, c.i, c.j))
+            queues.append((k, ranked))
+    chosen: list[list[Config]] = [[] for _ in selection.pairs]
+    taken, rank = 0, 0
+    while taken < size and any(rank < len(q) for _, q in queues):
+        for k, ranked in queues:
+            if rank < len(ranked) and taken < size:
+                chosen[k].append(ranked[rank])
+                taken += 1
+        rank += 1
+    pairs = [PairSelection(p.source, p.target, p.configs, sorted(chosen[k], key=lambda c: (c.flops, c.i, c.j)),
+                           p.edges, p.tau, p.uncovered_added) for k, p in enumerate(selection.pairs)]
+    return Selection(method=method or f"{selection.method}-size-matched", chain=selection.chain,
+                     chain_rule=selection.chain_rule, tau=selection.tau, tau_mode=selection.tau_mode, pairs=pairs,
+                     anchors=selection.anchors, last_block=selection.last_block)
 
 
 # -- SN-Net nearest stitching (baseline) --------------------------------------------------------

@@ -20,6 +20,8 @@ def _model_forward(anchor: Anchor, x: torch.Tensor) -> torch.Tensor:
         for block in anchor.model["blocks"]:
             h = block(h)
         return anchor.model["head"](h)
+    if hasattr(anchor, "input_mean"):  # a zoo anchor normalises in its stem; its model takes normalised images
+        x = (x - anchor.input_mean) / anchor.input_std
     return anchor.model(x)
 
 

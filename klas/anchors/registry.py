@@ -150,7 +150,8 @@ def load_anchor(spec: str) -> Anchor:
     kind, args, options = parse_spec(spec)
     if kind not in ADAPTERS:
         raise AnchorError(f"anchor spec {spec!r}: unknown kind {kind!r} (known: {', '.join(sorted(ADAPTERS))})")
-    seed = options.pop("seed", 0)
+    # seed seeds random weights; a kind that declares it also receives it (e.g. to pick a seed's checkpoint)
+    seed = options.get("seed", 0) if "seed" in KINDS[kind].options else options.pop("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise AnchorError(f"anchor spec {spec!r}: seed must be an integer in 0..2^63-1")
     import torch

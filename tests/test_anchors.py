@@ -185,3 +185,11 @@ def test_klas_anchors_lists_every_registered_kind_and_family(capsys):
     assert [f["family"] for f in doc["timm_families"]] == list(TIMM_FAMILIES)
     cifar = next(k for k in doc["kinds"] if k["kind"] == "cifar-resnet")
     assert cifar["options"] == {"pretrained": "bool", "num_classes": "int", "seed": "int"}
+
+
+def test_parameters_per_part_are_counted_for_every_kind(anchor):
+    """Stem, blocks and head parameters add up to at most the model's (parts without any, such as a
+    stem that only normalises, count 0)."""
+    p = anchor.params
+    assert all(b > 0 for b in p.blocks) and p.stem >= 0 and p.head > 0
+    assert p.total <= sum(t.numel() for t in anchor.model.parameters())

@@ -273,6 +273,8 @@ class Anchor(nn.Module):
         def used_by(fn, arg) -> int:
             with torch.inference_mode(False), torch.enable_grad():
                 out = fn(arg)
+                if not out.requires_grad:  # a part without parameters (e.g. a stem that only normalises)
+                    return 0
                 grads = torch.autograd.grad(out.float().sum(), named, allow_unused=True)
             return sum(p.numel() for p, g in zip(named, grads) if g is not None)
 

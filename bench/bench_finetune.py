@@ -32,7 +32,7 @@ from common import append_results  # noqa: E402
 
 from klas.anchors import load_anchor  # noqa: E402
 from klas.extraction.data import ImageDataset, split_for_anchor  # noqa: E402
-from klas.stitching.finetune import FinetuneSettings, _lr_factor, _StepBatches, finetune, route_schedule  # noqa: E402
+from klas.stitching.finetune import FinetuneSettings, _StepBatches, finetune, training_plan  # noqa: E402
 from klas.stitching.stitch import StitchedSupernet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,17 +52,7 @@ def supernet(stitches: int) -> StitchedSupernet:
 def bare(net: StitchedSupernet, data: ImageDataset, settings: FinetuneSettings, predecoded: bool = True) -> float:
     """Seconds of the training steps alone: same routes, batches, optimiser and schedule as
     `finetune`; the batches decoded beforehand (`predecoded`) or by a plain DataLoader in the loop."""
-    if settings.stitches_only:
-        for a in net.anchors.values():
-            a.requires_grad_(False)
-        params = list(net.stitches.parameters())
-    else:
-        params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    warmup = int(settings.warmup_fraction * settings.steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, settings.steps, warmup))
-    first = len(net.anchor_names) if settings.stitches_only else 0
-    schedule = first + route_schedule(len(net) - first, settings.steps, settings.seed)
+    opt, sched, schedule = training_plan(net, settings)
     batches = list(_StepBatches(len(data), settings.batch_size, settings.seed, 0, settings.steps))
     if predecoded:
         decoded = list(zip([torch.stack([data[i][0] for i in b]) for b in batches],

@@ -40,7 +40,7 @@ from klas.progress import progress_bar
 from klas.stitching.stitch import StitchedSupernet
 from klas.training_log import TRAINING_CSV, TrainingLog
 
-__all__ = ["FinetuneSettings", "finetune", "route_schedule", "CHECKPOINT"]
+__all__ = ["FinetuneSettings", "finetune", "training_plan", "route_schedule", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -134,6 +134,24 @@ def _load_checkpoint(path: Path, net: StitchedSupernet, settings: FinetuneSettin
     return state
 
 
+def training_plan(net: StitchedSupernet, settings: FinetuneSettings):
+    """(optimizer, scheduler, route of every step ``[steps]``) of a finetuning: AdamW over what
+    trains (the stitching layers alone with `stitches_only`, whose anchors are frozen here), warm-up
+    then cosine decay, and a seeded uniform route schedule (with the anchors frozen only the
+    stitches have anything to train: their routes alone are drawn)."""
+    if settings.stitches_only:
+        for a in net.anchors.values():
+            a.requires_grad_(False)
+        params = list(net.stitches.parameters())
+    else:
+        params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    warmup = int(settings.warmup_fraction * settings.steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, settings.steps, warmup))
+    first = len(net.anchor_names) if settings.stitches_only and len(net) > len(net.anchor_names) else 0
+    return optimizer, scheduler, first + route_schedule(len(net) - first, settings.steps, settings.seed)
+
+
 def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings: FinetuneSettings,
              out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
     """Trains `net` in place for `settings.steps` steps on `dataset` ((image, label) pairs);
@@ -145,15 +163,7 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(settings.device)
     net.to(device)
-    if settings.stitches_only:
-        for a in net.anchors.values():
-            a.requires_grad_(False)
-        params = list(net.stitches.parameters())
-    else:
-        params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    warmup = int(settings.warmup_fraction * settings.steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, settings.steps, warmup))
+    optimizer, scheduler, schedule = training_plan(net, settings)
     start = 0
     ckpt = out_dir / CHECKPOINT
     if os.path.lexists(ckpt):
@@ -168,9 +178,6 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise KlasError(f"checkpoint {ckpt} does not fit this supernet ({type(e).__name__}); delete it to "
                             "finetune from the start") from None
-    # with the anchors frozen only the stitches have anything to train: their routes alone are drawn
-    first = len(net.anchor_names) if settings.stitches_only and len(net) > len(net.anchor_names) else 0
-    schedule = first + route_schedule(len(net) - first, settings.steps, settings.seed)
     ctx = dist.context()
     batches = _StepBatches(len(dataset), settings.batch_size, settings.seed, start, settings.steps,
                            ctx.rank, ctx.world_size)

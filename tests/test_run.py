@@ -68,8 +68,10 @@ def test_fingerprints_follow_the_config_parts_a_stage_reads(tmp_path):
 def test_config_files_in_the_repository_are_valid():
     root = Path(__file__).resolve().parent.parent / "configs"
     for path in sorted(root.glob("*.yaml")):
-        cfg = load_config(path)
-        assert len(cfg.anchors) >= 2 and cfg.select.compare
+        cfg = load_config(path)  # every setting valid
+        assert len(cfg.anchors) >= 2 and cfg.name
+    comparison = load_config(root / "cifar10_resnet.yaml")
+    assert {"klas", "snnet-nearest"} <= set(comparison.select.compare)
 
 
 def _write(tmp_path: Path, cfg: dict) -> Path:

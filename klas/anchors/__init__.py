@@ -7,11 +7,11 @@ from klas.anchors.base import LAYOUTS, LOGITS, Anchor, AnchorFlops, BlockInfo, t
 from klas.anchors.cifar_resnet import CifarResNet, load_cifar_resnet
 from klas.anchors.cifar_zoo import ZOO, load_cifar_zoo
 from klas.anchors.module import ModuleAnchor, load_module
-from klas.anchors.registry import ADAPTERS, KINDS, anchor_kind, load_anchor, parse_spec, register_adapter
+from klas.anchors.registry import KINDS, anchor_kind, load_anchor, parse_spec, register_adapter
 from klas.anchors.timm_models import TIMM_FAMILIES, load_timm
 
 __all__ = [
-    "ADAPTERS", "KINDS", "LAYOUTS", "LOGITS", "TIMM_FAMILIES", "Anchor", "AnchorFlops", "BlockInfo", "CifarResNet",
+    "KINDS", "LAYOUTS", "LOGITS", "TIMM_FAMILIES", "Anchor", "AnchorFlops", "BlockInfo", "CifarResNet",
     "ModuleAnchor", "ZOO", "anchor_kind", "load_cifar_zoo", "load_anchor", "load_cifar_resnet", "load_module", "load_timm", "parse_spec",
     "register_adapter", "take_blocks",
 ]

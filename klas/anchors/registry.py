@@ -25,8 +25,7 @@ from typing import Callable
 from klas.anchors.base import Anchor
 from klas.errors import AnchorError
 
-__all__ = ["load_anchor", "parse_spec", "register_adapter", "anchor_kind", "AnchorKind", "KINDS", "ADAPTERS",
-           "OPTIONS", "COMMON_OPTIONS"]
+__all__ = ["load_anchor", "parse_spec", "register_adapter", "anchor_kind", "AnchorKind", "KINDS", "COMMON_OPTIONS"]
 
 Loader = Callable[[str, list, dict], Anchor]
 COMMON_OPTIONS = {"seed": int}
@@ -53,8 +52,6 @@ class AnchorKind:
 
 
 KINDS: dict[str, AnchorKind] = {}
-ADAPTERS: dict[str, Loader] = {}  # kind -> loader (a view of KINDS)
-OPTIONS: dict[str, dict[str, type]] = {}  # kind -> declared options (a view of KINDS)
 
 
 def register_adapter(kind: str, loader: Loader, options: dict[str, type] | None = None, *,
@@ -65,8 +62,6 @@ def register_adapter(kind: str, loader: Loader, options: dict[str, type] | None 
     that declares none takes any key=value, loosely typed)."""
     KINDS[kind] = AnchorKind(kind, loader, usage or f"{kind}:...", help, dict(options or {}),
                              open_options or options is None, tuple(test_specs))
-    ADAPTERS[kind] = loader
-    OPTIONS[kind] = dict(options or {})
 
 
 def anchor_kind(kind: str, **registration):
@@ -122,12 +117,12 @@ def _typed(spec: str, key: str, text: str, kind: type):
 def parse_spec(spec: str) -> tuple[str, list[str], dict]:
     """Splits a spec into (kind, args, options)."""
     if not isinstance(spec, str) or ":" not in spec:
-        raise AnchorError(f"anchor spec {spec!r} must look like KIND:NAME (kinds: {', '.join(sorted(ADAPTERS))})")
+        raise AnchorError(f"anchor spec {spec!r} must look like KIND:NAME (kinds: {', '.join(sorted(KINDS))})")
     if len(spec) > MAX_SPEC_CHARS:
         raise AnchorError(f"anchor spec of {len(spec)} characters; a spec is at most {MAX_SPEC_CHARS}")
     body, _, query = spec.partition("?")
     kind, *args = body.split(":")
-    declared = {**OPTIONS.get(kind, {}), **COMMON_OPTIONS}
+    declared = {**(KINDS[kind].options if kind in KINDS else {}), **COMMON_OPTIONS}
     options = {}
     for item in filter(None, query.split("&")):
         key, eq, val = item.partition("=")
@@ -148,8 +143,8 @@ def parse_spec(spec: str) -> tuple[str, list[str], dict]:
 def load_anchor(spec: str) -> Anchor:
     """Builds the anchor a spec names, in eval mode on the CPU."""
     kind, args, options = parse_spec(spec)
-    if kind not in ADAPTERS:
-        raise AnchorError(f"anchor spec {spec!r}: unknown kind {kind!r} (known: {', '.join(sorted(ADAPTERS))})")
+    if kind not in KINDS:
+        raise AnchorError(f"anchor spec {spec!r}: unknown kind {kind!r} (known: {', '.join(sorted(KINDS))})")
     # seed seeds random weights; a kind that declares it also receives it (e.g. to pick a seed's checkpoint)
     seed = options.get("seed", 0) if "seed" in KINDS[kind].options else options.pop("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
@@ -158,4 +153,4 @@ def load_anchor(spec: str) -> Anchor:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return ADAPTERS[kind](spec, args, options)
+        return KINDS[kind].loader(spec, args, options)

@@ -54,9 +54,7 @@ def cache_layout(anchor: Anchor) -> tuple[BlockEntry, ...]:
 def anchor_info(anchor: Anchor) -> dict:
     """What later stages need to know of the anchor without loading it again (its spec is never
     loaded from a file), and the digest of its weights (a changed checkpoint is noticed)."""
-    f = anchor.flops
-    return {"input_size": list(anchor.input_size), "layouts": anchor.layouts,
-            "flops": {"stem": f.stem, "blocks": list(f.blocks), "head": f.head},
+    return {"input_size": list(anchor.input_size), "layouts": anchor.layouts, "flops": anchor.flops.to_json(),
             "weights": anchor.weights_digest()}
 
 

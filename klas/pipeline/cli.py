@@ -25,7 +25,7 @@ import sys
 
 from klas import distributed
 from klas.pipeline.config import (DataSection, EvaluateSection, ExtractSection, ProbesSection, RunConfig, ScoreSection,
-                         SelectSection, add_setting_option)
+                         SelectSection, add_setting_option, number_type)
 from klas.selection.methods import get_method, method_names
 from klas.devices import check_device, triton_usable_here
 from klas.errors import ConfigError, KlasError, UsageError
@@ -51,29 +51,6 @@ class _HelpWithDefaults(argparse.HelpFormatter):
                 or action.required):
             return text
         return f"{text} (default: %(default)s)"
-
-
-def _number(kind, *, low=None, high=None, closed_low=True, closed_high=True):
-    """An argparse type: a finite int/float within [low, high] (open ends where asked)."""
-    import math
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
-                                             f"got {text!r}") from None
-        if kind is float and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-        if (low is not None and (value < low or (value == low and not closed_low))
-                or high is not None and (value > high or (value == high and not closed_high))):
-            lo = "" if low is None else ("[" if closed_low else "(") + f"{low}"
-            hi = "" if high is None else f"{high}" + ("]" if closed_high else ")")
-            raise argparse.ArgumentTypeError(f"must be a finite number in {lo or '(-inf'}, {hi or 'inf)'}, got {text!r}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
 
 
 def _version() -> str:
@@ -338,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("epochs", "batch_size", "lr", "weight_decay"):
         add_setting_option(p, ProbesSection, name)
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"], help="the probes' optimiser")
-    p.add_argument("--label-smoothing", type=_number(float, low=0.0, high=1.0, closed_high=False), default=0.0,
+    p.add_argument("--label-smoothing", type=number_type(float, low=0.0, high=1.0, open_high=True), default=0.0,
                    help="label smoothing of the probes' cross-entropy")
     p.add_argument("--no-standardise", action="store_true",
                    help="train probes on the raw pooled features (default: standardised per feature on D_t, "

@@ -30,7 +30,7 @@ from klas.errors import ConfigError
 __all__ = ["RunConfig", "DataSection", "AdaptSection", "ExtractSection", "ProbesSection", "ScoreSection",
            "SelectSection", "FinetuneSection", "EvaluateSection", "RecoverySection", "DistributedSection",
            "STAGES", "PROTOCOLS", "MAX_BUCKETS", "load_config", "validate_config", "stage_fingerprint",
-           "stage_settings", "add_setting_option", "setting_type", "ConfigError"]
+           "stage_settings", "add_setting_option", "setting_type", "number_type", "ConfigError"]
 
 # the pipeline's stages in order; a stage's outputs depend on its own settings and every earlier stage's
 STAGES = ("adapt", "extract", "probes", "score", "select", "finetune", "evaluate")
@@ -43,12 +43,13 @@ MAX_CONFIG_NODES = 100_000  # a config has a few dozen; YAML aliases can make a 
 _SECTION_STAGE = object()  # a setting's stage is its section's
 
 
-def setting(default, help: str, *, low=None, high=None, open_low: bool = False, choices=None,
-            stage=_SECTION_STAGE) -> Any:
-    """Declares one setting: its default, help, allowed range [low, high] (low excluded when
-    `open_low`) or choices, and the first stage whose outputs it changes (None: it changes no
-    result, only speed, file layout or which methods run)."""
-    meta = {"help": help, "low": low, "high": high, "open_low": open_low, "choices": choices, "stage": stage}
+def setting(default, help: str, *, low=None, high=None, open_low: bool = False, open_high: bool = False,
+            choices=None, stage=_SECTION_STAGE) -> Any:
+    """Declares one setting: its default, help, allowed range [low, high] (an end excluded when
+    `open_low` / `open_high`) or choices, and the first stage whose outputs it changes (None: it
+    changes no result, only speed, file layout or which methods run)."""
+    meta = {"help": help, "low": low, "high": high, "open_low": open_low, "open_high": open_high, "choices": choices,
+            "stage": stage}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -258,14 +259,14 @@ def _choices(meta: dict) -> tuple | None:
 
 def _describe_range(meta: dict) -> str:
     lo = "" if meta["low"] is None else ("(" if meta["open_low"] else "[") + f"{meta['low']}"
-    hi = "" if meta["high"] is None else f"{meta['high']}]"
+    hi = "" if meta["high"] is None else f"{meta['high']}" + (")" if meta.get("open_high") else "]")
     return f"{lo or '(-inf'}, {hi or 'inf)'}"
 
 
 def _check_number(value, meta: dict, path: str):
     """`value` if finite and within the setting's range; ConfigError otherwise."""
     low, high = meta["low"], meta["high"]
-    if (not math.isfinite(value) or (high is not None and value > high)
+    if (not math.isfinite(value) or (high is not None and (value > high or (value == high and meta.get("open_high"))))
             or (low is not None and (value < low or (value == low and meta["open_low"])))):
         raise ConfigError(f"{path}: must be a finite number in {_describe_range(meta)}, got {value!r}")
     return value
@@ -491,11 +492,7 @@ def setting_type(section_cls, name: str):
 
     def parse(text: str):
         if want in (int, float):
-            try:
-                value = want(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected {'an integer' if want is int else 'a number'}, "
-                                                 f"got {text!r}") from None
+            value = _parse_number(text, want)
         elif set(typing.get_args(want)) == {int, str}:
             value = int(text) if text.lstrip("-").isdigit() else text
         else:
@@ -506,6 +503,28 @@ def setting_type(section_cls, name: str):
             raise argparse.ArgumentTypeError(str(e).lstrip(": ")) from None
 
     parse.__name__ = getattr(want, "__name__", "value")
+    return parse
+
+
+def _parse_number(text: str, kind: type):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+
+
+def number_type(kind: type, *, low=None, high=None, open_low: bool = False, open_high: bool = False):
+    """An argparse type for a command-line number that is not a config setting, checked by the same
+    rule as the settings: finite, within [low, high] (an end excluded when asked)."""
+    meta = {"low": low, "high": high, "open_low": open_low, "open_high": open_high}
+
+    def parse(text: str):
+        try:
+            return _check_number(_parse_number(text, kind), meta, "")
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e).lstrip(": ")) from None
+
+    parse.__name__ = kind.__name__
     return parse
 
 

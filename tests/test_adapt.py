@@ -59,3 +59,19 @@ def test_eval_anchor_with_adapted_weights(tmp_path, shapes_dir, capsys):
     other = "cifar-resnet:8?pretrained=false&seed=9"
     assert main(["eval-anchor", other, "--data", str(shapes_dir), "--adapted", str(tmp_path / "a"), "--quiet"]) == 2
     assert "adaptation of other weights" in capsys.readouterr().err
+
+
+def test_an_adaptation_stopped_after_its_last_checkpoint_finishes_without_training_again(tmp_path, shapes_dir):
+    """The record is written after the weights; a run stopped between its last checkpoint and the
+    record resumes to a complete, readable record of the same weights (no step left to run)."""
+    anchor = load_anchor(SPEC)
+    settings = FinetuneSettings(steps=3, batch_size=8, lr=1e-3)
+    adapt_anchor(anchor, _train(shapes_dir, anchor), settings, tmp_path / "a", progress=False)
+    adapted = anchor.weights_digest()
+    (tmp_path / "a" / "adapted.json").unlink()
+    (tmp_path / "a" / "weights.safetensors").unlink()
+    again = load_anchor(SPEC)
+    stats = adapt_anchor(again, _train(shapes_dir, again), settings, tmp_path / "a", progress=False)
+    assert stats["resumed_from"] == 3 and stats["final_loss"] is None
+    assert again.weights_digest() == adapted
+    assert apply_adapted(load_anchor(SPEC), tmp_path / "a").weights_digest() == adapted

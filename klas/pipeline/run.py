@@ -108,7 +108,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True, log=print) -> tuple[list, 
             train = _images(cfg, "train", anchors[0], dcfg.train_limit)
             for anchor in anchors:
                 stats = adapt_anchor(anchor.to(device), train, settings, _adapted_dir(cfg, anchor), progress=progress)
-                log(f"[adapt] {anchor.name}: {stats['steps']} steps, last loss {stats['final_loss']:.3f}")
+                log(f"[adapt] {anchor.name}: {_training_summary(stats)}")
 
         _stage(_adapted_dir(cfg), "adapt", stage_fingerprint(cfg, "adapt"), do_adapt, log)
         anchors = load_run_anchors(cfg)
@@ -149,6 +149,14 @@ def prepare(cfg: RunConfig, *, progress: bool = True, log=print) -> tuple[list, 
     _stage(cache / "scores", "score", stage_fingerprint(cfg, "score"), do_score, log)
 
     return anchors, device
+
+
+def _training_summary(stats: dict) -> str:
+    """One log line for a finetune() result; a call that found its checkpoint already complete says so."""
+    if stats["resumed_from"] >= stats["steps"]:
+        return f"{stats['steps']} steps, already done (checkpoint complete)"
+    return (f"{stats['steps']} steps (from {stats['resumed_from']}), {stats['seconds']:.0f} s, "
+            f"last loss {stats['final_loss']:.3f}")
 
 
 def _adapted_dir(cfg: RunConfig, anchor=None) -> Path:
@@ -334,8 +342,7 @@ def _run_method(cfg: RunConfig, method: str, protocol: str, anchors, out: Path, 
             images = torch.stack([x for x, _ in calib]).to(device)
             net.to(device).init_stitches(images, seed=cfg.seed)
         stats = finetune(net, train, settings, net_dir, progress=progress)
-        log(f"[finetune] {variant}: {stats['steps']} steps (from {stats['resumed_from']}), "
-            f"{stats['seconds']:.0f} s, last loss {stats['final_loss']:.3f}")
+        log(f"[finetune] {variant}: {_training_summary(stats)}")
 
     _stage(net_dir, "finetune", stage_fingerprint(cfg, "finetune", variant), do_finetune, log)
     e = cfg.evaluate

@@ -157,7 +157,8 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
     """Trains `net` in place for `settings.steps` steps on `dataset` ((image, label) pairs);
     checkpoints under `out_dir`, resuming from its checkpoint when there is one.
 
-    Returns {"steps", "resumed_from", "seconds", "final_loss"} (seconds of this call only).
+    Returns {"steps", "resumed_from", "seconds", "final_loss"} (seconds of this call only; final_loss
+    None when the checkpoint was already complete).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -209,7 +210,7 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
         for m in net.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.eval()
-    began, loss_value = time.perf_counter(), float("nan")
+    began, loss_value = time.perf_counter(), None  # None: no step left to run in this call
     bar = progress_bar(total=settings.steps, initial=start, disable=not progress or not dist.is_main(), desc="finetune",
                unit="step")
     # batches are decoded on a background thread (or by the loader's workers) while a step runs

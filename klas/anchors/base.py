@@ -17,26 +17,44 @@ from torch import nn
 
 from klas.errors import UsageError
 
-__all__ = ["Anchor", "BlockInfo", "PartCounts", "AnchorFlops", "AnchorParams", "LAYOUTS"]
+__all__ = ["Anchor", "BlockInfo", "token_grid", "width_and_grid", "PartCounts", "AnchorFlops", "AnchorParams", "LAYOUTS"]
 
 # How a block's output tensor is laid out, and so how it is pooled and what its grid is.
 LAYOUTS = ("nchw", "nhwc", "nlc")
 
 
-def width_and_grid(h: torch.Tensor, layout: str) -> tuple[int, tuple[int, ...]]:
-    """Channel width and grid ((H, W) or (tokens,)) of an activation laid out as `layout`."""
+def token_grid(tokens: int, input_hw: tuple[int, int]) -> tuple[int, ...]:
+    """The spatial grid (h, w) of `tokens` patch tokens laid out row-major over an input of
+    `input_hw` = (H, W) pixels (h / w = H / W); (tokens,) when no such grid exists."""
+    height, width = input_hw
+    for h in range(1, tokens + 1):
+        if tokens % h == 0 and h * width == (tokens // h) * height:
+            return h, tokens // h
+    return (tokens,)
+
+
+def width_and_grid(h: torch.Tensor, layout: str, *, prefix_tokens: int = 0,
+                   input_hw: tuple[int, int] | None = None) -> tuple[int, tuple[int, ...]]:
+    """Channel width and spatial grid of an activation laid out as `layout`.
+
+    The grid is spatial whatever the layout, so that two activations on the same grid match:
+    (H, W) of a feature map; for tokens ``[B, L, C]``, the (h, w) of the L − `prefix_tokens` patch
+    tokens over an input of `input_hw` (class and distillation tokens excluded), or (L − prefix,)
+    when they form no grid of the input's aspect.
+    """
     if layout == "nchw":
-        width, grid = h.shape[1], h.shape[2:]
-    elif layout == "nhwc":
-        width, grid = h.shape[-1], h.shape[1:-1]
-    else:
-        width, grid = h.shape[-1], h.shape[1:2]
-    return int(width), tuple(int(g) for g in grid)
+        return int(h.shape[1]), tuple(int(g) for g in h.shape[2:])
+    if layout == "nhwc":
+        return int(h.shape[-1]), tuple(int(g) for g in h.shape[1:-1])
+    patches = int(h.shape[1]) - prefix_tokens
+    grid = token_grid(patches, input_hw) if input_hw is not None else (patches,)
+    return int(h.shape[-1]), grid
 
 
 @dataclass(frozen=True)
 class BlockInfo:
-    """Block `index` (1-indexed): output width (channels) and grid ((H, W) or (tokens,))."""
+    """Block `index` (1-indexed): output width (channels), spatial grid ((H, W); (tokens,) for tokens
+    without one) and layout."""
 
     index: int
     name: str
@@ -123,6 +141,8 @@ class Anchor(nn.Module):
         input_size: (C, H, W) the anchor expects.
         mean, std: per-channel input normalisation on RGB in [0, 1].
         num_classes: width of the head's output.
+        prefix_tokens: tokens before the patch tokens in a "nlc" output (class, distillation
+            tokens); they are not part of the spatial grid.
         class_names: the classes in head order, where the anchor knows them (checked against the
             dataset's class folders); empty when unknown.
     """
@@ -140,6 +160,7 @@ class Anchor(nn.Module):
         mean: tuple[float, ...],
         std: tuple[float, ...],
         num_classes: int,
+        prefix_tokens: int = 0,
         class_names: tuple[str, ...] = (),
     ):
         super().__init__()
@@ -160,6 +181,9 @@ class Anchor(nn.Module):
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.num_classes = num_classes
+        if prefix_tokens < 0 or (prefix_tokens and "nlc" not in self.layouts):
+            raise UsageError(f"prefix_tokens={prefix_tokens}: only token ('nlc') outputs have prefix tokens")
+        self.prefix_tokens = int(prefix_tokens)
         self.class_names = tuple(class_names)
 
     def weights_digest(self) -> str:
@@ -241,9 +265,14 @@ class Anchor(nn.Module):
                 if k == LOGITS:
                     break
                 layout = self.layouts[k - 1]
-                width, grid = width_and_grid(h, layout)
+                width, grid = self.width_and_grid(h, layout)
                 infos.append(BlockInfo(k, self.block_names[k - 1], width, grid, layout))
         return tuple(infos)
+
+    def width_and_grid(self, h: torch.Tensor, layout: str) -> tuple[int, tuple[int, ...]]:
+        """Width and spatial grid of one of this anchor's activations (see `width_and_grid`)."""
+        return width_and_grid(h, layout, prefix_tokens=self.prefix_tokens if layout == "nlc" else 0,
+                              input_hw=tuple(self.input_size[1:]))
 
     @cached_property
     def flops(self) -> AnchorFlops:

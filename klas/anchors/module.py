@@ -5,7 +5,8 @@ only as the user types them (CLI, config, API), never from a file it reads back.
 
 The factory (called with the spec's options as keyword arguments) returns either an `Anchor`, or
 a dict with ``stem``, ``blocks`` (a sequence of modules), ``head`` and optionally ``layout``
-(one of LAYOUTS or a list), ``input_size``, ``mean``, ``std``, ``num_classes``, ``name``.
+(one of LAYOUTS or a list), ``input_size``, ``mean``, ``std``, ``num_classes``, ``name``,
+``prefix_tokens`` (class tokens before the patch tokens of token outputs).
 `ModuleAnchor.from_parts(...)` builds the same from Python directly.
 """
 from __future__ import annotations
@@ -40,12 +41,13 @@ class ModuleAnchor(Anchor):
         num_classes: int | None = None,
         name: str = "module",
         spec: str | None = None,
+        prefix_tokens: int = 0,
     ) -> "ModuleAnchor":
         model = nn.ModuleDict({"stem": stem, "blocks": nn.ModuleList(blocks), "head": head})
         anchor = cls(
             spec=spec or f"module:{name}", name=name, model=model, blocks=list(model["blocks"]),
             block_names=[f"blocks.{k}" for k in range(len(blocks))], layouts=layout,
-            input_size=input_size, mean=mean, std=std, num_classes=num_classes or 0,
+            input_size=input_size, mean=mean, std=std, num_classes=num_classes or 0, prefix_tokens=prefix_tokens,
         )
         if num_classes is None:
             with torch.no_grad():

@@ -5,7 +5,8 @@ each family's own `forward_features` / `forward_head`. Each registers itself (`t
 the timm model class it adapts and the timm modules that define that family's models:
 
 - VisionTransformer (ViT, DeiT, DeiT distilled): stem = patch embed + position embed;
-  blocks = `blocks`; head = `norm` + `forward_head`. Tokens, layout ``[B, L, C]``.
+  blocks = `blocks`; head = `norm` + `forward_head`. Tokens, layout ``[B, L, C]``; the class (and
+  distillation, register) tokens come first (`num_prefix_tokens`), then the patch tokens row-major.
 - SwinTransformer: stem = `patch_embed`; blocks = every stage's blocks in order, a stage's
   downsampling folded into its first block; head = `norm` + `forward_head`. Layout ``[B, H, W, C]``.
 - ResNet: stem = conv1/bn1/act1/maxpool; blocks = `layer1..4` in order; head = `forward_head`.
@@ -206,4 +207,5 @@ def load_timm(spec: str, args: list[str], options: dict) -> Anchor:
         spec=spec, name=name, model=model.eval(), blocks=blocks, block_names=names,
         layouts=adapter.layout, input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]),
         std=tuple(cfg["std"]), num_classes=model.num_classes,
+        prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)) if adapter.layout == "nlc" else 0,
     )

@@ -54,8 +54,11 @@ def cache_layout(anchor: Anchor) -> tuple[BlockEntry, ...]:
 def anchor_info(anchor: Anchor) -> dict:
     """What later stages need to know of the anchor without loading it again (its spec is never
     loaded from a file), and the digest of its weights (a changed checkpoint is noticed)."""
-    return {"input_size": list(anchor.input_size), "layouts": anchor.layouts, "flops": anchor.flops.to_json(),
+    info = {"input_size": list(anchor.input_size), "layouts": anchor.layouts, "flops": anchor.flops.to_json(),
             "weights": anchor.weights_digest()}
+    if anchor.prefix_tokens:  # recorded only where there are some (so older caches stay valid)
+        info["prefix_tokens"] = anchor.prefix_tokens
+    return info
 
 
 def _to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:

@@ -76,10 +76,11 @@ class AnchorEntry:
     depth: int
     flops: PartCounts  # FLOPs of one image through the stem, each block, the head
     widths: list
-    grids: list
+    grids: list  # spatial grid of every block's output
     offset: int  # first row/column of this anchor in theta_all
     probe_val_acc: list = field(default_factory=list)
     head_val_acc: float | None = None
+    prefix_tokens: int = 0  # class tokens before the patch tokens (token layouts)
 
     @property
     def total_flops(self) -> int:
@@ -234,12 +235,15 @@ def _anchor_entry(a, offset: int) -> AnchorEntry | None:
               and all(isinstance(g, list) and len(g) <= 4 and all(count(x) for x in g) for g in a["grids"]))
         acc = a.get("probe_val_acc", [])
         head = a.get("head_val_acc")
+        prefix = a.get("prefix_tokens", 0)
+        ok = ok and count(prefix) and prefix < 10_000
         ok = ok and isinstance(acc, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in acc)
         ok = ok and (head is None or isinstance(head, (int, float)) and not isinstance(head, bool))
         if not ok:
             return None
         return AnchorEntry(name=a["name"], spec=a["spec"], depth=depth, flops=PartCounts.from_json(flops),
-                           widths=a["widths"], grids=a["grids"], offset=offset, probe_val_acc=acc, head_val_acc=head)
+                           widths=a["widths"], grids=a["grids"], offset=offset, probe_val_acc=acc, head_val_acc=head,
+                           prefix_tokens=prefix)
     except (KeyError, TypeError):
         return None
 
@@ -308,6 +312,15 @@ def _anchor_flops(reader: CacheReader) -> dict:
         raise CacheError(f"{reader.dir / 'manifest.json'} records no FLOPs for its anchor (written by an older "
                          "klas, or edited); extract this cache again")
     return info
+
+
+def _anchor_prefix_tokens(reader: CacheReader) -> int:
+    """The prefix (class) tokens recorded at extraction; absent: none."""
+    n = reader.manifest.anchor_info.get("prefix_tokens", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 10_000:
+        raise CacheError(f"{reader.dir / 'manifest.json'}: anchor_info.prefix_tokens is {n!r}, not a count; "
+                         "extract this cache again")
+    return n
 
 
 def _check_probe_shapes(ps, reader: CacheReader, path: Path) -> None:
@@ -382,6 +395,7 @@ def score(
             name=name, spec=m.anchor, depth=depth, flops=flops[name],
             widths=[b.width for b in m.block_entries], grids=[list(b.grid) for b in m.block_entries],
             offset=offset, probe_val_acc=ps.val_acc, head_val_acc=ps.head_val_acc,
+            prefix_tokens=_anchor_prefix_tokens(reader),
         ))
         offset += depth
         # blocks 1..m-1 through their probes, block m through the anchor's own head

@@ -14,6 +14,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "Config": "select",
     "stitched_flops": "select",
     "stitch_flops": "select",
+    "stitch_positions": "select",
     "SelectOptions": "methods",
     "Method": "methods",
     "register_method": "methods",

@@ -29,7 +29,7 @@ from klas.scoring.scores import AnchorEntry, Scores
 
 __all__ = [
     "Config", "PairSelection", "Selection", "SelectedAnchor", "CHAIN_RULES", "anchor_chain", "configurations",
-    "stitch_flops", "stitched_flops", "config_flops", "unscored_config", "select_pair", "select", "select_random", "size_matched",
+    "stitch_positions", "stitch_flops", "stitched_flops", "config_flops", "unscored_config", "select_pair", "select", "select_random", "size_matched",
     "snnet_nearest_pairs", "snnet_stitched_stages", "select_snnet_nearest", "in_flops_range", "config_from_json", "read_selection",
 ]
 
@@ -254,9 +254,17 @@ def anchor_chain(scores: Scores, rule: str = "minimax") -> list[str]:
 
 # -- configurations -----------------------------------------------------------------------------
 
-def stitch_flops(width_in: int, width_out: int, grid: Sequence[int]) -> int:
-    """FLOPs of a stitching layer (Linear / 1x1 conv with bias) applied at every grid position."""
-    return (2 * width_in * width_out + width_out) * math.prod(grid)
+def stitch_positions(grid: Sequence[int], prefix_in: int = 0, prefix_out: int = 0) -> int:
+    """Positions a stitching layer maps: every position of the spatial grid, plus the prefix
+    (class) tokens when both sides have the same number of them. Otherwise the source's prefix
+    tokens are dropped and the target's are learned vectors, which cost no FLOPs; so do the
+    layout conversions (permutes and reshapes) around the map."""
+    return math.prod(grid) + (prefix_in if prefix_in == prefix_out else 0)
+
+
+def stitch_flops(width_in: int, width_out: int, grid: Sequence[int], prefix_in: int = 0, prefix_out: int = 0) -> int:
+    """FLOPs of a stitching layer (Linear / 1x1 conv with bias) at every position it maps."""
+    return (2 * width_in * width_out + width_out) * stitch_positions(grid, prefix_in, prefix_out)
 
 
 def stitched_flops(front: PartCounts, i: int, stitch: int, back: PartCounts, j: int) -> int:
@@ -269,7 +277,8 @@ def config_flops(f: AnchorEntry, g: AnchorEntry, i: int, j: int) -> int:
     """FLOPs of the network stem_f + f_1..f_i + stitching layer + g_{j+1}..g_m + head_g (j = 0:
     the whole of g after the stitch, whose output width is then g's first block's input width)."""
     width_out = g.widths[j - 1] if j > 0 else g.widths[0]
-    return stitched_flops(f.flops, i, stitch_flops(f.widths[i - 1], width_out, f.grids[i - 1]), g.flops, j)
+    stitch = stitch_flops(f.widths[i - 1], width_out, f.grids[i - 1], f.prefix_tokens, g.prefix_tokens)
+    return stitched_flops(f.flops, i, stitch, g.flops, j)
 
 
 def unscored_config(f: AnchorEntry, g: AnchorEntry, i: int, j: int) -> Config:

@@ -10,9 +10,13 @@ parts' parameters. `route_flops(k)` is klas.selection.select.stitched_flops, the
 uses too (the source's front, the stitching layer, the target's back); the tests hold it against
 FlopCounterMode on the route's forward.
 
-Stitching layers: a 1x1 convolution on feature maps (``[B, C, H, W]``), a Linear on tokens
-(``[B, L, C]`` / ``[B, H, W, C]``); initialised by least squares (klas.selection.linear_fit) on a calibration
-batch, on the device of the features.
+Stitching layers join two activations on the same spatial grid, whatever their layouts: a 1x1
+convolution between feature maps (``[B, C, H, W]``), a Linear between the same token or
+channels-last layout (``[B, L, C]`` / ``[B, H, W, C]``, class tokens mapped with the rest), and a
+`LayoutStitch` (a Linear that converts the layout around its map) where the two sides differ:
+a ResNet's feature map into a Swin's channels-last map or a ViT's tokens, and back. Every layer is
+initialised by least squares (klas.selection.linear_fit) on a calibration batch, on the device of
+the features.
 """
 from __future__ import annotations
 
@@ -23,12 +27,11 @@ import torch
 from torch import nn
 
 from klas.anchors import Anchor
-from klas.anchors.base import width_and_grid
 from klas.errors import UsageError
 from klas.selection.linear_fit import fit_linear
 from klas.selection.select import stitch_flops, stitched_flops
 
-__all__ = ["Route", "Part", "StitchedSupernet", "stitching_layer"]
+__all__ = ["Route", "Part", "StitchedSupernet", "stitching_layer", "LayoutStitch", "to_tokens", "from_tokens"]
 
 
 @dataclass(frozen=True)
@@ -58,18 +61,71 @@ class Part:
     index: int = 0
 
 
-def stitching_layer(layout: str, width_in: int, width_out: int) -> nn.Module:
-    """1x1 conv for "nchw" feature maps, Linear over the last dimension otherwise."""
+def to_tokens(h: torch.Tensor, layout: str) -> torch.Tensor:
+    """Any layout's activation as tokens ``[B, positions, C]``, positions row-major over the grid
+    (a "nlc" activation is already so, its prefix tokens first)."""
     if layout == "nchw":
+        return h.flatten(2).transpose(1, 2)
+    if layout == "nhwc":
+        return h.flatten(1, 2)
+    return h
+
+
+def from_tokens(t: torch.Tensor, layout: str, grid: Sequence[int]) -> torch.Tensor:
+    """The inverse of `to_tokens`: tokens ``[B, positions, C]`` laid out as `layout` on `grid`."""
+    if layout == "nchw":
+        return t.transpose(1, 2).reshape(t.shape[0], t.shape[-1], *grid)
+    if layout == "nhwc":
+        return t.reshape(t.shape[0], *grid, t.shape[-1])
+    return t
+
+
+class LayoutStitch(nn.Linear):
+    """A stitching layer between two layouts: the source's activation as tokens (its prefix tokens
+    dropped unless the target has as many), one Linear over the channels, the target's prefix
+    tokens prepended as learned vectors where they were not mapped, then the target's layout.
+
+    ``[B, C_in, H, W]`` / ``[B, H, W, C_in]`` / ``[B, P_in + H·W, C_in]`` ->
+    the same grid in the target's layout with C_out channels (``[B, P_out + H·W, C_out]`` for tokens).
+    """
+
+    def __init__(self, width_in: int, width_out: int, *, layout_in: str, layout_out: str, grid: Sequence[int],
+                 prefix_in: int = 0, prefix_out: int = 0):
+        super().__init__(width_in, width_out)
+        self.layout_in, self.layout_out, self.grid = layout_in, layout_out, tuple(grid)
+        self.prefix_in, self.prefix_out = prefix_in, prefix_out
+        self.maps_prefix = prefix_in == prefix_out
+        if prefix_out and not self.maps_prefix:
+            self.prefix = nn.Parameter(torch.zeros(prefix_out, width_out))  # set by least squares: the target's mean
+        else:
+            self.register_parameter("prefix", None)
+
+    def source_rows(self, h: torch.Tensor) -> torch.Tensor:
+        """The tokens the map reads ``[B, positions, C_in]``."""
+        t = to_tokens(h, self.layout_in)
+        return t if self.maps_prefix else t[:, self.prefix_in:]
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        t = super().forward(self.source_rows(h))
+        if self.prefix is not None:
+            t = torch.cat([self.prefix.to(t.dtype).expand(t.shape[0], -1, -1), t], dim=1)
+        return from_tokens(t, self.layout_out, self.grid)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, {self.layout_in} -> {self.layout_out} on {self.grid}, "
+                f"prefix tokens {self.prefix_in} -> {self.prefix_out}")
+
+
+def stitching_layer(width_in: int, width_out: int, *, layout_in: str, layout_out: str, grid: Sequence[int],
+                    prefix_in: int = 0, prefix_out: int = 0) -> nn.Module:
+    """A 1x1 conv between feature maps, a Linear between the same token or channels-last layout
+    (prefix tokens included), a `LayoutStitch` wherever the two sides differ."""
+    if layout_in == layout_out == "nchw":
         return nn.Conv2d(width_in, width_out, kernel_size=1)
-    return nn.Linear(width_in, width_out)
-
-
-def _channels_last(h: torch.Tensor, layout: str) -> torch.Tensor:
-    """Every position's features as rows ``[B·positions, C]``."""
-    if layout == "nchw":
-        h = h.permute(0, 2, 3, 1)
-    return h.reshape(-1, h.shape[-1])
+    if layout_in == layout_out and prefix_in == prefix_out:
+        return nn.Linear(width_in, width_out)
+    return LayoutStitch(width_in, width_out, layout_in=layout_in, layout_out=layout_out, grid=grid,
+                        prefix_in=prefix_in, prefix_out=prefix_out)
 
 
 class StitchedSupernet(nn.Module):
@@ -89,13 +145,14 @@ class StitchedSupernet(nn.Module):
             if source == target or not (1 <= i <= f.depth and 0 <= j <= g.depth - 1):
                 raise UsageError(f"stitch ({source}, {i}) -> ({target}, {j}) is outside the anchors "
                                  f"(1 <= i <= {f.depth}, 0 <= j <= {g.depth - 1}, two different anchors)")
-            (w_in, grid_in, layout), (w_out, grid_out, _) = _cut_shape(f, i), _cut_shape(g, j)
+            (w_in, grid_in, layout_in), (w_out, grid_out, layout_out) = _cut_shape(f, i), _cut_shape(g, j)
             if grid_in != grid_out:
                 raise UsageError(f"stitch ({source}, {i}) -> ({target}, {j}) joins grids {grid_in} and {grid_out}")
             self.routes.append(Route(source, target, i, j))
             with torch.random.fork_rng(devices=[]):  # the same stitches give the same initial layers
                 torch.manual_seed(len(layers))
-                layers.append(stitching_layer(layout, w_in, w_out))
+                layers.append(stitching_layer(w_in, w_out, layout_in=layout_in, layout_out=layout_out, grid=grid_in,
+                                              prefix_in=_prefix(f, layout_in), prefix_out=_prefix(g, layout_out)))
         self.stitches = nn.ModuleList(layers)
         self.eval()  # finetuning switches to training mode itself
 
@@ -157,8 +214,9 @@ class StitchedSupernet(nn.Module):
         if r.is_anchor:
             return int(self.anchor(r.source).flops.total)
         f, g = self.anchor(r.source), self.anchor(r.target)
-        w_in, grid, _ = _cut_shape(f, r.i)
-        return stitched_flops(f.flops, r.i, stitch_flops(w_in, _cut_shape(g, r.j)[0], grid), g.flops, r.j)
+        (w_in, grid, layout_in), (w_out, _, layout_out) = _cut_shape(f, r.i), _cut_shape(g, r.j)
+        stitch = stitch_flops(w_in, w_out, grid, _prefix(f, layout_in), _prefix(g, layout_out))
+        return stitched_flops(f.flops, r.i, stitch, g.flops, r.j)
 
     def route_params(self, k: int) -> int:
         total = 0
@@ -175,16 +233,16 @@ class StitchedSupernet(nn.Module):
     def init_stitches(self, images: torch.Tensor, *, max_rows: int = 200_000, seed: int = 0) -> None:
         """Least-squares fit of every stitching layer on a calibration batch ``[B, C, H, W]``: f's
         activations after block i onto g's after block j (j = 0: g's stem output), over every
-        position (at most `max_rows` positions, a seeded draw). One anchor forward per anchor."""
+        position the layer maps (at most `max_rows`, a seeded draw, the same on both sides). Prefix
+        tokens the layer does not map start as the target's mean over the batch. One forward per anchor."""
         modes = [(m, m.training) for m in self.modules()]
         self.eval()
         try:
-            cuts: dict[tuple[str, int], torch.Tensor] = {}
             needed: dict[str, set[int]] = {}
             for r in self.routes[len(self.anchor_names):]:
                 needed.setdefault(r.source, set()).add(r.i)
                 needed.setdefault(r.target, set()).add(r.j)
-            rows: dict[int, torch.Tensor | None] = {}  # positions per grid -> the rows kept (the same on both sides)
+            tokens: dict[tuple[str, int], torch.Tensor] = {}  # (anchor, cut) -> [B, positions, C]
             for name, ks in needed.items():
                 a = self.anchor(name)
                 h = a.run_stem(images)
@@ -192,17 +250,28 @@ class StitchedSupernet(nn.Module):
                     if k > 0:
                         h = a.blocks[k - 1](h)
                     if k in ks:
-                        flat = _channels_last(h, a.layouts[max(k, 1) - 1])
-                        n = flat.shape[0]
-                        if n not in rows:
-                            gen = torch.Generator().manual_seed(seed + n)
-                            rows[n] = torch.randperm(n, generator=gen)[:max_rows].to(flat.device) if n > max_rows else None
-                        cuts[(name, k)] = flat if rows[n] is None else flat[rows[n]]
+                        tokens[(name, k)] = to_tokens(h, _cut_shape(a, k)[2])
+            drawn: dict[int, torch.Tensor | None] = {}  # row count -> the rows kept
+
+            def rows(name: str, k: int, skip: int) -> torch.Tensor:
+                """Positions after the first `skip` tokens of every image, as rows [n, C] (a seeded draw of them)."""
+                flat = tokens[(name, k)][:, skip:].reshape(-1, tokens[(name, k)].shape[-1])
+                n = flat.shape[0]
+                if n not in drawn:
+                    gen = torch.Generator().manual_seed(seed + n)
+                    drawn[n] = torch.randperm(n, generator=gen)[:max_rows].to(flat.device) if n > max_rows else None
+                return flat if drawn[n] is None else flat[drawn[n]]
+
             for s, r in enumerate(self.routes[len(self.anchor_names):]):
-                weight, bias = fit_linear(cuts[(r.source, r.i)], cuts[(r.target, r.j)])
-                layer = self.stitches[s]
+                f, g, layer = self.anchor(r.source), self.anchor(r.target), self.stitches[s]
+                p_in, p_out = _prefix(f, _cut_shape(f, r.i)[2]), _prefix(g, _cut_shape(g, r.j)[2])
+                mapped = p_in == p_out  # prefix tokens mapped with the rest, or dropped / learned
+                weight, bias = fit_linear(rows(r.source, r.i, 0 if mapped else p_in),
+                                          rows(r.target, r.j, 0 if mapped else p_out))
                 layer.weight.copy_(weight.view_as(layer.weight))
                 layer.bias.copy_(bias)
+                if getattr(layer, "prefix", None) is not None:
+                    layer.prefix.copy_(tokens[(r.target, r.j)][:, :p_out].mean(dim=0))
         finally:
             for m, training in modes:  # each module back to its own mode
                 m.training = training
@@ -221,7 +290,12 @@ def _cut_shape(a: Anchor, k: int) -> tuple[int, tuple[int, ...], str]:
 
 
 def _stem_shape(a: Anchor) -> tuple[int, tuple[int, ...], str]:
-    layout = a.layouts[0]
+    layout = a.layouts[0]  # the stem's output is laid out as block 1's
     with torch.no_grad():
         h = a.run_stem(a._blank_input())
-    return (*width_and_grid(h, layout), layout)
+    return (*a.width_and_grid(h, layout), layout)
+
+
+def _prefix(a: Anchor, layout: str) -> int:
+    """Prefix (class) tokens of one of `a`'s activations laid out as `layout`."""
+    return a.prefix_tokens if layout == "nlc" else 0

@@ -115,3 +115,49 @@ def test_recovery_pair_must_name_two_anchors_of_the_config(recovered, capsys):
     cfg_path, _ = recovered
     assert main(["recovery", str(cfg_path), "--pair", "cifar-resnet14,cifar-resnet99", "--quiet"]) == 2
     assert "is not an anchor of this config" in capsys.readouterr().err
+
+
+def test_repeats_give_mean_accuracies_and_the_noise_they_measure():
+    from klas.evaluation.recovery import combine_repeats
+
+    runs = [{(1, 2): {"top1": 80.0, "top1_init": 50.0, "correct": 80, "total": 100},
+             (2, 3): {"top1": 70.0, "top1_init": 40.0, "correct": 70, "total": 100}},
+            {(1, 2): {"top1": 82.0, "top1_init": 52.0, "correct": 82, "total": 100},
+             (2, 3): {"top1": 70.0, "top1_init": 40.0, "correct": 70, "total": 100}}]
+    results, noise = combine_repeats(runs)
+    assert results[(1, 2)]["top1"] == 81.0 and results[(1, 2)]["top1_repeats"] == [80.0, 82.0]
+    assert results[(1, 2)]["top1_init"] == 51.0 and results[(1, 2)]["correct"] == 162
+    assert noise["sd_points"] == pytest.approx(1.0)  # variances 2 and 0, pooled
+    assert noise["delta_95"] == pytest.approx(1.96)  # 1.96 · √(2/2) · 1
+    assert combine_repeats(runs[:1]) == (runs[0], None)
+
+
+def test_delta_from_noise_needs_repeats(tmp_path):
+    from klas.pipeline.config import ConfigError, validate_config
+
+    raw = {"anchors": ["a:1", "a:2"], "data": {"root": "x"}, "recovery": {"delta_from_noise": True}}
+    with pytest.raises(ConfigError, match="repeats of 2 or more"):
+        validate_config(raw)
+    assert validate_config({**raw, "recovery": {"delta_from_noise": True, "repeats": 2}}).recovery.repeats == 2
+
+
+def test_a_repeated_recovery_keeps_the_first_run_and_sets_delta_from_the_noise(recovered, capsys):
+    cfg_path, out = recovered
+    first = {p.name: json.loads(p.read_text()) for p in sorted((out / "configurations").glob("i*_j???.json"))}
+    capsys.readouterr()
+    assert main(["recovery", str(cfg_path), "--pair", "cifar-resnet14,cifar-resnet26", "--quiet",
+                 "--set", "recovery.repeats=2", "--set", "recovery.delta_from_noise=true"]) == 0
+    log = capsys.readouterr().out
+    assert log.count("configurations done; training") == 1  # the second repeat only: the first is the run before
+    assert f"0 of {len(first)} configurations done; training {len(first)}" in log
+    assert first == {p.name: json.loads(p.read_text()) for p in sorted((out / "configurations").glob("i*_j???.json"))}
+    assert len(list((out / "configurations").glob("i*_j*_r1.json"))) == len(first)
+    report = json.loads((out / "recovery.json").read_text())
+    noise = report["noise"]
+    assert noise["repeats"] == 2 and noise["sd_points"] >= 0
+    assert report["settings"]["delta"] == pytest.approx(noise["delta_95"], abs=1e-4)
+    for c in report["configurations"]:
+        name = f"i{c['i']:03d}_j{c['j']:03d}.json"
+        assert c["top1_repeats"][0] == first[name]["top1"]
+        assert c["top1"] == pytest.approx(sum(c["top1_repeats"]) / 2)
+    assert "noise over 2 repeats" in log

@@ -35,7 +35,7 @@ from klas.progress import progress_bar
 from klas.reading import finite_number, read_json
 from klas.evaluation.stats import mean_interval
 
-__all__ = ["RecoverySettings", "train_configurations", "good_set", "score_method", "recovery_report", "method_picks",
+__all__ = ["RecoverySettings", "train_configurations", "combine_repeats", "good_set", "score_method", "recovery_report", "method_picks",
            "mean_interval", "RANDOM"]
 
 RANDOM = "random"
@@ -71,8 +71,8 @@ class RecoverySettings:
         return keep
 
 
-def _result_path(out: Path, i: int, j: int) -> Path:
-    return out / "configurations" / f"i{i:03d}_j{j:03d}.json"
+def _result_path(out: Path, i: int, j: int, repeat: int = 0) -> Path:
+    return out / "configurations" / (f"i{i:03d}_j{j:03d}.json" if repeat == 0 else f"i{i:03d}_j{j:03d}_r{repeat}.json")
 
 
 def _load_result(path: Path, fingerprint: dict) -> dict | None:
@@ -100,12 +100,13 @@ def _accuracy(front_outputs, stitches, back) -> list[tuple[int, int]]:
 
 def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, settings: RecoverySettings,
                          out: str | Path, *, device: str = "cpu", progress: bool = True, eval_batch: int = 500,
-                         log=print) -> dict[tuple[int, int], dict]:
+                         log=print, repeat: int = 0) -> dict[tuple[int, int], dict]:
     """Trains and evaluates every configuration (i, j) of source f and target g (Anchors); returns
     ``{(i, j): result}`` with top1_init (after the least-squares fit), top1 (after finetuning), FLOPs.
 
     train, test: datasets of (image, label) for the anchors' preprocessing. Results are files under
-    `out`/configurations; a configuration with a finished result is not trained again.
+    `out`/configurations; a configuration with a finished result is not trained again. `repeat` k > 0
+    keeps its results apart (a repeat of the same test with another `settings.seed`).
     """
     from klas.stitching.stitch import StitchedSupernet
 
@@ -114,7 +115,7 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
     fp = settings.fingerprint()
     done: dict[tuple[int, int], dict] = {}
     for i, j in configs:
-        r = _load_result(_result_path(out, i, j), fp)
+        r = _load_result(_result_path(out, i, j, repeat), fp)
         if r is not None:
             done[(i, j)] = r
     todo = [c for c in configs if c not in done]
@@ -186,19 +187,46 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
                 "final_loss": losses[-1] if losses else None, "seconds_for_source_block": seconds,
                 "settings": fp,
             }
-            write_json_atomic(_result_path(out, i, j), result)
+            write_json_atomic(_result_path(out, i, j, repeat), result)
             done[(i, j)] = result
         log(f"[recovery] source block {i}: {len(js)} configurations in {seconds:.0f} s, top-1 "
             f"{min(done[(i, j)]['top1'] for j in js):.2f}..{max(done[(i, j)]['top1'] for j in js):.2f}%")
     dist.barrier()
     for i, j in configs:  # other ranks' results
         if (i, j) not in done:
-            r = _load_result(_result_path(out, i, j), fp)
+            r = _load_result(_result_path(out, i, j, repeat), fp)
             if r is None:
-                raise CacheError(f"{_result_path(out, i, j)} is missing after every rank finished; run the same "
+                raise CacheError(f"{_result_path(out, i, j, repeat)} is missing after every rank finished; run the same "
                                  "command again to train it")
             done[(i, j)] = r
     return done
+
+
+def combine_repeats(runs: Sequence[dict[tuple[int, int], dict]]) -> tuple[dict[tuple[int, int], dict], dict | None]:
+    """Several repeats of `train_configurations` -> (one result per configuration with top1 and
+    top1_init the means over repeats, each repeat's kept beside them; the noise measured), or the
+    single run unchanged and None.
+
+    Noise: sd_points, the pooled standard deviation of one configuration's top-1 from repeat to
+    repeat (training noise: every repeat counts on the same test images); delta_95, the 95% half-width
+    of the difference between two configurations' means, 1.96·√(2/R)·sd: a configuration within it
+    of its bucket's best cannot be told apart from the best.
+    """
+    if len(runs) == 1:
+        return dict(runs[0]), None
+    out = {}
+    variances = []
+    for c, first in runs[0].items():
+        top1 = [r[c]["top1"] for r in runs]
+        init = [r[c]["top1_init"] for r in runs]
+        mean = sum(top1) / len(top1)
+        variances.append(sum((a - mean) ** 2 for a in top1) / (len(top1) - 1))
+        out[c] = {**first, "top1": mean, "top1_init": sum(init) / len(init), "top1_repeats": top1,
+                  "top1_init_repeats": init, "correct": sum(r[c]["correct"] for r in runs),
+                  "total": sum(r[c]["total"] for r in runs)}
+    sd = math.sqrt(sum(variances) / len(variances)) if variances else 0.0
+    return out, {"repeats": len(runs), "configurations": len(variances), "sd_points": sd,
+                 "delta_95": 1.96 * math.sqrt(2.0 / len(runs)) * sd}
 
 
 # -- scoring a method's picks against the ground truth -------------------------------------------

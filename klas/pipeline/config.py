@@ -203,6 +203,10 @@ class RecoverySection(_Section):
     weight_decay: float = setting(0.0, "weight decay", low=0.0, high=100.0)
     calibration_images: int = setting(128, "images for the least-squares init", low=1, high=10**6)
     delta: float = setting(0.5, "points: the good set's tolerance", low=0.0, high=100.0)
+    repeats: int = setting(1, "trainings of every configuration, each with its own seed (calibration draw, "
+                              "batch order); from 2 the report measures the seed-to-seed noise", low=1, high=100)
+    delta_from_noise: bool = setting(False, "set δ from the measured noise (its delta_95; needs repeats >= 2) "
+                                            "instead of delta")
     random_seeds: int = setting(20, "draws of the random method", low=1, high=10**4)
     test_limit: int | None = setting(None, "a seeded subset of the test set", low=1, high=10**9)
     methods: list[str] = setting(["klas", "kl-ls", "snnet-nearest", "cka", "mse", "ce", "dm", "random"],
@@ -401,6 +405,9 @@ def validate_config(raw: Any) -> RunConfig:
         raise ConfigError("data.root: the image folder or zip is required")
     if not cfg.finetune.protocols:
         raise ConfigError("finetune.protocols: list one or more distinct protocols (snnet, stitches-only)")
+    if cfg.recovery.delta_from_noise and cfg.recovery.repeats < 2:
+        raise ConfigError("recovery.delta_from_noise: the noise needs recovery.repeats of 2 or more "
+                          f"(got {cfg.recovery.repeats}); set repeats or give delta instead")
     return cfg
 
 

@@ -27,6 +27,7 @@ files, and every rank waits for them before the next stage.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -404,7 +405,8 @@ def run_recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool = True, 
     `out`/recovery holding recovery.json, recovery.csv and recovery.png."""
     from klas.selection.methods import SelectOptions
     from klas.evaluation.plots import recovery_plot
-    from klas.evaluation.recovery import RecoverySettings, method_picks, recovery_report, train_configurations
+    from klas.evaluation.recovery import (RecoverySettings, combine_repeats, method_picks, recovery_report,
+                                          train_configurations)
     from klas.scoring.scores import load_scores
     from klas.selection.select import configurations, in_flops_range
 
@@ -427,18 +429,24 @@ def run_recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool = True, 
     settings = RecoverySettings(steps=r.steps, batch_size=r.batch_size, lr=r.lr, weight_decay=r.weight_decay,
                                 calibration_images=r.calibration_images, delta=r.delta,
                                 random_seeds=r.random_seeds, seed=cfg.seed, test_images=len(test))
-    results = train_configurations(f.to(device), g.to(device), [(c.i, c.j) for c in configs], train, test, settings,
-                                   out, device=device, progress=progress, eval_batch=cfg.evaluate.batch_size,
-                                   log=log)
+    runs = []
+    for repeat in range(r.repeats):  # each repeat its own seed: calibration draw, batch order
+        runs.append(train_configurations(f.to(device), g.to(device), [(c.i, c.j) for c in configs], train, test,
+                                         dataclasses.replace(settings, seed=cfg.seed + repeat), out, device=device,
+                                         progress=progress, eval_batch=cfg.evaluate.batch_size, log=log, repeat=repeat))
+    results, noise = combine_repeats(runs)
+    if r.delta_from_noise:
+        settings = dataclasses.replace(settings, delta=round(noise["delta_95"], 4))
     if not dist.is_main():
         return out
     s = cfg.select
     picks = method_picks(scores, f.name, g.name, r.methods, evaluated=[(c.i, c.j) for c in configs], cache=cache,
                          options=SelectOptions.from_config(s, seed=cfg.seed, cache=cache), random_seeds=r.random_seeds)
     report = recovery_report(results, picks, settings, lo, hi, g.depth - 1)
-    trained_s = {res["i"]: res["seconds_for_source_block"] for res in results.values()}
+    trained_s = {(rep, res["i"]): res["seconds_for_source_block"] for rep, run in enumerate(runs) for res in run.values()}
     report.update(pair={"source": f.name, "target": g.name, "source_spec": f.spec, "target_spec": g.spec},
-                  test_images=len(test), train_images=len(train),
+                  test_images=len(test), train_images=len(train), noise=noise,
+                  delta_source="measured noise (noise.delta_95)" if r.delta_from_noise else "recovery.delta",
                   wall_seconds={"training_and_evaluation": sum(trained_s.values()),
                                 "this_call": time.perf_counter() - began})
     write_json_atomic(out / "recovery.json", report)
@@ -478,6 +486,10 @@ def recovery_table(report: dict) -> str:
     lines = [f"recovery test {report['pair']['source']} -> {report['pair']['target']}: "
              f"{len(report['configurations'])} configurations, {n_good} good (δ = {report['settings']['delta']} "
              f"points, {report['buckets']} FLOPs buckets)",
+             *([f"  noise over {report['noise']['repeats']} repeats: {report['noise']['sd_points']:.2f} points "
+                f"(sd of one configuration); two configurations' means differ at 95% beyond "
+                f"{report['noise']['delta_95']:.2f} points; δ from {report.get('delta_source', 'recovery.delta')}"]
+              if report.get("noise") else []),
              f"  {'method':<14} {'picks':>6} {'precision':>22} {'recall':>22} {'pts lost/pick':>20} {'ρ(score,top1)':>14}"]
     for m, s in report["methods"].items():
         lines.append(f"  {m:<14} {fmt(s['picks'], '.1f'):>6} {fmt(s['precision']):>22} {fmt(s['recall']):>22} "

@@ -100,7 +100,7 @@ def test_every_configuration_across_layouts_runs_and_counts_its_flops(anchors, p
     assert set(out) == set(range(len(net)))
     for k, logits in out.items():
         assert logits.shape == (2, 10) and torch.isfinite(logits).all(), net.routes[k].name
-    entries = {a.name: _entry(a) for a in (f, g)}
+    entries = {a.name: AnchorEntry.from_anchor(a) for a in (f, g)}
     for k in range(2, len(net)):  # each route's FLOPs: the counter on a real forward, the walk, selection's sum
         r = net.routes[k]
         with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -113,12 +113,6 @@ def test_every_configuration_across_layouts_runs_and_counts_its_flops(anchors, p
         assert net.route_flops(k) - counter.get_total_flops() == width_out * positions, r.name
         if r.j > 0:
             assert config_flops(entries[r.source], entries[r.target], r.i, r.j) == net.route_flops(k), r.name
-
-
-def _entry(a) -> AnchorEntry:
-    """The anchor as the scores file describes it (what selection computes FLOPs from)."""
-    return AnchorEntry(name=a.name, spec=a.spec, depth=a.depth, flops=a.flops, widths=[b.width for b in a.block_info],
-                       grids=[list(b.grid) for b in a.block_info], offset=0, prefix_tokens=a.prefix_tokens)
 
 
 def test_stitch_flops_count_class_tokens_only_where_they_are_mapped():
@@ -155,3 +149,22 @@ def test_least_squares_across_layouts_is_the_least_squares_fit_of_the_grid_posit
         assert optimal < (b - b.mean(0)).square().sum()
         if g.prefix_tokens:  # the class token starts as the target's mean one
             torch.testing.assert_close(net.stitches[0].prefix, tgt[:, :g.prefix_tokens].mean(0))
+
+
+def test_klas_anchors_describes_what_a_family_can_stitch(capsys):
+    import json
+
+    from klas.pipeline.cli import main
+
+    assert main(["anchors", SPECS["resnet"], SPECS["vit"], "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    resnet, vit = doc["anchors"] if doc["anchors"][0]["name"] == "resnet18" else doc["anchors"][::-1]
+    assert vit["prefix_tokens"] == 1 and vit["stages"] == [{"grid": [4, 4], "blocks": [1, 12]}]
+    assert [s["grid"] for s in resnet["stages"]] == [[16, 16], [8, 8], [4, 4], [2, 2]]
+    (pair,) = doc["pairs"]
+    assert pair["shared_grids"] == [[4, 4]]
+    assert pair["grid_valid"] == 2 * 11  # ResNet blocks 5 and 6 (4x4) into DeiT blocks 1..11
+    assert pair["snnet_nearest"] is None  # four stages against one: SN-Net's rules do not apply
+    assert 0 <= pair["in_flops_range"] <= pair["grid_valid"]
+    assert main(["anchors", SPECS["resnet"], SPECS["vit"]]) == 0
+    assert "shared grids 4x4; 22 valid" in capsys.readouterr().out

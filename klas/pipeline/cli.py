@@ -6,7 +6,7 @@
     klas select --scores DIR [--method klas|snnet-nearest|cka|mse|ce|dm|kl-ls|random]
     klas export --selection FILE [--format snnet|csv]
     klas import-snnet FILE --scores DIR
-    klas anchors [--json]
+    klas anchors [SPEC ...] [--json]
     klas eval-anchor SPEC --data PATH [--split test] [--json]
     klas run CONFIG.yaml [--method M | --compare klas,snnet-nearest] [--set KEY=VALUE]
     klas recovery CONFIG.yaml --pair SOURCE,TARGET [--set KEY=VALUE]
@@ -106,6 +106,14 @@ def _cmd_extract(args) -> int:
 def _cmd_anchors(args) -> int:
     from klas.anchors import KINDS, TIMM_FAMILIES
     from klas.anchors.registry import COMMON_OPTIONS
+
+    if args.specs:
+        from klas.anchors import load_anchor
+        from klas.pipeline.inspect_anchors import describe_anchors, describe_lines
+
+        doc = describe_anchors([load_anchor(s) for s in args.specs])
+        print(json.dumps(doc) if args.json else "\n".join(describe_lines(doc)))
+        return 0
 
     kinds = [{"kind": k.kind, "usage": k.usage, "help": k.help,
               "options": {n: t.__name__ for n, t in {**k.options, **COMMON_OPTIONS}.items()},
@@ -364,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where to write selection-imported.json (default: beside the scores)")
     p.set_defaults(run=_cmd_import_snnet)
 
-    p = sub.add_parser("anchors", help="list the kinds of anchor spec, their options, and the timm families")
+    p = sub.add_parser("anchors", help="list the kinds of anchor spec, their options, and the timm families; "
+                                       "with specs: their blocks, grids, FLOPs and which pairs can be stitched")
+    p.add_argument("specs", nargs="*", help="anchor specs to describe (e.g. cifar-zoo:resnet cifar-zoo:googlenet)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_anchors)
 

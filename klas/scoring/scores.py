@@ -89,6 +89,13 @@ class AnchorEntry:
     def to_json(self) -> dict:
         return {**self.__dict__, "flops": self.flops.to_json()}
 
+    @classmethod
+    def from_anchor(cls, anchor, offset: int = 0) -> "AnchorEntry":
+        """A loaded Anchor as the scores file describes it (what selection computes FLOPs from)."""
+        return cls(name=anchor.name, spec=anchor.spec, depth=anchor.depth, flops=anchor.flops,
+                   widths=[b.width for b in anchor.block_info], grids=[list(b.grid) for b in anchor.block_info],
+                   offset=offset, prefix_tokens=anchor.prefix_tokens)
+
 
 @dataclass
 class Scores:

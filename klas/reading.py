@@ -24,7 +24,7 @@ from typing import Any
 
 from klas.errors import KlasError
 
-__all__ = ["regular_file", "read_json", "load_safetensors", "load_checkpoint", "finite_number", "MAX_JSON_BYTES",
+__all__ = ["regular_file", "read_json", "load_safetensors", "read_tensor_file_pair", "load_checkpoint", "finite_number", "MAX_JSON_BYTES",
            "MAX_JSON_DEPTH"]
 
 MAX_JSON_BYTES = 256 * 2**20  # far above any file klas writes (a manifest of 10^6 shards is ~80 MiB)
@@ -113,6 +113,17 @@ def load_safetensors(path: str | os.PathLike, *, what: str, fix: str, error: typ
         return load_file(str(path))
     except Exception as e:  # noqa: BLE001  safetensors raises its own and several builtin types
         raise error(f"{path}: not a readable {what} ({type(e).__name__}: {str(e)[:200]}); {fix}") from None
+
+
+def read_tensor_file_pair(meta_path: Path, tensor_path: Path, *, what: str, fix: str, missing: str,
+                          error: type[KlasError] = KlasError) -> tuple[dict, dict]:
+    """A JSON sidecar and the safetensors file it describes, both in one folder: (fields, tensors).
+    `error` with `missing` when either file is absent; each read as `read_json` / `load_safetensors`."""
+    if not os.path.lexists(meta_path) or not os.path.lexists(tensor_path):
+        raise error(missing)
+    meta = read_json(meta_path, what=what, fix=fix, error=error, inside=meta_path.parent)
+    tensors = load_safetensors(tensor_path, what=what, fix=fix, error=error, inside=tensor_path.parent)
+    return meta, tensors
 
 
 def load_checkpoint(path: str | os.PathLike, *, what: str, fix: str, error: type[KlasError] = KlasError,

@@ -47,8 +47,6 @@ except ImportError as _e:  # pragma: no cover - exercised only on a broken build
 else:
     # the shard layout is defined here (format.py) and in csrc/shard.h: a build of other sources is not used
     if (_C.SHARD_HEADER_BYTES, _C.SHARD_VERSION) != (HEADER_BYTES, SHARD_VERSION):  # pragma: no cover
-        import warnings
-
         warnings.warn(f"klas._C was built for shard version {_C.SHARD_VERSION} ({_C.SHARD_HEADER_BYTES}-byte "
                       f"headers), this klas writes version {SHARD_VERSION}: the native reader is off; rebuild it "
                       "with `python setup.py build_ext --inplace`", stacklevel=1)

@@ -324,7 +324,7 @@ def _run_method(cfg: RunConfig, method: str, protocol: str, anchors, out: Path, 
     """Finetuning and evaluation of one method's supernet under one protocol; returns the route
     results and each scored route's bucket (for the within-bucket diagnostics)."""
     from klas.evaluation.evaluate import RouteResult, evaluate_routes
-    from klas.stitching.finetune import CHECKPOINT, FinetuneSettings, finetune
+    from klas.stitching.finetune import CHECKPOINT, finetune
 
     sel_dir, net_dir, eval_dir = _method_dirs(out, method, protocol)
     selection = read_selection(sel_dir / "selection.json")

@@ -34,7 +34,7 @@ from klas.devices import triton_runs_on
 from klas.errors import CacheError, UsageError
 from klas.files import save_safetensors_atomic, write_json_atomic
 from klas.progress import progress_bar
-from klas.reading import finite_number, load_safetensors, read_json
+from klas.reading import finite_number, read_tensor_file_pair
 
 __all__ = ["ProbeSet", "train_probes", "load_probes", "probe_table", "probe_losses", "JointProbes"]
 
@@ -82,11 +82,9 @@ def load_probes(directory: str | os.PathLike, name: str) -> ProbeSet:
     fields and every tensor's shape and values; CacheError naming the file otherwise."""
     directory = Path(directory)
     meta_path, tensor_path = directory / f"{name}.json", directory / f"{name}.safetensors"
-    if not os.path.lexists(meta_path) or not os.path.lexists(tensor_path):
-        raise CacheError(f"no probes for {name!r} in {directory}; run `klas probes` first")
     fix = "re-run `klas probes`"
-    meta = read_json(meta_path, what="probe file", fix=fix, error=CacheError, inside=directory)
-    tensors = load_safetensors(tensor_path, what="probe file", fix=fix, error=CacheError, inside=directory)
+    meta, tensors = read_tensor_file_pair(meta_path, tensor_path, what="probe file", fix=fix, error=CacheError,
+                                          missing=f"no probes for {name!r} in {directory}; run `klas probes` first")
 
     def bad(what: str):
         raise CacheError(f"{meta_path}: {what}; {fix}")

@@ -32,7 +32,7 @@ from klas.scoring.features import CacheFeatures
 from klas.files import save_safetensors_atomic, write_json_atomic
 from klas.scoring.kl import check_temperature, kl_matrix_from_features
 from klas.scoring.probes import load_probes
-from klas.reading import finite_number, load_safetensors, read_json
+from klas.reading import finite_number, read_tensor_file_pair
 
 __all__ = ["stitch_scores", "floored_blocks", "AnchorEntry", "Scores", "score", "load_scores", "DEFAULT_FLOOR"]
 
@@ -174,11 +174,9 @@ def load_scores(out: str | os.PathLike) -> Scores:
     them (shapes from the anchors' depths, finite values); CacheError naming the file otherwise."""
     out = Path(out)
     meta_path, tensor_path = out / "scores.json", out / "scores.safetensors"
-    if not os.path.lexists(meta_path) or not os.path.lexists(tensor_path):
-        raise CacheError(f"no scores in {out}; run `klas score` first")
     fix = "re-run `klas score`"
-    meta = read_json(meta_path, what="scores file", fix=fix, error=CacheError, inside=out)
-    tensors = load_safetensors(tensor_path, what="scores file", fix=fix, error=CacheError, inside=out)
+    meta, tensors = read_tensor_file_pair(meta_path, tensor_path, what="scores file", fix=fix, error=CacheError,
+                                          missing=f"no scores in {out}; run `klas score` first")
 
     def bad(what: str):
         raise CacheError(f"{meta_path}: {what}; {fix}")

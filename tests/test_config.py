@@ -63,6 +63,8 @@ def _changed(cfg: RunConfig, dotted: str) -> RunConfig:
         node[name] = value / 2 if isinstance(value, float) and 0 < value <= 1 else value + 1
     else:
         raise AssertionError(f"no other value for {dotted} ({value!r})")
+    if dotted == "recovery.delta_from_noise":  # valid only with repeats to measure the noise on
+        node["repeats"] = 2
     return validate_config(raw)
 
 

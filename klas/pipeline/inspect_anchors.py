@@ -11,19 +11,14 @@ from typing import Sequence
 
 from klas.errors import UsageError
 from klas.scoring.scores import AnchorEntry
-from klas.selection.select import config_flops, snnet_nearest_pairs
+from klas.selection.select import config_flops, grid_stages, grid_valid_pairs, snnet_nearest_pairs
 
 __all__ = ["describe_anchors", "describe_lines"]
 
 
 def _stages(grids: Sequence[Sequence[int]]) -> list[dict]:
-    out: list[dict] = []
-    for k, g in enumerate(grids, start=1):
-        if out and out[-1]["grid"] == list(g):
-            out[-1]["blocks"][1] = k
-        else:
-            out.append({"grid": list(g), "blocks": [k, k]})
-    return out
+    """Each run of one grid (selection's `grid_stages`) with its first and last block, 1-indexed."""
+    return [{"grid": list(grids[first]), "blocks": [first + 1, first + count]} for first, count in grid_stages(grids)]
 
 
 def describe_anchors(anchors: Sequence) -> dict:
@@ -40,7 +35,7 @@ def describe_anchors(anchors: Sequence) -> dict:
                         "flops": a.flops.blocks[b.index - 1]} for b in a.block_info]})
     for n, f in enumerate(entries):
         for g in entries[n + 1:]:
-            valid = [(i, j) for i in range(1, f.depth) for j in range(1, g.depth) if f.grids[i - 1] == g.grids[j - 1]]
+            valid = grid_valid_pairs(f, g)
             lo, hi = f.total_flops, g.total_flops
             inside = [c for c in valid if lo <= config_flops(f, g, *c) <= hi]
             try:

@@ -29,6 +29,7 @@ from klas.scoring.features import CacheFeatures
 from klas.scoring.kl import kl_matrix_from_features, probe_logits
 from klas.selection.linear_fit import fit_linear
 from klas.selection.metrics import FEATURE_METRICS, cross_entropy
+from klas.selection.select import grid_valid_pairs
 from klas.scoring.probes import load_probes
 from klas.scoring.scores import Scores, manifest_fingerprint
 
@@ -64,7 +65,7 @@ def metric_numerators(scores: Scores, metric: str, cache_root: str | os.PathLike
 
     def numerators(source: str, target: str) -> torch.Tensor:
         f, g = scores.anchor(source), scores.anchor(target)
-        valid = [(i, j) for i in range(f.depth - 1) for j in range(g.depth - 1) if list(f.grids[i]) == list(g.grids[j])]
+        valid = [(i - 1, j - 1) for i, j in grid_valid_pairs(f, g)]  # 0-indexed rows and columns
         out = torch.full((f.depth - 1, g.depth - 1), math.nan, dtype=torch.float32)
         if metric == "kl-ls":
             values = kl_through_stitch(blocks(source, fit_split), blocks(target, fit_split), blocks(source, split),

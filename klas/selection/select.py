@@ -29,7 +29,7 @@ from klas.scoring.scores import AnchorEntry, Scores
 
 __all__ = [
     "Config", "PairSelection", "Selection", "SelectedAnchor", "CHAIN_RULES", "anchor_chain", "configurations",
-    "stitch_positions", "stitch_flops", "stitched_flops", "config_flops", "unscored_config", "select_pair", "select", "select_random", "size_matched",
+    "stitch_positions", "stitch_flops", "stitched_flops", "config_flops", "grid_valid_pairs", "grid_stages", "unscored_config", "select_pair", "select", "select_random", "size_matched",
     "snnet_nearest_pairs", "snnet_stitched_stages", "select_snnet_nearest", "in_flops_range", "config_from_json", "read_selection",
 ]
 
@@ -287,6 +287,11 @@ def unscored_config(f: AnchorEntry, g: AnchorEntry, i: int, j: int) -> Config:
     return Config(f.name, g.name, i, j, config_flops(f, g, i, j), nan, nan, nan)
 
 
+def grid_valid_pairs(f: AnchorEntry, g: AnchorEntry) -> list[tuple[int, int]]:
+    """Every (i, j), i in 1..m_f − 1 and j in 1..m_g − 1, whose blocks' spatial grids agree."""
+    return [(i, j) for i in range(1, f.depth) for j in range(1, g.depth) if list(f.grids[i - 1]) == list(g.grids[j - 1])]
+
+
 def configurations(scores: Scores, source: str, target: str, numerator: torch.Tensor | None = None) -> list[Config]:
     """Every valid (i, j) for source -> target with FLOPs, Ω, Σ, Γ (equal grids only).
 
@@ -301,13 +306,8 @@ def configurations(scores: Scores, source: str, target: str, numerator: torch.Te
         if tuple(numerator.shape) != (f.depth - 1, g.depth - 1):
             raise UsageError(f"numerator must be [{f.depth - 1}, {g.depth - 1}], got {list(numerator.shape)}")
         theta, gamma = numerator, numerator / sigma.clamp_min(scores.floor)[None, :]
-    out = []
-    for i in range(1, f.depth):
-        for j in range(1, g.depth):
-            if list(f.grids[i - 1]) != list(g.grids[j - 1]):
-                continue
-            out.append(Config(source, target, i, j, config_flops(f, g, i, j), float(theta[i - 1, j - 1]),
-                              float(sigma[j - 1]), float(gamma[i - 1, j - 1])))
+    out = [Config(source, target, i, j, config_flops(f, g, i, j), float(theta[i - 1, j - 1]), float(sigma[j - 1]),
+                  float(gamma[i - 1, j - 1])) for i, j in grid_valid_pairs(f, g)]
     if not out:
         raise UsageError(
             f"no valid configuration between {source} and {target}: their block grids never match "
@@ -458,7 +458,7 @@ def size_matched(selection: Selection, size: int, method: str | None = None) -> 
 
 # -- SN-Net nearest stitching (baseline) --------------------------------------------------------
 
-def _stages(grids: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+def grid_stages(grids: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
     """(first block, block count) of each run of equal grids, 0-indexed."""
     runs = []
     for k, g in enumerate(grids):
@@ -505,7 +505,7 @@ def snnet_nearest_pairs(f: AnchorEntry, g: AnchorEntry, *, stage_skips: bool = T
     rules within each stage, indices local to it; f and g need the same number of stages.
     stage_skips: leave out the stages SN-Net's code never stitches (`snnet_stitched_stages`).
     """
-    sf, sg = _stages(f.grids), _stages(g.grids)
+    sf, sg = grid_stages(f.grids), grid_stages(g.grids)
     hierarchical = len(sf) > 1 or len(sg) > 1
     if len(sf) != len(sg):
         raise UsageError(f"{f.name} has {len(sf)} stages and {g.name} {len(sg)}: SN-Net stitches stage to stage")

@@ -168,3 +168,19 @@ def test_klas_anchors_describes_what_a_family_can_stitch(capsys):
     assert 0 <= pair["in_flops_range"] <= pair["grid_valid"]
     assert main(["anchors", SPECS["resnet"], SPECS["vit"]]) == 0
     assert "shared grids 4x4; 22 valid" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("prefix, layout, message", [
+    (1, "nchw", "every block outputs tokens"), (1, ["nlc", "nchw"], "every block outputs tokens"),
+    (float("nan"), "nlc", "an integer"), (-1, "nlc", "an integer"), (10**9, "nlc", "an integer"),
+    (True, "nlc", "an integer"),
+])
+def test_prefix_tokens_belong_to_token_anchors_and_are_a_count(prefix, layout, message):
+    from torch import nn
+
+    from klas.anchors.module import ModuleAnchor
+
+    blocks = [nn.Identity(), nn.Identity()]
+    with pytest.raises(ValueError, match=message):
+        ModuleAnchor.from_parts(nn.Identity(), blocks, nn.Identity(), input_size=(3, 8, 8), layout=layout,
+                                num_classes=3, prefix_tokens=prefix)

@@ -17,10 +17,12 @@ from torch import nn
 
 from klas.errors import UsageError
 
-__all__ = ["Anchor", "BlockInfo", "token_grid", "width_and_grid", "PartCounts", "AnchorFlops", "AnchorParams", "LAYOUTS"]
+__all__ = ["Anchor", "BlockInfo", "token_grid", "width_and_grid", "PartCounts", "AnchorFlops", "AnchorParams", "LAYOUTS",
+           "MAX_PREFIX_TOKENS"]
 
 # How a block's output tensor is laid out, and so how it is pooled and what its grid is.
 LAYOUTS = ("nchw", "nhwc", "nlc")
+MAX_PREFIX_TOKENS = 10_000  # class tokens an anchor may have (a ViT has 1 to a few)
 
 
 def token_grid(tokens: int, input_hw: tuple[int, int]) -> tuple[int, ...]:
@@ -141,8 +143,8 @@ class Anchor(nn.Module):
         input_size: (C, H, W) the anchor expects.
         mean, std: per-channel input normalisation on RGB in [0, 1].
         num_classes: width of the head's output.
-        prefix_tokens: tokens before the patch tokens in a "nlc" output (class, distillation
-            tokens); they are not part of the spatial grid.
+        prefix_tokens: tokens before the patch tokens of every block's output (class, distillation
+            tokens; only where every layout is "nlc"); they are not part of the spatial grid.
         class_names: the classes in head order, where the anchor knows them (checked against the
             dataset's class folders); empty when unknown.
     """
@@ -181,8 +183,12 @@ class Anchor(nn.Module):
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.num_classes = num_classes
-        if prefix_tokens < 0 or (prefix_tokens and "nlc" not in self.layouts):
-            raise UsageError(f"prefix_tokens={prefix_tokens}: only token ('nlc') outputs have prefix tokens")
+        if (isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int)
+                or not 0 <= prefix_tokens < MAX_PREFIX_TOKENS):
+            raise UsageError(f"prefix_tokens must be an integer in [0, {MAX_PREFIX_TOKENS}), got {prefix_tokens!r}")
+        if prefix_tokens and set(self.layouts) != {"nlc"}:
+            raise UsageError(f"prefix_tokens={prefix_tokens}: only an anchor whose every block outputs tokens "
+                             f"('nlc') has prefix tokens, got layouts {sorted(set(self.layouts))}")
         self.prefix_tokens = int(prefix_tokens)
         self.class_names = tuple(class_names)
 
@@ -271,8 +277,7 @@ class Anchor(nn.Module):
 
     def width_and_grid(self, h: torch.Tensor, layout: str) -> tuple[int, tuple[int, ...]]:
         """Width and spatial grid of one of this anchor's activations (see `width_and_grid`)."""
-        return width_and_grid(h, layout, prefix_tokens=self.prefix_tokens if layout == "nlc" else 0,
-                              input_hw=tuple(self.input_size[1:]))
+        return width_and_grid(h, layout, prefix_tokens=self.prefix_tokens, input_hw=tuple(self.input_size[1:]))
 
     @cached_property
     def flops(self) -> AnchorFlops:

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 
 from klas import distributed as dist
-from klas.anchors.base import LOGITS, PartCounts, stitch_sources
+from klas.anchors.base import LOGITS, MAX_PREFIX_TOKENS, PartCounts, stitch_sources
 from klas.cache import CacheReader
 from klas.cache.pairing import check_same_samples, check_same_weights
 from klas.errors import CacheError, UsageError
@@ -241,7 +241,7 @@ def _anchor_entry(a, offset: int) -> AnchorEntry | None:
         acc = a.get("probe_val_acc", [])
         head = a.get("head_val_acc")
         prefix = a.get("prefix_tokens", 0)
-        ok = ok and count(prefix) and prefix < 10_000
+        ok = ok and count(prefix) and prefix < MAX_PREFIX_TOKENS
         ok = ok and isinstance(acc, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in acc)
         ok = ok and (head is None or isinstance(head, (int, float)) and not isinstance(head, bool))
         if not ok:
@@ -322,7 +322,7 @@ def _anchor_flops(reader: CacheReader) -> dict:
 def _anchor_prefix_tokens(reader: CacheReader) -> int:
     """The prefix (class) tokens recorded at extraction; absent: none."""
     n = reader.manifest.anchor_info.get("prefix_tokens", 0)
-    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 10_000:
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < MAX_PREFIX_TOKENS:
         raise CacheError(f"{reader.dir / 'manifest.json'}: anchor_info.prefix_tokens is {n!r}, not a count; "
                          "extract this cache again")
     return n

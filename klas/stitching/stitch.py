@@ -152,7 +152,7 @@ class StitchedSupernet(nn.Module):
             with torch.random.fork_rng(devices=[]):  # the same stitches give the same initial layers
                 torch.manual_seed(len(layers))
                 layers.append(stitching_layer(w_in, w_out, layout_in=layout_in, layout_out=layout_out, grid=grid_in,
-                                              prefix_in=_prefix(f, layout_in), prefix_out=_prefix(g, layout_out)))
+                                              prefix_in=f.prefix_tokens, prefix_out=g.prefix_tokens))
         self.stitches = nn.ModuleList(layers)
         self.eval()  # finetuning switches to training mode itself
 
@@ -214,8 +214,8 @@ class StitchedSupernet(nn.Module):
         if r.is_anchor:
             return int(self.anchor(r.source).flops.total)
         f, g = self.anchor(r.source), self.anchor(r.target)
-        (w_in, grid, layout_in), (w_out, _, layout_out) = _cut_shape(f, r.i), _cut_shape(g, r.j)
-        stitch = stitch_flops(w_in, w_out, grid, _prefix(f, layout_in), _prefix(g, layout_out))
+        (w_in, grid, _), (w_out, _, _) = _cut_shape(f, r.i), _cut_shape(g, r.j)
+        stitch = stitch_flops(w_in, w_out, grid, f.prefix_tokens, g.prefix_tokens)
         return stitched_flops(f.flops, r.i, stitch, g.flops, r.j)
 
     def route_params(self, k: int) -> int:
@@ -250,7 +250,7 @@ class StitchedSupernet(nn.Module):
                     if k > 0:
                         h = a.blocks[k - 1](h)
                     if k in ks:
-                        tokens[(name, k)] = to_tokens(h, _cut_shape(a, k)[2])
+                        tokens[(name, k)] = to_tokens(h, _cut_layout(a, k))
             drawn: dict[int, torch.Tensor | None] = {}  # row count -> the rows kept
 
             def rows(name: str, k: int, skip: int) -> torch.Tensor:
@@ -263,15 +263,15 @@ class StitchedSupernet(nn.Module):
                 return flat if drawn[n] is None else flat[drawn[n]]
 
             for s, r in enumerate(self.routes[len(self.anchor_names):]):
-                f, g, layer = self.anchor(r.source), self.anchor(r.target), self.stitches[s]
-                p_in, p_out = _prefix(f, _cut_shape(f, r.i)[2]), _prefix(g, _cut_shape(g, r.j)[2])
-                mapped = p_in == p_out  # prefix tokens mapped with the rest, or dropped / learned
-                weight, bias = fit_linear(rows(r.source, r.i, 0 if mapped else p_in),
-                                          rows(r.target, r.j, 0 if mapped else p_out))
+                layer = self.stitches[s]
+                # a LayoutStitch that drops the source's prefix tokens and learns the target's fits the grid alone
+                dropped = isinstance(layer, LayoutStitch) and not layer.maps_prefix
+                skip_in, skip_out = (layer.prefix_in, layer.prefix_out) if dropped else (0, 0)
+                weight, bias = fit_linear(rows(r.source, r.i, skip_in), rows(r.target, r.j, skip_out))
                 layer.weight.copy_(weight.view_as(layer.weight))
                 layer.bias.copy_(bias)
-                if getattr(layer, "prefix", None) is not None:
-                    layer.prefix.copy_(tokens[(r.target, r.j)][:, :p_out].mean(dim=0))
+                if dropped and layer.prefix is not None:
+                    layer.prefix.copy_(tokens[(r.target, r.j)][:, :skip_out].mean(dim=0))
         finally:
             for m, training in modes:  # each module back to its own mode
                 m.training = training
@@ -289,13 +289,13 @@ def _cut_shape(a: Anchor, k: int) -> tuple[int, tuple[int, ...], str]:
     return _stem_shape(a)
 
 
+def _cut_layout(a: Anchor, k: int) -> str:
+    """Layout of the activation after block k (k = 0: the stem's output, laid out as block 1's)."""
+    return a.layouts[max(k, 1) - 1]
+
+
 def _stem_shape(a: Anchor) -> tuple[int, tuple[int, ...], str]:
-    layout = a.layouts[0]  # the stem's output is laid out as block 1's
+    layout = _cut_layout(a, 0)
     with torch.no_grad():
         h = a.run_stem(a._blank_input())
     return (*a.width_and_grid(h, layout), layout)
-
-
-def _prefix(a: Anchor, layout: str) -> int:
-    """Prefix (class) tokens of one of `a`'s activations laid out as `layout`."""
-    return a.prefix_tokens if layout == "nlc" else 0

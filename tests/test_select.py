@@ -230,3 +230,27 @@ def test_klas_size_matched_is_as_large_as_snnets_set():
     matched = run_method("klas-size-matched", scores, options)
     assert matched.method == "klas-size-matched"
     assert len(matched.selected) == len(select_snnet_nearest(scores).selected)
+
+
+def test_klas_omega_scores_by_omega_alone_and_otherwise_selects_as_klas():
+    """The Σ ablation: each configuration's score is its Ω (Σ still recorded), and selection with
+    those scores equals KLAS's selection run on a Σ of ones."""
+    from klas.selection.methods import SelectOptions, get_method, run_method
+
+    scores = make_scores([2, 4], 5)
+    options = SelectOptions(flops_range="end-buckets")
+    omega = run_method("klas-omega", scores, options)
+    assert omega.method == "klas-omega" and not get_method("klas-omega").capacity
+    for pair in omega.pairs:
+        for c in pair.configs:
+            assert c.gamma == c.omega and c.sigma == pytest.approx(float(scores.sigma(pair.target)[c.j - 1]))
+    # the same selection from KLAS itself once Σ is 1 everywhere: rewrite Θ_{g_j, g_j+1} to 1
+    flat = make_scores([2, 4], 5)
+    for a in flat.anchors:
+        for j in range(a.depth - 1):
+            flat.theta_all[a.offset + j, a.offset + j + 1] = 1.0
+    klas = run_method("klas", flat, options)
+    assert [[(c.i, c.j) for c in p.selected] for p in omega.pairs] == [[(c.i, c.j) for c in p.selected] for p in klas.pairs]
+    # and Σ matters: on the original scores KLAS keeps another set
+    assert [[(c.i, c.j) for c in p.selected] for p in run_method("klas", scores, options).pairs] != \
+        [[(c.i, c.j) for c in p.selected] for p in omega.pairs]

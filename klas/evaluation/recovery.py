@@ -342,7 +342,7 @@ def method_picks(scores, source: str, target: str, methods: Sequence[str], *, ev
                 from klas.selection.metric_tables import metric_numerators
 
                 numerator = metric_numerators(scores, method.metric, cache, Path(cache) / "probes")(source, target)
-            pair = select_pair(scores, source, target, numerator=numerator, **opts)
+            pair = select_pair(scores, source, target, numerator=numerator, capacity=method.capacity, **opts)
             out[m] = {"picks": [(c.i, c.j) for c in pair.selected], "scores": {(c.i, c.j): c.gamma for c in pair.configs}}
         elif method.pair_rule == "snnet":
             f, g = scores.anchor(source), scores.anchor(target)

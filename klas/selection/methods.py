@@ -60,12 +60,14 @@ class Method:
     pair_rule: how the recovery test asks it for one pair's picks: "gamma" (KLAS's bucketing, τ and
         coverage with its Γ), "snnet" (SN-Net's fixed configurations), "random", or None (the
         method is about the chain and has no one-pair form).
+    capacity: False for a method whose score is Ω alone, without Γ's denominator Σ.
     """
     name: str
     help: str
     select: Callable = field(repr=False)
     metric: str | None = None
     pair_rule: str | None = None
+    capacity: bool = True
 
     @property
     def reads_features(self) -> bool:
@@ -75,12 +77,13 @@ class Method:
 _REGISTRY: dict[str, Method] = {}
 
 
-def register_method(name: str, help: str, *, metric: str | None = None, pair_rule: str | None = None):
+def register_method(name: str, help: str, *, metric: str | None = None, pair_rule: str | None = None,
+                    capacity: bool = True):
     """Decorator: registers `fn(scores, options) -> Selection` as selection method `name`."""
     def wrap(fn):
         if name in _REGISTRY:
             raise ValueError(f"selection method {name!r} is registered twice")
-        _REGISTRY[name] = Method(name, help, fn, metric, pair_rule)
+        _REGISTRY[name] = Method(name, help, fn, metric, pair_rule, capacity)
         return fn
     return wrap
 
@@ -119,6 +122,15 @@ def _klas(scores, o: SelectOptions):
     from klas.selection.select import select
 
     return select(scores, **o.klas_options())
+
+
+@register_method("klas-omega", "ablation of Γ's denominator: KLAS with each configuration scored by Ω alone "
+                               "(no capacity Σ), the same chain, buckets, τ and coverage", pair_rule="gamma",
+                 capacity=False)
+def _klas_omega(scores, o: SelectOptions):
+    from klas.selection.select import select
+
+    return select(scores, method="klas-omega", capacity=False, **o.klas_options())
 
 
 @register_method("klas-snnet-chain", "KLAS's block selection on SN-Net's chain, every anchor to the next "

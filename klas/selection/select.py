@@ -292,11 +292,13 @@ def grid_valid_pairs(f: AnchorEntry, g: AnchorEntry) -> list[tuple[int, int]]:
     return [(i, j) for i in range(1, f.depth) for j in range(1, g.depth) if list(f.grids[i - 1]) == list(g.grids[j - 1])]
 
 
-def configurations(scores: Scores, source: str, target: str, numerator: torch.Tensor | None = None) -> list[Config]:
+def configurations(scores: Scores, source: str, target: str, numerator: torch.Tensor | None = None, *,
+                   capacity: bool = True) -> list[Config]:
     """Every valid (i, j) for source -> target with FLOPs, Ω, Σ, Γ (equal grids only).
 
     numerator: another distance ``[m_f − 1, m_g − 1]`` to use as Ω in place of Θ (metric baselines);
     Γ is then numerator / max(Σ, floor).
+    capacity: False scores each configuration by its Ω alone (Γ = Ω, the ablation of Σ); Σ is still recorded.
     """
     f, g = scores.anchor(source), scores.anchor(target)
     sigma = scores.sigma(target)
@@ -306,6 +308,8 @@ def configurations(scores: Scores, source: str, target: str, numerator: torch.Te
         if tuple(numerator.shape) != (f.depth - 1, g.depth - 1):
             raise UsageError(f"numerator must be [{f.depth - 1}, {g.depth - 1}], got {list(numerator.shape)}")
         theta, gamma = numerator, numerator / sigma.clamp_min(scores.floor)[None, :]
+    if not capacity:
+        gamma = theta
     out = [Config(source, target, i, j, config_flops(f, g, i, j), float(theta[i - 1, j - 1]), float(sigma[j - 1]),
                   float(gamma[i - 1, j - 1])) for i, j in grid_valid_pairs(f, g)]
     if not out:
@@ -356,12 +360,13 @@ def in_flops_range(configs: list[Config], lo: float, hi: float) -> list[Config]:
 
 def select_pair(scores: Scores, source: str, target: str, *, tau: float = 0.05, tau_mode: str = "relative",
                 buckets: int | str = "auto", max_buckets: int | None = None,
-                numerator: torch.Tensor | None = None, flops_range: str = "exclude") -> PairSelection:
+                numerator: torch.Tensor | None = None, flops_range: str = "exclude",
+                capacity: bool = True) -> PairSelection:
     """KLAS's candidate configurations for one anchor pair.
 
     flops_range: "exclude" (KLAS.md §5.2: a configuration cheaper than the source anchor or costlier
     than the target is not a candidate) or "end-buckets" (such configurations join the first or
-    last bucket).
+    last bucket). capacity: see `configurations`.
     """
     if flops_range not in FLOPS_RANGE_RULES:
         raise UsageError(f"flops_range must be one of {FLOPS_RANGE_RULES}, got {flops_range!r}")
@@ -369,7 +374,7 @@ def select_pair(scores: Scores, source: str, target: str, *, tau: float = 0.05, 
     if tau_mode not in ("relative", "absolute"):
         raise UsageError(f"tau_mode must be 'relative' or 'absolute', got {tau_mode!r}")
     f, g = scores.anchor(source), scores.anchor(target)
-    configs = configurations(scores, source, target, numerator)
+    configs = configurations(scores, source, target, numerator, capacity=capacity)
     lo, hi = float(f.total_flops), float(g.total_flops)
     if flops_range == "exclude":
         configs = in_flops_range(configs, lo, hi)
@@ -400,12 +405,13 @@ def select_pair(scores: Scores, source: str, target: str, *, tau: float = 0.05, 
 
 def select(scores: Scores, *, tau: float = 0.05, tau_mode: str = "relative", buckets: int | str = "auto",
            chain_rule: str = "minimax", numerators: Callable[[str, str], torch.Tensor] | None = None,
-           method: str = "klas", flops_range: str = "exclude") -> Selection:
+           method: str = "klas", flops_range: str = "exclude", capacity: bool = True) -> Selection:
     """KLAS selection over the anchor chain; `numerators(source, target)` swaps Θ for another distance
-    ``[m_f − 1, m_g − 1]`` in Γ's numerator (the metric baselines)."""
+    ``[m_f − 1, m_g − 1]`` in Γ's numerator (the metric baselines); `capacity=False` drops Σ (Γ = Ω)."""
     chain = anchor_chain(scores, chain_rule)
     pairs = [select_pair(scores, f, g, tau=tau, tau_mode=tau_mode, buckets=buckets, flops_range=flops_range,
-                         numerator=numerators(f, g) if numerators else None) for f, g in zip(chain, chain[1:])]
+                         numerator=numerators(f, g) if numerators else None, capacity=capacity)
+             for f, g in zip(chain, chain[1:])]
     order = [a.name for a in scores.anchors]
     return Selection(method=method, chain=chain, chain_rule=chain_rule, tau=tau, tau_mode=tau_mode, pairs=pairs,
                      anchors=scores.anchors, last_block={"order": order, "theta": scores.last_block().tolist()})

@@ -107,7 +107,6 @@ def _check_claims(out: str, report_root):
             for key in ("gain_anchor", "saving_anchor"):  # an anchor named as the carrier is on our frontier
                 if m[key]:
                     assert m[key] in {name for _, _, a, name in routes[m["ours"]] if a}, line
-            # a gain no anchor carries is a stitch's: at that budget our best route is a stitch
             if m["st_delta"] is not None:
                 s_ours = [(f, a) for f, a, is_anchor, _ in routes[m["ours"]] if not is_anchor and f <= hi]
                 s_theirs = [(f, a) for f, a, is_anchor, _ in routes[m["theirs"]] if not is_anchor and f <= hi]

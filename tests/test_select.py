@@ -240,10 +240,14 @@ def test_klas_omega_scores_by_omega_alone_and_otherwise_selects_as_klas():
     scores = make_scores([2, 4], 5)
     options = SelectOptions(flops_range="end-buckets")
     omega = run_method("klas-omega", scores, options)
-    assert omega.method == "klas-omega" and not get_method("klas-omega").capacity
+    assert omega.method == "klas-omega"
     for pair in omega.pairs:
         for c in pair.configs:
             assert c.gamma == c.omega and c.sigma == pytest.approx(float(scores.sigma(pair.target)[c.j - 1]))
+        # the recovery test's one-pair form scores and picks the same way
+        alone = get_method("klas-omega").pair(scores, pair.source, pair.target, options)
+        assert alone["scores"] == {(c.i, c.j): c.omega for c in pair.configs}
+        assert alone["picks"] == [(c.i, c.j) for c in pair.selected]
     # the same selection from KLAS itself once Σ is 1 everywhere: rewrite Θ_{g_j, g_j+1} to 1
     flat = make_scores([2, 4], 5)
     for a in flat.anchors:

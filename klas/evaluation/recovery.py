@@ -321,35 +321,23 @@ def recovery_report(results: dict[tuple[int, int], dict], methods: dict[str, dic
 
 
 def method_picks(scores, source: str, target: str, methods: Sequence[str], *, evaluated: Sequence[tuple[int, int]],
-                 cache, options, random_seeds: int = 20) -> dict:
+                 options, random_seeds: int = 20) -> dict:
     """Each method's picks on the pair (source, target), in the form `recovery_report` takes.
 
-    Selection methods (klas and the metric baselines) run KLAS's bucketing, τ and coverage on this
-    pair alone with their own score in Γ's numerator, and report that score per configuration;
-    snnet-nearest picks SN-Net's fixed configurations; random draws, per seed, as many evaluated
-    configurations as KLAS picked.
+    Each method's one-pair form (klas.selection.methods.Method.pair) with `options`
+    (klas.selection.methods.SelectOptions, whose cache the metric methods read): KLAS and the metric
+    baselines run KLAS's bucketing, τ and coverage on this pair alone with their own score and report
+    it per configuration; snnet-nearest picks SN-Net's fixed configurations. Random draws, per seed,
+    as many evaluated configurations as KLAS picked.
     """
     from klas.selection.methods import get_method, recovery_method_names
-    from klas.selection.select import select_pair, snnet_nearest_pairs
 
     out: dict[str, dict] = {}
-    opts = options.pair_options()
     for m in methods:
         method = get_method(m)
-        if method.pair_rule == "gamma":
-            numerator = None
-            if method.metric is not None:
-                from klas.selection.metric_tables import metric_numerators
-
-                numerator = metric_numerators(scores, method.metric, cache, Path(cache) / "probes")(source, target)
-            pair = select_pair(scores, source, target, numerator=numerator, capacity=method.capacity, **opts)
-            out[m] = {"picks": [(c.i, c.j) for c in pair.selected], "scores": {(c.i, c.j): c.gamma for c in pair.configs}}
-        elif method.pair_rule == "snnet":
-            f, g = scores.anchor(source), scores.anchor(target)
-            out[m] = {"picks": snnet_nearest_pairs(f, g, stage_skips=options.snnet_stage_skips), "scores": None}
-        elif method.pair_rule == "random":
-            continue
-        else:
+        if method.pair is not None:
+            out[m] = method.pair(scores, source, target, options)
+        elif not method.drawn_in_recovery:
             raise UsageError(f"recovery: method {m!r} has no one-pair form (have {', '.join(recovery_method_names())})")
     if RANDOM in methods:
         size = len([c for c in out.get("klas", {"picks": evaluated[:1]})["picks"] if c in set(evaluated)]) or 1

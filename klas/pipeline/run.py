@@ -440,7 +440,7 @@ def run_recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool = True, 
     if not dist.is_main():
         return out
     s = cfg.select
-    picks = method_picks(scores, f.name, g.name, r.methods, evaluated=[(c.i, c.j) for c in configs], cache=cache,
+    picks = method_picks(scores, f.name, g.name, r.methods, evaluated=[(c.i, c.j) for c in configs],
                          options=SelectOptions.from_config(s, seed=cfg.seed, cache=cache), random_seeds=r.random_seeds)
     report = recovery_report(results, picks, settings, lo, hi, g.depth - 1)
     trained_s = {(rep, res["i"]): res["seconds_for_source_block"] for rep, run in enumerate(runs) for res in run.values()}

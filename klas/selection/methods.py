@@ -55,35 +55,35 @@ class Method:
     """One selection method.
 
     select: (scores, options) -> klas.selection.select.Selection over the whole anchor family.
-    metric: the distance a metric baseline puts in Γ's numerator in place of Θ (klas.selection.metric_tables);
-        such a method reads the pooled features of the extraction output.
-    pair_rule: how the recovery test asks it for one pair's picks: "gamma" (KLAS's bucketing, τ and
-        coverage with its Γ), "snnet" (SN-Net's fixed configurations), "random", or None (the
-        method is about the chain and has no one-pair form).
-    capacity: False for a method whose score is Ω alone, without Γ's denominator Σ.
+    pair: (scores, source, target, options) -> {"picks": [(i, j)], "scores": {(i, j): score} or None},
+        the method on one anchor pair alone, as the recovery test asks it; None when the method is
+        about the chain and has no one-pair form.
+    drawn_in_recovery: the recovery test draws this method's picks itself (random: seeded sets of
+        KLAS's size among the configurations it evaluated).
+    reads_features: the method reads the pooled features of the extraction output (the metric baselines).
     """
     name: str
     help: str
     select: Callable = field(repr=False)
-    metric: str | None = None
-    pair_rule: str | None = None
-    capacity: bool = True
-
-    @property
-    def reads_features(self) -> bool:
-        return self.metric is not None
+    pair: Callable | None = field(default=None, repr=False)
+    drawn_in_recovery: bool = False
+    reads_features: bool = False
 
 
 _REGISTRY: dict[str, Method] = {}
 
 
-def register_method(name: str, help: str, *, metric: str | None = None, pair_rule: str | None = None,
-                    capacity: bool = True):
-    """Decorator: registers `fn(scores, options) -> Selection` as selection method `name`."""
+def _add(method: Method) -> None:
+    if method.name in _REGISTRY:
+        raise ValueError(f"selection method {method.name!r} is registered twice")
+    _REGISTRY[method.name] = method
+
+
+def register_method(name: str, help: str, *, pair: Callable | None = None, drawn_in_recovery: bool = False):
+    """Decorator: registers `fn(scores, options) -> Selection` as selection method `name`, with its
+    one-pair form `pair` (see Method)."""
     def wrap(fn):
-        if name in _REGISTRY:
-            raise ValueError(f"selection method {name!r} is registered twice")
-        _REGISTRY[name] = Method(name, help, fn, metric, pair_rule, capacity)
+        _add(Method(name, help, fn, pair, drawn_in_recovery))
         return fn
     return wrap
 
@@ -95,7 +95,7 @@ def method_names() -> tuple[str, ...]:
 
 def recovery_method_names() -> tuple[str, ...]:
     """The methods the recovery test can ask for one pair's picks."""
-    return tuple(n for n, m in _REGISTRY.items() if m.pair_rule is not None)
+    return tuple(n for n, m in _REGISTRY.items() if m.pair is not None or m.drawn_in_recovery)
 
 
 def get_method(name: str) -> Method:
@@ -116,21 +116,37 @@ def run_method(name: str, scores, options: SelectOptions | None = None):
 
 # ---- the methods -----------------------------------------------------------------------------------
 
-@register_method("klas", "KLAS: Γ = Θ-based Ω / Σ over the minimax anchor chain, buckets, τ and coverage",
-                 pair_rule="gamma")
-def _klas(scores, o: SelectOptions):
-    from klas.selection.select import select
+def register_gamma_method(name: str, help: str, *, metric: str | None = None, capacity: bool = True) -> None:
+    """Registers a method that runs KLAS's bucketing, τ and coverage with its own score, on the chain
+    and on one pair from the same settings: Γ = Ω / Σ with Ω from Θ, or from the distance `metric`
+    (klas.selection.metric_tables, read from the caches) in its place; `capacity=False` scores by Ω
+    alone (the ablation of Σ)."""
+    def numerators(scores, o: SelectOptions):
+        if metric is None:
+            return None
+        from klas.selection.metric_tables import metric_numerators
 
-    return select(scores, **o.klas_options())
+        return metric_numerators(scores, metric, o.cache, o.probes)
+
+    def on_chain(scores, o: SelectOptions):
+        from klas.selection.select import select
+
+        return select(scores, numerators=numerators(scores, o), method=name, capacity=capacity, **o.klas_options())
+
+    def on_pair(scores, source: str, target: str, o: SelectOptions) -> dict:
+        from klas.selection.select import select_pair
+
+        num = numerators(scores, o)
+        pair = select_pair(scores, source, target, numerator=None if num is None else num(source, target),
+                           capacity=capacity, **o.pair_options())
+        return {"picks": [(c.i, c.j) for c in pair.selected], "scores": {(c.i, c.j): c.gamma for c in pair.configs}}
+
+    _add(Method(name, help, on_chain, on_pair, reads_features=metric is not None))
 
 
-@register_method("klas-omega", "ablation of Γ's denominator: KLAS with each configuration scored by Ω alone "
-                               "(no capacity Σ), the same chain, buckets, τ and coverage", pair_rule="gamma",
-                 capacity=False)
-def _klas_omega(scores, o: SelectOptions):
-    from klas.selection.select import select
-
-    return select(scores, method="klas-omega", capacity=False, **o.klas_options())
+register_gamma_method("klas", "KLAS: Γ = Θ-based Ω / Σ over the minimax anchor chain, buckets, τ and coverage")
+register_gamma_method("klas-omega", "ablation of Γ's denominator: KLAS with each configuration scored by Ω alone "
+                                    "(no capacity Σ), the same chain, buckets, τ and coverage", capacity=False)
 
 
 @register_method("klas-snnet-chain", "KLAS's block selection on SN-Net's chain, every anchor to the next "
@@ -141,22 +157,19 @@ def _klas_snnet_chain(scores, o: SelectOptions):
     return select_on_snnet_chain(scores, **o.klas_options())
 
 
+def _snnet_nearest_pair(scores, source: str, target: str, o: SelectOptions) -> dict:
+    from klas.selection.select import snnet_nearest_pairs
+
+    picks = snnet_nearest_pairs(scores.anchor(source), scores.anchor(target), stage_skips=o.snnet_stage_skips)
+    return {"picks": picks, "scores": None}
+
+
 @register_method("snnet-nearest", "SN-Net's nearest stitching: neighbouring anchors, fixed configurations",
-                 pair_rule="snnet")
+                 pair=_snnet_nearest_pair)
 def _snnet_nearest(scores, o: SelectOptions):
     from klas.selection.select import select_snnet_nearest
 
     return select_snnet_nearest(scores, stage_skips=o.snnet_stage_skips)
-
-
-def _metric_method(metric: str):
-    def run(scores, o: SelectOptions):
-        from klas.selection.metric_tables import metric_numerators
-        from klas.selection.select import select
-
-        return select(scores, numerators=metric_numerators(scores, metric, o.cache, o.probes), method=metric,
-                      **o.klas_options())
-    return run
 
 
 for _name, _help in (("cka", "Γ with 1 − linear CKA in the numerator"),
@@ -164,7 +177,7 @@ for _name, _help in (("cka", "Γ with 1 − linear CKA in the numerator"),
                      ("ce", "Γ with the cross-entropy of the target probe in the numerator"),
                      ("dm", "Γ with the distance-matrix gap in the numerator"),
                      ("kl-ls", "Γ with Θ through a least-squares stitch in the numerator")):
-    register_method(_name, _help + " (reads the caches)", metric=_name, pair_rule="gamma")(_metric_method(_name))
+    register_gamma_method(_name, _help + " (reads the caches)", metric=_name)
 
 
 @register_method("klas-size-matched", "KLAS's Γ on KLAS's chain, the best-scored configurations of every bucket "
@@ -176,7 +189,7 @@ def _klas_size_matched(scores, o: SelectOptions):
     return size_matched(select(scores, **o.klas_options()), len(snnet.selected), method="klas-size-matched")
 
 
-@register_method("random", "a seeded random set of KLAS's size on KLAS's chain (ablation)", pair_rule="random")
+@register_method("random", "a seeded random set of KLAS's size on KLAS's chain (ablation)", drawn_in_recovery=True)
 def _random(scores, o: SelectOptions):
     from klas.selection.select import select_random
 

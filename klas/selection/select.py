@@ -303,13 +303,13 @@ def configurations(scores: Scores, source: str, target: str, numerator: torch.Te
     f, g = scores.anchor(source), scores.anchor(target)
     sigma = scores.sigma(target)
     if numerator is None:
-        theta, gamma = scores.theta(source, target), scores.gamma(source, target)
+        theta = scores.theta(source, target)
+        gamma = scores.gamma(source, target) if capacity else theta
     else:
         if tuple(numerator.shape) != (f.depth - 1, g.depth - 1):
             raise UsageError(f"numerator must be [{f.depth - 1}, {g.depth - 1}], got {list(numerator.shape)}")
-        theta, gamma = numerator, numerator / sigma.clamp_min(scores.floor)[None, :]
-    if not capacity:
-        gamma = theta
+        theta = numerator
+        gamma = numerator / sigma.clamp_min(scores.floor)[None, :] if capacity else theta
     out = [Config(source, target, i, j, config_flops(f, g, i, j), float(theta[i - 1, j - 1]), float(sigma[j - 1]),
                   float(gamma[i - 1, j - 1])) for i, j in grid_valid_pairs(f, g)]
     if not out:

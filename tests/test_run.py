@@ -238,6 +238,40 @@ def test_seeds_run_the_comparison_once_each_and_give_intervals(tmp_path, shapes_
     assert c["delta_auc"]["mean"] == pytest.approx(sum(deltas) / 2) and c["delta_auc"]["n"] == 2
     assert c["delta_auc_verdict"] == verdict(c["delta_auc"]) and c["delta_auc_verdict"] in log
     assert per_seed[0]["config"]["seed"] == 0 and per_seed[1]["config"]["seed"] == 1
+    # stitches-only: the anchors are frozen, so they are the same in both supernets on every seed
+    assert c["anchor_top1_difference"] and all(d["mean"] == 0.0 for d in c["anchor_top1_difference"].values())
+    m = summary["protocols"]["stitches-only"]["methods"][c["ours"]]
+    assert m["steps_per_route"]["mean"] == pytest.approx(sum(r["methods"][c["ours"]]["steps_per_route"]
+                                                             for r in per_seed) / 2)
+
+
+def _report(delta_auc: float, anchors: dict) -> dict:
+    """A report.json with one comparison, as klas.evaluation.report writes it (the fields the summary reads)."""
+    method = {"auc": 80.0 + delta_auc, "stitches": 4, "steps_per_route": 25.0, "best_top1": 90.0,
+              "spearman_gamma_top1_within_buckets": None}
+    return {"methods": {"klas": method, "snnet-nearest": {**method, "auc": 80.0}},
+            "comparisons": [{"ours": "klas", "baseline": "snnet-nearest", "delta_auc": delta_auc, "anchors": anchors,
+                             "stitches_only": {"delta_auc": 0.5, "best_gain_at_equal_flops": None}}]}
+
+
+def test_the_seed_summary_says_when_the_anchors_differ_between_the_supernets(tmp_path):
+    """Under SN-Net's protocol the anchors train in each supernet: the summary gives each anchor's
+    difference with its interval and says the all-routes ΔAUC includes it."""
+    from klas.evaluation.seeds import summarise_seeds, summary_lines
+
+    reports = {}
+    for seed, (a, b) in enumerate([(86.0, 85.0), (85.5, 85.0), (86.5, 85.0)]):
+        root = tmp_path / f"seed-{seed}"
+        (root / "snnet").mkdir(parents=True)
+        anchors = {"r20": {"ours": a, "baseline": b}, "r56": {"ours": 88.0, "baseline": 88.0}}
+        (root / "snnet" / "report.json").write_text(json.dumps(_report(0.1 * seed, anchors)))
+        reports[seed] = root
+    doc = summarise_seeds(reports, ["snnet"], tmp_path / "summary")
+    diff = doc["protocols"]["snnet"]["comparisons"][0]["anchor_top1_difference"]
+    assert diff["r20"]["mean"] == pytest.approx(1.0) and diff["r20"]["low"] == pytest.approx(1.0 - 4.303 * 0.5 / 3 ** 0.5)
+    assert diff["r56"]["mean"] == 0.0
+    lines = "\n".join(summary_lines(doc))
+    assert "the anchors differ" in lines and "r20 +1.00" in lines and "r56" not in lines.split("the anchors differ")[1]
 
 
 def test_verdict_says_no_significant_difference_when_the_interval_covers_zero():

@@ -3,8 +3,9 @@
 Each seed's run (`klas run` with `seeds:`) changes the data split, the route schedule, the batches
 and the initialisation. For every finetuning protocol and method this gathers the AUC, the
 stitches-only figures and the within-bucket correlation, and for every comparison ΔAUC (all routes
-and stitches only) with its interval; a difference whose interval covers 0 is reported as "no
-significant difference".
+and stitches only) with its interval and how far each anchor's top-1 differs between the two
+supernets (not zero when the anchors train: SN-Net's protocol); a difference whose interval covers 0
+is reported as "no significant difference".
 """
 from __future__ import annotations
 
@@ -40,20 +41,32 @@ def summarise_seeds(reports: dict[int, Path], protocols: list[str], out: Path) -
         methods = {}
         for m in first["methods"]:
             methods[m] = {key: mean_interval([r["methods"][m][key] for r in runs.values()])
-                          for key in ("auc", "stitches", "best_top1", "spearman_gamma_top1_within_buckets")}
+                          for key in ("auc", "stitches", "steps_per_route", "best_top1",
+                                      "spearman_gamma_top1_within_buckets")}
         comparisons = []
         for k, c in enumerate(first["comparisons"]):
             delta = mean_interval([r["comparisons"][k]["delta_auc"] for r in runs.values()])
             stitch = mean_interval([r["comparisons"][k]["stitches_only"]["delta_auc"] for r in runs.values()])
             gain = mean_interval([(r["comparisons"][k]["stitches_only"]["best_gain_at_equal_flops"] or {})
                                   .get("top1_points") for r in runs.values()])
+            anchors = {a: mean_interval([_anchor_difference(r["comparisons"][k], a) for r in runs.values()])
+                       for a in c["anchors"]}
             comparisons.append({"ours": c["ours"], "baseline": c["baseline"], "delta_auc": delta,
                                 "delta_auc_verdict": verdict(delta), "stitches_only_delta_auc": stitch,
-                                "stitches_only_verdict": verdict(stitch), "stitches_only_best_gain": gain})
+                                "stitches_only_verdict": verdict(stitch), "stitches_only_best_gain": gain,
+                                "anchor_top1_difference": anchors})
         doc["protocols"][protocol] = {"methods": methods, "comparisons": comparisons}
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "summary.json", doc)
     return doc
+
+
+def _anchor_difference(comparison: dict, anchor: str) -> float | None:
+    """Top-1 of `anchor` in our supernet minus in the baseline's; None when either lacks it."""
+    both = comparison["anchors"].get(anchor) or {}
+    if both.get("ours") is None or both.get("baseline") is None:
+        return None
+    return both["ours"] - both["baseline"]
 
 
 def _fmt(v: dict, spec: str = "+.3f") -> str:
@@ -69,9 +82,15 @@ def summary_lines(doc: dict) -> list[str]:
     lines = [f"over seeds {doc['seeds']} (mean [95% interval]):"]
     for protocol, p in doc["protocols"].items():
         for m, s in p["methods"].items():
-            lines.append(f"  {protocol:>13} {m}: AUC {_fmt(s['auc'], '.3f')}, stitches {_fmt(s['stitches'], '.1f')}")
+            lines.append(f"  {protocol:>13} {m}: AUC {_fmt(s['auc'], '.3f')}, stitches {_fmt(s['stitches'], '.1f')}, "
+                         f"steps per route {_fmt(s['steps_per_route'], '.0f')}")
         for c in p["comparisons"]:
             lines.append(f"  {protocol:>13} {c['ours']} vs {c['baseline']}: ΔAUC {_fmt(c['delta_auc'])} "
                          f"({c['delta_auc_verdict']}); stitches only {_fmt(c['stitches_only_delta_auc'])} "
                          f"({c['stitches_only_verdict']})")
+            moved = {a: d for a, d in c["anchor_top1_difference"].items() if d["mean"]}  # None or 0: not moved
+            if moved:
+                lines.append(f"  {'':>13}   the anchors differ between the two supernets (top-1, {c['ours']} minus "
+                             f"{c['baseline']}): " + ", ".join(f"{a} {_fmt(d, '+.2f')}" for a, d in moved.items())
+                             + "; the all-routes ΔAUC includes that difference")
     return lines

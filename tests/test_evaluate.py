@@ -66,3 +66,18 @@ def test_report_files(tmp_path):
     rows = (tmp_path / "routes.csv").read_text().splitlines()
     assert len(rows) == 1 + len(klas) + len(snnet)
     assert (tmp_path / "accuracy_flops.png").stat().st_size > 5000
+    assert doc["comparisons"][0]["shared_stitches"] == {"count": 0, "mean_difference": None, "min_difference": None,
+                                                        "max_difference": None}
+
+
+def test_shared_stitches_compare_the_same_configuration_in_two_supernets():
+    from klas.evaluation.report import shared_stitches
+
+    anchors = [_route("a", "a", "a", 100, 70.0), _route("b", "b", "b", 200, 80.0)]
+    ours = [_route("a", "a", "a", 100, 71.0), anchors[1], _route("a:1->b:2", "a", "b", 150, 78.0),
+            _route("a:2->b:3", "a", "b", 160, 74.5), _route("a:4->b:1", "a", "b", 170, 60.0)]
+    theirs = anchors + [_route("a:1->b:2", "a", "b", 150, 79.0), _route("a:2->b:3", "a", "b", 160, 74.0),
+                        _route("a:3->b:3", "a", "b", 165, 90.0)]
+    # the anchors (71 against 70) and the stitches only one side holds do not count
+    assert shared_stitches(ours, theirs) == {"count": 2, "mean_difference": pytest.approx(-0.25),
+                                             "min_difference": pytest.approx(-1.0), "max_difference": pytest.approx(0.5)}

@@ -240,6 +240,10 @@ def test_seeds_run_the_comparison_once_each_and_give_intervals(tmp_path, shapes_
     assert per_seed[0]["config"]["seed"] == 0 and per_seed[1]["config"]["seed"] == 1
     # stitches-only: the anchors are frozen, so they are the same in both supernets on every seed
     assert c["anchor_top1_difference"] and all(d["mean"] == 0.0 for d in c["anchor_top1_difference"].values())
+    shared = [r["comparisons"][0]["shared_stitches"]["mean_difference"] for r in per_seed]
+    shared = [x for x in shared if x is not None]
+    assert c["shared_stitches"]["mean_difference"]["mean"] == (pytest.approx(sum(shared) / len(shared)) if shared
+                                                               else None)
     m = summary["protocols"]["stitches-only"]["methods"][c["ours"]]
     assert m["steps_per_route"]["mean"] == pytest.approx(sum(r["methods"][c["ours"]]["steps_per_route"]
                                                              for r in per_seed) / 2)
@@ -251,7 +255,8 @@ def _report(delta_auc: float, anchors: dict) -> dict:
               "spearman_gamma_top1_within_buckets": None}
     return {"methods": {"klas": method, "snnet-nearest": {**method, "auc": 80.0}},
             "comparisons": [{"ours": "klas", "baseline": "snnet-nearest", "delta_auc": delta_auc, "anchors": anchors,
-                             "stitches_only": {"delta_auc": 0.5, "best_gain_at_equal_flops": None}}]}
+                             "stitches_only": {"delta_auc": 0.5, "best_gain_at_equal_flops": None},
+                             "shared_stitches": {"count": 3, "mean_difference": -0.5 - delta_auc}}]}
 
 
 def test_the_seed_summary_says_when_the_anchors_differ_between_the_supernets(tmp_path):
@@ -270,7 +275,10 @@ def test_the_seed_summary_says_when_the_anchors_differ_between_the_supernets(tmp
     diff = doc["protocols"]["snnet"]["comparisons"][0]["anchor_top1_difference"]
     assert diff["r20"]["mean"] == pytest.approx(1.0) and diff["r20"]["low"] == pytest.approx(1.0 - 4.303 * 0.5 / 3 ** 0.5)
     assert diff["r56"]["mean"] == 0.0
+    shared = doc["protocols"]["snnet"]["comparisons"][0]["shared_stitches"]
+    assert shared["count"]["mean"] == 3 and shared["mean_difference"]["mean"] == pytest.approx(-0.6)
     lines = "\n".join(summary_lines(doc))
+    assert "the 3 stitches both supernets hold: top-1 klas minus snnet-nearest -0.60" in lines
     assert "the anchors differ" in lines and "r20 +1.00" in lines and "r56" not in lines.split("the anchors differ")[1]
 
 

@@ -1,6 +1,6 @@
 """The report of a run: per method, every route's FLOPs and top-1, the Pareto frontier, the AUC, the
 rank correlation between Γ and accuracy; across methods, ΔAUC, the best gain at equal FLOPs and the
-best FLOPs saving at equal accuracy. Written as report.json, routes.csv and accuracy_flops.png."""
+best FLOPs saving at equal accuracy, and the stitches both supernets hold compared one by one. Written as report.json, routes.csv and accuracy_flops.png."""
 from __future__ import annotations
 
 import csv
@@ -18,7 +18,7 @@ from klas.evaluation.evaluate import (
 )
 from klas.files import atomic_path, write_json_atomic
 
-__all__ = ["summarise", "compare_stitches", "write_report", "headline"]
+__all__ = ["summarise", "compare_stitches", "shared_stitches", "write_report", "headline"]
 
 
 def summarise(results: list[RouteResult], flops_range: tuple[float, float], *, buckets: dict | None = None,
@@ -84,6 +84,19 @@ def compare_stitches(ours: list[RouteResult], theirs: list[RouteResult], flops_r
             "best_flops_saving_at_equal_accuracy": {"ratio": ratio, "top1": None if math.isnan(at_acc) else at_acc}}
 
 
+def shared_stitches(ours: list[RouteResult], theirs: list[RouteResult]) -> dict:
+    """The stitches both supernets hold (same anchors, same (i, j)): how many, and the top-1 of each in
+    ours minus in theirs (mean, min, max; None when there is none). With one total finetuning
+    budget this separates what the set's size did to each stitch from which stitches were chosen."""
+    a = {r.name: r.top1 for r in ours if r.source != r.target}
+    b = {r.name: r.top1 for r in theirs if r.source != r.target}
+    diffs = [a[n] - b[n] for n in sorted(set(a) & set(b))]
+    if not diffs:
+        return {"count": 0, "mean_difference": None, "min_difference": None, "max_difference": None}
+    return {"count": len(diffs), "mean_difference": sum(diffs) / len(diffs), "min_difference": min(diffs),
+            "max_difference": max(diffs)}
+
+
 def _carried_by(results: list[RouteResult], flops: float | None, top1: float | None) -> str | None:
     """The anchor whose point is the one at `flops` (or `top1`) on a method's frontier, if an anchor is."""
     for r in results:
@@ -126,6 +139,7 @@ def write_report(results: dict[str, list[RouteResult]], out: str | os.PathLike, 
             "anchors": {r.name: {"ours": r.top1, "baseline": next((x.top1 for x in results[other] if x.name == r.name),
                                                                   None)} for r in results[ours] if r.source == r.target},
             "stitches_only": compare_stitches(results[ours], results[other], flops_range),
+            "shared_stitches": shared_stitches(results[ours], results[other]),
         })
     doc["results"] = {m: [r.to_json() for r in rs] for m, rs in results.items()}
     write_json_atomic(out / "report.json", doc)

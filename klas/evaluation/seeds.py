@@ -3,9 +3,10 @@
 Each seed's run (`klas run` with `seeds:`) changes the data split, the route schedule, the batches
 and the initialisation. For every finetuning protocol and method this gathers the AUC, the
 stitches-only figures and the within-bucket correlation, and for every comparison ΔAUC (all routes
-and stitches only) with its interval and how far each anchor's top-1 differs between the two
-supernets (not zero when the anchors train: SN-Net's protocol); a difference whose interval covers 0
-is reported as "no significant difference".
+and stitches only) with its interval, how far each anchor's top-1 differs between the two
+supernets (not zero when the anchors train: SN-Net's protocol), and the stitches both hold,
+compared one by one. A difference whose interval covers 0 is reported as "no significant
+difference".
 """
 from __future__ import annotations
 
@@ -51,10 +52,14 @@ def summarise_seeds(reports: dict[int, Path], protocols: list[str], out: Path) -
                                   .get("top1_points") for r in runs.values()])
             anchors = {a: mean_interval([_anchor_difference(r["comparisons"][k], a) for r in runs.values()])
                        for a in c["anchors"]}
+            shared = [r["comparisons"][k].get("shared_stitches") or {} for r in runs.values()]
             comparisons.append({"ours": c["ours"], "baseline": c["baseline"], "delta_auc": delta,
                                 "delta_auc_verdict": verdict(delta), "stitches_only_delta_auc": stitch,
                                 "stitches_only_verdict": verdict(stitch), "stitches_only_best_gain": gain,
-                                "anchor_top1_difference": anchors})
+                                "anchor_top1_difference": anchors,
+                                "shared_stitches": {"count": mean_interval([x.get("count") for x in shared]),
+                                                    "mean_difference": mean_interval([x.get("mean_difference")
+                                                                                      for x in shared])}})
         doc["protocols"][protocol] = {"methods": methods, "comparisons": comparisons}
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "summary.json", doc)
@@ -88,6 +93,10 @@ def summary_lines(doc: dict) -> list[str]:
             lines.append(f"  {protocol:>13} {c['ours']} vs {c['baseline']}: ΔAUC {_fmt(c['delta_auc'])} "
                          f"({c['delta_auc_verdict']}); stitches only {_fmt(c['stitches_only_delta_auc'])} "
                          f"({c['stitches_only_verdict']})")
+            both = c["shared_stitches"]
+            if both["mean_difference"]["mean"] is not None:
+                lines.append(f"  {'':>13}   the {both['count']['mean']:.3g} stitches both supernets hold: top-1 "
+                             f"{c['ours']} minus {c['baseline']} {_fmt(both['mean_difference'], '+.2f')} on average")
             moved = {a: d for a, d in c["anchor_top1_difference"].items() if d["mean"]}  # None or 0: not moved
             if moved:
                 lines.append(f"  {'':>13}   the anchors differ between the two supernets (top-1, {c['ours']} minus "

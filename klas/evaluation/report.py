@@ -1,6 +1,7 @@
 """The report of a run: per method, every route's FLOPs and top-1, the Pareto frontier, the AUC, the
 rank correlation between Γ and accuracy; across methods, ΔAUC, the best gain at equal FLOPs and the
-best FLOPs saving at equal accuracy, and the stitches both supernets hold compared one by one. Written as report.json, routes.csv and accuracy_flops.png."""
+best FLOPs saving at equal accuracy, and the stitches both supernets hold compared one by one.
+Written as report.json, routes.csv and accuracy_flops.png."""
 from __future__ import annotations
 
 import csv

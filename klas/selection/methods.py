@@ -14,8 +14,8 @@ from typing import Callable
 
 from klas.errors import UsageError
 
-__all__ = ["SelectOptions", "Method", "register_method", "method_names", "get_method", "run_method",
-           "recovery_method_names"]
+__all__ = ["SelectOptions", "Method", "register_method", "register_gamma_method", "method_names", "get_method",
+           "run_method", "recovery_method_names"]
 
 
 @dataclass(frozen=True)

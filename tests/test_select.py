@@ -258,3 +258,15 @@ def test_klas_omega_scores_by_omega_alone_and_otherwise_selects_as_klas():
     # and Σ matters: on the original scores KLAS keeps another set
     assert [[(c.i, c.j) for c in p.selected] for p in run_method("klas", scores, options).pairs] != \
         [[(c.i, c.j) for c in p.selected] for p in omega.pairs]
+
+
+def test_a_metric_method_without_the_extraction_output_says_what_to_give_in_both_forms():
+    from klas.errors import UsageError
+    from klas.selection.methods import SelectOptions, get_method, run_method
+
+    scores = make_scores([2, 4], 5)
+    pair = scores.anchors[0].name, scores.anchors[1].name
+    with pytest.raises(UsageError, match="reads the pooled features: give the extraction output"):
+        run_method("cka", scores, SelectOptions())
+    with pytest.raises(UsageError, match="reads the pooled features: give the extraction output"):
+        get_method("cka").pair(scores, *pair, SelectOptions())

@@ -60,14 +60,12 @@ class Method:
         about the chain and has no one-pair form.
     drawn_in_recovery: the recovery test draws this method's picks itself (random: seeded sets of
         KLAS's size among the configurations it evaluated).
-    reads_features: the method reads the pooled features of the extraction output (the metric baselines).
     """
     name: str
     help: str
     select: Callable = field(repr=False)
     pair: Callable | None = field(default=None, repr=False)
     drawn_in_recovery: bool = False
-    reads_features: bool = False
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -107,11 +105,7 @@ def get_method(name: str) -> Method:
 
 def run_method(name: str, scores, options: SelectOptions | None = None):
     """The selection of method `name` over `scores` (klas.scoring.scores.Scores)."""
-    method = get_method(name)
-    options = options or SelectOptions()
-    if method.reads_features and options.cache is None:
-        raise UsageError(f"method {name} reads the pooled features: give the extraction output (--cache)")
-    return method.select(scores, options)
+    return get_method(name).select(scores, options or SelectOptions())
 
 
 # ---- the methods -----------------------------------------------------------------------------------
@@ -124,6 +118,8 @@ def register_gamma_method(name: str, help: str, *, metric: str | None = None, ca
     def numerators(scores, o: SelectOptions):
         if metric is None:
             return None
+        if o.cache is None:  # checked here, so that the chain and the one-pair form both say it
+            raise UsageError(f"method {name} reads the pooled features: give the extraction output (--cache)")
         from klas.selection.metric_tables import metric_numerators
 
         return metric_numerators(scores, metric, o.cache, o.probes)
@@ -141,7 +137,7 @@ def register_gamma_method(name: str, help: str, *, metric: str | None = None, ca
                            capacity=capacity, **o.pair_options())
         return {"picks": [(c.i, c.j) for c in pair.selected], "scores": {(c.i, c.j): c.gamma for c in pair.configs}}
 
-    _add(Method(name, help, on_chain, on_pair, reads_features=metric is not None))
+    _add(Method(name, help, on_chain, on_pair))
 
 
 register_gamma_method("klas", "KLAS: Γ = Θ-based Ω / Σ over the minimax anchor chain, buckets, τ and coverage")

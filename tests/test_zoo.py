@@ -142,3 +142,40 @@ def test_a_least_squares_stitch_between_two_tiny10_seeds_keeps_their_accuracy():
     weaker = min(top1[f.name], top1[g.name])
     assert weaker > 70 and stitch >= weaker - 6, top1
     assert random_top1 < weaker - 20, random_top1
+
+
+@pytest.mark.slow
+def test_the_zoo_config_runs_end_to_end_on_a_small_budget(tmp_path, capsys):
+    """`klas run configs/cifar10_zoo.yaml` as shipped, every budget shrunk (300 training, 100 held-out
+    and 200 test images, a few steps): both protocols, KLAS against SN-Net's rules. SN-Net's three stage-to-stage
+    stitches do not depend on the data; every stitch KLAS keeps joins a ResNet block to a GoogLeNet
+    block of the same grid and costs between the two anchors."""
+    import json
+    from pathlib import Path
+
+    from klas.anchors import load_anchor
+    from klas.pipeline.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "cifar10_zoo.yaml"
+    small = ["data.train_limit=300", "data.val_limit=100", "data.test_limit=200", "adapt.steps=2",
+             "adapt.batch_size=16", "extract.batch_size=100", "probes.epochs=1", "finetune.steps=4", "finetune.batch_size=8",
+             "finetune.checkpoint_every=4", "finetune.calibration_images=16", "evaluate.batch_size=200",
+             "select.compare=[klas,snnet-nearest]", f"out={tmp_path / 'zoo'}"]
+    assert main(["run", str(config), "--quiet", *[a for s in small for a in ("--set", s)]]) == 0
+    capsys.readouterr()
+    f, g = load_anchor("cifar-zoo:resnet"), load_anchor("cifar-zoo:googlenet")
+    f_grid = [block.grid for block in f.block_info]  # block i's output feeds the target after its block j
+    g_grid = [block.grid for block in g.block_info]
+    for protocol in ("snnet", "stitches-only"):
+        report = json.loads((tmp_path / "zoo" / "report" / protocol / "report.json").read_text())
+        low, high = report["flops_range"]
+        routes = {m: [r for r in rs if r["source"] != r["target"]] for m, rs in report["results"].items()}
+        anchors = {r["name"]: r for r in report["results"]["klas"] if r["source"] == r["target"]}
+        assert set(anchors) == {f.name, g.name} and all(r["total"] == 200 for r in anchors.values())
+        assert min(r["top1"] for r in anchors.values()) > 65, anchors
+        assert {(r["i"], r["j"]) for r in routes["snnet-nearest"]} == {(6, 5), (5, 4), (4, 3)}
+        assert routes["klas"], "KLAS kept no stitch"
+        for r in routes["klas"]:
+            assert (r["source"], r["target"]) == (f.name, g.name)
+            assert f_grid[r["i"] - 1] == g_grid[r["j"] - 1] and low <= r["flops"] <= high, r
+            assert 0 <= r["top1"] <= 100 and r["total"] == 200

@@ -147,8 +147,8 @@ def test_a_least_squares_stitch_between_two_tiny10_seeds_keeps_their_accuracy():
 @pytest.mark.slow
 def test_the_zoo_config_runs_end_to_end_on_a_small_budget(tmp_path, capsys):
     """`klas run configs/cifar10_zoo.yaml` as shipped, every budget shrunk (300 training, 100 held-out
-    and 200 test images, a few steps): both protocols, KLAS against SN-Net's rules. SN-Net's three stage-to-stage
-    stitches do not depend on the data; every stitch KLAS keeps joins a ResNet block to a GoogLeNet
+    and 200 test images, a few steps): both protocols, KLAS against SN-Net's rules. SN-Net's three
+    stage-to-stage stitches do not depend on the data; every stitch KLAS keeps joins a ResNet block to a GoogLeNet
     block of the same grid and costs between the two anchors."""
     import json
     from pathlib import Path
@@ -158,8 +158,8 @@ def test_the_zoo_config_runs_end_to_end_on_a_small_budget(tmp_path, capsys):
 
     config = Path(__file__).resolve().parents[1] / "configs" / "cifar10_zoo.yaml"
     small = ["data.train_limit=300", "data.val_limit=100", "data.test_limit=200", "adapt.steps=2",
-             "adapt.batch_size=16", "extract.batch_size=100", "probes.epochs=1", "finetune.steps=4", "finetune.batch_size=8",
-             "finetune.checkpoint_every=4", "finetune.calibration_images=16", "evaluate.batch_size=200",
+             "adapt.batch_size=16", "extract.batch_size=100", "probes.epochs=1", "finetune.steps=4",
+             "finetune.batch_size=8", "finetune.checkpoint_every=4", "finetune.calibration_images=16", "evaluate.batch_size=200",
              "select.compare=[klas,snnet-nearest]", f"out={tmp_path / 'zoo'}"]
     assert main(["run", str(config), "--quiet", *[a for s in small for a in ("--set", s)]]) == 0
     capsys.readouterr()

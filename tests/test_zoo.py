@@ -159,7 +159,8 @@ def test_the_zoo_config_runs_end_to_end_on_a_small_budget(tmp_path, capsys):
     config = Path(__file__).resolve().parents[1] / "configs" / "cifar10_zoo.yaml"
     small = ["data.train_limit=300", "data.val_limit=100", "data.test_limit=200", "adapt.steps=2",
              "adapt.batch_size=16", "extract.batch_size=100", "probes.epochs=1", "finetune.steps=4",
-             "finetune.batch_size=8", "finetune.checkpoint_every=4", "finetune.calibration_images=16", "evaluate.batch_size=200",
+             "finetune.batch_size=8", "finetune.checkpoint_every=4", "finetune.calibration_images=16",
+             "evaluate.batch_size=200",
              "select.compare=[klas,snnet-nearest]", f"out={tmp_path / 'zoo'}"]
     assert main(["run", str(config), "--quiet", *[a for s in small for a in ("--set", s)]]) == 0
     capsys.readouterr()

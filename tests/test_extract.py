@@ -1,6 +1,7 @@
 """Extraction into the cache, resume after a kill, and the CLI's errors."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -52,6 +53,22 @@ def test_complete_cache_is_not_recomputed(tmp_path, shapes_dir):
     before = (cache / "manifest.json").stat().st_mtime_ns
     extract([anchor], shapes_dir, tmp_path, **kw)
     assert (cache / "manifest.json").stat().st_mtime_ns == before
+
+
+def test_cache_without_the_facts_selection_reads_is_made_again(tmp_path, shapes_dir):
+    """A complete cache whose manifest records other anchor facts than the anchor has now (here a stem
+    width the anchor does not differ in) is replaced, not read with a default."""
+    anchor = load_anchor(SPEC)
+    kw = dict(splits=("val",), batch_size=16, val_fraction=0.25, progress=False)
+    cache = extract([anchor], shapes_dir, tmp_path, **kw)[("cifar-resnet20", "val")]
+    doc = json.loads((cache / "manifest.json").read_text())
+    assert "stem_width" not in doc["anchor_info"]
+    doc["anchor_info"]["stem_width"] = 32
+    (cache / "manifest.json").write_text(json.dumps(doc))
+    assert read_manifest(cache).anchor_info["stem_width"] == 32  # the edited manifest still reads
+    with pytest.warns(UserWarning, match="other settings is replaced"):
+        extract([anchor], shapes_dir, tmp_path, **kw)
+    assert "stem_width" not in read_manifest(cache).anchor_info
 
 
 def test_cache_of_another_anchor_is_refused(tmp_path, shapes_dir):

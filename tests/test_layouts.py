@@ -5,13 +5,16 @@ and a DeiT-Ti (``[B, 1 + h·w, C]``), whose grids meet at 16x16, 8x8, 4x4 and 2x
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from klas.anchors import load_anchor
 from klas.anchors.base import token_grid
-from klas.scoring.scores import AnchorEntry
+from klas.extraction.extract import anchor_info
+from klas.scoring.scores import AnchorEntry, _anchor_entry
 from klas.selection.select import config_flops, stitch_flops, stitch_positions
 from klas.stitching.stitch import LayoutStitch, StitchedSupernet, from_tokens, stitching_layer, to_tokens
 
@@ -111,8 +114,22 @@ def test_every_configuration_across_layouts_runs_and_counts_its_flops(anchors, p
                                      g.prefix_tokens if g.layouts[0] == "nlc" else 0)
         # the counter leaves out the stitch's bias adds (one per output channel and position), nothing else
         assert net.route_flops(k) - counter.get_total_flops() == width_out * positions, r.name
-        if r.j > 0:
-            assert config_flops(entries[r.source], entries[r.target], r.i, r.j) == net.route_flops(k), r.name
+        assert config_flops(entries[r.source], entries[r.target], r.i, r.j) == net.route_flops(k), r.name
+
+
+def test_a_stitch_into_the_targets_first_block_maps_to_its_stem_width():
+    """ResNet-50's stem gives 64 channels, its first block 256: a stitch at j = 0 maps to 64, and the
+    selection's FLOPs (from the scores' entries, or the cache's manifest) agree with the supernet's."""
+    torch.manual_seed(0)
+    f, g = load_anchor(SPECS["resnet"]), load_anchor("timm:resnet50?pretrained=false&img_size=64&num_classes=10")
+    assert (g.stem_info.width, g.block_info[0].width, tuple(g.stem_info.grid)) == (64, 256, _grid(f, 1))
+    net = StitchedSupernet([f, g], [(f.name, g.name, 1, 0)]).eval()
+    assert net.stitches[0](torch.rand(2, 64, 16, 16)).shape == (2, 64, 16, 16)
+    entry_f, entry_g = AnchorEntry.from_anchor(f), AnchorEntry.from_anchor(g)
+    assert (entry_f.stem_width, entry_g.stem_width) == (None, 64)
+    assert config_flops(entry_f, entry_g, 1, 0) == net.route_flops(2)
+    assert "stem_width" not in anchor_info(f) and anchor_info(g)["stem_width"] == 64
+    assert _anchor_entry(json.loads(json.dumps(entry_g.to_json())), 0).stem_width == 64
 
 
 def test_stitch_flops_count_class_tokens_only_where_they_are_mapped():

@@ -275,6 +275,22 @@ class Anchor(nn.Module):
                 infos.append(BlockInfo(k, self.block_names[k - 1], width, grid, layout))
         return tuple(infos)
 
+    @cached_property
+    def stem_info(self) -> BlockInfo:
+        """Width and grid of the stem's output (index 0), laid out as block 1's input: what a stitch
+        into the target's first block (j = 0) maps to."""
+        layout = self.layouts[0]
+        with torch.no_grad():
+            width, grid = self.width_and_grid(self.run_stem(self._blank_input()), layout)
+        return BlockInfo(0, "stem", width, grid, layout)
+
+    @property
+    def stem_width(self) -> int | None:
+        """The stem's output width where it differs from block 1's output width (timm ResNet-50: 64
+        against 256), else None: the one fact a stitch at j = 0 needs beyond the blocks' widths."""
+        width = self.stem_info.width
+        return width if width != self.block_info[0].width else None
+
     def width_and_grid(self, h: torch.Tensor, layout: str) -> tuple[int, tuple[int, ...]]:
         """Width and spatial grid of one of this anchor's activations (see `width_and_grid`)."""
         return width_and_grid(h, layout, prefix_tokens=self.prefix_tokens, input_hw=tuple(self.input_size[1:]))

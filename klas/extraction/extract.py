@@ -51,6 +51,11 @@ def cache_layout(anchor: Anchor) -> tuple[BlockEntry, ...]:
     return tuple(entries)
 
 
+# anchor facts that selection reads from the manifest beyond the FLOPs: a cache without them (made
+# before they were recorded) is made again rather than read with a default
+_FACTS_READ_LATER = ("prefix_tokens", "stem_width")
+
+
 def anchor_info(anchor: Anchor) -> dict:
     """What later stages need to know of the anchor without loading it again (its spec is never
     loaded from a file), and the digest of its weights (a changed checkpoint is noticed)."""
@@ -58,6 +63,8 @@ def anchor_info(anchor: Anchor) -> dict:
             "weights": anchor.weights_digest()}
     if anchor.prefix_tokens:  # recorded only where there are some (so older caches stay valid)
         info["prefix_tokens"] = anchor.prefix_tokens
+    if anchor.stem_width is not None:  # likewise: only where a stitch at j = 0 needs it
+        info["stem_width"] = anchor.stem_width
     return info
 
 
@@ -90,8 +97,10 @@ def _complete(anchor: Anchor, cache_dir: Path, info: dict, settings: dict, dtype
             f"{cache_dir} holds the cache of anchor {existing.anchor!r}, not {anchor.spec!r}; "
             "choose another --out (two specs with one name cannot share a folder)"
         )
-    if existing.dtype == dtype and existing.source == settings and existing.weights_digest == info["weights"]:
-        return existing  # complete and matching (data, settings and weights): nothing to do
+    recorded = all(existing.anchor_info.get(k) == info.get(k) for k in _FACTS_READ_LATER)
+    same = existing.dtype == dtype and existing.source == settings and existing.weights_digest == info["weights"]
+    if same and recorded:
+        return existing  # complete and matching (data, settings, weights, recorded facts): nothing to do
     if dist.is_main():
         warnings.warn(f"{cache_dir}: cache made with other settings is replaced", stacklevel=5)  # extract's caller
     return None

@@ -81,10 +81,17 @@ class AnchorEntry:
     probe_val_acc: list = field(default_factory=list)
     head_val_acc: float | None = None
     prefix_tokens: int = 0  # class tokens before the patch tokens (token layouts)
+    stem_width: int | None = None  # the stem's output width where it differs from block 1's (else None)
 
     @property
     def total_flops(self) -> int:
         return self.flops.total
+
+    def width_after(self, k: int) -> int:
+        """Width of the activation after block k (k = 0: the stem's output, which a stitch at j = 0 maps to)."""
+        if k >= 1:
+            return self.widths[k - 1]
+        return self.stem_width if self.stem_width is not None else self.widths[0]
 
     def to_json(self) -> dict:
         return {**self.__dict__, "flops": self.flops.to_json()}
@@ -94,7 +101,8 @@ class AnchorEntry:
         """A loaded Anchor as the scores file describes it (what selection computes FLOPs from)."""
         return cls(name=anchor.name, spec=anchor.spec, depth=anchor.depth, flops=anchor.flops,
                    widths=[b.width for b in anchor.block_info], grids=[list(b.grid) for b in anchor.block_info],
-                   offset=offset, prefix_tokens=anchor.prefix_tokens)
+                   offset=offset, prefix_tokens=anchor.prefix_tokens,
+                   stem_width=anchor.stem_width)
 
 
 @dataclass
@@ -242,13 +250,15 @@ def _anchor_entry(a, offset: int) -> AnchorEntry | None:
         head = a.get("head_val_acc")
         prefix = a.get("prefix_tokens", 0)
         ok = ok and count(prefix) and prefix < MAX_PREFIX_TOKENS
+        stem_width = a.get("stem_width")
+        ok = ok and (stem_width is None or count(stem_width) and stem_width > 0)
         ok = ok and isinstance(acc, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in acc)
         ok = ok and (head is None or isinstance(head, (int, float)) and not isinstance(head, bool))
         if not ok:
             return None
         return AnchorEntry(name=a["name"], spec=a["spec"], depth=depth, flops=PartCounts.from_json(flops),
                            widths=a["widths"], grids=a["grids"], offset=offset, probe_val_acc=acc, head_val_acc=head,
-                           prefix_tokens=prefix)
+                           prefix_tokens=prefix, stem_width=stem_width)
     except (KeyError, TypeError):
         return None
 
@@ -328,6 +338,15 @@ def _anchor_prefix_tokens(reader: CacheReader) -> int:
     return n
 
 
+def _anchor_stem_width(reader: CacheReader) -> int | None:
+    """The stem's output width recorded at extraction where it differs from block 1's; absent: None."""
+    n = reader.manifest.anchor_info.get("stem_width")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 < n < 2**31):
+        raise CacheError(f"{reader.dir / 'manifest.json'}: anchor_info.stem_width is {n!r}, not a width; "
+                         "extract this cache again")
+    return n
+
+
 def _check_probe_shapes(ps, reader: CacheReader, path: Path) -> None:
     """CacheError unless the probes fit the cache: one per block, [num_classes, width] each."""
     m = reader.manifest
@@ -400,7 +419,7 @@ def score(
             name=name, spec=m.anchor, depth=depth, flops=flops[name],
             widths=[b.width for b in m.block_entries], grids=[list(b.grid) for b in m.block_entries],
             offset=offset, probe_val_acc=ps.val_acc, head_val_acc=ps.head_val_acc,
-            prefix_tokens=_anchor_prefix_tokens(reader),
+            prefix_tokens=_anchor_prefix_tokens(reader), stem_width=_anchor_stem_width(reader),
         ))
         offset += depth
         # blocks 1..m-1 through their probes, block m through the anchor's own head

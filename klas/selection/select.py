@@ -275,9 +275,8 @@ def stitched_flops(front: PartCounts, i: int, stitch: int, back: PartCounts, j: 
 
 def config_flops(f: AnchorEntry, g: AnchorEntry, i: int, j: int) -> int:
     """FLOPs of the network stem_f + f_1..f_i + stitching layer + g_{j+1}..g_m + head_g (j = 0:
-    the whole of g after the stitch, whose output width is then g's first block's input width)."""
-    width_out = g.widths[j - 1] if j > 0 else g.widths[0]
-    stitch = stitch_flops(f.widths[i - 1], width_out, f.grids[i - 1], f.prefix_tokens, g.prefix_tokens)
+    the whole of g after the stitch, which then maps to g's stem output width)."""
+    stitch = stitch_flops(f.widths[i - 1], g.width_after(j), f.grids[i - 1], f.prefix_tokens, g.prefix_tokens)
     return stitched_flops(f.flops, i, stitch, g.flops, j)
 
 

@@ -283,19 +283,11 @@ def _key(name: str) -> str:
 
 def _cut_shape(a: Anchor, k: int) -> tuple[int, tuple[int, ...], str]:
     """(width, grid, layout) of the activation after block k (k = 0: the stem's output)."""
-    if k >= 1:
-        b = a.block_info[k - 1]
-        return b.width, tuple(b.grid), b.layout
-    return _stem_shape(a)
+    b = a.block_info[k - 1] if k >= 1 else a.stem_info
+    return b.width, tuple(b.grid), b.layout
 
 
 def _cut_layout(a: Anchor, k: int) -> str:
     """Layout of the activation after block k (k = 0: the stem's output, laid out as block 1's)."""
     return a.layouts[max(k, 1) - 1]
 
-
-def _stem_shape(a: Anchor) -> tuple[int, tuple[int, ...], str]:
-    layout = _cut_layout(a, 0)
-    with torch.no_grad():
-        h = a.run_stem(a._blank_input())
-    return (*a.width_and_grid(h, layout), layout)

@@ -448,12 +448,19 @@ def test_hostile_images_are_named_in_one_line(tmp_path, shapes_dir, capsys, cont
      "expected an integer, got 'many'"),
     (lambda r: _json_edit(r / f"cache/{R8}/val/manifest.json", lambda m: m["anchor_info"].__setitem__("flops", "lots")),
      _score, "anchor_info.flops is not"),
+    (lambda r: _json_edit(r / f"cache/{R8}/val/manifest.json", lambda m: m["anchor_info"].__setitem__("stem_width", "wide")),
+     _score, "anchor_info.stem_width is 'wide', not a width"),
+    (lambda r: _json_edit(r / f"cache/{R8}/val/manifest.json", lambda m: m["anchor_info"].__setitem__("prefix_tokens", None)),
+     _score, "anchor_info.prefix_tokens is None, not a count"),
     (lambda r: (r / "cache/scores/scores.json").write_text('"a string"'), lambda r: ["select", "--scores", str(r / "cache/scores")],
      "a JSON str where dict belongs"),
     (lambda r: _json_edit(r / "cache/scores/scores.json", lambda m: m["anchors"][0].__setitem__("depth", -3)),
      lambda r: ["select", "--scores", str(r / "cache/scores")], "anchor entry .* is malformed"),
+    (lambda r: _json_edit(r / "cache/scores/scores.json", lambda m: m["anchors"][0].__setitem__("stem_width", 0)),
+     lambda r: ["select", "--scores", str(r / "cache/scores")], "anchor entry .* is malformed"),
 ], ids=["probe-json", "probe-json-type", "probe-tensors", "probe-field", "manifest-type", "manifest-nested",
-        "manifest-field", "manifest-flops", "scores-type", "scores-field"])
+        "manifest-field", "manifest-flops", "manifest-stem-width", "manifest-prefix-tokens", "scores-type",
+        "scores-field", "scores-stem-width"])
 def test_damaged_project_files_are_one_line(run, capsys, damage, command, pattern):
     damage(run)
     before = tree(run)

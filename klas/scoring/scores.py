@@ -329,20 +329,13 @@ def _anchor_flops(reader: CacheReader) -> dict:
     return info
 
 
-def _anchor_prefix_tokens(reader: CacheReader) -> int:
-    """The prefix (class) tokens recorded at extraction; absent: none."""
-    n = reader.manifest.anchor_info.get("prefix_tokens", 0)
-    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < MAX_PREFIX_TOKENS:
-        raise CacheError(f"{reader.dir / 'manifest.json'}: anchor_info.prefix_tokens is {n!r}, not a count; "
-                         "extract this cache again")
-    return n
-
-
-def _anchor_stem_width(reader: CacheReader) -> int | None:
-    """The stem's output width recorded at extraction where it differs from block 1's; absent: None."""
-    n = reader.manifest.anchor_info.get("stem_width")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 < n < 2**31):
-        raise CacheError(f"{reader.dir / 'manifest.json'}: anchor_info.stem_width is {n!r}, not a width; "
+def _recorded_int(reader: CacheReader, key: str, absent, low: int, high: int, what: str):
+    """An integer in [low, high) recorded at extraction under anchor_info[key]; `absent` where none is."""
+    if key not in reader.manifest.anchor_info:
+        return absent
+    n = reader.manifest.anchor_info[key]
+    if isinstance(n, bool) or not isinstance(n, int) or not low <= n < high:
+        raise CacheError(f"{reader.dir / 'manifest.json'}: anchor_info.{key} is {n!r}, not {what}; "
                          "extract this cache again")
     return n
 
@@ -419,7 +412,9 @@ def score(
             name=name, spec=m.anchor, depth=depth, flops=flops[name],
             widths=[b.width for b in m.block_entries], grids=[list(b.grid) for b in m.block_entries],
             offset=offset, probe_val_acc=ps.val_acc, head_val_acc=ps.head_val_acc,
-            prefix_tokens=_anchor_prefix_tokens(reader), stem_width=_anchor_stem_width(reader),
+            # recorded only where an anchor has class tokens, or a stem width other than block 1's
+            prefix_tokens=_recorded_int(reader, "prefix_tokens", 0, 0, MAX_PREFIX_TOKENS, "a count"),
+            stem_width=_recorded_int(reader, "stem_width", None, 1, 2**31, "a width"),
         ))
         offset += depth
         # blocks 1..m-1 through their probes, block m through the anchor's own head

@@ -1,6 +1,6 @@
 """Writing files so that no reader ever sees half of one, even when the disk fills.
 
-`atomic_path(path)` hands out a temporary name beside `path`; when the block ends the file is
+`atomic_path(path)` hands out a temporary name beside `path` (unique to the process); when the block ends the file is
 fsynced and renamed over `path`, and if anything fails (a full disk, a read-only folder, a kill
 between the two) the temporary file is removed and `path` keeps its old content.
 """
@@ -19,9 +19,10 @@ __all__ = ["atomic_path", "write_json_atomic", "save_safetensors_atomic", "torch
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yields ``path.tmp`` to write; on success fsyncs it and renames it over `path`."""
+    """Yields ``path.<pid>.tmp`` to write; on success fsyncs it and renames it over `path`. The
+    process id keeps two processes writing the same file from writing into one temporary file."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)

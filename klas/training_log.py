@@ -6,8 +6,8 @@ when `tensorboard` is installed), so that a user can see whether a run converged
     log.flush()            # with every checkpoint: the file holds exactly the steps the checkpoint holds
     log.close()
 
-A resumed training keeps the rows before its checkpoint's step and drops the ones after it (they
-are trained again). Reading back: `read_curve(path)` -> {column: [values]}.
+A resumed training keeps the rows before its checkpoint's step, one per step, and drops the ones
+after it (they are trained again). Reading back: `read_curve(path)` -> {column: [values]}.
 """
 from __future__ import annotations
 
@@ -33,9 +33,13 @@ class TrainingLog:
         self._tb = None
         if not enabled:
             return
-        kept = [r for r in _read_rows(self.path, self.columns) if int(float(r[self.columns[0]])) < resume_from] \
-            if resume_from > 0 else []
-        self._rewrite(kept)
+        kept: dict[int, dict] = {}
+        if resume_from > 0:  # one row per step before the checkpoint's (a step logged twice keeps its last row)
+            for r in _read_rows(self.path, self.columns):
+                step = int(float(r[self.columns[0]]))
+                if 0 <= step < resume_from:
+                    kept[step] = r
+        self._rewrite([kept[k] for k in sorted(kept)])
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional

@@ -135,7 +135,9 @@ class CacheWriter:
         a second extraction into the same folder is refused instead of racing on its files."""
         import fcntl
 
-        if self.rank != 0:
+        from klas.locking import UNSUPPORTED, lock_unsupported, locks_disabled
+
+        if self.rank != 0 or locks_disabled():
             return None  # ranks of one job share the folder; rank 0's lock keeps other jobs out
         fd = os.open(self.dir, os.O_RDONLY)
         try:
@@ -144,6 +146,11 @@ class CacheWriter:
             os.close(fd)
             raise CacheError(f"{self.dir} is being written by another extraction (it holds the folder's lock); wait "
                              "for it to finish, or choose another --out") from None
+        except OSError as e:
+            os.close(fd)
+            if e.errno in UNSUPPORTED:
+                raise lock_unsupported(self.dir, e) from None
+            raise
         return fd
 
     def release(self) -> None:

@@ -210,13 +210,13 @@ def checkpoint(tmp_path_factory):
 @EXAMPLES
 @given(data=st.data())
 def test_checkpoints(checkpoint, data):
-    from klas.stitching.finetune import _load_checkpoint
+    from klas.stitching.finetune import load_finetuning_checkpoint
 
     path, net, settings_ = checkpoint
     with tempfile.TemporaryDirectory() as tmp:
         damaged = Path(tmp) / path.name
         damaged.write_bytes(mutate_bytes(path.read_bytes(), data))
-        only_klas_errors(lambda: _load_checkpoint(damaged, net, settings_))
+        only_klas_errors(lambda: load_finetuning_checkpoint(damaged, net, settings_))
 
 
 @EXAMPLES

@@ -12,7 +12,10 @@ from typing import Sequence
 
 from klas.errors import CacheError
 
-__all__ = ["check_same_samples", "check_same_weights", "recorded"]
+__all__ = ["check_same_samples", "check_same_weights", "check_held_out", "split_settings", "recorded", "SPLIT_KEYS"]
+
+# what decides which images of a data root fall into D_t and which into D_v
+SPLIT_KEYS = ("data", "split_of", "val_fraction", "seed")
 
 
 def recorded(reader, what: str, value):
@@ -51,3 +54,23 @@ def check_same_weights(reader, weights: str | None, whose: str) -> None:
     if weights != have:
         raise CacheError(f"{whose} belong(s) to other weights of {reader.manifest.anchor!r} than {reader.dir} "
                          "(the checkpoint changed since); extract again and re-run `klas probes`")
+
+
+def split_settings(source: dict) -> dict:
+    """The settings of a cache's `source` that decide which images form its D_t / D_v split."""
+    return {k: source[k] for k in SPLIT_KEYS if k in source}
+
+
+def check_held_out(train_split: dict, train_where: str, val_reader) -> None:
+    """CacheError unless the D_v cache of `val_reader` was split from the data with the same
+    `SPLIT_KEYS` as the D_t samples described by `train_split` (another seed or val_fraction would
+    put D_v samples into D_t). A cache of any other split (the test set) is held out by construction."""
+    m = val_reader.manifest
+    if m.split != "val":
+        return
+    val = split_settings(m.source)
+    differ = [k for k in SPLIT_KEYS if (k in train_split or k in val) and train_split.get(k) != val.get(k)]
+    if differ:
+        said = ", ".join(f"{k} {val.get(k)!r} against {train_split.get(k)!r}" for k in differ)
+        raise CacheError(f"{val_reader.dir} was split from the data otherwise than {train_where} ({said}), so its "
+                         "samples can lie in D_t; extract D_t and D_v with the same data, seed and val_fraction")

@@ -23,7 +23,7 @@ from klas.extraction.data import prefetched
 from klas.progress import progress_bar
 from klas.stitching.stitch import StitchedSupernet
 
-__all__ = ["RouteResult", "evaluate_routes", "pareto_frontier", "frontier_auc", "accuracy_gain_at_equal_flops",
+__all__ = ["RouteResult", "counts_agree", "evaluate_routes", "pareto_frontier", "frontier_auc", "accuracy_gain_at_equal_flops",
            "flops_saving_at_equal_accuracy", "spearman"]
 
 
@@ -60,9 +60,14 @@ class RouteResult:
             if (v is not None or k == "top1") and (isinstance(v, bool) or not isinstance(v, (int, float))
                                                    or not math.isfinite(v)):
                 raise ValueError(f"route entry {k} is not a finite number")
-        if d["correct"] > d["total"] or not 0 <= d["top1"] <= 100:
+        if d["correct"] > d["total"] or not 0 <= d["top1"] <= 100 or not counts_agree(d["top1"], d["correct"], d["total"]):
             raise ValueError("route entry counts do not add up")
         return cls(**d)
+
+
+def counts_agree(top1: float, correct: int, total: int) -> bool:
+    """Whether a recorded top-1 (percent) is the one its own correct / total counts give."""
+    return total > 0 and abs(top1 - 100.0 * correct / total) <= 1e-6
 
 
 @torch.inference_mode()

@@ -21,6 +21,7 @@ a rerun trains only what is missing. Under torchrun the source blocks are shared
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,16 +76,59 @@ def _result_path(out: Path, i: int, j: int, repeat: int = 0) -> Path:
     return out / "configurations" / (f"i{i:03d}_j{j:03d}.json" if repeat == 0 else f"i{i:03d}_j{j:03d}_r{repeat}.json")
 
 
-def _load_result(path: Path, fingerprint: dict) -> dict | None:
-    """A finished configuration's result if it was trained with these settings; else None."""
+def result_inputs(f, g, train, test, settings: RecoverySettings, repeat: int) -> dict | None:
+    """What every configuration's result of one training pass is computed from: the two anchors
+    (names and weights digests), the training and test samples (digests, in order), the settings and
+    the repeat. A result is reused only when it recorded exactly this; None when a dataset cannot
+    say which samples it holds (then nothing is reused)."""
+    digests = [getattr(d, "samples_digest", None) for d in (train, test)]
+    if not all(callable(d) for d in digests):
+        return None
+    return {"source": f.name, "target": g.name, "source_weights": f.weights_digest(),
+            "target_weights": g.weights_digest(), "train_samples": digests[0](), "test_samples": digests[1](),
+            "repeat": repeat, "settings": settings.fingerprint()}
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def result_problem(doc: dict, i: int, j: int, inputs: dict | None) -> str | None:
+    """Why a configuration's result file cannot stand for (i, j) with these inputs (None: it can).
+
+    Checked: its own identity (i, j), what it was computed from (`result_inputs`), every field's type,
+    and that each top-1 is the one its own correct / total counts give."""
+    from klas.evaluation.evaluate import counts_agree
+
+    if inputs is None:
+        return "the datasets record no sample digests"
+    if doc.get("i") != i or doc.get("j") != j or type(doc.get("i")) is not int or type(doc.get("j")) is not int:
+        return f"it is the result of configuration ({doc.get('i')!r}, {doc.get('j')!r})"
+    if doc.get("inputs") != inputs:
+        return "it was computed from other weights, samples or settings"
+    counts = [_count(doc.get(k)) for k in ("correct", "total", "correct_init", "flops")]
+    if any(c is None for c in counts) or counts[0] > counts[1] or counts[2] > counts[1]:
+        return "its counts are missing or malformed"
+    for key, correct in (("top1", counts[0]), ("top1_init", counts[2])):
+        v = doc.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not counts_agree(v, correct, counts[1]):
+            return f"its {key} disagrees with its own counts"
+    if inputs["settings"].get("test_images") and counts[1] != inputs["settings"]["test_images"]:
+        return f"it counts {counts[1]} test images, not {inputs['settings']['test_images']}"
+    return None
+
+
+def _load_result(path: Path, i: int, j: int, inputs: dict | None) -> tuple[dict | None, str | None]:
+    """(the finished result of (i, j) computed from `inputs`, None) or (None, why it is not reused;
+    None when there is no file)."""
+    if not os.path.lexists(path):
+        return None, None
     try:
         doc = read_json(path, what="recovery result", error=CacheError, inside=path.parent, fix="")
-    except CacheError:
-        return None
-    ok = (doc.get("settings") == fingerprint and all(
-        isinstance(doc.get(k), (int, float)) and not isinstance(doc.get(k), bool) and 0 <= doc[k] <= 100
-        for k in ("top1", "top1_init")))
-    return doc if ok else None
+    except CacheError as e:
+        return None, str(e).rstrip("; ")
+    problem = result_problem(doc, i, j, inputs)
+    return (None, f"{path}: {problem}") if problem else (doc, None)
 
 
 def _accuracy(front_outputs, stitches, back) -> list[tuple[int, int]]:
@@ -112,12 +156,17 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
 
     out = Path(out)
     (out / "configurations").mkdir(parents=True, exist_ok=True)
-    fp = settings.fingerprint()
+    inputs = result_inputs(f, g, train, test, settings, repeat)
     done: dict[tuple[int, int], dict] = {}
+    stale = []
     for i, j in configs:
-        r = _load_result(_result_path(out, i, j, repeat), fp)
+        r, why = _load_result(_result_path(out, i, j, repeat), i, j, inputs)
         if r is not None:
             done[(i, j)] = r
+        elif why is not None:
+            stale.append(why)
+    if stale:
+        log(f"[recovery] {len(stale)} earlier result(s) not reused, trained again (e.g. {stale[0]})")
     todo = [c for c in configs if c not in done]
     by_source: dict[int, list[int]] = {}
     for i, j in todo:
@@ -184,8 +233,8 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
             result = {
                 "i": i, "j": j, "flops": net.route_flops(k), "top1_init": 100.0 * init[s][0] / max(init[s][1], 1),
                 "top1": 100.0 * final[s][0] / max(final[s][1], 1), "correct": final[s][0], "total": final[s][1],
-                "final_loss": losses[-1] if losses else None, "seconds_for_source_block": seconds,
-                "settings": fp,
+                "correct_init": init[s][0], "final_loss": losses[-1] if losses else None,
+                "seconds_for_source_block": seconds, "inputs": inputs,
             }
             write_json_atomic(_result_path(out, i, j, repeat), result)
             done[(i, j)] = result
@@ -194,10 +243,10 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
     dist.barrier()
     for i, j in configs:  # other ranks' results
         if (i, j) not in done:
-            r = _load_result(_result_path(out, i, j, repeat), fp)
+            r, why = _load_result(_result_path(out, i, j, repeat), i, j, inputs)
             if r is None:
-                raise CacheError(f"{_result_path(out, i, j, repeat)} is missing after every rank finished; run the same "
-                                 "command again to train it")
+                raise CacheError(f"{why or _result_path(out, i, j, repeat)} (missing or unusable after every rank "
+                                 "finished); run the same command again to train it")
             done[(i, j)] = r
     return done
 
@@ -313,7 +362,7 @@ def recovery_report(results: dict[tuple[int, int], dict], methods: dict[str, dic
     return {
         "format": "klas-recovery", "version": 1, "settings": asdict(settings), "flops_range": [lo, hi],
         "buckets": bucket_count,
-        "configurations": [{**{k: v for k, v in results[c].items() if k != "settings"}, "bucket": bucket[c],
+        "configurations": [{**{k: v for k, v in results[c].items() if k != "inputs"}, "bucket": bucket[c],
                             "good": c in good} for c in sorted(results, key=lambda c: (results[c]["flops"], c))],
         "good_set": sorted([list(c) for c in good]), "good_set_after_lstsq_only": sorted([list(c) for c in good_init]),
         "methods": scored,

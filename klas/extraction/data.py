@@ -13,8 +13,11 @@ Class index = position of the class folder name in sorted order.
 from __future__ import annotations
 
 import io
+import lzma
 import os
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,7 +135,8 @@ def samples_digest(source: ImageSource, indices: np.ndarray) -> str:
 
     h = hashlib.sha256()
     for i in np.asarray(indices, dtype=np.int64).tolist():
-        h.update(f"{source.files[i]}\0{int(source.labels[i])}\n".encode())
+        # a name that is not valid UTF-8 is listed with surrogate escapes: hashed as its raw bytes
+        h.update(f"{source.files[i]}\0{int(source.labels[i])}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:32]
 
 
@@ -203,11 +207,19 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def samples_digest(self) -> str:
+        """The identity of these samples in order (`samples_digest`): results computed on them record it."""
+        return samples_digest(self.source, self.indices)
+
     def __getitem__(self, k: int):
         i = int(self.indices[k])
         name = self.source.files[i]
         try:
-            with Image.open(io.BytesIO(self.source.read_bytes(i))) as img:
+            with warnings.catch_warnings():
+                # klas bounds the pixel count itself (below): PIL's own, lower warning would be a second line
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(self.source.read_bytes(i)))
+            with img:
                 w, h = img.size  # from the header, before any pixel is decoded
                 if w * h > MAX_IMAGE_PIXELS:
                     raise DataError(f"dataset {self.source.path}: {name} claims {w}x{h} pixels, more than klas decodes "
@@ -219,7 +231,7 @@ class ImageDataset(torch.utils.data.Dataset):
         except DataError:
             raise
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, zipfile.BadZipFile,
-                NotImplementedError, Image.DecompressionBombError, RuntimeError) as e:
+                NotImplementedError, Image.DecompressionBombError, RuntimeError, zlib.error, lzma.LZMAError) as e:
             # PIL and zipfile raise all of these for damaged or hostile files
             raise DataError(f"dataset {self.source.path}: cannot decode {name} ({type(e).__name__}: "
                             f"{' '.join(str(e).split())[:200]}); remove or replace it") from None

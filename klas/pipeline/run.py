@@ -39,11 +39,11 @@ from klas import distributed as dist
 from klas.pipeline.config import PROTOCOLS, ConfigError, RunConfig, stage_fingerprint
 from klas.errors import CacheError, KlasError
 from klas.files import write_json_atomic
-from klas.reading import load_checkpoint, read_json
+from klas.reading import read_json
 from klas.selection.select import Selection, read_selection
 from klas.training_log import TRAINING_CSV
 
-__all__ = ["run", "run_methods", "run_recovery", "prepare", "stage_done", "recovery_table", "MARKER"]
+__all__ = ["run", "run_methods", "run_recovery", "prepare", "stage_done", "recovery_table", "MARKER", "RUN_LOCK"]
 
 MARKER = ".klas-stage.json"
 
@@ -188,6 +188,25 @@ def run(cfg: RunConfig, *, methods: list[str] | None = None, progress: bool = Tr
     dist.init_from_env(cfg.device, timeout_s=cfg.distributed.timeout_s)
     if not dist.is_main():
         log = _silent
+    with _one_writer(cfg):
+        return _run_seeds(cfg, methods, progress=progress, log=log)
+
+
+RUN_LOCK = ".klas-run.lock"
+
+
+def _one_writer(cfg: RunConfig):
+    """The run folder's lock, held by rank 0 for the whole run (klas.locking): a second `klas run` or
+    `klas recovery` into the same `out` is refused with one line naming the first."""
+    from klas.locking import hold_lock
+
+    out = Path(cfg.out)
+    return hold_lock(out / RUN_LOCK, what=f"the run folder {out}", enabled=dist.is_main(),
+                     fix="wait for that run to finish, or give this one another `out`")
+
+
+def _run_seeds(cfg: RunConfig, methods: list[str] | None, *, progress: bool, log) -> Path:
+    """`run` with the lock held: one seed, or every seed and their summary."""
     if not cfg.seeds:
         return _run_one(cfg, methods, progress=progress, log=log)
     reports = {}
@@ -324,10 +343,15 @@ def _run_method(cfg: RunConfig, method: str, protocol: str, anchors, out: Path, 
     """Finetuning and evaluation of one method's supernet under one protocol; returns the route
     results and each scored route's bucket (for the within-bucket diagnostics)."""
     from klas.evaluation.evaluate import RouteResult, evaluate_routes
-    from klas.stitching.finetune import CHECKPOINT, finetune
+    from klas.stitching.finetune import CHECKPOINT, finetune, load_finetuning_checkpoint
 
     sel_dir, net_dir, eval_dir = _method_dirs(out, method, protocol)
     selection = read_selection(sel_dir / "selection.json")
+    specs = {a.name: a.spec for a in anchors}
+    for a in selection.anchors:  # a selection copied from another run names other anchors
+        if specs.get(a.name) != a.spec:
+            raise CacheError(f"{sel_dir / 'selection.json'} selects among other anchors than this run's ({a.name!r} is "
+                             f"{a.spec!r} there, {specs.get(a.name)!r} here); delete {sel_dir} to select again")
     f = cfg.finetune
     settings = f.settings(seed=cfg.seed, device=device, stitches_only=PROTOCOLS[protocol])
     variant = f"{method}/{protocol}"
@@ -348,15 +372,17 @@ def _run_method(cfg: RunConfig, method: str, protocol: str, anchors, out: Path, 
     _stage(net_dir, "finetune", stage_fingerprint(cfg, "finetune", variant), do_finetune, log)
     e = cfg.evaluate
 
+    eval_fingerprint = stage_fingerprint(cfg, "evaluate", variant)
+
     def do_evaluate():
         net = fresh_supernet()
-        state = load_checkpoint(net_dir / CHECKPOINT, what="supernet checkpoint", inside=net_dir,
-                                fix=f"delete {net_dir} to finetune again")
-        if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-            raise KlasError(f"{net_dir / CHECKPOINT} holds no supernet weights; delete {net_dir} to finetune again")
+        state = load_finetuning_checkpoint(net_dir / CHECKPOINT, net, settings)  # this protocol's, these routes'
+        if int(state["step"]) != settings.steps:
+            raise KlasError(f"{net_dir / CHECKPOINT} holds {state['step']} of {settings.steps} finetuning steps; delete "
+                            f"{net_dir} to finetune again")
         try:
             net.load_state_dict(state["model"])
-        except RuntimeError:
+        except (RuntimeError, TypeError, AttributeError):
             raise KlasError(f"{net_dir / CHECKPOINT} does not fit this selection's supernet; delete {net_dir} to "
                             "finetune again") from None
         data = _images(cfg, e.split, anchors[0], cfg.data.test_limit if e.split == "test" else cfg.data.val_limit)
@@ -367,16 +393,25 @@ def _run_method(cfg: RunConfig, method: str, protocol: str, anchors, out: Path, 
         results = evaluate_routes(net, loader, device=device, progress=progress and dist.is_main(), gammas=gammas)
         if dist.is_main():
             write_json_atomic(eval_dir / "evaluation.json", {"method": method, "protocol": protocol, "split": e.split,
+                                                             "fingerprint": eval_fingerprint,
                                                              "routes": [r.to_json() for r in results]})
 
     _stage(eval_dir, "evaluate", stage_fingerprint(cfg, "evaluate", variant), do_evaluate, log)
     path = eval_dir / "evaluation.json"
     fix = f"delete {path.parent} to evaluate again"
     doc = read_json(path, what="evaluation file", error=CacheError, inside=path.parent, fix=fix)
+    recorded = {k: doc.get(k) for k in ("method", "protocol", "split", "fingerprint")}
+    want = {"method": method, "protocol": protocol, "split": e.split, "fingerprint": eval_fingerprint}
+    if recorded != want:
+        differ = ", ".join(f"{k} {recorded[k]!r} (this run: {want[k]!r})" for k in want if recorded[k] != want[k])
+        raise CacheError(f"{path} is the evaluation of another method, protocol or config ({differ}); {fix}")
     try:
         results = [RouteResult.from_json(r) for r in doc["routes"]]
     except (KeyError, TypeError, ValueError):
         raise CacheError(f"{path}: malformed route entries; {fix}") from None
+    routes = [r.name for r in _build_supernet(anchors, selection, f.anchors).routes]
+    if [r.name for r in results] != routes:
+        raise CacheError(f"{path} evaluates other routes than this selection's supernet; {fix}")
     buckets = {c.route.name: (c.source, c.target, c.bucket) for c in selection.selected}
     return results, buckets
 
@@ -403,6 +438,15 @@ def _resolve_pair(cfg: RunConfig, anchors, pair: Sequence[str]):
 def run_recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool = True, log=print) -> Path:
     """The recovery test on one anchor pair of `cfg` (klas.evaluation.recovery); returns its folder under
     `out`/recovery holding recovery.json, recovery.csv and recovery.png."""
+    dist.init_from_env(cfg.device, timeout_s=cfg.distributed.timeout_s)
+    if not dist.is_main():
+        log = _silent
+    with _one_writer(cfg):
+        return _recovery(cfg, pair, progress=progress, log=log)
+
+
+def _recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool, log) -> Path:
+    """`run_recovery` with the run folder's lock held."""
     from klas.selection.methods import SelectOptions
     from klas.evaluation.plots import recovery_plot
     from klas.evaluation.recovery import (RecoverySettings, combine_repeats, method_picks, recovery_report,
@@ -411,9 +455,6 @@ def run_recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool = True, 
     from klas.selection.select import configurations, in_flops_range
 
     began = time.perf_counter()
-    dist.init_from_env(cfg.device, timeout_s=cfg.distributed.timeout_s)
-    if not dist.is_main():
-        log = _silent
     anchors, device = prepare(cfg, progress=progress, log=log)
     f, g = _resolve_pair(cfg, anchors, pair)
     cache = Path(cfg.out) / "cache"

@@ -28,7 +28,8 @@ from torch import nn
 from klas import distributed as dist
 from klas.cache import CacheReader, Manifest
 from klas.cache.format import DTYPES
-from klas.cache.pairing import check_same_samples, check_same_weights, recorded
+from klas.cache.pairing import (SPLIT_KEYS, check_held_out, check_same_samples, check_same_weights, recorded,
+                                split_settings)
 from klas.cache.reader import batch_share, row_ranges
 from klas.devices import triton_runs_on
 from klas.errors import CacheError, UsageError
@@ -54,6 +55,7 @@ class ProbeSet:
     labels: str = "true"
     settings: dict = field(default_factory=dict)
     weights_digest: str | None = None  # of the anchor the probes were trained on (cache manifest)
+    train_split: dict | None = None  # how D_t was split from the data (klas.cache.pairing.split_settings)
 
     def probes(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return list(zip(self.weights, self.biases))
@@ -73,6 +75,8 @@ class ProbeSet:
             "train_acc": self.train_acc, "val_acc": self.val_acc, "head_val_acc": self.head_val_acc,
             "labels": self.labels, "settings": self.settings, "weights_digest": self.weights_digest,
         }
+        if self.train_split is not None:
+            meta["train_split"] = self.train_split
         write_json_atomic(directory / f"{self.name}.json", meta)
         return path
 
@@ -107,6 +111,10 @@ def load_probes(directory: str | os.PathLike, name: str) -> ProbeSet:
         bad("head_val_acc is not a percentage")
     if not isinstance(meta.get("settings", {}), dict) or not isinstance(meta.get("weights_digest", ""), (str, type(None))):
         bad("settings or weights_digest has the wrong type")
+    train_split = meta.get("train_split")
+    if train_split is not None and not (isinstance(train_split, dict) and set(train_split) <= set(SPLIT_KEYS) and all(
+            isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in train_split.values())):
+        bad("train_split is not a mapping of the split settings")
     try:
         weights = [tensors[f"block{k}.weight"] for k in range(1, m + 1)]
         biases = [tensors[f"block{k}.bias"] for k in range(1, m + 1)]
@@ -125,7 +133,7 @@ def load_probes(directory: str | os.PathLike, name: str) -> ProbeSet:
     return ProbeSet(anchor=meta.get("anchor", ""), name=meta.get("name", name), block_names=names, weights=weights,
                     biases=biases, train_acc=accs["train_acc"], val_acc=accs["val_acc"],
                     head_val_acc=None if head is None else float(head), labels=meta.get("labels", "true"),
-                    settings=meta.get("settings", {}), weights_digest=meta.get("weights_digest"))
+                    settings=meta.get("settings", {}), weights_digest=meta.get("weights_digest"), train_split=train_split)
 
 
 def _is_percent(x) -> bool:
@@ -443,6 +451,7 @@ def train_probes(
                              f"{t.dir} of {t.manifest.anchor!r}: give the caches in the same anchor order")
         check_same_weights(v, recorded(t, "the digest of its anchor's weights", t.manifest.weights_digest),
                            f"the training cache {t.dir}")
+        check_held_out(split_settings(t.manifest.source), f"the training cache {t.dir}", v)
         if v.manifest.class_names != t.manifest.class_names:
             raise CacheError(f"{t.dir} and {v.dir} were extracted with different class names; extract both from "
                              "the same dataset")
@@ -520,6 +529,7 @@ def train_probes(
             train_acc=[float(x) for x in train_acc[a]],
             val_acc=[float(x) for x in val_acc[a]] if val_acc[a] is not None else [],
             head_val_acc=head_acc[a], labels=labels, settings=settings, weights_digest=m.weights_digest,
+            train_split=split_settings(m.source) if m.split == "train" else None,
         ))
     return out
 

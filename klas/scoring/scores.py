@@ -26,13 +26,13 @@ import torch
 from klas import distributed as dist
 from klas.anchors.base import LOGITS, MAX_PREFIX_TOKENS, PartCounts, stitch_sources
 from klas.cache import CacheReader
-from klas.cache.pairing import check_same_samples, check_same_weights
+from klas.cache.pairing import check_held_out, check_same_samples, check_same_weights
 from klas.errors import CacheError, UsageError
 from klas.scoring.features import CacheFeatures
 from klas.files import save_safetensors_atomic, write_json_atomic
 from klas.scoring.kl import check_temperature, kl_matrix_from_features
 from klas.scoring.probes import load_probes
-from klas.reading import finite_number, read_tensor_file_pair
+from klas.reading import finite_number, plain_text, read_tensor_file_pair
 
 __all__ = ["stitch_scores", "floored_blocks", "AnchorEntry", "Scores", "score", "load_scores", "DEFAULT_FLOOR"]
 
@@ -61,6 +61,10 @@ def stitch_scores(theta_cross: torch.Tensor, theta_target_next: torch.Tensor, *,
     if m_f < 2 or m_g < 2:
         raise UsageError("both anchors need at least 2 blocks to be stitched")
     finite_number(floor, "floor", error=UsageError, positive=True)
+    for what, t in (("theta_cross (Θ)", theta_cross), ("theta_target_next (Σ)", theta_target_next)):
+        if not torch.isfinite(t).all() or (t < 0).any():
+            raise UsageError(f"{what} holds NaN, Inf or negative values; a KL divergence is finite and >= 0 "
+                             "(check the logits it was computed from)")
     low = floored_blocks(theta_target_next, floor)
     if low:
         warnings.warn(f"Σ below the floor {floor:g} at target block(s) j = {low}: Γ uses the floor there",
@@ -237,7 +241,7 @@ def _anchor_entry(a, offset: int) -> AnchorEntry | None:
         if not isinstance(a, dict) or not set(_ANCHOR_FIELDS) <= set(a):
             return None
         depth, flops = a["depth"], a["flops"]
-        ok = (isinstance(a["name"], str) and a["name"] and "/" not in a["name"] and isinstance(a["spec"], str)
+        ok = (plain_text(a["name"], 255) and "/" not in a["name"] and plain_text(a["spec"])
               and count(depth) and 2 <= depth <= 10_000 and a["offset"] == offset
               and isinstance(flops, dict) and count(flops["stem"]) and count(flops["head"])
               and isinstance(flops["blocks"], list) and len(flops["blocks"]) == depth
@@ -401,6 +405,9 @@ def score(
     if len(counts) != 1:
         raise CacheError(f"the {split} caches hold different sample counts {sorted(counts)}")
     check_same_samples([r for r, _ in readers.values()], split)
+    for name, (reader, ps) in readers.items():
+        if ps.train_split is not None:
+            check_held_out(ps.train_split, f"the D_t the probes {probes_dir / name} were trained on", reader)
     flops = {n: PartCounts.from_json(_anchor_flops(readers[n][0])) for n in anchors}
     ordered = sorted(anchors, key=lambda n: flops[n].total)
     offset, ctx = 0, dist.context()

@@ -87,8 +87,9 @@ def from_snnet(snnet: dict, scores: Scores, where: str = "the SN-Net configurati
             refuse(f"stitch_configs entry {str(entry)[:80]} needs front, end and configs")
         f = by_spec[specs[index(entry.get("front"), "front")]]
         g = by_spec[specs[index(entry.get("end"), "end")]]
-        if f.name == g.name:
-            refuse(f"front and end name the same anchor {f.name}")
+        if f.total_flops >= g.total_flops:
+            refuse(f"front {f.name} is not cheaper than end {g.name}: a stitch runs from the cheaper anchor into "
+                   "the costlier one (front and end swapped?)")
         scored = {(c.i, c.j): c for c in configurations(scores, f.name, g.name)}
         chosen = []
         for item in entry["configs"]:
@@ -106,11 +107,13 @@ def from_snnet(snnet: dict, scores: Scores, where: str = "the SN-Net configurati
         pairs.append(PairSelection(f.name, g.name, sorted(scored.values(), key=lambda c: (c.flops, c.i, c.j)),
                                    sorted(chosen, key=lambda c: (c.flops, c.i, c.j)),
                                    [float(f.total_flops), float(g.total_flops)], [math.nan]))
-    chain = []
+    pairs.sort(key=lambda p: scores.anchor(p.source).total_flops)
+    chain = [pairs[0].source] if pairs else []
     for p in pairs:
-        for name in (p.source, p.target):
-            if name not in chain:
-                chain.append(name)
+        if p.source != chain[-1]:
+            refuse(f"the stitch_configs entries do not form a chain of anchors from cheaper to costlier (the pair "
+                   f"{p.source} -> {p.target} does not start where the previous one ends, {chain[-1]})")
+        chain.append(p.target)
     return Selection(method="imported", chain=chain, chain_rule="imported", tau=math.nan, tau_mode="none", pairs=pairs,
                      anchors=scores.anchors,
                      last_block={"order": [a.name for a in scores.anchors], "theta": scores.last_block().tolist()})

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from klas.errors import UsageError
-from klas.reading import finite_number
+from klas.reading import finite_number, plain_text
 from klas.anchors.base import PartCounts
 from klas.scoring.scores import AnchorEntry, Scores
 
@@ -168,15 +168,23 @@ def _selection_problem(doc: dict) -> str | None:
         return "anchors is not a list"
     depth = {}
     for a in anchors:
-        if not (isinstance(a, dict) and isinstance(a.get("name"), str) and isinstance(a.get("spec"), str)
+        if not (isinstance(a, dict) and plain_text(a.get("name"), 255) and plain_text(a.get("spec"))
                 and _is_int(a.get("depth"), 2, 10_000) and _is_int(a.get("flops"))):
             return f"anchor entry {str(a)[:80]} is malformed"
         depth[a["name"]] = a["depth"]
     if len(depth) != len(anchors) or not all(isinstance(n, str) and n in depth for n in doc["chain"]):
         return "anchor names repeat, or the chain names an anchor not listed"
+    flops = {a["name"]: a["flops"] for a in anchors}
+    chain = doc["chain"]
+    if any(flops[a] >= flops[b] for a, b in zip(chain, chain[1:])):
+        return "the chain does not run from cheaper to costlier anchors (front and end swapped?)"
     pairs = doc.get("pairs")
     if not isinstance(pairs, list):
         return "pairs is not a list"
+    hops = [[a, b] for a, b in zip(chain, chain[1:])]
+    if [[p.get("source"), p.get("target")] if isinstance(p, dict) else None for p in pairs] != hops:
+        return (f"its pairs are not the chain's hops {' -> '.join(chain)} in order, each from the cheaper anchor "
+                "to the costlier (front and end swapped?)")
     keys = {f.name for f in Config.__dataclass_fields__.values()}
     for p in pairs:
         if (not isinstance(p, dict) or not isinstance(p.get("source"), str) or not isinstance(p.get("target"), str)

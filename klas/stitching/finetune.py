@@ -40,7 +40,7 @@ from klas.progress import progress_bar
 from klas.stitching.stitch import StitchedSupernet
 from klas.training_log import TRAINING_CSV, TrainingLog
 
-__all__ = ["FinetuneSettings", "finetune", "training_plan", "route_schedule", "CHECKPOINT"]
+__all__ = ["FinetuneSettings", "finetune", "load_finetuning_checkpoint", "training_plan", "route_schedule", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -120,7 +120,9 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     torch_save_atomic(state, path)
 
 
-def _load_checkpoint(path: Path, net: StitchedSupernet, settings: FinetuneSettings) -> dict:
+def load_finetuning_checkpoint(path: Path, net: StitchedSupernet, settings: FinetuneSettings) -> dict:
+    """The checkpoint at `path` if it was written by a finetuning of `net`'s routes with `settings`
+    (protocol included: `stitches_only` enters the settings' fingerprint); KlasError otherwise."""
     from klas.reading import load_checkpoint
 
     state = load_checkpoint(path, what="finetuning checkpoint", inside=path.parent,
@@ -168,7 +170,7 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
     start = 0
     ckpt = out_dir / CHECKPOINT
     if os.path.lexists(ckpt):
-        state = _load_checkpoint(ckpt, net, settings)
+        state = load_finetuning_checkpoint(ckpt, net, settings)
         try:
             net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["online_softmax_step", "row_stats_end", "kahan_add", "check_tensors", "tile", "launch_config",
+__all__ = ["online_softmax_step", "row_stats_end", "kahan_add", "check_tensors", "inverse_temperature", "tile", "launch_config",
            "LaunchConfig", "sample_slices"]
 
 FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -54,6 +54,18 @@ def kahan_add(acc, comp, y):
 
 def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def inverse_temperature(where: str, temperature) -> float:
+    """1 / temperature after checking that it lies in klas.limits' range (the rule of
+    klas.scoring.kl.check_temperature, so a launcher refuses what the checked API refuses)."""
+    from klas.limits import MAX_TEMPERATURE, MIN_TEMPERATURE
+
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
+        raise ValueError(f"{where}: temperature must lie in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], "
+                         f"got {temperature!r}")
+    return 1.0 / float(temperature)
 
 
 def check_tensors(where: str, *, float_inputs: dict[str, torch.Tensor] | None = None,

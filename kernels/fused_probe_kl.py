@@ -31,7 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from klas.kernels.common import check_tensors, kahan_add, launch_config, online_softmax_step, row_stats_end, sample_slices
+from klas.kernels.common import (check_tensors, inverse_temperature, kahan_add, launch_config, online_softmax_step,
+                                 row_stats_end, sample_slices)
 
 __all__ = ["ProbePack", "probe_kl_partial"]
 
@@ -225,7 +226,7 @@ def probe_kl_partial(feats_src: Sequence[torch.Tensor], pack_src: ProbePack, fea
     if pack_src.c != pack_tgt.c or xt.shape[0] != xs.shape[0]:
         raise ValueError(f"probe_kl_partial: {pack_src.c} and {pack_tgt.c} classes, {xs.shape[0]} and {xt.shape[0]} "
                          "samples; both sides need the same")
-    inv_t = 1.0 / float(temperature)
+    inv_t = inverse_temperature("probe_kl_partial", temperature)
     lse_s, plogp_s = _launch_probe_row_stats(pack_src, xs, inv_t)
     lse_t = lse_s if (feats_tgt is None and pack_tgt is pack_src) else _launch_probe_row_stats(pack_tgt, xt, inv_t)[0]
     partial = _launch_probe_cross(xs, pack_src, lse_s, xt, pack_tgt, lse_t, inv_t, num_slices)

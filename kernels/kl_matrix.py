@@ -27,7 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from klas.kernels.common import check_tensors, kahan_add, launch_config, online_softmax_step, row_stats_end, sample_slices
+from klas.kernels.common import (check_tensors, inverse_temperature, kahan_add, launch_config, online_softmax_step,
+                                 row_stats_end, sample_slices)
 
 __all__ = ["kl_partial_sums", "kl_matrix_triton"]
 
@@ -137,7 +138,7 @@ def kl_partial_sums(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, tempe
         raise ValueError(f"kl_partial_sums: logits_src {list(logits_src.shape)} and logits_tgt "
                          f"{list(logits_tgt.shape)} differ in samples or classes")
     src, tgt = logits_src.contiguous(), logits_tgt.contiguous()
-    inv_t = 1.0 / float(temperature)
+    inv_t = inverse_temperature("kl_partial_sums", temperature)
     lse_s, plogp_s = _launch_row_stats(src, inv_t)
     lse_t, _ = _launch_row_stats(tgt, inv_t)
     partial = _launch_cross(src, tgt, lse_s, lse_t, inv_t, num_slices)

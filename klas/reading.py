@@ -24,7 +24,7 @@ from typing import Any
 
 from klas.errors import KlasError
 
-__all__ = ["regular_file", "read_json", "load_safetensors", "read_tensor_file_pair", "load_checkpoint", "finite_number", "MAX_JSON_BYTES",
+__all__ = ["regular_file", "resolved", "read_json", "nesting_depth", "plain_text", "load_safetensors", "read_tensor_file_pair", "load_checkpoint", "finite_number", "MAX_JSON_BYTES",
            "MAX_JSON_DEPTH"]
 
 MAX_JSON_BYTES = 256 * 2**20  # far above any file klas writes (a manifest of 10^6 shards is ~80 MiB)
@@ -46,9 +46,9 @@ def regular_file(path: str | os.PathLike, *, inside: str | os.PathLike | None = 
     except OSError as e:
         raise error(f"{path} cannot be read ({e.strerror}){tail}") from None
     if stat.S_ISLNK(st.st_mode):
-        target = path.resolve()
+        target = resolved(path, error=error, fix=fix)
         if inside is not None:
-            root = Path(inside).resolve()
+            root = resolved(Path(inside), error=error, fix=fix)
             if root != target.parent and root not in target.parents:
                 raise error(f"{path} is a link to {target}, outside {Path(inside)}; klas reads only files inside "
                             f"the folder it wrote{tail}")
@@ -63,11 +63,21 @@ def regular_file(path: str | os.PathLike, *, inside: str | os.PathLike | None = 
     return path
 
 
+def resolved(path: str | os.PathLike, *, error: type[KlasError] = KlasError, fix: str = "") -> Path:
+    """`path` with every link followed (`Path.resolve`); `error` for a loop of links instead of the
+    RuntimeError or OSError that `resolve` raises."""
+    tail = f"; {fix}" if fix else ""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as e:
+        raise error(f"{path} is a link that cannot be followed (a loop of links: {e}){tail}") from None
+
+
 def _no_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _depth(obj: Any, limit: int) -> int:
+def nesting_depth(obj: Any, limit: int) -> int:
     """Nesting depth of parsed JSON, stopping past `limit` (iterative: no recursion limit)."""
     deepest, stack = 0, [(obj, 1)]
     while stack:
@@ -96,7 +106,7 @@ def read_json(path: str | os.PathLike, *, what: str, fix: str, error: type[KlasE
         raise error(f"{path}: not a readable {what} (nested too deeply); {fix}") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise error(f"{path}: not a readable {what} ({e}); {fix}") from None
-    if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+    if nesting_depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise error(f"{path}: not a readable {what} (nested more than {MAX_JSON_DEPTH} levels); {fix}")
     if not isinstance(data, expect):
         raise error(f"{path}: not a {what} (a JSON {type(data).__name__} where {expect.__name__} belongs); {fix}")
@@ -145,6 +155,18 @@ def load_checkpoint(path: str | os.PathLike, *, what: str, fix: str, error: type
     except Exception as e:  # noqa: BLE001  torch raises RuntimeError, EOFError, ValueError... for damaged files
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise error(f"{path}: not a readable {what} ({first}); {fix}") from None
+
+
+def plain_text(value: Any, max_length: int = 4096) -> bool:
+    """Whether `value` is a string klas can print and write back: printable, valid Unicode (no lone
+    surrogates, which JSON's \\uXXXX escapes can carry), and of bounded length."""
+    if not isinstance(value, str) or not value or len(value) > max_length or not value.isprintable():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def finite_number(value: Any, name: str, *, error: type[KlasError] = KlasError, positive: bool = False,

@@ -110,7 +110,20 @@ def load_checkpoint_into(model: nn.Module, path: Path) -> None:
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise AnchorError(f"checkpoint {path} holds no state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k.removeprefix("module.") if isinstance(k, str) else k: v for k, v in state.items()}
+    load_state_checked(model, state, path, hint="Check that the spec names the right architecture (e.g. the depth).")
+
+
+def load_state_checked(model: nn.Module, state: dict, path: Path, *, hint: str) -> None:
+    """`model.load_state_dict(state)` after checking that `state` (read from `path`) maps names to
+    tensors of the model's own keys and shapes; one AnchorError line naming what differs and `hint`
+    otherwise (never the raw size-mismatch report of `load_state_dict`)."""
+    import torch
+
+    bad = [repr(k)[:40] for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise AnchorError(f"checkpoint {path} is not a state dict of tensors (entries {_short(bad)} are not a name "
+                          f"and a tensor); {hint}")
     expected = model.state_dict()
     # BatchNorm's step counter postdates older checkpoints and does not affect evaluation.
     missing = sorted(k for k in set(expected) - set(state) if not k.endswith("num_batches_tracked"))
@@ -124,11 +137,12 @@ def load_checkpoint_into(model: nn.Module, path: Path) -> None:
             parts.append(f"unexpected keys {_short(unexpected)}")
         if wrong_shape:
             parts.append(f"keys with other shapes {_short(wrong_shape)}")
-        raise AnchorError(
-            f"checkpoint {path} does not fit {type(model).__name__}: " + "; ".join(parts)
-            + ". Check that the spec names the right architecture (e.g. the depth)."
-        )
-    model.load_state_dict(state, strict=False)
+        raise AnchorError(f"checkpoint {path} does not fit {type(model).__name__}: " + "; ".join(parts) + f". {hint}")
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # e.g. a dtype that cannot be copied into the parameter
+        raise AnchorError(f"checkpoint {path} does not fit {type(model).__name__} "
+                          f"({str(e).strip().splitlines()[-1][:160]}). {hint}") from None
 
 
 def _short(keys: list[str], limit: int = 6) -> str:

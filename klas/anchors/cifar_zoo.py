@@ -358,20 +358,19 @@ def _load_weights(model: nn.Module, path: Path, layout: str) -> None:
     from klas.reading import load_checkpoint
 
     data = load_checkpoint(path, what="checkpoint", error=AnchorError, fix="give the zoo's checkpoint file")
+    from klas.anchors.cifar_resnet import load_state_checked
+
     if layout == "lightning":
         state = data.get("state_dict") if isinstance(data, dict) else None
         if not isinstance(state, dict):
             raise AnchorError(f"{path} holds no Lightning state_dict")
-        state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        state = {k.removeprefix("model."): v for k, v in state.items() if isinstance(k, str) and k.startswith("model.")}
     else:
-        state = {k.removeprefix("module."): v for k, v in data.items()} if isinstance(data, dict) else None
+        state = ({k.removeprefix("module.") if isinstance(k, str) else k: v for k, v in data.items()}
+                 if isinstance(data, dict) else None)
     if not isinstance(state, dict):
         raise AnchorError(f"{path} holds no state dict")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise AnchorError(f"{path} does not fit the {type(model).__name__} module: missing {missing[:6]}, "
-                          f"unexpected {list(unexpected)[:6]}")
+    load_state_checked(model, state, path, hint="Check that the spec names the zoo model this checkpoint is of")
 
 
 @anchor_kind("cifar-zoo", options={"pretrained": bool, "seed": int}, usage="cifar-zoo:NAME[:CHECKPOINT]",

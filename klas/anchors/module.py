@@ -70,6 +70,27 @@ def example_anchor(num_classes: int = 5, width: int = 8) -> dict:
     return {"stem": stem, "blocks": blocks, "head": head, "input_size": (3, 16, 16), "name": "example"}
 
 
+def _check_options(spec: str, factory, options: dict) -> None:
+    """AnchorError when the spec's options are not arguments `factory` takes (a typo in an option
+    name), naming the nearest one; the factory's own errors are left to it."""
+    import difflib
+    import inspect
+
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C function: nothing to check against
+        return
+    try:
+        signature.bind(**options)
+    except TypeError:
+        takes = [n for n, p in signature.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = [o for o in options if o not in takes]
+        near = {o: difflib.get_close_matches(o, takes, n=1) for o in unknown}
+        said = ", ".join(f"{o!r}" + (f" (did you mean {near[o][0]!r}?)" if near[o] else "") for o in unknown)
+        raise AnchorError(f"anchor spec {spec!r}: {factory.__name__} takes no option {said or 'of these'}; it "
+                          f"takes {', '.join(takes) or 'no options'}") from None
+
+
 @anchor_kind("module", usage="module:PACKAGE.MODULE:FACTORY",
              help="imports PACKAGE.MODULE and calls FACTORY(**options): an Anchor, or a dict of stem, blocks, "
                   "head and input_size (runs code: give only specs you trust)",
@@ -82,6 +103,7 @@ def load_module(spec: str, args: list[str], options: dict) -> Anchor:
         factory = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as e:
         raise AnchorError(f"anchor spec {spec!r}: cannot import {mod_name}.{fn_name} ({e})") from None
+    _check_options(spec, factory, options)
     made = factory(**options)
     if isinstance(made, Anchor):
         made.spec = spec

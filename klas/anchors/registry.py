@@ -25,7 +25,8 @@ from typing import Callable
 from klas.anchors.base import Anchor
 from klas.errors import AnchorError
 
-__all__ = ["load_anchor", "parse_spec", "register_adapter", "anchor_kind", "AnchorKind", "KINDS", "COMMON_OPTIONS"]
+__all__ = ["load_anchor", "parse_spec", "register_adapter", "anchor_kind", "check_distinct_names", "AnchorKind", "KINDS",
+           "COMMON_OPTIONS"]
 
 Loader = Callable[[str, list, dict], Anchor]
 COMMON_OPTIONS = {"seed": int}
@@ -154,3 +155,17 @@ def load_anchor(spec: str) -> Anchor:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return KINDS[kind].loader(spec, args, options)
+
+
+def check_distinct_names(anchors) -> None:
+    """AnchorError when two different specs give one anchor name: every folder and file of a run is
+    keyed by the name, so their outputs would overwrite each other."""
+    seen: dict[str, str] = {}
+    for a in anchors:
+        first = seen.setdefault(a.name, a.spec)
+        if first != a.spec:
+            raise AnchorError(f"anchors {first!r} and {a.spec!r} both get the name {a.name!r}, and klas keys every "
+                              "output by name; run them into separate `out` folders (a seeded zoo model takes its name from the "
+                              "seed option)")
+        # the same spec twice is one anchor listed twice
+

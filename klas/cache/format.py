@@ -220,7 +220,7 @@ class Manifest:
         for s in self.shards:
             if s.rows <= 0 or not (0 <= s.crc32c < 2**32):
                 problems.append(f"shard {s.file!r} has rows={s.rows}, crc32c={s.crc32c}")
-            if Path(s.file).name != s.file or s.file in (".", ".."):
+            if Path(s.file).name != s.file or s.file in (".", "..") or not s.file.isprintable() or len(s.file) > 255:
                 problems.append(f"shard file {s.file!r} is not a plain name inside the cache directory")
         if not self.shards:
             problems.append("lists no shards")

@@ -24,11 +24,13 @@ import torch
 
 from klas import distributed as dist
 from klas.anchors import Anchor, load_anchor
+from klas.anchors.registry import check_distinct_names
 from klas.anchors.base import LOGITS
 from klas.cache import BlockEntry, CacheWriter, Manifest, read_manifest
 from klas.cache.format import DTYPES, LOGITS_INDEX
 from klas.extraction.data import check_classes, make_loader, prefetched, samples_digest, split_for_anchor
-from klas.errors import CacheError, UsageError
+from klas.errors import CacheError, DataError, UsageError
+from klas.reading import resolved
 from klas.progress import progress_bar
 
 __all__ = ["extract", "anchor_info", "cache_dir_for", "cache_layout", "cached_anchors"]
@@ -77,7 +79,7 @@ def _to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
 def _settings(source, indices, data, val_fraction, seed, limit, batch_size) -> dict:
     """What a cache records of its images and how they were read (compared on resume)."""
     return {
-        "data": str(Path(data).resolve()), "split_of": str(source.path.name), "val_fraction": val_fraction,
+        "data": str(resolved(data, error=DataError)), "split_of": str(source.path.name), "val_fraction": val_fraction,
         "seed": seed, "limit": limit, "num_images": len(source), "batch_size": batch_size,
         "samples": samples_digest(source, indices), "classes": list(source.classes),
     }
@@ -269,6 +271,7 @@ def extract(
     if batch_size <= 0:
         raise UsageError(f"batch_size must be positive, got {batch_size}")
     loaded = [(load_anchor(spec) if isinstance(spec, str) else spec).to(device).eval() for spec in anchors]
+    check_distinct_names(loaded)
     infos = {a.name: anchor_info(a) for a in loaded}  # FLOPs and the weights digest: once per anchor
     same_input: dict[tuple, list[Anchor]] = {}
     for a in loaded:

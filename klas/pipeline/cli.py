@@ -423,10 +423,16 @@ def _overrides(items: list[str] | None) -> dict:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. finetune.steps=200), got {item!r}")
         import yaml
 
+        from klas.reading import MAX_JSON_DEPTH, nesting_depth
+
         try:
             overrides[key] = yaml.safe_load(value)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {key}: the value {value!r} does not parse ({' '.join(str(e).split())})") from None
+        except RecursionError:
+            raise ConfigError(f"--set {key[:60]}: the value is nested too deeply") from None
+        if nesting_depth(overrides[key], MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+            raise ConfigError(f"--set {key[:60]}: the value is nested more than {MAX_JSON_DEPTH} levels")
     return overrides
 
 
@@ -520,6 +526,12 @@ def _say(line: str) -> None:
 
 
 def _one_line(text: str) -> str:
+    """`text` on one line. An error raised in a DataLoader worker arrives wrapped in the worker's
+    traceback: its own message is the last line, after the error type."""
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        kind, sep, message = last.partition(": ")
+        text = message if sep and kind.replace(".", "").replace("_", "").isalnum() else last
     return " ".join(text.split())
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from klas.errors import ConfigError
+from klas.limits import MAX_TEMPERATURE, MIN_TEMPERATURE
 
 __all__ = ["RunConfig", "DataSection", "AdaptSection", "ExtractSection", "ProbesSection", "ScoreSection",
            "SelectSection", "FinetuneSection", "EvaluateSection", "RecoverySection", "DistributedSection",
@@ -40,6 +41,8 @@ PROTOCOLS = {"snnet": False, "stitches-only": True}
 MAX_BUCKETS = 10_000
 MAX_CONFIG_BYTES = 2**20
 MAX_CONFIG_NODES = 100_000  # a config has a few dozen; YAML aliases can make a small file unbounded
+MAX_INTEGER = 2**63  # larger integers are refused before they are compared with a float (which would overflow)
+MAX_KEY_DEPTH = 8  # levels of a dotted --set key (a config is two deep)
 _SECTION_STAGE = object()  # a setting's stage is its section's
 
 
@@ -126,7 +129,7 @@ class ProbesSection(_Section):
 @dataclass(frozen=True)
 class ScoreSection(_Section):
     STAGE: ClassVar[str | None] = "score"
-    temperature: float = setting(1.0, "softmax temperature of Θ", low=0.0, high=1e6, open_low=True)
+    temperature: float = setting(1.0, "softmax temperature of Θ", low=MIN_TEMPERATURE, high=MAX_TEMPERATURE)
     floor: float = setting(1e-6, "floor on Σ in Γ = Ω / Σ", low=0.0, high=1e6, open_low=True)
     backend: str = setting("auto", "Θ backend", choices=lambda: _theta_backends())
 
@@ -270,6 +273,9 @@ def _describe_range(meta: dict) -> str:
 def _check_number(value, meta: dict, path: str):
     """`value` if finite and within the setting's range; ConfigError otherwise."""
     low, high = meta["low"], meta["high"]
+    if isinstance(value, int) and abs(value) > MAX_INTEGER:  # checked before any float conversion overflows
+        raise ConfigError(f"{path}: must be a finite number in {_describe_range(meta)}, got an integer of "
+                          f"{len(str(abs(value)))} digits")
     if (not math.isfinite(value) or (high is not None and (value > high or (value == high and meta.get("open_high"))))
             or (low is not None and (value < low or (value == low and meta["open_low"])))):
         raise ConfigError(f"{path}: must be a finite number in {_describe_range(meta)}, got {value!r}")
@@ -290,7 +296,7 @@ def _scalar(value, hint, meta: dict, path: str):
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return _check_number(float(value), meta, path)
+        return float(_check_number(value, meta, path))
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
@@ -433,6 +439,8 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunCo
         raise ConfigError(f"config {path}: expected a mapping at the top level")
     for dotted, value in (overrides or {}).items():
         node = raw
+        if dotted.count(".") >= MAX_KEY_DEPTH:
+            raise ConfigError(f"--set {dotted[:60]}...: a key has at most {MAX_KEY_DEPTH} levels (section.setting)")
         *parents, last = dotted.split(".")
         for p in parents:
             node = node.setdefault(p, {})

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from klas.files import write_json_atomic
+from klas.files import torch_save_atomic, write_json_atomic
 
 __all__ = ["demo", "demo_config", "write_digits", "train_demo_anchors", "DEMO_DEPTHS", "DEMO_EPOCHS"]
 
@@ -101,9 +101,7 @@ def train_demo_anchors(data: Path, out: Path, *, seed: int = 0, log=print) -> li
         model.eval()
         with torch.no_grad():
             acc = 100.0 * float((model(test_x).argmax(1) == test_y).float().mean())
-        tmp = path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
+        torch_save_atomic(model.state_dict(), path)
         log(f"[anchors] ResNet-{depth}: {epochs} epochs in {time.perf_counter() - began:.0f} s, "
             f"test top-1 {acc:.1f}% -> {path}")
     return specs

@@ -25,6 +25,7 @@ importable, native for CPU tensors when klas._C is built, else torch).
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import Iterable, Sequence
 
@@ -33,9 +34,12 @@ import torch.nn.functional as F
 
 from klas.devices import triton_runs_on
 from klas.errors import UsageError
+from klas.limits import MAX_SCALED_LOGIT, MAX_TEMPERATURE, MIN_TEMPERATURE
 
 __all__ = [
     "ThetaAccumulator",
+    "check_logit_range",
+    "MAX_SCALED_LOGIT",
     "kl_matrix",
     "kl_matrix_reference",
     "kl_matrix_torch",
@@ -75,14 +79,41 @@ def _native_view(z: torch.Tensor):
     return (z if _native_reads_in_place(z) else z.float().contiguous()).numpy()
 
 
-def _check_finite_sums(self_term: torch.Tensor, shift: torch.Tensor, cross: torch.Tensor) -> None:
-    """ValueError naming the side whose logits held NaN or ±Inf: any such logit makes these sums
-    non-finite (a NaN or +Inf spreads through its sample's max and softmax into L; a −Inf meets a
-    zero probability, 0 · −Inf, in Σ p u of a source row, or a positive one in the product)."""
-    if not torch.isfinite(self_term).all():
-        raise UsageError("logits_src holds NaN or Inf values")
-    if not (torch.isfinite(shift).all() and torch.isfinite(cross).all()):
-        raise UsageError("logits_tgt holds NaN or Inf values")
+def check_logit_range(z: torch.Tensor, temperature: float, name: str) -> None:
+    """UsageError unless the logits `z` are finite and |z| / temperature <= MAX_SCALED_LOGIT, naming
+    the real cause: NaN/Inf values, or finite values too large for the softmax's float32 arithmetic."""
+    if not torch.isfinite(z).all():
+        raise UsageError(f"{name} holds NaN or Inf values")
+    top = float(z.detach().abs().max().double()) / temperature if z.numel() else 0.0
+    if top > MAX_SCALED_LOGIT:
+        raise UsageError(f"{name} reach |logit| / temperature = {top:.3g}, beyond the {MAX_SCALED_LOGIT:g} that Θ is "
+                         "computed for (the softmax is one-hot long before, and float32 sums would overflow); scale "
+                         "the logits down or raise the temperature")
+
+
+def _check_chunk_range(z: torch.Tensor, temperature: float, name: str) -> None:
+    """`check_logit_range` for one chunk of the streaming paths, in a single pass over it (its min
+    and max) when the chunk is fine."""
+    lo, hi = torch.aminmax(z.detach())
+    top = max(-float(lo), float(hi))
+    if not math.isfinite(top) or top / temperature > MAX_SCALED_LOGIT:
+        check_logit_range(z, temperature, name)
+
+
+def _check_finite_sums(self_term: torch.Tensor, shift: torch.Tensor, cross: torch.Tensor, z_src: torch.Tensor,
+                       z_tgt: torch.Tensor | None, temperature: float) -> None:
+    """UsageError naming the side whose logits made the running sums non-finite, and why (NaN/Inf
+    values, or finite values too large, `check_logit_range`): any NaN or ±Inf logit makes these
+    sums non-finite (it spreads through its sample's max and softmax into L; a −Inf meets a zero
+    probability, 0 · −Inf, in Σ p u of a source row, or a positive one in the product)."""
+    if torch.isfinite(self_term).all() and torch.isfinite(shift).all() and torch.isfinite(cross).all():
+        return
+    check_logit_range(z_src, temperature, "logits_src")
+    if z_tgt is not None:
+        check_logit_range(z_tgt, temperature, "logits_tgt")
+    side = "logits_src" if not torch.isfinite(self_term).all() else "logits_tgt"
+    raise UsageError(f"{side} gave non-finite sums (values too large for float32 at this temperature); scale the "
+                     "logits down or raise the temperature")
 
 
 def default_chunk(num_probes: int, num_classes: int, budget_bytes: int = 4 << 20) -> int:
@@ -91,7 +122,8 @@ def default_chunk(num_probes: int, num_classes: int, budget_bytes: int = 4 << 20
     return max(4, budget_bytes // (4 * max(1, num_probes) * max(1, num_classes)))
 
 
-def _check_logits(src: torch.Tensor, tgt: torch.Tensor, *, finite: bool = True) -> None:
+def _check_logits(src: torch.Tensor, tgt: torch.Tensor, *, temperature: float | None = None) -> None:
+    """UsageError for logits of the wrong shape, or (with `temperature`) out of `check_logit_range`."""
     for name, t in (("logits_src", src), ("logits_tgt", tgt)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
             raise UsageError(f"{name} must be a tensor [K, N, C], got {getattr(t, 'shape', type(t))}")
@@ -101,10 +133,9 @@ def _check_logits(src: torch.Tensor, tgt: torch.Tensor, *, finite: bool = True) 
         raise UsageError(f"sample counts differ: logits_src has N={src.shape[1]}, logits_tgt N={tgt.shape[1]}")
     if src.shape[2] != tgt.shape[2]:
         raise UsageError(f"class counts differ: logits_src has C={src.shape[2]}, logits_tgt C={tgt.shape[2]}")
-    if finite:
+    if temperature is not None:
         for name, t in (("logits_src", src), ("logits_tgt", tgt)):
-            if not torch.isfinite(t).all():
-                raise UsageError(f"{name} holds NaN or Inf values")
+            check_logit_range(t, temperature, name)
 
 
 def _softmax_stats(z: torch.Tensor, temperature: float, entropy: bool = True) -> tuple[torch.Tensor | None, ...]:
@@ -153,9 +184,7 @@ class ThetaAccumulator:
     """
 
     def __init__(self, num_src: int, num_tgt: int, *, temperature: float = 1.0, device=None):
-        if temperature <= 0:
-            raise UsageError(f"temperature must be positive, got {temperature}")
-        self.temperature = float(temperature)
+        self.temperature = check_temperature(temperature)
         # Θ = (self_term[a] − cross[a, b] + shift[b]) / count, all sums over samples (and classes)
         self.self_term = torch.zeros(num_src, dtype=torch.float64, device=device)  # Σ p_a log p_a
         self.cross = torch.zeros(num_src, num_tgt, dtype=torch.float64, device=device)  # Σ p_a u_b = Σ p_a (log q_b + L_b)
@@ -176,6 +205,9 @@ class ThetaAccumulator:
         ks, n, c = z_src.shape
         stats = _softmax_stats_compiled() if use_compile() else _softmax_stats
         same = z_tgt is z_src
+        _check_chunk_range(z_src, self.temperature, "logits_src")
+        if not same:
+            _check_chunk_range(z_tgt, self.temperature, "logits_tgt")
         # Θ of a set against itself: Σ_c p_a u_a, summed over the chunk, is the product's diagonal,
         # so Σ p log p needs no pass of its own.
         p, u_p, neg_ent_p, log_total_p = stats(z_src, self.temperature, entropy=not same)
@@ -187,7 +219,7 @@ class ThetaAccumulator:
         else:  # per sample Σ_c p_a u_a − L_a
             self_sum = neg_ent_p.sum(dim=-1, dtype=torch.float64)
         shift_sum = log_total_q.sum(dim=-1, dtype=torch.float64)
-        _check_finite_sums(self_sum, shift_sum, product)
+        _check_finite_sums(self_sum, shift_sum, product, z_src, None if same else z_tgt, self.temperature)
         self.self_term += self_sum
         self.shift += shift_sum
         self.cross += product.double()
@@ -203,16 +235,25 @@ class ThetaAccumulator:
             raise RuntimeError("the native backend needs klas._C; reinstall with `pip install -e .`")
         if z_src.device.type != "cpu" or (z_tgt is not None and z_tgt.device.type != "cpu"):
             raise UsageError("the native backend runs on CPU tensors; use backend='triton' or 'torch' on a GPU")
+        _check_chunk_range(z_src, self.temperature, "logits_src")
+        if z_tgt is not None:
+            _check_chunk_range(z_tgt, self.temperature, "logits_tgt")
         native.theta_sums(_native_view(z_src), None if z_tgt is None else _native_view(z_tgt), 1.0 / self.temperature,
                           self.self_term.numpy(), self.cross.numpy(), self.shift.numpy(),
                           threads or torch.get_num_threads(), block_bytes, isa)
         self.count += z_src.shape[1]
         # The kernel gives a row with NaN or ±Inf a NaN log-sum-exp (and NaN p, u), so the running
         # sums turn non-finite with the first such row.
-        _check_finite_sums(self.self_term, self.shift, self.cross)
+        _check_finite_sums(self.self_term, self.shift, self.cross, z_src, z_tgt, self.temperature)
 
     def add_partial(self, self_term: torch.Tensor, cross: torch.Tensor, count: int) -> None:
-        """Adds sums computed elsewhere (a kernel, another rank): Σ p_a log p_a and Σ p_a log q_b."""
+        """Adds sums computed elsewhere (a kernel, another rank): Σ p_a log p_a and Σ p_a log q_b.
+        The fused kernels never form the logits, so only their sums can be checked: UsageError when
+        they are not finite."""
+        if not (torch.isfinite(self_term).all() and torch.isfinite(cross).all()):
+            raise UsageError("the fused kernel's sums are not finite: the features or probe weights hold NaN/Inf or "
+                             "give logits too large for float32 at this temperature; check them, or raise the "
+                             "temperature")
         self.self_term += self_term.double()
         self.cross += cross.double()
         self.count += count
@@ -234,7 +275,8 @@ class ThetaAccumulator:
 
 def kl_matrix_reference(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
     """The oracle: float64, one F.kl_div per (a, b) pair."""
-    _check_logits(logits_src, logits_tgt)
+    check_temperature(temperature)
+    _check_logits(logits_src, logits_tgt, temperature=temperature)
     log_p = torch.log_softmax(logits_src.double() / temperature, dim=-1)
     log_q = torch.log_softmax(logits_tgt.double() / temperature, dim=-1)
     n = logits_src.shape[1]
@@ -248,7 +290,7 @@ def kl_matrix_reference(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, t
 def kl_matrix_torch(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature: float = 1.0,
                     chunk_size: int | None = None) -> torch.Tensor:
     """Vectorised Θ, chunked over samples (the CPU path)."""
-    _check_logits(logits_src, logits_tgt, finite=False)  # finiteness is checked chunk by chunk
+    _check_logits(logits_src, logits_tgt)  # values are checked chunk by chunk, where the sums go non-finite
     ks, n, c = logits_src.shape
     chunk = chunk_size or default_chunk(ks + logits_tgt.shape[0], c)
     acc = ThetaAccumulator(ks, logits_tgt.shape[0], temperature=temperature, device=logits_src.device)
@@ -264,7 +306,7 @@ def kl_matrix_native(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temp
     """Θ from the fused C++ CPU kernel. float32 logits with contiguous classes are read in place in
     one call (the kernel streams the samples block by block); others are converted chunk by chunk,
     so the converted copy stays near 16 MiB."""
-    _check_logits(logits_src, logits_tgt, finite=False)  # the kernel finds non-finite rows itself
+    _check_logits(logits_src, logits_tgt)  # the kernel's sums go non-finite with a bad row: diagnosed then
     (ks, n, c), kt = logits_src.shape, logits_tgt.shape[0]
     same = logits_tgt is logits_src
     acc = ThetaAccumulator(ks, kt, temperature=temperature)
@@ -284,10 +326,11 @@ def _auto_backend(t: torch.Tensor) -> str:
 
 
 def check_temperature(temperature) -> float:
-    """UsageError unless the softmax temperature is a finite positive number (every backend)."""
+    """UsageError unless the softmax temperature lies in [MIN_TEMPERATURE, MAX_TEMPERATURE] (every
+    backend; the config and the CLI check the same range, klas.limits)."""
     from klas.reading import finite_number
 
-    return finite_number(temperature, "temperature", error=UsageError, positive=True)
+    return finite_number(temperature, "temperature", error=UsageError, low=MIN_TEMPERATURE, high=MAX_TEMPERATURE)
 
 
 def _check_backend(backend: str, t: torch.Tensor) -> str:
@@ -305,9 +348,11 @@ def kl_matrix(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature
     """Θ ``[Ks, Kt]`` float32 for logits_src ``[Ks, N, C]`` and logits_tgt ``[Kt, N, C]``.
 
     Θ[a, b] = mean over the N samples of KL(softmax(src[a]/T) ‖ softmax(tgt[b]/T)).
-    Raises ValueError for bad shapes, mismatched N or C, or non-finite logits.
+    Raises UsageError (a ValueError) for bad shapes, mismatched N or C, non-finite logits, or logits
+    beyond ``MAX_SCALED_LOGIT`` times the temperature (the same rule for every backend).
     """
     check_temperature(temperature)
+    _check_logits(logits_src, logits_tgt)  # values: `check_logit_range`, one rule for every backend (below)
     backend = _check_backend(backend, logits_src)
     if backend == "auto":
         backend = _auto_backend(logits_src)
@@ -316,7 +361,7 @@ def kl_matrix(logits_src: torch.Tensor, logits_tgt: torch.Tensor, *, temperature
     if backend == "triton":
         from klas.kernels.kl_matrix import kl_matrix_triton
 
-        _check_logits(logits_src, logits_tgt)
+        _check_logits(logits_src, logits_tgt, temperature=temperature)  # the torch and native paths: per chunk
         return kl_matrix_triton(logits_src, logits_tgt, temperature=temperature)
     if backend == "native":
         return kl_matrix_native(logits_src, logits_tgt, temperature=temperature)

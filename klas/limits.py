@@ -1,0 +1,12 @@
+"""Numeric bounds that more than one checked boundary applies (the config, the CLI, the Python API
+and the kernels' launchers), declared once so that every boundary refuses the same values."""
+
+__all__ = ["MIN_TEMPERATURE", "MAX_TEMPERATURE", "MAX_SCALED_LOGIT"]
+
+# The softmax temperature τ: the kernels multiply logits by 1/τ in float32, which must be finite.
+MIN_TEMPERATURE = 1e-30
+MAX_TEMPERATURE = 1e6
+
+# Θ is computed for logits whose magnitude over the temperature stays below this: a softmax is one-hot
+# in float32 long before (exp(-104) is 0), and beyond it the float32 sums of a chunk could overflow.
+MAX_SCALED_LOGIT = 1e6

@@ -102,7 +102,9 @@ def _check_claims(out: str, report_root):
             theirs = [(f, a) for f, a, _, _ in routes[m["theirs"]]]
             delta = _auc(ours, lo, hi) - _auc(theirs, lo, hi)
             assert float(m["delta"]) == pytest.approx(delta, abs=0.03), line
-            assert float(m["gain"]) == pytest.approx(_gain(ours, theirs, lo, hi), abs=0.01), line
+            # a gain is a difference of two top-1s that routes.csv rounds to 0.01 (0.01 at most between
+            # them), printed to 0.01 itself (0.005 more): 0.015 apart at most
+            assert float(m["gain"]) == pytest.approx(_gain(ours, theirs, lo, hi), abs=0.0151), line
             assert float(m["saving"]) == pytest.approx(_saving(ours, theirs), abs=0.011), line
             for key in ("gain_anchor", "saving_anchor"):  # an anchor named as the carrier is on our frontier
                 if m[key]:
@@ -115,6 +117,6 @@ def _check_claims(out: str, report_root):
                 assert float(m["st_hi"]) == pytest.approx(hi / 1e6, abs=0.051)
                 st_delta = _auc(s_ours, s_lo, hi) - _auc(s_theirs, s_lo, hi)
                 assert float(m["st_delta"]) == pytest.approx(st_delta, abs=0.03), line
-                assert float(m["st_gain"]) == pytest.approx(_gain(s_ours, s_theirs, s_lo, hi), abs=0.01), line
+                assert float(m["st_gain"]) == pytest.approx(_gain(s_ours, s_theirs, s_lo, hi), abs=0.0151), line
             checked += 1
     return checked

@@ -15,7 +15,8 @@ from klas.anchors import load_anchor
 from klas.anchors.base import token_grid
 from klas.extraction.extract import anchor_info
 from klas.scoring.scores import AnchorEntry, _anchor_entry
-from klas.selection.select import config_flops, stitch_flops, stitch_positions
+from klas.selection.select import config_flops
+from klas.stitches import stitch_flops, stitch_positions
 from klas.stitching.stitch import LayoutStitch, StitchedSupernet, from_tokens, stitching_layer, to_tokens
 
 pytest.importorskip("timm")

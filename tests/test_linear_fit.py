@@ -1,11 +1,11 @@
-"""Least-squares stitches (klas.selection.linear_fit) and Θ through them (the kl-ls baseline)."""
+"""Least-squares stitches (klas.stitches.fit_linear) and Θ through them (the kl-ls baseline)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from klas.scoring.kl import kl_matrix_reference
-from klas.selection.linear_fit import fit_linear
+from klas.stitches import fit_linear
 from klas.selection.metric_tables import kl_through_stitch
 
 

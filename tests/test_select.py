@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from klas.errors import UsageError
 from klas.scoring.scores import AnchorEntry, Scores
 from klas.anchors.base import PartCounts
-from klas.selection.select import _bucketise, _keep, anchor_chain, configurations, select, select_pair, stitch_flops
+from klas.selection.select import _bucketise, _keep, anchor_chain, configurations, select, select_pair
+from klas.stitches import stitch_flops
 
 
 def make_scores(stages_per_anchor, seed: int, widths=(16, 32, 64)) -> Scores:

@@ -21,6 +21,7 @@ from klas import distributed as dist
 from klas.errors import UsageError
 from klas.extraction.data import prefetched
 from klas.progress import progress_bar
+from klas.stitches import Route
 from klas.stitching.stitch import StitchedSupernet
 
 __all__ = ["RouteResult", "counts_agree", "evaluate_routes", "pareto_frontier", "frontier_auc", "accuracy_gain_at_equal_flops",
@@ -40,6 +41,11 @@ class RouteResult:
     correct: int
     total: int
     gamma: float | None = None  # Γ before finetuning, when the route was scored
+
+    @property
+    def route(self) -> Route:
+        """The route evaluated (klas.stitches.Route)."""
+        return Route.of(self)
 
     def to_json(self) -> dict:
         return asdict(self)

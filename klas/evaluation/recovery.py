@@ -152,6 +152,7 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
     `out`/configurations; a configuration with a finished result is not trained again. `repeat` k > 0
     keeps its results apart (a repeat of the same test with another `settings.seed`).
     """
+    from klas.stitches import Route
     from klas.stitching.stitch import StitchedSupernet
 
     out = Path(out)
@@ -185,7 +186,7 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
     for i in blocks:
         began = time.perf_counter()
         js = by_source[i]
-        net = StitchedSupernet([f, g], [(f.name, g.name, i, j) for j in js]).to(device).eval()
+        net = StitchedSupernet([f, g], [Route(f.name, g.name, i, j) for j in js]).to(device).eval()
         for p in net.parameters():
             p.requires_grad_(False)
         net.init_stitches(calib, seed=settings.seed)

@@ -154,7 +154,7 @@ def write_report(results: dict[str, list[RouteResult]], out: str | os.PathLike, 
                             "" if r.gamma is None else r.gamma, int(r.name in front)])
     _plot(results, methods, out / "accuracy_flops.png", title)
     if curves:
-        from klas.evaluation.plots import training_curves
+        from klas.plots import training_curves
         from klas.training_log import read_curve
 
         training_curves({m: read_curve(p) for m, p in curves.items()}, out / "training_curves.png",
@@ -168,7 +168,7 @@ def _plot(results: dict[str, list[RouteResult]], methods: dict, path: Path, titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from klas.evaluation.plots import _save
+    from klas.plots import _save
 
     fig, ax = plt.subplots(figsize=(7.5, 5), constrained_layout=True)
     for n, (m, rs) in enumerate(results.items()):

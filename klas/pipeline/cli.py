@@ -227,7 +227,7 @@ def _cmd_select(args) -> int:
     from pathlib import Path
 
     from klas.files import write_json_atomic
-    from klas.evaluation.plots import selection_scatter
+    from klas.plots import selection_scatter
     from klas.scoring.scores import load_scores
     from klas.selection.methods import SelectOptions, run_method
     from klas.selection.select import select_snnet_nearest

@@ -305,8 +305,7 @@ def _build_supernet(anchors, selection: Selection, which: str = "chain"):
 
     if which == "chain":
         anchors = [a for a in anchors if a.name in selection.chain]
-    stitches = [(c.source, c.target, c.i, c.j) for c in selection.selected]
-    return StitchedSupernet(anchors, stitches)
+    return StitchedSupernet(anchors, [c.route for c in selection.selected])
 
 
 def _images(cfg: RunConfig, split: str, anchor, limit):
@@ -328,7 +327,7 @@ def _select_stage(cfg: RunConfig, method: str, out: Path, log) -> None:
     sel_dir = _method_dirs(out, method, "")[0]
 
     def do_select():
-        from klas.evaluation.plots import selection_scatter
+        from klas.plots import selection_scatter
 
         sel = _selection(cfg, method, out / "cache")
         write_json_atomic(sel_dir / "selection.json", sel.to_json())
@@ -448,7 +447,7 @@ def run_recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool = True, 
 def _recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool, log) -> Path:
     """`run_recovery` with the run folder's lock held."""
     from klas.selection.methods import SelectOptions
-    from klas.evaluation.plots import recovery_plot
+    from klas.plots import recovery_plot
     from klas.evaluation.recovery import (RecoverySettings, combine_repeats, method_picks, recovery_report,
                                           train_configurations)
     from klas.scoring.scores import load_scores

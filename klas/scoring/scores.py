@@ -32,6 +32,7 @@ from klas.scoring.features import CacheFeatures
 from klas.files import save_safetensors_atomic, write_json_atomic
 from klas.scoring.kl import check_temperature, kl_matrix_from_features
 from klas.scoring.probes import load_probes
+from klas.limits import MAX_TEMPERATURE, MIN_TEMPERATURE
 from klas.reading import finite_number, plain_text, read_tensor_file_pair
 
 __all__ = ["stitch_scores", "floored_blocks", "AnchorEntry", "Scores", "score", "load_scores", "DEFAULT_FLOOR"]
@@ -174,7 +175,7 @@ class Scores:
         }
         write_json_atomic(out / "scores.json", meta)
         if plots:
-            from klas.evaluation.plots import pair_heatmap
+            from klas.plots import pair_heatmap
 
             for f, g in self.pairs():
                 pair_heatmap(self.theta(f, g), self.gamma(f, g), f, g, out / "heatmaps" / f"{f}__{g}.png")
@@ -197,7 +198,8 @@ def load_scores(out: str | os.PathLike) -> Scores:
         bad("not a klas scores file")
     try:
         floor = finite_number(meta.get("floor"), "floor", error=CacheError, positive=True)
-        temperature = finite_number(meta.get("temperature"), "temperature", error=CacheError, positive=True)
+        temperature = finite_number(meta.get("temperature"), "temperature", error=CacheError, low=MIN_TEMPERATURE,
+                                    high=MAX_TEMPERATURE)
     except CacheError as e:
         bad(str(e))
     if meta.get("split") not in ("train", "val", "test") or not isinstance(meta.get("caches"), dict):

@@ -19,6 +19,7 @@ from pathlib import Path
 from klas.errors import UsageError
 from klas.scoring.scores import Scores
 from klas.selection.select import PairSelection, Selection, configurations, unscored_config
+from klas.stitches import route_index_problem
 
 __all__ = ["to_snnet", "write_csv", "from_snnet", "SNNET_FORMAT"]
 
@@ -98,10 +99,10 @@ def from_snnet(snnet: dict, scores: Scores, where: str = "the SN-Net configurati
                 refuse(f"configuration {str(item)[:40]} is not a pair of integers [a, b]")
             a, b = item
             i, j = a + 1, b
-            if not (1 <= i <= f.depth - 1 and 0 <= j <= g.depth - 1):
-                refuse(f"configuration (a={a}, b={b}) is outside {f.name} -> {g.name} (a in 0..{f.depth - 2}, "
+            if route_index_problem(i, j, f.depth, g.depth):
+                refuse(f"configuration (a={a}, b={b}) is outside {f.name} -> {g.name} (a in 0..{f.depth - 1}, "
                        f"b in 0..{g.depth - 1})")
-            if j > 0 and (i, j) not in scored:
+            if (i, j) not in scored and j > 0 and list(f.grids[i - 1]) != list(g.grids[j - 1]):
                 refuse(f"configuration (a={a}, b={b}) joins different grids {f.grids[i - 1]} and {g.grids[j - 1]}")
             chosen.append(scored.get((i, j)) or unscored_config(f, g, i, j))
         pairs.append(PairSelection(f.name, g.name, sorted(scored.values(), key=lambda c: (c.flops, c.i, c.j)),

@@ -7,7 +7,7 @@ where the grids differ, which selection never uses).
 - "cka", "mse", "dm": klas.selection.metrics on the pooled D_v features;
 - "ce": cross-entropy between the probe distributions on D_v;
 - "kl-ls": Θ measured through a least-squares stitch. For each source block i one solve on D_t maps
-  f's pooled block-i features onto every target block j at once (klas.selection.linear_fit); since probe and
+  f's pooled block-i features onto every target block j at once (klas.stitches.fit_linear); since probe and
   stitch are both linear, probe_j(M·a + c) is the composite probe (W_j M, W_j c + b_j), and
   Θ(P^g_j(stitched f_i) ‖ P^g_j) on D_v comes from kl_matrix_from_features (on CUDA the fused
   projection + softmax + KL kernel) with the composite weights. Pooling commutes with a linear
@@ -27,9 +27,9 @@ from klas.cache import CacheReader
 from klas.errors import UsageError
 from klas.scoring.features import CacheFeatures
 from klas.scoring.kl import kl_matrix_from_features, probe_logits
-from klas.selection.linear_fit import fit_linear
 from klas.selection.metrics import FEATURE_METRICS, cross_entropy
 from klas.selection.select import grid_valid_pairs
+from klas.stitches import fit_linear
 from klas.scoring.probes import load_probes
 from klas.scoring.scores import Scores, manifest_fingerprint
 
@@ -69,7 +69,8 @@ def metric_numerators(scores: Scores, metric: str, cache_root: str | os.PathLike
         out = torch.full((f.depth - 1, g.depth - 1), math.nan, dtype=torch.float32)
         if metric == "kl-ls":
             values = kl_through_stitch(blocks(source, fit_split), blocks(target, fit_split), blocks(source, split),
-                                       blocks(target, split), probes(target), valid, backend=backend)
+                                       blocks(target, split), probes(target), valid, temperature=scores.temperature,
+                                       backend=backend)
             for (i, j), v in zip(valid, values.tolist()):
                 out[i, j] = v
             return out
@@ -77,7 +78,8 @@ def metric_numerators(scores: Scores, metric: str, cache_root: str | os.PathLike
         if metric == "ce":
             fs, gs = list(probe_logits(fs, probes(source))), list(probe_logits(gs, probes(target)))
         for i, j in valid:
-            out[i, j] = cross_entropy(fs[i], gs[j]) if metric == "ce" else FEATURE_METRICS[metric](fs[i], gs[j])
+            out[i, j] = (cross_entropy(fs[i], gs[j], temperature=scores.temperature) if metric == "ce"
+                         else FEATURE_METRICS[metric](fs[i], gs[j]))
         return out
 
     return numerators

@@ -48,10 +48,10 @@ def distance_matrix_gap(a: torch.Tensor, b: torch.Tensor, max_samples: int = 100
     return float((da - db).abs().mean())
 
 
-def cross_entropy(logits_p: torch.Tensor, logits_q: torch.Tensor) -> float:
-    """mean_x −Σ_c softmax(p) log softmax(q); logits ``[n, C]``."""
-    log_p = torch.log_softmax(logits_p.double(), dim=-1)
-    log_q = torch.log_softmax(logits_q.double(), dim=-1)
+def cross_entropy(logits_p: torch.Tensor, logits_q: torch.Tensor, *, temperature: float = 1.0) -> float:
+    """mean_x −Σ_c softmax(p/τ) log softmax(q/τ); logits ``[n, C]``, τ the temperature Θ is measured at."""
+    log_p = torch.log_softmax(logits_p.double() / temperature, dim=-1)
+    log_q = torch.log_softmax(logits_q.double() / temperature, dim=-1)
     return float(-(log_p.exp() * log_q).sum(dim=-1).mean())
 
 

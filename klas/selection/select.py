@@ -24,12 +24,12 @@ import torch
 
 from klas.errors import UsageError
 from klas.reading import finite_number, plain_text
-from klas.anchors.base import PartCounts
+from klas.stitches import Route, route_index_problem, scored_pairs, stitch_flops, stitched_flops
 from klas.scoring.scores import AnchorEntry, Scores
 
 __all__ = [
     "Config", "PairSelection", "Selection", "SelectedAnchor", "CHAIN_RULES", "anchor_chain", "configurations",
-    "stitch_positions", "stitch_flops", "stitched_flops", "config_flops", "grid_valid_pairs", "grid_stages", "unscored_config", "select_pair", "select", "select_random", "size_matched",
+    "config_flops", "grid_valid_pairs", "grid_stages", "unscored_config", "select_pair", "select", "select_random", "size_matched",
     "snnet_nearest_pairs", "snnet_stitched_stages", "select_snnet_nearest", "in_flops_range", "config_from_json", "read_selection",
 ]
 
@@ -49,11 +49,9 @@ class Config:
     bucket: int = -1
 
     @property
-    def route(self):
-        """The supernet route of this stitch (klas.stitching.stitch.Route; its `name` keys evaluations)."""
-        from klas.stitching.stitch import Route
-
-        return Route(self.source, self.target, self.i, self.j)
+    def route(self) -> Route:
+        """This stitch's identity (klas.stitches.Route; its `name` keys evaluations)."""
+        return Route.of(self)
 
 
 @dataclass(frozen=True)
@@ -199,11 +197,12 @@ def _selection_problem(doc: dict) -> str | None:
             return f"pair {p['source']} -> {p['target']} has non-numeric bucket edges or thresholds"
         for c in p["selected"] + p["configurations"]:
             if not (isinstance(c, dict) and set(c) == keys and c["source"] == p["source"]
-                    and c["target"] == p["target"] and _is_int(c["i"], 1, f) and _is_int(c["j"], 0, g - 1)
-                    and _is_int(c["flops"]) and _is_int(c["bucket"], -1, MAX_BUCKETS)
+                    and c["target"] == p["target"] and _is_int(c["flops"]) and _is_int(c["bucket"], -1, MAX_BUCKETS)
                     and all(_is_number_or_null(c[k]) for k in ("omega", "sigma", "gamma"))):
-                return (f"configuration {str(c)[:100]} of {p['source']} -> {p['target']} is malformed or outside "
-                        f"the anchors' blocks (i in 1..{f}, j in 0..{g - 1})")
+                return f"configuration {str(c)[:100]} of {p['source']} -> {p['target']} is malformed"
+            problem = route_index_problem(c["i"], c["j"], f, g)
+            if problem:
+                return f"configuration {str(c)[:100]} of {p['source']} -> {p['target']}: {problem}"
     return None
 
 
@@ -262,25 +261,6 @@ def anchor_chain(scores: Scores, rule: str = "minimax") -> list[str]:
 
 # -- configurations -----------------------------------------------------------------------------
 
-def stitch_positions(grid: Sequence[int], prefix_in: int = 0, prefix_out: int = 0) -> int:
-    """Positions a stitching layer maps: every position of the spatial grid, plus the prefix
-    (class) tokens when both sides have the same number of them. Otherwise the source's prefix
-    tokens are dropped and the target's are learned vectors, which cost no FLOPs; so do the
-    layout conversions (permutes and reshapes) around the map."""
-    return math.prod(grid) + (prefix_in if prefix_in == prefix_out else 0)
-
-
-def stitch_flops(width_in: int, width_out: int, grid: Sequence[int], prefix_in: int = 0, prefix_out: int = 0) -> int:
-    """FLOPs of a stitching layer (Linear / 1x1 conv with bias) at every position it maps."""
-    return (2 * width_in * width_out + width_out) * stitch_positions(grid, prefix_in, prefix_out)
-
-
-def stitched_flops(front: PartCounts, i: int, stitch: int, back: PartCounts, j: int) -> int:
-    """FLOPs of one image through a stitched route: the source's stem and blocks 1..i, the stitching
-    layer, the target's blocks j+1..m and head (the one sum behind selection and the supernet)."""
-    return int(front.front(i) + stitch + back.back(j))
-
-
 def config_flops(f: AnchorEntry, g: AnchorEntry, i: int, j: int) -> int:
     """FLOPs of the network stem_f + f_1..f_i + stitching layer + g_{j+1}..g_m + head_g (j = 0:
     the whole of g after the stitch, which then maps to g's stem output width)."""
@@ -295,8 +275,8 @@ def unscored_config(f: AnchorEntry, g: AnchorEntry, i: int, j: int) -> Config:
 
 
 def grid_valid_pairs(f: AnchorEntry, g: AnchorEntry) -> list[tuple[int, int]]:
-    """Every (i, j), i in 1..m_f − 1 and j in 1..m_g − 1, whose blocks' spatial grids agree."""
-    return [(i, j) for i in range(1, f.depth) for j in range(1, g.depth) if list(f.grids[i - 1]) == list(g.grids[j - 1])]
+    """The configurations KLAS scores between two anchors of the scores (klas.stitches.scored_pairs)."""
+    return scored_pairs(f.grids, g.grids)
 
 
 def configurations(scores: Scores, source: str, target: str, numerator: torch.Tensor | None = None, *,

@@ -3,7 +3,6 @@ from klas._exports import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "StitchedSupernet": "stitch",
-    "Route": "stitch",
     "FinetuneSettings": "finetune",
     "route_schedule": "finetune",
     "adapt_anchor": "adapt",

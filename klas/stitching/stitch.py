@@ -6,7 +6,7 @@ notation; SN-Net's j = 0 and i = m_f are routes too). Routes are numbered: the a
 FLOPs order, then the stitches in the order given.
 
 `route_parts(k)` is the one block walk: `forward(x, k)` runs it and `route_params(k)` adds up its
-parts' parameters. `route_flops(k)` is klas.selection.select.stitched_flops, the one FLOPs sum that selection
+parts' parameters. `route_flops(k)` is klas.stitches.stitched_flops, the one FLOPs sum that selection
 uses too (the source's front, the stitching layer, the target's back); the tests hold it against
 FlopCounterMode on the route's forward.
 
@@ -15,7 +15,7 @@ convolution between feature maps (``[B, C, H, W]``), a Linear between the same t
 channels-last layout (``[B, L, C]`` / ``[B, H, W, C]``, class tokens mapped with the rest), and a
 `LayoutStitch` (a Linear that converts the layout around its map) where the two sides differ:
 a ResNet's feature map into a Swin's channels-last map or a ViT's tokens, and back. Every layer is
-initialised by least squares (klas.selection.linear_fit) on a calibration batch, on the device of
+initialised by least squares (klas.stitches.fit_linear) on a calibration batch, on the device of
 the features.
 """
 from __future__ import annotations
@@ -28,28 +28,9 @@ from torch import nn
 
 from klas.anchors import Anchor
 from klas.errors import UsageError
-from klas.selection.linear_fit import fit_linear
-from klas.selection.select import stitch_flops, stitched_flops
+from klas.stitches import Route, fit_linear, route_index_problem, stitch_flops, stitched_flops
 
 __all__ = ["Route", "Part", "StitchedSupernet", "stitching_layer", "LayoutStitch", "to_tokens", "from_tokens"]
-
-
-@dataclass(frozen=True)
-class Route:
-    """An anchor alone (source == target, i == j == its depth) or a stitch (f, i) -> (g, j)."""
-
-    source: str
-    target: str
-    i: int
-    j: int
-
-    @property
-    def is_anchor(self) -> bool:
-        return self.source == self.target
-
-    @property
-    def name(self) -> str:
-        return self.source if self.is_anchor else f"{self.source}:{self.i}->{self.target}:{self.j}"
 
 
 @dataclass(frozen=True)
@@ -131,7 +112,10 @@ def stitching_layer(width_in: int, width_out: int, *, layout_in: str, layout_out
 class StitchedSupernet(nn.Module):
     """Anchors ``{name: Anchor}`` and routes; ``forward(x, k)`` runs route k on images ``[B, C, H, W]``."""
 
-    def __init__(self, anchors: Sequence[Anchor], stitches: Iterable[tuple[str, str, int, int]]):
+    def __init__(self, anchors: Sequence[Anchor], stitches: Iterable):
+        """anchors: the supernet's anchors (any order: routes number them cheapest first);
+        stitches: klas.stitches.Route objects, or anything `Route.of` takes (selected
+        configurations, (source, target, i, j) tuples)."""
         super().__init__()
         ordered = sorted(anchors, key=lambda a: a.flops.total)
         self.anchor_names = [a.name for a in ordered]
@@ -140,15 +124,16 @@ class StitchedSupernet(nn.Module):
         self.anchors = nn.ModuleDict({_key(a.name): a for a in ordered})
         self.routes: list[Route] = [Route(a.name, a.name, a.depth, a.depth) for a in ordered]
         layers = []
-        for source, target, i, j in stitches:
+        for route in map(Route.of, stitches):
+            source, target, i, j = route.source, route.target, route.i, route.j
             f, g = self.anchor(source), self.anchor(target)
-            if source == target or not (1 <= i <= f.depth and 0 <= j <= g.depth - 1):
-                raise UsageError(f"stitch ({source}, {i}) -> ({target}, {j}) is outside the anchors "
-                                 f"(1 <= i <= {f.depth}, 0 <= j <= {g.depth - 1}, two different anchors)")
+            problem = "it joins an anchor to itself" if source == target else route_index_problem(i, j, f.depth, g.depth)
+            if problem:
+                raise UsageError(f"stitch ({source}, {i}) -> ({target}, {j}): {problem}")
             (w_in, grid_in, layout_in), (w_out, grid_out, layout_out) = _cut_shape(f, i), _cut_shape(g, j)
             if grid_in != grid_out:
                 raise UsageError(f"stitch ({source}, {i}) -> ({target}, {j}) joins grids {grid_in} and {grid_out}")
-            self.routes.append(Route(source, target, i, j))
+            self.routes.append(route)
             with torch.random.fork_rng(devices=[]):  # the same stitches give the same initial layers
                 torch.manual_seed(len(layers))
                 layers.append(stitching_layer(w_in, w_out, layout_in=layout_in, layout_out=layout_out, grid=grid_in,

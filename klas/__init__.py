@@ -1,14 +1,21 @@
-"""klas: choose where to stitch pretrained networks (KLAS), fast."""
-from klas.anchors import load_anchor
+"""klas: choose where to stitch pretrained networks (KLAS), fast.
+
+The public names below are imported on first use (klas._exports), so `import klas` and the `klas`
+command's --help and --version start without loading torch.
+"""
+from klas._exports import lazy_exports
 from klas.errors import AnchorError, CacheError, DataError, KlasError
-from klas.extraction.extract import extract
-from klas.scoring.kl import kl_matrix, kl_matrix_from_features
-from klas.scoring.probes import train_probes
-from klas.scoring.scores import score, stitch_scores
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AnchorError", "CacheError", "DataError", "KlasError", "__version__", "extract", "kl_matrix",
-    "kl_matrix_from_features", "load_anchor", "score", "stitch_scores", "train_probes",
-]
+__getattr__, __dir__, _lazy = lazy_exports(__name__, {
+    "load_anchor": "anchors",
+    "extract": "extraction.extract",
+    "kl_matrix": "scoring.kl",
+    "kl_matrix_from_features": "scoring.kl",
+    "train_probes": "scoring.probes",
+    "score": "scoring.scores",
+    "stitch_scores": "scoring.scores",
+})
+
+__all__ = sorted(["AnchorError", "CacheError", "DataError", "KlasError", "__version__", *_lazy])

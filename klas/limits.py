@@ -1,7 +1,11 @@
-"""Numeric bounds that more than one checked boundary applies (the config, the CLI, the Python API
-and the kernels' launchers), declared once so that every boundary refuses the same values."""
+"""Bounds and choices that more than one checked boundary applies (the config, the CLI, the Python
+API and the kernels' launchers), declared once so that every boundary refuses the same values. Plain
+constants: the command's --help reads them without importing torch."""
 
-__all__ = ["MIN_TEMPERATURE", "MAX_TEMPERATURE", "MAX_SCALED_LOGIT"]
+__all__ = ["MIN_TEMPERATURE", "MAX_TEMPERATURE", "MAX_SCALED_LOGIT", "BACKENDS"]
+
+# Θ's backends (klas.scoring.kl): "reference" is the float64 oracle of the tests
+BACKENDS = ("auto", "reference", "torch", "native", "triton")
 
 # The softmax temperature τ: the kernels multiply logits by 1/τ in float32, which must be finite.
 MIN_TEMPERATURE = 1e-30

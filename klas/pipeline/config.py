@@ -135,7 +135,7 @@ class ScoreSection(_Section):
 
 
 def _theta_backends() -> tuple[str, ...]:
-    from klas.scoring.kl import BACKENDS
+    from klas.limits import BACKENDS
 
     return tuple(b for b in BACKENDS if b != "reference")  # the float64 oracle is for tests, not runs
 

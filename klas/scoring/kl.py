@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from klas.devices import triton_runs_on
 from klas.errors import UsageError
-from klas.limits import MAX_SCALED_LOGIT, MAX_TEMPERATURE, MIN_TEMPERATURE
+from klas.limits import BACKENDS, MAX_SCALED_LOGIT, MAX_TEMPERATURE, MIN_TEMPERATURE
 
 __all__ = [
     "ThetaAccumulator",
@@ -49,8 +49,6 @@ __all__ = [
     "probe_logits",
     "default_chunk",
 ]
-
-BACKENDS = ("auto", "reference", "torch", "native", "triton")
 
 
 @functools.cache

@@ -292,3 +292,27 @@ def test_the_native_build_agrees_with_the_python_shard_layout():
     from klas import _C
 
     assert (_C.SHARD_HEADER_BYTES, _C.SHARD_VERSION) == (fmt.HEADER_BYTES, fmt.SHARD_VERSION)
+
+
+def test_anchor_facts_are_one_record_written_and_read_in_one_place():
+    """AnchorFacts: an anchor's facts round-trip through the manifest form; the optional ones are
+    written only where an anchor has them (older manifests without them read as the defaults), and
+    a malformed one is refused naming the field."""
+    import pytest
+
+    from klas.anchors import load_anchor
+    from klas.cache.format import AnchorFacts
+    from klas.errors import CacheError
+
+    anchor = load_anchor("cifar-resnet:8?pretrained=false")
+    facts = AnchorFacts.of(anchor)
+    info = facts.to_json()
+    assert "prefix_tokens" not in info and "stem_width" not in info
+    assert AnchorFacts.from_json(info, anchor.depth) == facts
+    assert AnchorFacts.from_json({**info, "stem_width": 8}, anchor.depth).stem_width == 8
+    for key, value, message in (("stem_width", "wide", "anchor_info.stem_width is 'wide', not a width"),
+                                ("prefix_tokens", -1, "anchor_info.prefix_tokens is -1, not a count"),
+                                ("flops", {"stem": 1, "blocks": [1], "head": 1}, "anchor_info.flops is not"),
+                                ("flops", None, "records no FLOPs")):
+        with pytest.raises(CacheError, match=message):
+            AnchorFacts.from_json({**info, key: value}, anchor.depth, "m.json")

@@ -24,10 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from klas.anchors.base import MAX_PREFIX_TOKENS, PartCounts
 from klas.errors import CacheError, UsageError
 from klas.files import fsync_dir, write_json_atomic  # noqa: F401  (part of this module's API)
 
 __all__ = [
+    "AnchorFacts",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "SHARD_VERSION",
@@ -159,6 +161,11 @@ class Manifest:
         """Digest of the anchor's weights at extraction (`Anchor.weights_digest`); None if not recorded."""
         return self.anchor_info.get("weights")
 
+    def anchor_facts(self, where: str | os.PathLike = "manifest") -> "AnchorFacts":
+        """The anchor's facts recorded at extraction (`AnchorFacts.from_json`); CacheError naming
+        `where` when they are missing or malformed."""
+        return AnchorFacts.from_json(self.anchor_info, len(self.block_entries), where)
+
     @property
     def logits_entry(self) -> BlockEntry:
         return next(b for b in self.blocks if b.kind == "logits")
@@ -240,18 +247,79 @@ class Manifest:
                                   or not all(isinstance(n, str) for n in names)):
             problems.append(f"source.classes is not a list of {self.num_classes} class names")
         flops = self.anchor_info.get("flops")
-        if flops is not None:
-            depth = len(self.block_entries)
-            try:
-                ok = (isinstance(flops, dict) and _int(flops["stem"]) >= 0 and _int(flops["head"]) >= 0
-                      and isinstance(flops["blocks"], list) and len(flops["blocks"]) == depth
-                      and all(_int(f) >= 0 for f in flops["blocks"]))
-            except (KeyError, TypeError, ValueError):
-                ok = False
-            if not ok:
-                problems.append(f"anchor_info.flops is not {{stem, blocks: [{depth} counts], head}} of "
-                                "non-negative integers")
+        if flops is not None and _flops_problem(flops, len(self.block_entries)):
+            problems.append(_flops_problem(flops, len(self.block_entries)))
         return problems
+
+
+# what an AnchorFacts holds beyond the FLOPs, only where an anchor has it (older caches stay valid)
+_OPTIONAL_FACTS = {"prefix_tokens": (0, "a count"), "stem_width": (None, "a width")}
+
+
+@dataclass(frozen=True)
+class AnchorFacts:
+    """What extraction records of an anchor for the stages after it, so that no later stage loads
+    the anchor again (its spec is an identifier, never loaded from a file): the FLOPs of one image
+    per part, a digest of its weights, its input size and block layouts, and, only where the anchor
+    has them, its prefix (class) tokens and its stem's output width where it differs from block 1's
+    (what a stitch at j = 0 maps to). The manifest's ``anchor_info`` is `to_json`; `from_json`, the
+    one reader, checks every field."""
+
+    flops: PartCounts
+    weights: str | None = None
+    input_size: tuple[int, ...] = ()
+    layouts: tuple[str, ...] = ()
+    prefix_tokens: int = 0
+    stem_width: int | None = None
+
+    @classmethod
+    def of(cls, anchor) -> "AnchorFacts":
+        """The facts of a loaded Anchor."""
+        return cls(flops=anchor.flops, weights=anchor.weights_digest(), input_size=tuple(anchor.input_size),
+                   layouts=tuple(anchor.layouts), prefix_tokens=anchor.prefix_tokens, stem_width=anchor.stem_width)
+
+    def to_json(self) -> dict:
+        info = {"input_size": list(self.input_size), "layouts": list(self.layouts), "flops": self.flops.to_json(),
+                "weights": self.weights}
+        if self.prefix_tokens:  # recorded only where there are some
+            info["prefix_tokens"] = self.prefix_tokens
+        if self.stem_width is not None:  # likewise: only where a stitch at j = 0 needs it
+            info["stem_width"] = self.stem_width
+        return info
+
+    @classmethod
+    def from_json(cls, info: dict, depth: int, where: str | os.PathLike = "manifest") -> "AnchorFacts":
+        """The facts recorded in a manifest's ``anchor_info`` for an anchor of `depth` blocks;
+        CacheError "<where>: ...; extract this cache again" when any is missing or malformed."""
+        fix = "extract this cache again"
+        flops = info.get("flops")
+        if not flops:
+            raise CacheError(f"{where} records no FLOPs for its anchor (written by an older klas, or edited); {fix}")
+        problem = _flops_problem(flops, depth)
+        if problem:
+            raise CacheError(f"{where}: {problem}; {fix}")
+        values = {}
+        for key, (absent, what) in _OPTIONAL_FACTS.items():
+            n = info.get(key, absent)
+            low, high = (0, MAX_PREFIX_TOKENS) if key == "prefix_tokens" else (1, 2**31)
+            if key in info and (isinstance(n, bool) or not isinstance(n, int) or not low <= n < high):
+                raise CacheError(f"{where}: anchor_info.{key} is {n!r}, not {what}; {fix}")
+            values[key] = n
+        weights = info.get("weights")
+        return cls(flops=PartCounts.from_json(flops), weights=weights if isinstance(weights, str) else None,
+                   input_size=tuple(info.get("input_size") or ()), layouts=tuple(info.get("layouts") or ()), **values)
+
+
+def _flops_problem(flops: Any, depth: int) -> str | None:
+    """What is wrong with a recorded {stem, blocks, head} of FLOPs for `depth` blocks (None: nothing)."""
+    try:
+        ok = (isinstance(flops, dict) and _int(flops["stem"]) >= 0 and _int(flops["head"]) >= 0
+              and isinstance(flops["blocks"], list) and len(flops["blocks"]) == depth
+              and all(_int(f) >= 0 for f in flops["blocks"]))
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    return None if ok else (f"anchor_info.flops is not {{stem, blocks: [{depth} counts], head}} of non-negative "
+                            "integers")
 
 
 def _int(value: Any) -> int:

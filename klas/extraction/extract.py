@@ -27,7 +27,7 @@ from klas.anchors import Anchor, load_anchor
 from klas.anchors.registry import check_distinct_names
 from klas.anchors.base import LOGITS
 from klas.cache import BlockEntry, CacheWriter, Manifest, read_manifest
-from klas.cache.format import DTYPES, LOGITS_INDEX
+from klas.cache.format import DTYPES, LOGITS_INDEX, AnchorFacts
 from klas.extraction.data import check_classes, make_loader, prefetched, samples_digest, split_for_anchor
 from klas.errors import CacheError, DataError, UsageError
 from klas.reading import resolved
@@ -53,21 +53,11 @@ def cache_layout(anchor: Anchor) -> tuple[BlockEntry, ...]:
     return tuple(entries)
 
 
-# anchor facts that selection reads from the manifest beyond the FLOPs: a cache without them (made
-# before they were recorded) is made again rather than read with a default
-_FACTS_READ_LATER = ("prefix_tokens", "stem_width")
-
-
 def anchor_info(anchor: Anchor) -> dict:
     """What later stages need to know of the anchor without loading it again (its spec is never
-    loaded from a file), and the digest of its weights (a changed checkpoint is noticed)."""
-    info = {"input_size": list(anchor.input_size), "layouts": anchor.layouts, "flops": anchor.flops.to_json(),
-            "weights": anchor.weights_digest()}
-    if anchor.prefix_tokens:  # recorded only where there are some (so older caches stay valid)
-        info["prefix_tokens"] = anchor.prefix_tokens
-    if anchor.stem_width is not None:  # likewise: only where a stitch at j = 0 needs it
-        info["stem_width"] = anchor.stem_width
-    return info
+    loaded from a file), and the digest of its weights (a changed checkpoint is noticed): the
+    manifest form of klas.cache.format.AnchorFacts."""
+    return AnchorFacts.of(anchor).to_json()
 
 
 def _to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
@@ -99,9 +89,9 @@ def _complete(anchor: Anchor, cache_dir: Path, info: dict, settings: dict, dtype
             f"{cache_dir} holds the cache of anchor {existing.anchor!r}, not {anchor.spec!r}; "
             "choose another --out (two specs with one name cannot share a folder)"
         )
-    recorded = all(existing.anchor_info.get(k) == info.get(k) for k in _FACTS_READ_LATER)
-    same = existing.dtype == dtype and existing.source == settings and existing.weights_digest == info["weights"]
-    if same and recorded:
+    # a cache whose recorded facts differ (made before one was recorded, or of other weights) is made again
+    same = existing.dtype == dtype and existing.source == settings and existing.anchor_info == info
+    if same:
         return existing  # complete and matching (data, settings, weights, recorded facts): nothing to do
     if dist.is_main():
         warnings.warn(f"{cache_dir}: cache made with other settings is replaced", stacklevel=5)  # extract's caller

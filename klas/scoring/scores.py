@@ -325,27 +325,6 @@ def manifest_fingerprint(cache_dir: Path) -> str:
     return hashlib.sha256((cache_dir / "manifest.json").read_bytes()).hexdigest()[:16]
 
 
-def _anchor_flops(reader: CacheReader) -> dict:
-    """The per-part FLOPs recorded at extraction. The manifest's anchor spec is an identifier only:
-    it is compared, never loaded (loading it could run code named by a file)."""
-    info = reader.manifest.anchor_info.get("flops")
-    if not info:
-        raise CacheError(f"{reader.dir / 'manifest.json'} records no FLOPs for its anchor (written by an older "
-                         "klas, or edited); extract this cache again")
-    return info
-
-
-def _recorded_int(reader: CacheReader, key: str, absent, low: int, high: int, what: str):
-    """An integer in [low, high) recorded at extraction under anchor_info[key]; `absent` where none is."""
-    if key not in reader.manifest.anchor_info:
-        return absent
-    n = reader.manifest.anchor_info[key]
-    if isinstance(n, bool) or not isinstance(n, int) or not low <= n < high:
-        raise CacheError(f"{reader.dir / 'manifest.json'}: anchor_info.{key} is {n!r}, not {what}; "
-                         "extract this cache again")
-    return n
-
-
 def _check_probe_shapes(ps, reader: CacheReader, path: Path) -> None:
     """CacheError unless the probes fit the cache: one per block, [num_classes, width] each."""
     m = reader.manifest
@@ -410,20 +389,19 @@ def score(
     for name, (reader, ps) in readers.items():
         if ps.train_split is not None:
             check_held_out(ps.train_split, f"the D_t the probes {probes_dir / name} were trained on", reader)
-    flops = {n: PartCounts.from_json(_anchor_flops(readers[n][0])) for n in anchors}
-    ordered = sorted(anchors, key=lambda n: flops[n].total)
+    # what extraction recorded of each anchor: its spec is an identifier, compared, never loaded
+    facts = {n: readers[n][0].manifest.anchor_facts(readers[n][0].dir / "manifest.json") for n in anchors}
+    ordered = sorted(anchors, key=lambda n: facts[n].flops.total)
     offset, ctx = 0, dist.context()
     for name in ordered:
         reader, ps = readers[name]
         m = reader.manifest
         depth = len(m.block_entries)
         entries.append(AnchorEntry(
-            name=name, spec=m.anchor, depth=depth, flops=flops[name],
+            name=name, spec=m.anchor, depth=depth, flops=facts[name].flops,
             widths=[b.width for b in m.block_entries], grids=[list(b.grid) for b in m.block_entries],
             offset=offset, probe_val_acc=ps.val_acc, head_val_acc=ps.head_val_acc,
-            # recorded only where an anchor has class tokens, or a stem width other than block 1's
-            prefix_tokens=_recorded_int(reader, "prefix_tokens", 0, 0, MAX_PREFIX_TOKENS, "a count"),
-            stem_width=_recorded_int(reader, "stem_width", None, 1, 2**31, "a width"),
+            prefix_tokens=facts[name].prefix_tokens, stem_width=facts[name].stem_width,
         ))
         offset += depth
         # blocks 1..m-1 through their probes, block m through the anchor's own head

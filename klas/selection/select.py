@@ -56,8 +56,9 @@ class Config:
 
 @dataclass(frozen=True)
 class SelectedAnchor:
-    """An anchor as a saved selection records it (name, spec, depth, total FLOPs per image); the
-    selection of a live run holds klas.scoring.scores.AnchorEntry, which has the same fields."""
+    """An anchor as a saved selection records it: name, spec, depth and total FLOPs per image (a
+    live run's selection holds klas.scoring.scores.AnchorEntry instead, which has these four among
+    its fields)."""
 
     name: str
     spec: str

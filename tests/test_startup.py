@@ -41,3 +41,15 @@ def test_the_lazy_names_still_load():
     import klas
 
     assert callable(klas.kl_matrix) and callable(klas.load_anchor)
+
+
+def test_a_public_name_that_is_also_a_submodule_is_the_function():
+    """`from klas.selection import select` is the selection function even after the submodule of the
+    same name was imported (by klas itself or by the user); the module stays importable."""
+    code = ("import klas.selection.methods\nfrom klas.selection.select import configurations\n"
+            "from klas.selection import select\nimport sys, types\n"
+            "assert callable(select) and not isinstance(select, types.ModuleType), select\n"
+            "assert select.__module__ == 'klas.selection.select'\n"
+            "assert isinstance(sys.modules['klas.selection.select'], types.ModuleType)\nprint('checked')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip().endswith("checked"), done.stderr

@@ -38,7 +38,7 @@ def test_score_method_counts_hits_losses_and_within_bucket_rank_correlation():
 def test_mean_interval_uses_the_t_distribution():
     m = mean_interval([1.0, 2.0, 3.0])
     assert m["mean"] == 2.0 and m["n"] == 3
-    assert m["high"] - m["mean"] == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert m["high"] - m["mean"] == pytest.approx(4.303 * 1.0 / math.sqrt(3), rel=1e-4)  # t(2) quantile 4.3027
     assert mean_interval([5.0])["low"] is None
 
 
@@ -161,3 +161,33 @@ def test_a_repeated_recovery_keeps_the_first_run_and_sets_delta_from_the_noise(r
         assert c["top1_repeats"][0] == first[name]["top1"]
         assert c["top1"] == pytest.approx(sum(c["top1_repeats"]) / 2)
     assert "noise over 2 repeats" in log
+
+
+def test_the_exact_test_against_random_counts_every_set_of_the_same_size():
+    """random_sets_at_least_as_good against a plain enumeration of all subsets."""
+    from itertools import combinations
+
+    from klas.evaluation.stats import random_sets_at_least_as_good
+
+    population, good = 9, 3
+    for picks in (1, 3, 5):
+        for hits in range(0, min(picks, good) + 1):
+            sets = list(combinations(range(population), picks))
+            share = sum(sum(c < good for c in s) >= hits for s in sets) / len(sets)
+            assert random_sets_at_least_as_good(hits, picks, good, population) == pytest.approx(share, abs=1e-12)
+    assert random_sets_at_least_as_good(0, 0, 3, 9) is None
+
+
+def test_a_method_is_said_to_beat_random_only_below_five_percent():
+    acc = {(i, j): 50.0 + (10.0 if j == i else 0.0) for i in range(1, 7) for j in range(1, 7)}
+    bucket = {c: 0 for c in acc}  # one bucket: the 6 configurations (i, i) are the good ones
+    scores = {c: (0.0 if c[0] == c[1] else 1.0) + 0.01 * c[0] for c in acc}
+    report = recovery_report({c: {"i": c[0], "j": c[1], "flops": 100, "top1": a, "top1_init": a} for c, a in acc.items()},
+                             {"perfect": {"picks": [(i, i) for i in range(1, 4)], "scores": scores},
+                              "lucky": {"picks": [(1, 1), (1, 2), (1, 3)], "scores": None}},
+                             RecoverySettings(delta=0.0), 0.0, 200.0, 1)
+    perfect, lucky = report["methods"]["perfect"], report["methods"]["lucky"]
+    assert perfect["random_sets_at_least_as_good"] == pytest.approx(1 / math.comb(36, 3) * math.comb(6, 3))
+    assert perfect["beats_random"] and not lucky["beats_random"]
+    assert lucky["random_sets_at_least_as_good"] == pytest.approx(1 - math.comb(30, 3) / math.comb(36, 3))
+    assert [b["bucket"] for b in perfect["spearman_per_bucket"]] == [0]

@@ -163,22 +163,10 @@ def flops_saving_at_equal_accuracy(ours: Sequence[tuple[float, float]], theirs: 
     return best
 
 
-def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    order = torch.argsort(x, stable=True)
-    ranks = torch.empty_like(x)
-    ranks[order] = torch.arange(len(x), dtype=x.dtype)
-    for value in torch.unique(x):
-        tied = x == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation of two equally long sequences (NaN when one is constant)."""
+    from klas.evaluation.stats import spearman_rho
+
     if len(x) != len(y) or len(x) < 2:
         raise UsageError("spearman needs two sequences of the same length, at least 2")
-    rx, ry = _average_ranks(torch.tensor(x, dtype=torch.float64)), _average_ranks(torch.tensor(y, dtype=torch.float64))
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = (rx.square().sum() * ry.square().sum()).sqrt()
-    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+    return spearman_rho(x, y)

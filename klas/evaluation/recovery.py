@@ -34,9 +34,10 @@ from klas.errors import CacheError, UsageError
 from klas.files import write_json_atomic
 from klas.progress import progress_bar
 from klas.reading import finite_number, read_json
-from klas.evaluation.stats import mean_interval
+from klas.evaluation.stats import mean_interval, random_sets_at_least_as_good
 
-__all__ = ["RecoverySettings", "train_configurations", "combine_repeats", "good_set", "score_method", "recovery_report", "method_picks",
+__all__ = ["RecoverySettings", "train_configurations", "combine_repeats", "good_set", "score_method", "against_random",
+           "recovery_report", "method_picks",
            "mean_interval", "RANDOM"]
 
 RANDOM = "random"
@@ -325,16 +326,26 @@ def score_method(picks: Sequence[tuple[int, int]], acc: dict, bucket: dict, good
         "spearman_score_top1_within_buckets": None,
     }
     if scores:
-        rhos, weights = [], []
-        for b in set(bucket.values()):
+        per_bucket = []
+        for b in sorted(set(bucket.values())):
             members = [c for c in acc if bucket[c] == b and c in scores and math.isfinite(scores[c])]
             if len(members) >= 3 and len({acc[c] for c in members}) > 1 and len({scores[c] for c in members}) > 1:
-                rhos.append(spearman([scores[c] for c in members], [acc[c] for c in members]))
-                weights.append(len(members))
-        if rhos:
-            out["spearman_score_top1_within_buckets"] = sum(r * w for r, w in zip(rhos, weights)) / sum(weights)
-            out["spearman_buckets"] = len(rhos)
+                per_bucket.append({"bucket": b, "configurations": len(members),
+                                   "rho": spearman([scores[c] for c in members], [acc[c] for c in members])})
+        if per_bucket:  # each bucket's own value: a handful of buckets carries no t interval
+            out["spearman_score_top1_within_buckets"] = (sum(p["rho"] * p["configurations"] for p in per_bucket)
+                                                         / sum(p["configurations"] for p in per_bucket))
+            out["spearman_buckets"] = len(per_bucket)
+            out["spearman_per_bucket"] = per_bucket
     return out
+
+
+def against_random(method: dict, good: int, population: int) -> dict:
+    """The exact chance that a random set of the method's size, drawn from the evaluated
+    configurations, holds at least as many good ones (`random_sets_at_least_as_good`), and whether
+    that is below 5%: "beats random" is said of a single method only then."""
+    p = random_sets_at_least_as_good(method["good_found"], method["picks"], good, population)
+    return {"random_sets_at_least_as_good": p, "beats_random": p is not None and p < 0.05}
 
 
 def recovery_report(results: dict[tuple[int, int], dict], methods: dict[str, dict], settings: RecoverySettings,
@@ -358,6 +369,7 @@ def recovery_report(results: dict[tuple[int, int], dict], methods: dict[str, dic
             scored[name]["seeds"] = len(draws)
         else:
             scored[name] = score_method(m["picks"], acc, bucket, good, m.get("scores"))
+            scored[name].update(against_random(scored[name], len(good), len(acc)))
             scored[name]["picked"] = sorted([list(c) for c in dict.fromkeys(m["picks"])])
     good_init = good_set(acc_init, bucket, settings.delta)
     return {

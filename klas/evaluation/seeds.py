@@ -42,8 +42,14 @@ def summarise_seeds(reports: dict[int, Path], protocols: list[str], out: Path) -
         methods = {}
         for m in first["methods"]:
             methods[m] = {key: mean_interval([r["methods"][m][key] for r in runs.values()])
-                          for key in ("auc", "stitches", "steps_per_route", "best_top1",
-                                      "spearman_gamma_top1_within_buckets")}
+                          for key in ("auc", "stitches", "steps_per_route", "best_top1")}
+            # a rank correlation over a few buckets is bounded and far from normal: each seed's value
+            # and their mean, with no t interval (one would reach beyond [-1, 1])
+            rhos = [r["methods"][m]["spearman_gamma_top1_within_buckets"] for r in runs.values()]
+            known = [v for v in rhos if v is not None]
+            methods[m]["spearman_gamma_top1_within_buckets"] = {
+                "per_seed": rhos, "mean": sum(known) / len(known) if known else None, "low": None, "high": None,
+                "n": len(known)}
         comparisons = []
         for k, c in enumerate(first["comparisons"]):
             delta = mean_interval([r["comparisons"][k]["delta_auc"] for r in runs.values()])

@@ -1,10 +1,12 @@
-"""Means with 95% intervals, for figures measured over several seeds or random draws."""
+"""Statistics of the comparisons, through scipy.stats: means with 95% t intervals (seeds, repeats),
+Spearman's rank correlation, and the exact test of a pick set against random sets of its size."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
-__all__ = ["mean_interval", "t_quantile_975"]
+__all__ = ["mean_interval", "t_quantile_975", "spearman_rho", "random_sets_at_least_as_good"]
 
 
 def mean_interval(values: Sequence[float]) -> dict:
@@ -23,13 +25,26 @@ def mean_interval(values: Sequence[float]) -> dict:
 
 def t_quantile_975(dof: int) -> float:
     """The 97.5% quantile of Student's t with `dof` degrees of freedom (for 95% intervals)."""
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-             12: 2.179, 15: 2.131, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
-    if dof in table:
-        return table[dof]
-    keys = sorted(table)
-    if dof > keys[-1]:
-        return 1.960
-    lo = max(k for k in keys if k < dof)
-    hi = min(k for k in keys if k > dof)
-    return table[lo] + (table[hi] - table[lo]) * (dof - lo) / (hi - lo)
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof))
+
+
+def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (ties take their average rank); NaN when either side is constant."""
+    from scipy.stats import ConstantInputWarning, spearmanr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        return float(spearmanr(x, y).statistic)
+
+
+def random_sets_at_least_as_good(hits: int, picks: int, good: int, population: int) -> float | None:
+    """The share of all sets of `picks` configurations drawn from `population` (of which `good` are
+    good) that hold at least `hits` good ones: the exact (hypergeometric) chance that a random set of
+    the method's size does as well as the method on precision and recall. None without picks."""
+    from scipy.stats import hypergeom
+
+    if picks <= 0 or population <= 0:
+        return None
+    return float(hypergeom.sf(hits - 1, population, good, picks))

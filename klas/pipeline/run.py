@@ -530,8 +530,15 @@ def recovery_table(report: dict) -> str:
                 f"(sd of one configuration); two configurations' means differ at 95% beyond "
                 f"{report['noise']['delta_95']:.2f} points; δ from {report.get('delta_source', 'recovery.delta')}"]
               if report.get("noise") else []),
-             f"  {'method':<14} {'picks':>6} {'precision':>22} {'recall':>22} {'pts lost/pick':>20} {'ρ(score,top1)':>14}"]
+             f"  {'method':<14} {'picks':>6} {'precision':>22} {'recall':>22} {'pts lost/pick':>20} {'ρ(score,top1)':>14} "
+             f"{'P(random >=)':>13}"]
     for m, s in report["methods"].items():
+        p = s.get("random_sets_at_least_as_good")
+        vs_random = "" if p is None else f"{p:.3f}" + (" beats" if s.get("beats_random") else "")
         lines.append(f"  {m:<14} {fmt(s['picks'], '.1f'):>6} {fmt(s['precision']):>22} {fmt(s['recall']):>22} "
-                     f"{fmt(s['mean_points_lost_per_pick']):>20} {fmt(s.get('spearman_score_top1_within_buckets')):>14}")
+                     f"{fmt(s['mean_points_lost_per_pick']):>20} {fmt(s.get('spearman_score_top1_within_buckets')):>14} "
+                     f"{vs_random:>13}")
+    lines.append("  P(random >=): the exact share of random sets of the method's size, among the evaluated "
+                 "configurations, with at least as many good ones; 'beats' below 5%. The random row is the mean "
+                 "of its draws with the interval of that mean, a description of random picking, not a test")
     return "\n".join(lines)

@@ -16,6 +16,11 @@ __getattr__, __dir__, _lazy = lazy_exports(__name__, {
     "train_probes": "scoring.probes",
     "score": "scoring.scores",
     "stitch_scores": "scoring.scores",
+    "AnchorFeatures": "pipeline.tensors",
+    "scores_from_tensors": "pipeline.tensors",
+    "select": "selection.select",
+    "select_snnet_nearest": "selection.select",
+    "to_snnet": "selection.export",
 })
 
 __all__ = sorted(["AnchorError", "CacheError", "DataError", "KlasError", "__version__", *_lazy])

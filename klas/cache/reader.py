@@ -179,6 +179,12 @@ class CacheReader:
     def num_samples(self) -> int:
         return self.manifest.num_samples
 
+    def fingerprint(self) -> str:
+        """A digest of the manifest (what scores record of the caches they were computed on)."""
+        import hashlib
+
+        return hashlib.sha256((self.dir / "manifest.json").read_bytes()).hexdigest()[:16]
+
     def check(self) -> None:
         """Opens and verifies every shard now; CacheError names the first bad one."""
         self._shards.check_all()

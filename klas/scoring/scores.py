@@ -13,7 +13,6 @@ Written as ``scores.safetensors`` + ``scores.json`` (+ a heatmap PNG per anchor 
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import warnings
@@ -321,10 +320,6 @@ def last_block_sigmas(readers: dict, *, temperature: float, backend: str, device
     return out
 
 
-def manifest_fingerprint(cache_dir: Path) -> str:
-    return hashlib.sha256((cache_dir / "manifest.json").read_bytes()).hexdigest()[:16]
-
-
 def _check_probe_shapes(ps, reader: CacheReader, path: Path) -> None:
     """CacheError unless the probes fit the cache: one per block, [num_classes, width] each."""
     m = reader.manifest
@@ -333,6 +328,63 @@ def _check_probe_shapes(ps, reader: CacheReader, path: Path) -> None:
     if have != [(m.num_classes, w) for w in widths]:
         raise CacheError(f"{path}: probe shapes {have[:3]}... do not fit {reader.dir} ({len(widths)} blocks of widths "
                          f"{widths[:3]}..., {m.num_classes} classes); re-run `klas probes`")
+
+
+def score_sets(readers: dict, *, split: str = "val", temperature: float = 1.0, floor: float = DEFAULT_FLOOR,
+               backend: str = "auto", device: str = "cpu", chunk_size: int | None = None,
+               probes_where: str = "the probes") -> Scores:
+    """Θ, Σ and Γ from `readers`: anchor name -> (its `split` cache reader, its ProbeSet), every pair
+    checked first (split, anchor, weights, samples, D_t against D_v). The one computation behind
+    `score` (caches and probes on disk) and klas.pipeline.tensors (features in memory)."""
+    finite_number(floor, "floor", error=UsageError, positive=True)
+    check_temperature(temperature)
+    anchors = list(readers)
+    if len(anchors) < 2:
+        raise UsageError(f"scores need at least two anchors, got {anchors}")
+    for name, (reader, ps) in readers.items():
+        if reader.manifest.split != split:
+            raise CacheError(f"{reader.dir} holds the {reader.manifest.split!r} split, not {split!r}: extract the "
+                             f"{split} split into it again")
+        if ps.anchor != reader.manifest.anchor:
+            raise CacheError(f"probes {name!r} were trained for {ps.anchor!r} but {reader.dir} caches "
+                             f"{reader.manifest.anchor!r}; re-run `klas probes`")
+        check_same_weights(reader, ps.weights_digest, f"the probes {probes_where}/{name}")
+    counts = {r.num_samples for r, _ in readers.values()}
+    if len(counts) != 1:
+        raise CacheError(f"the {split} caches hold different sample counts {sorted(counts)}")
+    check_same_samples([r for r, _ in readers.values()], split)
+    for name, (reader, ps) in readers.items():
+        if ps.train_split is not None:
+            check_held_out(ps.train_split, f"the D_t the probes {probes_where}/{name} were trained on", reader)
+    # what extraction recorded of each anchor: its spec is an identifier, compared, never loaded
+    facts = {n: readers[n][0].manifest.anchor_facts(readers[n][0].dir / "manifest.json") for n in anchors}
+    ordered = sorted(anchors, key=lambda n: facts[n].flops.total)
+    entries, streams, probes, caches = [], [], [], {}
+    offset, ctx = 0, dist.context()
+    for name in ordered:
+        reader, ps = readers[name]
+        m = reader.manifest
+        depth = len(m.block_entries)
+        entries.append(AnchorEntry(
+            name=name, spec=m.anchor, depth=depth, flops=facts[name].flops,
+            widths=[b.width for b in m.block_entries], grids=[list(b.grid) for b in m.block_entries],
+            offset=offset, probe_val_acc=ps.val_acc, head_val_acc=ps.head_val_acc,
+            prefix_tokens=facts[name].prefix_tokens, stem_width=facts[name].stem_width,
+        ))
+        offset += depth
+        # blocks 1..m-1 through their probes, block m through the anchor's own head
+        streams.append(CacheFeatures(reader, [*stitch_sources(depth), LOGITS], device=device,
+                                     rank=ctx.rank, world_size=ctx.world_size))
+        probes += [(w.to(device), b.to(device)) for w, b in ps.probes()[:-1]] + [None]
+        caches[name] = reader.fingerprint()
+    feats = _Lockstep(streams)
+    theta_all = kl_matrix_from_features(feats, probes, feats, probes, temperature=temperature, backend=backend,
+                                        chunk_size=chunk_size, across_ranks=ctx.distributed)
+    labels = {readers[n][1].labels for n in anchors}
+    sigmas = last_block_sigmas({n: readers[n] for n in ordered}, temperature=temperature, backend=backend,
+                               device=device, chunk_size=chunk_size)
+    return Scores(anchors=entries, theta_all=theta_all.cpu(), floor=floor, temperature=temperature, split=split,
+                  caches=caches, probe_labels=labels.pop() if len(labels) == 1 else "mixed", sigma_last_block=sigmas)
 
 
 def score(
@@ -367,57 +419,15 @@ def score(
         anchors = sorted(p.stem for p in probes_dir.glob("*.safetensors"))
     if len(anchors) < 2:
         raise CacheError(f"need probes of at least two anchors in {probes_dir}, found {list(anchors)}")
-    entries, streams, probes, caches = [], [], [], {}
     readers = {}
     for name in anchors:
         cache_dir = cache_root / name / split
         reader = CacheReader(cache_dir)
-        if reader.manifest.split != split:
-            raise CacheError(f"{cache_dir} holds the {reader.manifest.split!r} split, not {split!r}: extract the "
-                             f"{split} split into it again")
         ps = load_probes(probes_dir, name)
-        if ps.anchor != reader.manifest.anchor:
-            raise CacheError(f"probes {name!r} were trained for {ps.anchor!r} but {cache_dir} caches "
-                             f"{reader.manifest.anchor!r}; re-run `klas probes`")
-        check_same_weights(reader, ps.weights_digest, f"the probes {probes_dir / name}")
         _check_probe_shapes(ps, reader, probes_dir / f"{name}.safetensors")
         readers[name] = (reader, ps)
-    counts = {r.num_samples for r, _ in readers.values()}
-    if len(counts) != 1:
-        raise CacheError(f"the {split} caches hold different sample counts {sorted(counts)}")
-    check_same_samples([r for r, _ in readers.values()], split)
-    for name, (reader, ps) in readers.items():
-        if ps.train_split is not None:
-            check_held_out(ps.train_split, f"the D_t the probes {probes_dir / name} were trained on", reader)
-    # what extraction recorded of each anchor: its spec is an identifier, compared, never loaded
-    facts = {n: readers[n][0].manifest.anchor_facts(readers[n][0].dir / "manifest.json") for n in anchors}
-    ordered = sorted(anchors, key=lambda n: facts[n].flops.total)
-    offset, ctx = 0, dist.context()
-    for name in ordered:
-        reader, ps = readers[name]
-        m = reader.manifest
-        depth = len(m.block_entries)
-        entries.append(AnchorEntry(
-            name=name, spec=m.anchor, depth=depth, flops=facts[name].flops,
-            widths=[b.width for b in m.block_entries], grids=[list(b.grid) for b in m.block_entries],
-            offset=offset, probe_val_acc=ps.val_acc, head_val_acc=ps.head_val_acc,
-            prefix_tokens=facts[name].prefix_tokens, stem_width=facts[name].stem_width,
-        ))
-        offset += depth
-        # blocks 1..m-1 through their probes, block m through the anchor's own head
-        streams.append(CacheFeatures(reader, [*stitch_sources(depth), LOGITS], device=device,
-                                     rank=ctx.rank, world_size=ctx.world_size))
-        probes += [(w.to(device), b.to(device)) for w, b in ps.probes()[:-1]] + [None]
-        caches[name] = manifest_fingerprint(reader.dir)
-    feats = _Lockstep(streams)
-    theta_all = kl_matrix_from_features(feats, probes, feats, probes, temperature=temperature, backend=backend,
-                                        chunk_size=chunk_size, across_ranks=ctx.distributed)
-    labels = {readers[n][1].labels for n in anchors}
-    sigmas = last_block_sigmas({n: readers[n] for n in ordered}, temperature=temperature, backend=backend,
-                               device=device, chunk_size=chunk_size)
-    result = Scores(anchors=entries, theta_all=theta_all.cpu(), floor=floor, temperature=temperature, split=split,
-                    caches=caches, probe_labels=labels.pop() if len(labels) == 1 else "mixed",
-                    sigma_last_block=sigmas)
+    result = score_sets(readers, split=split, temperature=temperature, floor=floor, backend=backend, device=device,
+                        chunk_size=chunk_size, probes_where=str(probes_dir))
     if out is not None and dist.is_main():
         result.save(out, plots=plots)
     return result

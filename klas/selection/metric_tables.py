@@ -31,7 +31,7 @@ from klas.selection.metrics import FEATURE_METRICS, cross_entropy
 from klas.selection.select import grid_valid_pairs
 from klas.stitches import fit_linear
 from klas.scoring.probes import load_probes
-from klas.scoring.scores import Scores, manifest_fingerprint
+from klas.scoring.scores import Scores
 
 __all__ = ["metric_numerators", "NUMERATOR_METRICS"]
 
@@ -53,7 +53,7 @@ def metric_numerators(scores: Scores, metric: str, cache_root: str | os.PathLike
         m = reader.manifest
         if m.anchor != scores.anchor(name).spec:
             raise UsageError(f"{reader.dir} caches {m.anchor!r}, the scores were made for {scores.anchor(name).spec!r}")
-        if which == scores.split and scores.caches.get(name) not in (None, manifest_fingerprint(reader.dir)):
+        if which == scores.split and scores.caches.get(name) not in (None, reader.fingerprint()):
             raise UsageError(f"the scores were computed on another cache than {reader.dir} (its manifest changed "
                              "since `klas score`); re-run `klas score` or name the cache that was scored")
         feats = next(CacheFeatures(reader, stitch_sources(len(m.block_entries))).chunks(reader.num_samples))

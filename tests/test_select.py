@@ -150,7 +150,7 @@ def test_snnet_hierarchical_works_per_stage_and_drops_b0():
 
 @pytest.mark.parametrize("stages, stitched", [(1, [0]), (2, [0]), (3, [0, 1]), (4, [1, 2]), (5, [1, 2, 3])])
 def test_snnet_stitches_the_stages_its_code_stitches(stages, stitched):
-    """KLAS.md §7: 4-stage models their middle two stages, 3-stage models (CIFAR ResNets, LeViT) all
+    """METHOD.md §7: 4-stage models their middle two stages, 3-stage models (CIFAR ResNets, LeViT) all
     but the last, plain models every block."""
     from klas.selection.select import snnet_nearest_pairs, snnet_stitched_stages
 

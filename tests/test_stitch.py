@@ -101,7 +101,7 @@ def test_forward_many_equals_one_route_at_a_time(pair):
 
 
 def test_a_supernet_holds_the_anchors_of_its_chain_only():
-    """KLAS.md §5.5: anchors the chain skips are not routes of the KLAS supernet (unless asked)."""
+    """METHOD.md §5.5: anchors the chain skips are not routes of the KLAS supernet (unless asked)."""
     from klas.anchors import load_anchor
     from klas.pipeline.run import _build_supernet
     from klas.selection.select import Config, PairSelection, Selection

@@ -1,4 +1,4 @@
-"""Evaluation of a finetuned supernet and the curve measures (KLAS.md §6).
+"""Evaluation of a finetuned supernet and the curve measures (METHOD.md §6).
 
 - `evaluate_routes`: top-1 of every route on a split, with its FLOPs and parameters;
 - `pareto_frontier`: the routes no other route beats at lower or equal FLOPs;

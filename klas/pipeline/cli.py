@@ -300,7 +300,9 @@ def _cmd_import_snnet(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="klas", description="Choose where to stitch pretrained networks (KLAS).")
+    parser = _Parser(prog="klas", description="Choose where to stitch pretrained networks (KLAS). The method and "
+                                               "every symbol (Θ, Ω, Σ, Γ, τ, D_t / D_v, the coverage rule): "
+                                               "docs/METHOD.md in the repository.")
     parser.add_argument("--version", action="version", version=f"klas {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser = functools.partial(sub.add_parser, formatter_class=_HelpWithDefaults)

@@ -2,7 +2,7 @@
 
 For each anchor: its blocks (layout, width, spatial grid, FLOPs) and stages (runs of one grid). For
 each pair, cheaper to costlier: the grids they share, how many configurations (i, j) are grid-valid
-and how many of those lie inside the pair's FLOPs range (the candidates of KLAS.md §5.2), and whether
+and how many of those lie inside the pair's FLOPs range (the candidates of METHOD.md §5.2), and whether
 SN-Net's stage-to-stage rules apply (the same number of stages) with how many configurations they give.
 """
 from __future__ import annotations

@@ -299,7 +299,7 @@ def _selection(cfg: RunConfig, method: str, cache: Path):
 
 
 def _build_supernet(anchors, selection: Selection, which: str = "chain"):
-    """The supernet of a selection: its stitches, and the anchors on its chain (KLAS.md §5.5: anchors
+    """The supernet of a selection: its stitches, and the anchors on its chain (METHOD.md §5.5: anchors
     the chain skips are not routes), or every anchor of the run (`which="all"`)."""
     from klas.stitching.stitch import StitchedSupernet
 

@@ -1,4 +1,4 @@
-"""Scoring: probes on every block, Θ between every pair of probes, Γ = Ω / Σ (KLAS.md §3–§4)."""
+"""Scoring: probes on every block, Θ between every pair of probes, Γ = Ω / Σ (METHOD.md §3–§4)."""
 from klas._exports import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {

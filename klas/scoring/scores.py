@@ -304,7 +304,7 @@ def _sigma_last_block(raw, anchors, bad) -> dict:
 def last_block_sigmas(readers: dict, *, temperature: float, backend: str, device, chunk_size: int | None = None) -> dict:
     """For every anchor (name -> (CacheReader, ProbeSet)), Σ at its last block two ways: Θ(P_{m-1} ‖ head),
     which Γ uses, and Θ(P_{m-1} ‖ P_m) with the last block's own probe, and Θ(P_m ‖ head) between the
-    two (KLAS.md §4: the head's divergence from the last probe sets the denominator there)."""
+    two (METHOD.md §4: the head's divergence from the last probe sets the denominator there)."""
     ctx, out = dist.context(), {}
     for name, (reader, ps) in readers.items():
         depth = len(reader.manifest.block_entries)

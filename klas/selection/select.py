@@ -1,6 +1,6 @@
 """Selection: the anchor chain, the stitch configurations, FLOPs buckets, τ, coverage, the set S.
 
-KLAS.md §3 and §5, from the scores of `klas score`:
+METHOD.md §3 and §5, from the scores of `klas score`:
 
 1. anchor chain: anchors sorted by FLOPs; among the chains from the cheapest to the costliest
    (each hop to a costlier anchor) take the one whose largest hop Θ (between the anchors' heads)
@@ -352,7 +352,7 @@ def select_pair(scores: Scores, source: str, target: str, *, tau: float = 0.05, 
                 capacity: bool = True) -> PairSelection:
     """KLAS's candidate configurations for one anchor pair.
 
-    flops_range: "exclude" (KLAS.md §5.2: a configuration cheaper than the source anchor or costlier
+    flops_range: "exclude" (METHOD.md §5.2: a configuration cheaper than the source anchor or costlier
     than the target is not a candidate) or "end-buckets" (such configurations join the first or
     last bucket). capacity: see `configurations`.
     """
@@ -424,7 +424,7 @@ def size_matched(selection: Selection, size: int, method: str | None = None) -> 
     """`selection` with `size` stitches in all: each bucket's configurations ranked by score (Γ,
     lowest first), and taken rank by rank over every bucket of every pair (cheapest bucket first)
     until `size` are kept; every bucket gets its best before any gets a second. The control for
-    set size (KLAS.md §5: with one total budget, a larger set gives each stitch fewer steps)."""
+    set size (METHOD.md §5: with one total budget, a larger set gives each stitch fewer steps)."""
     if size < 1:
         raise UsageError(f"a size-matched selection needs at least one stitch, got {size}")
     queues = []  # (pair index, bucket) -> configurations by score
@@ -479,7 +479,7 @@ def _nearest_pairs(d_f: int, d_g: int, *, hierarchical: bool) -> list[tuple[int,
 
 
 def snnet_stitched_stages(count: int) -> list[int]:
-    """The stages (0-indexed) SN-Net's code stitches in a model of `count` stages (KLAS.md §7): a
+    """The stages (0-indexed) SN-Net's code stitches in a model of `count` stages (METHOD.md §7): a
     4-stage model its middle two (ResNet; Swin's code also skips its last), a 3-stage model all but
     its last (LeViT, the CIFAR ResNets), a plain model (one grid) every block. By the same rules a
     2-stage model stitches its first stage and a model of 5 or more stages all but its first and last."""

@@ -2,7 +2,7 @@
 
 Anchors trained on other data than the run's (the shared CIFAR ResNets, trained on PNG CIFAR-10,
 run here on its JPEG copy) would otherwise adapt during the supernet's finetuning, and the
-comparison of selections would mostly measure that adaptation (KLAS.md §6). Every method then
+comparison of selections would mostly measure that adaptation (METHOD.md §6). Every method then
 starts from the same adapted anchors.
 
 `adapt_anchor` trains one anchor (all its parameters, BatchNorm statistics frozen as in

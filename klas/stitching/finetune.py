@@ -1,4 +1,4 @@
-"""Finetuning the stitched supernet (SN-Net's recipe, KLAS.md §6), resumable.
+"""Finetuning the stitched supernet (SN-Net's recipe, METHOD.md §6), resumable.
 
 Each step trains one route drawn uniformly from a seeded `torch.Generator` (the whole schedule is
 drawn up front, so a resumed run draws the same routes); the batch order is a seeded permutation per

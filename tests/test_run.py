@@ -273,7 +273,8 @@ def test_the_seed_summary_says_when_the_anchors_differ_between_the_supernets(tmp
         reports[seed] = root
     doc = summarise_seeds(reports, ["snnet"], tmp_path / "summary")
     diff = doc["protocols"]["snnet"]["comparisons"][0]["anchor_top1_difference"]
-    assert diff["r20"]["mean"] == pytest.approx(1.0) and diff["r20"]["low"] == pytest.approx(1.0 - 4.303 * 0.5 / 3 ** 0.5)
+    # t(2) quantile 4.3027 (scipy.stats)
+    assert diff["r20"]["mean"] == pytest.approx(1.0) and diff["r20"]["low"] == pytest.approx(1.0 - 4.303 * 0.5 / 3 ** 0.5, abs=2e-4)
     assert diff["r56"]["mean"] == 0.0
     shared = doc["protocols"]["snnet"]["comparisons"][0]["shared_stitches"]
     assert shared["count"]["mean"] == 3 and shared["mean_difference"]["mean"] == pytest.approx(-0.6)

@@ -424,7 +424,8 @@ def score(
         cache_dir = cache_root / name / split
         reader = CacheReader(cache_dir)
         ps = load_probes(probes_dir, name)
-        _check_probe_shapes(ps, reader, probes_dir / f"{name}.safetensors")
+        if ps.anchor == reader.manifest.anchor:  # probes of another anchor: refused by score_sets, saying so
+            _check_probe_shapes(ps, reader, probes_dir / f"{name}.safetensors")
         readers[name] = (reader, ps)
     result = score_sets(readers, split=split, temperature=temperature, floor=floor, backend=backend, device=device,
                         chunk_size=chunk_size, probes_where=str(probes_dir))

@@ -265,3 +265,21 @@ def test_a_selection_of_another_runs_anchors_is_refused(finished, capsys):
     _fails_cleanly(["run", str(cfg), "--quiet"], capsys, "selects among other anchors than this run's",
                    "seed=9", "to select again")
     _unchanged_but(out, before, {".klas-run.lock"})
+
+
+def test_a_run_records_and_prints_the_seconds_of_every_stage(protocol_run):
+    """timings.json: every stage that ran, from its marker, in pipeline order (the table RESULTS'
+    wall times come from)."""
+    import json
+
+    from klas.pipeline.run import stage_times, timing_table
+
+    doc = json.loads((protocol_run / "out" / "timings.json").read_text())
+    stages = [r["stage"] for r in doc["stages"]]
+    assert stages == ["extract", "probes", "score", "select", "finetune", "finetune", "evaluate", "evaluate"]
+    assert {r["folder"] for r in doc["stages"] if r["stage"] == "finetune"} == {
+        "methods/klas/snnet/supernet", "methods/klas/stitches-only/supernet"}
+    assert all(r["seconds"] > 0 for r in doc["stages"])
+    assert doc["total_seconds"] == pytest.approx(sum(r["seconds"] for r in doc["stages"]))
+    assert doc["stages"] == stage_times(protocol_run / "out")
+    assert "methods/klas/snnet/supernet" in timing_table(doc["stages"])

@@ -43,7 +43,8 @@ from klas.reading import read_json
 from klas.selection.select import Selection, read_selection
 from klas.training_log import TRAINING_CSV
 
-__all__ = ["run", "run_methods", "run_recovery", "prepare", "stage_done", "recovery_table", "MARKER", "RUN_LOCK"]
+__all__ = ["run", "run_methods", "run_recovery", "prepare", "stage_done", "recovery_table", "stage_times",
+           "timing_table", "MARKER", "RUN_LOCK"]
 
 MARKER = ".klas-stage.json"
 
@@ -83,6 +84,47 @@ def _stage(directory: Path, stage: str, fingerprint: str, work: Callable[[], Non
                                    "seconds": time.perf_counter() - began, "ranks": dist.context().world_size})
     dist.barrier()
     return True
+
+
+def stage_times(out: Path) -> list[dict]:
+    """Seconds of every finished stage under `out` (seeds included), from the stage markers, which
+    record the seconds of the call that ran the stage: [{"stage", "folder", "seconds"}] in pipeline
+    order. Markers that do not read as klas wrote them are left out (a table, not a check)."""
+    import math
+
+    from klas.pipeline.config import STAGES
+
+    rows = []
+    for marker in sorted(Path(out).rglob(MARKER)):
+        try:
+            doc = read_json(marker, what="stage marker", error=ConfigError, inside=marker.parent, fix="")
+        except ConfigError:
+            continue
+        seconds = doc.get("seconds")
+        if (doc.get("stage") in STAGES and isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+                and math.isfinite(seconds) and seconds >= 0):
+            rows.append({"stage": doc["stage"], "folder": str(marker.parent.relative_to(out)), "seconds": float(seconds)})
+    rows.sort(key=lambda r: (STAGES.index(r["stage"]), r["folder"]))
+    return rows
+
+
+def timing_table(rows: list[dict]) -> str:
+    """`stage_times` as a plain-text table with the total."""
+    width = max([len(r["folder"]) for r in rows] + [6])
+    lines = ["seconds per stage (as each stage last ran):", f"  {'stage':<9} {'folder':<{width}} {'seconds':>9}"]
+    lines += [f"  {r['stage']:<9} {r['folder']:<{width}} {r['seconds']:>9.1f}" for r in rows]
+    lines.append(f"  {'total':<9} {'':<{width}} {sum(r['seconds'] for r in rows):>9.1f}")
+    return "\n".join(lines)
+
+
+def _record_times(out: Path, log) -> None:
+    """Writes `out`/timings.json and prints the table (rank 0)."""
+    if not dist.is_main():
+        return
+    rows = stage_times(out)
+    write_json_atomic(out / "timings.json", {"format": "klas-timings", "version": 1, "stages": rows,
+                                             "total_seconds": sum(r["seconds"] for r in rows)})
+    log(timing_table(rows))
 
 
 def run_methods(cfg: RunConfig, methods_override: list[str] | None = None) -> list[str]:
@@ -189,7 +231,9 @@ def run(cfg: RunConfig, *, methods: list[str] | None = None, progress: bool = Tr
     if not dist.is_main():
         log = _silent
     with _one_writer(cfg):
-        return _run_seeds(cfg, methods, progress=progress, log=log)
+        report = _run_seeds(cfg, methods, progress=progress, log=log)
+        _record_times(Path(cfg.out), log)
+        return report
 
 
 RUN_LOCK = ".klas-run.lock"
@@ -441,7 +485,9 @@ def run_recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool = True, 
     if not dist.is_main():
         log = _silent
     with _one_writer(cfg):
-        return _recovery(cfg, pair, progress=progress, log=log)
+        folder = _recovery(cfg, pair, progress=progress, log=log)
+        _record_times(Path(cfg.out), log)
+        return folder
 
 
 def _recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool, log) -> Path:

@@ -227,16 +227,23 @@ def run(cfg: RunConfig, *, methods: list[str] | None = None, progress: bool = Tr
     Joins torchrun's process group when launched by torchrun (klas.distributed); the caller may
     leave it with `klas.distributed.shutdown()`.
     """
+    return _in_run_folder(cfg, log, lambda log: _run_seeds(cfg, methods, progress=progress, log=log))
+
+
+RUN_LOCK = ".klas-run.lock"
+
+
+def _in_run_folder(cfg: RunConfig, log, work: Callable):
+    """The one way into a run folder (`run`, `run_recovery`): joins torchrun's group, quiets the log
+    of ranks other than 0, holds the folder's lock for the whole `work(log)`, then records the
+    seconds of every stage; returns what `work` returns."""
     dist.init_from_env(cfg.device, timeout_s=cfg.distributed.timeout_s)
     if not dist.is_main():
         log = _silent
     with _one_writer(cfg):
-        report = _run_seeds(cfg, methods, progress=progress, log=log)
+        result = work(log)
         _record_times(Path(cfg.out), log)
-        return report
-
-
-RUN_LOCK = ".klas-run.lock"
+        return result
 
 
 def _one_writer(cfg: RunConfig):
@@ -481,13 +488,7 @@ def _resolve_pair(cfg: RunConfig, anchors, pair: Sequence[str]):
 def run_recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool = True, log=print) -> Path:
     """The recovery test on one anchor pair of `cfg` (klas.evaluation.recovery); returns its folder under
     `out`/recovery holding recovery.json, recovery.csv and recovery.png."""
-    dist.init_from_env(cfg.device, timeout_s=cfg.distributed.timeout_s)
-    if not dist.is_main():
-        log = _silent
-    with _one_writer(cfg):
-        folder = _recovery(cfg, pair, progress=progress, log=log)
-        _record_times(Path(cfg.out), log)
-        return folder
+    return _in_run_folder(cfg, log, lambda log: _recovery(cfg, pair, progress=progress, log=log))
 
 
 def _recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool, log) -> Path:

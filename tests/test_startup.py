@@ -53,3 +53,24 @@ def test_a_public_name_that_is_also_a_submodule_is_the_function():
             "assert isinstance(sys.modules['klas.selection.select'], types.ModuleType)\nprint('checked')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip().endswith("checked"), done.stderr
+
+
+def test_print_config_shows_the_effective_config_and_runs_nothing(tmp_path, capsys):
+    """`klas run CONFIG --print-config`: defaults filled in, --set applied, and the printed YAML is a
+    config that validates to the same settings; nothing is written."""
+    import yaml
+
+    from klas.pipeline.cli import main
+    from klas.pipeline.config import load_config
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"out": str(tmp_path / "out"), "anchors": ["cifar-resnet:8", "cifar-resnet:14"],
+                                   "data": {"root": str(tmp_path)}}))
+    capsys.readouterr()
+    assert main(["run", str(cfg), "--set", "finetune.steps=7", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["finetune"]["steps"] == 7 and printed["probes"]["epochs"] == 4  # set, and a default
+    again = tmp_path / "again.yaml"
+    again.write_text(yaml.safe_dump(printed))
+    assert load_config(again).to_json() == printed
+    assert not (tmp_path / "out").exists()

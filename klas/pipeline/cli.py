@@ -396,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", help="comma-separated methods run with equal budgets into one report, "
                                      "e.g. klas,snnet-nearest")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. finetune.steps=200")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective config (defaults filled in, --set applied, validated) as YAML and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_cmd_run)
 
@@ -457,6 +459,11 @@ def _cmd_run(args) -> int:
     if args.compare:
         overrides["select.compare"] = args.compare
     cfg = load_config(args.config, overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_json(), sort_keys=False, allow_unicode=True), end="")
+        return 0
     methods = [args.method] if args.method and not args.compare else None
     run(cfg, methods=methods, progress=not args.quiet)
     return 0

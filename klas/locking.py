@@ -24,7 +24,7 @@ from typing import Iterator
 
 from klas.errors import KlasError
 
-__all__ = ["hold_lock", "acquire", "release", "LockBusy", "locks_disabled", "lock_unsupported", "UNSUPPORTED",
+__all__ = ["hold_lock", "acquire", "release", "flock_or_busy", "LockBusy", "locks_disabled", "lock_unsupported", "UNSUPPORTED",
            "NO_LOCKS_ENV"]
 
 NO_LOCKS_ENV = "KLAS_NO_LOCKS"
@@ -61,13 +61,31 @@ def lock_unsupported(path: str | os.PathLike, e: OSError) -> KlasError:
                      f"or set {NO_LOCKS_ENV}=1 if you make sure that only one klas process writes this folder")
 
 
+def flock_or_busy(fd: int, path: str | os.PathLike) -> bool:
+    """An exclusive `flock` on the open descriptor `fd` (of `path`), without waiting: True when taken,
+    False when another process holds it, `lock_unsupported`'s one line where the file system has no
+    locks. `fd` is closed unless the lock was taken. The one locking step of `acquire` and of the
+    cache writer's folder lock."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    except OSError as e:
+        os.close(fd)
+        if e.errno in UNSUPPORTED:
+            raise lock_unsupported(path, e) from None
+        raise
+
+
 def acquire(path: str | os.PathLike, *, what: str, fix: str) -> str | None:
     """Takes the lock at `path` (created if needed); LockBusy naming the holder when another process
     has it. Returns the key to `release` (None when locking is switched off)."""
     if locks_disabled():
         return None
-    import fcntl
-
     from klas.reading import resolved
 
     path = Path(path)
@@ -77,16 +95,8 @@ def acquire(path: str | os.PathLike, *, what: str, fix: str) -> str | None:
         return key
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise LockBusy(f"{what} is in use by another klas process{_holder(path)}; {fix}") from None
-    except OSError as e:
-        os.close(fd)
-        if e.errno in UNSUPPORTED:
-            raise lock_unsupported(path, e) from None
-        raise
+    if not flock_or_busy(fd, path):
+        raise LockBusy(f"{what} is in use by another klas process{_holder(path)}; {fix}")
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode())
     _held[key] = [fd, 1]

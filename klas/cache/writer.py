@@ -133,24 +133,14 @@ class CacheWriter:
     def _take_lock(self) -> int | None:
         """An exclusive lock on the cache folder (rank 0), held until `finish` or the process ends:
         a second extraction into the same folder is refused instead of racing on its files."""
-        import fcntl
-
-        from klas.locking import UNSUPPORTED, lock_unsupported, locks_disabled
+        from klas.locking import flock_or_busy, locks_disabled
 
         if self.rank != 0 or locks_disabled():
             return None  # ranks of one job share the folder; rank 0's lock keeps other jobs out
         fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        if not flock_or_busy(fd, self.dir):
             raise CacheError(f"{self.dir} is being written by another extraction (it holds the folder's lock); wait "
-                             "for it to finish, or choose another --out") from None
-        except OSError as e:
-            os.close(fd)
-            if e.errno in UNSUPPORTED:
-                raise lock_unsupported(self.dir, e) from None
-            raise
+                             "for it to finish, or choose another --out")
         return fd
 
     def release(self) -> None:

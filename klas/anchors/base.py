@@ -15,9 +15,9 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from klas.errors import UsageError
+from klas.errors import AnchorError, UsageError
 
-__all__ = ["Anchor", "BlockInfo", "token_grid", "width_and_grid", "PartCounts", "AnchorFlops", "AnchorParams", "LAYOUTS",
+__all__ = ["Anchor", "load_state_checked", "BlockInfo", "token_grid", "width_and_grid", "PartCounts", "AnchorFlops", "AnchorParams", "LAYOUTS",
            "MAX_PREFIX_TOKENS"]
 
 # How a block's output tensor is laid out, and so how it is pooled and what its grid is.
@@ -348,3 +348,37 @@ class Anchor(nn.Module):
 
     def extra_repr(self) -> str:
         return f"spec={self.spec!r}, depth={self.depth}, input_size={self.input_size}"
+
+
+def load_state_checked(model: nn.Module, state: dict, path, *, hint: str) -> None:
+    """`model.load_state_dict(state)` after checking that `state` (read from `path`) maps names to
+    tensors of the model's own keys and shapes; one AnchorError line naming what differs and `hint`
+    otherwise (never the raw size-mismatch report of `load_state_dict`)."""
+    bad = [repr(k)[:40] for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise AnchorError(f"checkpoint {path} is not a state dict of tensors (entries {_short(bad)} are not a name "
+                          f"and a tensor); {hint}")
+    expected = model.state_dict()
+    # BatchNorm's step counter postdates older checkpoints and does not affect evaluation.
+    missing = sorted(k for k in set(expected) - set(state) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_short(unexpected)}")
+        if wrong_shape:
+            parts.append(f"keys with other shapes {_short(wrong_shape)}")
+        raise AnchorError(f"checkpoint {path} does not fit {type(model).__name__}: " + "; ".join(parts) + f". {hint}")
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # e.g. a dtype that cannot be copied into the parameter
+        raise AnchorError(f"checkpoint {path} does not fit {type(model).__name__} "
+                          f"({str(e).strip().splitlines()[-1][:160]}). {hint}") from None
+
+
+def _short(keys: list[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"[{shown}{f', … ({len(keys)} in all)' if len(keys) > limit else ''}]"

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from klas.anchors.base import Anchor
+from klas.anchors.base import Anchor, load_state_checked
 from klas.anchors.registry import anchor_kind
 from klas.errors import AnchorError
 
@@ -112,42 +112,6 @@ def load_checkpoint_into(model: nn.Module, path: Path) -> None:
         raise AnchorError(f"checkpoint {path} holds no state dict")
     state = {k.removeprefix("module.") if isinstance(k, str) else k: v for k, v in state.items()}
     load_state_checked(model, state, path, hint="Check that the spec names the right architecture (e.g. the depth).")
-
-
-def load_state_checked(model: nn.Module, state: dict, path: Path, *, hint: str) -> None:
-    """`model.load_state_dict(state)` after checking that `state` (read from `path`) maps names to
-    tensors of the model's own keys and shapes; one AnchorError line naming what differs and `hint`
-    otherwise (never the raw size-mismatch report of `load_state_dict`)."""
-    import torch
-
-    bad = [repr(k)[:40] for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise AnchorError(f"checkpoint {path} is not a state dict of tensors (entries {_short(bad)} are not a name "
-                          f"and a tensor); {hint}")
-    expected = model.state_dict()
-    # BatchNorm's step counter postdates older checkpoints and does not affect evaluation.
-    missing = sorted(k for k in set(expected) - set(state) if not k.endswith("num_batches_tracked"))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or wrong_shape:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_short(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_short(unexpected)}")
-        if wrong_shape:
-            parts.append(f"keys with other shapes {_short(wrong_shape)}")
-        raise AnchorError(f"checkpoint {path} does not fit {type(model).__name__}: " + "; ".join(parts) + f". {hint}")
-    try:
-        model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # e.g. a dtype that cannot be copied into the parameter
-        raise AnchorError(f"checkpoint {path} does not fit {type(model).__name__} "
-                          f"({str(e).strip().splitlines()[-1][:160]}). {hint}") from None
-
-
-def _short(keys: list[str], limit: int = 6) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"[{shown}{f', … ({len(keys)} in all)' if len(keys) > limit else ''}]"
 
 
 @anchor_kind("cifar-resnet", options={"pretrained": bool, "num_classes": int},

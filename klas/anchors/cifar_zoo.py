@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from klas.anchors.base import Anchor
+from klas.anchors.base import Anchor, load_state_checked
 from klas.anchors.registry import anchor_kind
 from klas.errors import AnchorError
 
@@ -358,8 +358,6 @@ def _load_weights(model: nn.Module, path: Path, layout: str) -> None:
     from klas.reading import load_checkpoint
 
     data = load_checkpoint(path, what="checkpoint", error=AnchorError, fix="give the zoo's checkpoint file")
-    from klas.anchors.cifar_resnet import load_state_checked
-
     if layout == "lightning":
         state = data.get("state_dict") if isinstance(data, dict) else None
         if not isinstance(state, dict):

@@ -247,13 +247,15 @@ class Manifest:
                                   or not all(isinstance(n, str) for n in names)):
             problems.append(f"source.classes is not a list of {self.num_classes} class names")
         flops = self.anchor_info.get("flops")
-        if flops is not None and _flops_problem(flops, len(self.block_entries)):
-            problems.append(_flops_problem(flops, len(self.block_entries)))
+        problem = None if flops is None else _flops_problem(flops, len(self.block_entries))
+        if problem:
+            problems.append(problem)
         return problems
 
 
-# what an AnchorFacts holds beyond the FLOPs, only where an anchor has it (older caches stay valid)
-_OPTIONAL_FACTS = {"prefix_tokens": (0, "a count"), "stem_width": (None, "a width")}
+# what an AnchorFacts holds beyond the FLOPs, only where an anchor has it (older caches stay valid):
+# key -> (value when absent, lowest, highest + 1, what it is)
+_OPTIONAL_FACTS = {"prefix_tokens": (0, 0, MAX_PREFIX_TOKENS, "a count"), "stem_width": (None, 1, 2**31, "a width")}
 
 
 @dataclass(frozen=True)
@@ -299,9 +301,8 @@ class AnchorFacts:
         if problem:
             raise CacheError(f"{where}: {problem}; {fix}")
         values = {}
-        for key, (absent, what) in _OPTIONAL_FACTS.items():
+        for key, (absent, low, high, what) in _OPTIONAL_FACTS.items():
             n = info.get(key, absent)
-            low, high = (0, MAX_PREFIX_TOKENS) if key == "prefix_tokens" else (1, 2**31)
             if key in info and (isinstance(n, bool) or not isinstance(n, int) or not low <= n < high):
                 raise CacheError(f"{where}: anchor_info.{key} is {n!r}, not {what}; {fix}")
             values[key] = n

@@ -446,7 +446,7 @@ def _run_method(cfg: RunConfig, method: str, protocol: str, anchors, out: Path, 
                                                              "fingerprint": eval_fingerprint,
                                                              "routes": [r.to_json() for r in results]})
 
-    _stage(eval_dir, "evaluate", stage_fingerprint(cfg, "evaluate", variant), do_evaluate, log)
+    _stage(eval_dir, "evaluate", eval_fingerprint, do_evaluate, log)
     path = eval_dir / "evaluation.json"
     fix = f"delete {path.parent} to evaluate again"
     doc = read_json(path, what="evaluation file", error=CacheError, inside=path.parent, fix=fix)

@@ -69,4 +69,4 @@ def scores_from_tensors(anchors: Sequence[AnchorFeatures], train_labels, val_lab
                         progress=progress, standardise=probes.standardise)
     readers = {a.name: (v, ps) for a, v, ps in zip(anchors, val, sets)}
     return score_sets(readers, split="val", temperature=score.temperature, floor=score.floor, backend=score.backend,
-                      device=device, probes_where="the probes trained from tensors")
+                      device=device, probes_where="<memory>")

@@ -34,7 +34,8 @@ from klas.scoring.probes import load_probes
 from klas.limits import MAX_TEMPERATURE, MIN_TEMPERATURE
 from klas.reading import finite_number, plain_text, read_tensor_file_pair
 
-__all__ = ["stitch_scores", "floored_blocks", "AnchorEntry", "Scores", "score", "load_scores", "DEFAULT_FLOOR"]
+__all__ = ["stitch_scores", "floored_blocks", "AnchorEntry", "Scores", "score", "score_sets", "load_scores",
+           "DEFAULT_FLOOR"]
 
 DEFAULT_FLOOR = 1e-6
 
@@ -320,7 +321,7 @@ def last_block_sigmas(readers: dict, *, temperature: float, backend: str, device
     return out
 
 
-def _check_probe_shapes(ps, reader: CacheReader, path: Path) -> None:
+def _check_probe_shapes(ps, reader: CacheReader, path: str | Path) -> None:
     """CacheError unless the probes fit the cache: one per block, [num_classes, width] each."""
     m = reader.manifest
     widths = [b.width for b in m.block_entries]
@@ -349,6 +350,7 @@ def score_sets(readers: dict, *, split: str = "val", temperature: float = 1.0, f
             raise CacheError(f"probes {name!r} were trained for {ps.anchor!r} but {reader.dir} caches "
                              f"{reader.manifest.anchor!r}; re-run `klas probes`")
         check_same_weights(reader, ps.weights_digest, f"the probes {probes_where}/{name}")
+        _check_probe_shapes(ps, reader, f"{probes_where}/{name}.safetensors")
     counts = {r.num_samples for r, _ in readers.values()}
     if len(counts) != 1:
         raise CacheError(f"the {split} caches hold different sample counts {sorted(counts)}")
@@ -423,10 +425,7 @@ def score(
     for name in anchors:
         cache_dir = cache_root / name / split
         reader = CacheReader(cache_dir)
-        ps = load_probes(probes_dir, name)
-        if ps.anchor == reader.manifest.anchor:  # probes of another anchor: refused by score_sets, saying so
-            _check_probe_shapes(ps, reader, probes_dir / f"{name}.safetensors")
-        readers[name] = (reader, ps)
+        readers[name] = (reader, load_probes(probes_dir, name))
     result = score_sets(readers, split=split, temperature=temperature, floor=floor, backend=backend, device=device,
                         chunk_size=chunk_size, probes_where=str(probes_dir))
     if out is not None and dist.is_main():

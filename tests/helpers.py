@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from klas.cache import BlockEntry, CacheWriter
 
@@ -77,3 +78,21 @@ def patch_bytes(path, offset: int, data: bytes) -> None:
     with open(path, "r+b") as f:
         f.seek(offset)
         f.write(data)
+
+
+def make_scores(stages_per_anchor, seed: int, widths=(16, 32, 64)):
+    """Anchors of 3 stages (grids 8/4/2) with n blocks per stage, random positive Θ (klas Scores)."""
+    from klas.anchors.base import PartCounts
+    from klas.scoring.scores import AnchorEntry, Scores
+
+    gen = torch.Generator().manual_seed(seed)
+    anchors, offset = [], 0
+    for a, n in enumerate(stages_per_anchor):
+        grids = [[8, 8]] * n + [[4, 4]] * n + [[2, 2]] * n
+        ws = [widths[0]] * n + [widths[1]] * n + [widths[2]] * n
+        blocks = [int(1000 * w * g[0] * g[1] / 64) for w, g in zip(ws, grids)]
+        anchors.append(AnchorEntry(name=f"a{a}", spec=f"test:a{a}", depth=3 * n, flops=PartCounts(500, tuple(blocks), 100), widths=ws, grids=grids, offset=offset))
+        offset += 3 * n
+    theta = torch.rand(offset, offset, generator=gen) * 2 + 0.01
+    theta.fill_diagonal_(0)
+    return Scores(anchors=anchors, theta_all=theta, floor=1e-6, temperature=1.0, split="val", caches={})

@@ -60,7 +60,8 @@ def recovered(tmp_path_factory, shapes_dir):
            "data": {"root": str(shapes_dir), "test_limit": 40},
            "extract": {"batch_size": 32, "shard_rows": 64}, "probes": {"epochs": 2},
            "recovery": {"steps": 6, "batch_size": 8, "calibration_images": 16, "random_seeds": 4,
-                        "methods": ["klas", "snnet-nearest", "cka", "random"]}}
+                        "methods": ["klas", "snnet-nearest", "cka", "random", "klas-budget"]},
+           "finetune": {"steps": 500}, "select": {"budget_min_route_steps": 100, "predict_images": 30}}
     path = root / "rec.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["recovery", str(path), "--pair", "cifar-resnet26,cifar-resnet14", "--quiet"]) == 0
@@ -79,7 +80,7 @@ def test_recovery_evaluates_every_configuration_in_range_and_scores_every_method
     got = {(c["i"], c["j"]) for c in report["configurations"]}
     assert got == want and len(got) >= 10
     assert all(lo <= c["flops"] <= hi and c["total"] == 40 for c in report["configurations"])
-    assert set(report["methods"]) == {"klas", "snnet-nearest", "cka", "random"}
+    assert set(report["methods"]) == {"klas", "snnet-nearest", "cka", "random", "klas-budget"}
     assert report["wall_seconds"]["training_and_evaluation"] > 0
     # the summary agrees with the CSV it wrote
     rows = list(csv.DictReader(open(out / "recovery.csv")))
@@ -91,6 +92,25 @@ def test_recovery_evaluates_every_configuration_in_range_and_scores_every_method
         assert s["picks"] == len(picked) and s["good_found"] == len(picked & good)
         assert s["recall"] == pytest.approx(len(picked & good) / len(good))
     assert (out / "recovery.png").stat().st_size > 5000
+
+
+def test_klas_budget_picks_from_its_predictions_within_its_budget(recovered):
+    from klas.predictions import read_predictions
+
+    cfg_path, out = recovered
+    report = json.loads((out / "recovery.json").read_text())
+    evaluated = [(c["i"], c["j"]) for c in report["configurations"]]
+    pred = read_predictions(cfg_path.parent / "out/predictions/cifar-resnet14__cifar-resnet26.json", evaluated,
+                            pair=("cifar-resnet14", "cifar-resnet26"))
+    assert all(0 <= v <= 100 for v in pred["configurations"].values())
+    picks = {tuple(c) for c in report["methods"]["klas-budget"]["picked"]}
+    room = 500 // 100 - 2  # finetune.steps // budget_min_route_steps - the two anchors' routes
+    pays = pred["anchors"]["cifar-resnet26"] > pred["anchors"]["cifar-resnet14"]
+    assert len(picks) == (min(room, len(picks)) if pays else 0) <= room
+    table = pred["configurations"]
+    flops = {(c["i"], c["j"]): c["flops"] for c in report["configurations"]}
+    for c in picks:  # each pick on the predicted frontier: nothing cheaper predicted as accurate
+        assert all(table[d] < table[c] for d in evaluated if flops[d] < flops[c])
 
 
 def test_recovery_resumes_per_configuration(recovered, capsys):

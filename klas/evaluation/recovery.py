@@ -132,17 +132,6 @@ def _load_result(path: Path, i: int, j: int, inputs: dict | None) -> tuple[dict 
     return (None, f"{path}: {problem}") if problem else (doc, None)
 
 
-def _accuracy(front_outputs, stitches, back) -> list[tuple[int, int]]:
-    """(correct, total) per stitch over pre-computed batches."""
-    counts = [[0, 0] for _ in stitches]
-    for h, y in front_outputs():
-        for s, stitch in enumerate(stitches):
-            pred = back(s, stitch(h)).argmax(dim=1)
-            counts[s][0] += int((pred == y).sum())
-            counts[s][1] += len(y)
-    return [(c, t) for c, t in counts]
-
-
 def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, settings: RecoverySettings,
                          out: str | Path, *, device: str = "cpu", progress: bool = True, eval_batch: int = 500,
                          log=print, repeat: int = 0) -> dict[tuple[int, int], dict]:
@@ -153,8 +142,7 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
     `out`/configurations; a configuration with a finished result is not trained again. `repeat` k > 0
     keeps its results apart (a repeat of the same test with another `settings.seed`).
     """
-    from klas.stitches import Route
-    from klas.stitching.stitch import StitchedSupernet
+    from klas.evaluation.predict import count_correct, least_squares_stitches
 
     out = Path(out)
     (out / "configurations").mkdir(parents=True, exist_ok=True)
@@ -187,17 +175,11 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
     for i in blocks:
         began = time.perf_counter()
         js = by_source[i]
-        net = StitchedSupernet([f, g], [Route(f.name, g.name, i, j) for j in js]).to(device).eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        net.init_stitches(calib, seed=settings.seed)
+        net, back = least_squares_stitches(f, g, i, js, calib, seed=settings.seed, device=device)
         stitches = list(net.stitches)
         trained = [p for s in stitches for p in s.parameters()]  # the stitching layers alone: anchors frozen
         for p in trained:
             p.requires_grad_(True)
-
-        def back(s: int, h: torch.Tensor) -> torch.Tensor:
-            return g.forward_back(h, js[s])
 
         @torch.no_grad()
         def test_fronts():
@@ -205,7 +187,7 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
                 yield f.forward_front(x.to(device), i), y.to(device)
 
         with torch.no_grad():
-            init = _accuracy(test_fronts, stitches, back)
+            init = count_correct(test_fronts, stitches, back)
         opt = torch.optim.AdamW(trained, lr=settings.lr, weight_decay=settings.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / max(settings.steps, 1), 1.0))))
@@ -228,7 +210,7 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
         bar.close()
         with torch.no_grad():
-            final = _accuracy(test_fronts, stitches, back)
+            final = count_correct(test_fronts, stitches, back)
         seconds = time.perf_counter() - began
         for s, j in enumerate(js):
             k = len(net.anchor_names) + s

@@ -168,6 +168,11 @@ class SelectSection(_Section):
     flops_range: str = setting("exclude", "configurations outside the pair's FLOPs range: not candidates "
                                           "(exclude), or in the end buckets", choices=("exclude", "end-buckets"))
     snnet_stage_skips: bool = setting(True, "SN-Net baseline: skip the stages SN-Net's code skips")
+    # klas-budget's own settings: they enter that method's fingerprints alone (run.method_settings)
+    budget_min_route_steps: int = setting(100, "klas-budget: the fewest finetuning steps a route should get (the "
+                                               "recovery test's per-stitch budget)", low=1, high=10**9, stage=None)
+    predict_images: int = setting(2000, "klas-budget: D_v images each least-squares stitch is counted on (0: all)",
+                                  low=0, high=10**9, stage=None)
 
 
 @dataclass(frozen=True)
@@ -470,8 +475,9 @@ def stage_settings(stage: str) -> list[str]:
     return names
 
 
-def stage_fingerprint(cfg: RunConfig, stage: str, method: str | None = None) -> str:
-    """Hash of the settings a stage's outputs depend on (plus the method, for per-method stages).
+def stage_fingerprint(cfg: RunConfig, stage: str, method: str | None = None, method_settings: dict | None = None) -> str:
+    """Hash of the settings a stage's outputs depend on (plus the method, for per-method stages, and
+    the settings only that method reads, when it has any: other methods' fingerprints stay as they were).
 
     Top-level settings enter by name, sections as one mapping of their result-changing settings
     (by setting where the section says so); a section with adaptation off (0 steps) does not
@@ -493,6 +499,8 @@ def stage_fingerprint(cfg: RunConfig, stage: str, method: str | None = None) -> 
             picked.setdefault(top, {})[key] = getattr(section, key)
     if method is not None:
         picked["method"] = method
+    if method_settings:
+        picked["method_settings"] = method_settings
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -6,6 +6,8 @@ Output layout under ``cfg.out``::
     cache/<anchor>/{train,val}/     activation caches          (stage extract)
     cache/probes/                   probe weights + accuracies, training.csv (stage probes)
     cache/scores/                   Θ, Σ, Γ                    (stage score)
+    predictions/<source>__<target>.json   klas-budget's predicted stitch accuracies (when a method
+                                    reads them; each file records its inputs and is reused for the same)
     methods/<method>/selection/     selection.json + plot      (stage select, per method)
     methods/<method>/<protocol>/supernet/    checkpoint.pt, training.csv (stage finetune, per method
                                              and finetuning protocol)
@@ -40,6 +42,7 @@ from klas.pipeline.config import PROTOCOLS, ConfigError, RunConfig, stage_finger
 from klas.errors import CacheError, KlasError
 from klas.files import write_json_atomic
 from klas.reading import read_json
+from klas.selection.methods import methods_needing_predictions
 from klas.selection.select import Selection, read_selection
 from klas.training_log import TRAINING_CSV
 
@@ -287,6 +290,13 @@ def _run_one(cfg: RunConfig, methods: list[str] | None, *, progress: bool, log) 
     out = Path(cfg.out)
     anchors, device = prepare(cfg, progress=progress, log=log)
     protocols = cfg.finetune.protocols
+    if methods_needing_predictions(methods):
+        from klas.scoring.scores import load_scores
+        from klas.selection.select import anchor_chain
+
+        chain = anchor_chain(load_scores(out / "cache" / "scores"), cfg.select.chain_rule)
+        _predict(cfg, anchors, list(zip(chain, chain[1:])), device, progress=progress, log=log)
+        dist.barrier()
     for method in methods:
         _select_stage(cfg, method, out, log)
     from klas.scoring.scores import load_scores
@@ -341,12 +351,54 @@ def _check_preprocessing(anchors) -> None:
                               "a stitched supernet feeds one image to both")
 
 
+def _select_options(cfg: RunConfig):
+    """The selection methods' options of this run (klas.selection.methods.SelectOptions)."""
+    from klas.predictions import PREDICTIONS
+    from klas.selection.methods import SelectOptions
+
+    out = Path(cfg.out)
+    return SelectOptions.from_config(cfg.select, seed=cfg.seed, cache=out / "cache", predictions=out / PREDICTIONS,
+                                     total_steps=cfg.finetune.steps)
+
+
+def method_settings(cfg: RunConfig, method: str) -> dict:
+    """The settings only `method` reads (klas-budget's prediction and budget); they enter that method's
+    own stage fingerprints. Empty for every other method, whose fingerprints stay as they were."""
+    from klas.selection.methods import get_method
+
+    if not get_method(method).needs_predictions:
+        return {}
+    s, f = cfg.select, cfg.finetune
+    return {"select.budget_min_route_steps": s.budget_min_route_steps, "select.predict_images": s.predict_images,
+            "finetune.steps": f.steps, "finetune.calibration_images": f.calibration_images}
+
+
+def _predict(cfg: RunConfig, anchors, hops: Sequence[tuple[str, str]], device: str, *, progress: bool, log) -> None:
+    """Each hop's predicted stitch accuracies under `out`/predictions (klas.evaluation.predict),
+    reused when their file records the same anchors, samples and settings."""
+    from klas.evaluation.predict import load_or_predict
+    from klas.predictions import PREDICTIONS, prediction_path
+    from klas.scoring.scores import load_scores
+    from klas.selection.budget import _candidates
+
+    if not dist.is_main():
+        return
+    scores = load_scores(Path(cfg.out) / "cache" / "scores")
+    by_name = {a.name: a for a in anchors}
+    train = _images(cfg, "train", anchors[0], cfg.data.train_limit)
+    val = _images(cfg, "val", anchors[0], cfg.select.predict_images or cfg.data.val_limit)
+    for f, g in hops:
+        configs = [(c.i, c.j) for c in _candidates(scores, f, g, cfg.select.flops_range)]
+        load_or_predict(prediction_path(Path(cfg.out) / PREDICTIONS, f, g), by_name[f].to(device),
+                        by_name[g].to(device), configs, train, val, calibration_images=cfg.finetune.calibration_images,
+                        seed=cfg.seed, device=device, eval_batch=cfg.evaluate.batch_size, progress=progress, log=log)
+
+
 def _selection(cfg: RunConfig, method: str, cache: Path):
-    from klas.selection.methods import SelectOptions, run_method
+    from klas.selection.methods import run_method
     from klas.scoring.scores import load_scores
 
-    return run_method(method, load_scores(cache / "scores"), SelectOptions.from_config(cfg.select, seed=cfg.seed,
-                                                                                        cache=cache))
+    return run_method(method, load_scores(cache / "scores"), _select_options(cfg))
 
 
 def _build_supernet(anchors, selection: Selection, which: str = "chain"):
@@ -385,7 +437,8 @@ def _select_stage(cfg: RunConfig, method: str, out: Path, log) -> None:
         selection_scatter(sel, sel_dir / "selection.png")
         log(f"[select] {method}: {len(sel.selected)} stitches over {' -> '.join(sel.chain)}")
 
-    _stage(sel_dir, "select", stage_fingerprint(cfg, "select", method), do_select, log, every_rank=False)
+    _stage(sel_dir, "select", stage_fingerprint(cfg, "select", method, method_settings(cfg, method)), do_select, log,
+           every_rank=False)
 
 
 def _run_method(cfg: RunConfig, method: str, protocol: str, anchors, out: Path, device: str, *, progress: bool,
@@ -419,10 +472,11 @@ def _run_method(cfg: RunConfig, method: str, protocol: str, anchors, out: Path, 
         stats = finetune(net, train, settings, net_dir, progress=progress)
         log(f"[finetune] {variant}: {_training_summary(stats)}")
 
-    _stage(net_dir, "finetune", stage_fingerprint(cfg, "finetune", variant), do_finetune, log)
+    _stage(net_dir, "finetune", stage_fingerprint(cfg, "finetune", variant, method_settings(cfg, method)), do_finetune,
+           log)
     e = cfg.evaluate
 
-    eval_fingerprint = stage_fingerprint(cfg, "evaluate", variant)
+    eval_fingerprint = stage_fingerprint(cfg, "evaluate", variant, method_settings(cfg, method))
 
     def do_evaluate():
         net = fresh_supernet()
@@ -493,7 +547,6 @@ def run_recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool = True, 
 
 def _recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool, log) -> Path:
     """`run_recovery` with the run folder's lock held."""
-    from klas.selection.methods import SelectOptions
     from klas.plots import recovery_plot
     from klas.evaluation.recovery import (RecoverySettings, combine_repeats, method_picks, recovery_report,
                                           train_configurations)
@@ -524,11 +577,12 @@ def _recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool, log) -> Pa
     results, noise = combine_repeats(runs)
     if r.delta_from_noise:
         settings = dataclasses.replace(settings, delta=round(noise["delta_95"], 4))
+    if methods_needing_predictions(r.methods):
+        _predict(cfg, anchors, [(f.name, g.name)], device, progress=progress, log=log)
     if not dist.is_main():
         return out
-    s = cfg.select
     picks = method_picks(scores, f.name, g.name, r.methods, evaluated=[(c.i, c.j) for c in configs],
-                         options=SelectOptions.from_config(s, seed=cfg.seed, cache=cache), random_seeds=r.random_seeds)
+                         options=_select_options(cfg), random_seeds=r.random_seeds)
     report = recovery_report(results, picks, settings, lo, hi, g.depth - 1)
     trained_s = {(rep, res["i"]): res["seconds_for_source_block"] for rep, run in enumerate(runs) for res in run.values()}
     report.update(pair={"source": f.name, "target": g.name, "source_spec": f.spec, "target_spec": g.spec},

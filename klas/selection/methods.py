@@ -15,14 +15,15 @@ from typing import Callable
 from klas.errors import UsageError
 
 __all__ = ["SelectOptions", "Method", "register_method", "register_gamma_method", "method_names", "get_method",
-           "run_method", "recovery_method_names"]
+           "run_method", "recovery_method_names", "methods_needing_predictions"]
 
 
 @dataclass(frozen=True)
 class SelectOptions:
     """Everything a method may use: KLAS's bucketing (tau, tau_mode, buckets, chain_rule,
-    flops_range), SN-Net's stage skips, the random method's seed, and the extraction output and
-    probes the metric methods read."""
+    flops_range), SN-Net's stage skips, the random method's seed, the extraction output and probes
+    the metric methods read, and klas-budget's predictions folder (klas.predictions), finetuning
+    budget (total_steps) and least steps per route."""
     tau: float = 0.05
     tau_mode: str = "relative"
     buckets: int | str = "auto"
@@ -32,13 +33,19 @@ class SelectOptions:
     seed: int = 0
     cache: Path | None = None
     probes: Path | None = None
+    predictions: Path | None = None
+    total_steps: int | None = None
+    min_route_steps: int = 100
 
     @classmethod
-    def from_config(cls, section, *, seed: int, cache: Path | None = None) -> "SelectOptions":
-        """From a run config's `select` section (klas.pipeline.config.SelectSection)."""
+    def from_config(cls, section, *, seed: int, cache: Path | None = None, predictions: Path | None = None,
+                    total_steps: int | None = None) -> "SelectOptions":
+        """From a run config's `select` section (klas.pipeline.config.SelectSection); total_steps is
+        the finetuning budget (the config's finetune.steps)."""
         return cls(tau=section.tau, tau_mode=section.tau_mode, buckets=section.buckets, chain_rule=section.chain_rule,
                    flops_range=section.flops_range, snnet_stage_skips=section.snnet_stage_skips, seed=seed,
-                   cache=cache, probes=None if cache is None else Path(cache) / "probes")
+                   cache=cache, probes=None if cache is None else Path(cache) / "probes", predictions=predictions,
+                   total_steps=total_steps, min_route_steps=section.budget_min_route_steps)
 
     def klas_options(self) -> dict:
         """The keyword arguments of klas.selection.select.select."""
@@ -60,12 +67,15 @@ class Method:
         about the chain and has no one-pair form.
     drawn_in_recovery: the recovery test draws this method's picks itself (random: seeded sets of
         KLAS's size among the configurations it evaluated).
+    needs_predictions: the method reads each hop's predicted stitch accuracies (klas.predictions),
+        which the pipeline computes before it selects.
     """
     name: str
     help: str
     select: Callable = field(repr=False)
     pair: Callable | None = field(default=None, repr=False)
     drawn_in_recovery: bool = False
+    needs_predictions: bool = False
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -89,6 +99,11 @@ def register_method(name: str, help: str, *, pair: Callable | None = None, drawn
 def method_names() -> tuple[str, ...]:
     """Every registered method, in registration order."""
     return tuple(_REGISTRY)
+
+
+def methods_needing_predictions(names) -> list[str]:
+    """Those of `names` that read predicted stitch accuracies."""
+    return [n for n in names if get_method(n).needs_predictions]
 
 
 def recovery_method_names() -> tuple[str, ...]:
@@ -190,3 +205,44 @@ def _random(scores, o: SelectOptions):
     from klas.selection.select import select_random
 
     return select_random(scores, seed=o.seed, **o.klas_options())
+
+
+def _budget_inputs(scores, o: SelectOptions, hops) -> dict:
+    """Each hop's checked predictions from the options' folder (klas.predictions)."""
+    from klas.predictions import prediction_path, read_predictions
+    from klas.selection.budget import METHOD, _candidates
+
+    if o.predictions is None or o.total_steps is None:
+        raise UsageError(f"method {METHOD} needs predicted stitch accuracies and the finetuning budget: run it through "
+                         "`klas run` or `klas recovery` (they predict first), or give --predictions and --steps")
+    out = {}
+    for f, g in hops:
+        configs = [(c.i, c.j) for c in _candidates(scores, f, g, o.flops_range)]
+        out[(f, g)] = read_predictions(prediction_path(o.predictions, f, g), configs, pair=(f, g))
+    return out
+
+
+def _budget_pair(scores, source: str, target: str, o: SelectOptions) -> dict:
+    from klas.selection.budget import budget_pair, route_budget
+
+    pred = _budget_inputs(scores, o, [(source, target)])[(source, target)]
+    pair, _ = budget_pair(scores, source, target, pred, route_budget(o.total_steps, o.min_route_steps, 2),
+                          flops_range=o.flops_range)
+    return {"picks": [(c.i, c.j) for c in pair.selected],
+            "scores": {c: -v for c, v in pred["configurations"].items()}}  # lower is better, as Γ
+
+
+def _budget(scores, o: SelectOptions):
+    from klas.selection.budget import select_budget
+    from klas.selection.select import anchor_chain
+
+    chain = anchor_chain(scores, o.chain_rule)
+    preds = _budget_inputs(scores, o, list(zip(chain, chain[1:])))
+    return select_budget(scores, preds, total_steps=o.total_steps, min_route_steps=o.min_route_steps,
+                         chain_rule=o.chain_rule, flops_range=o.flops_range,
+                         prediction_seconds=sum(p["seconds"] for p in preds.values()))
+
+
+_add(Method("klas-budget", "beyond the paper: on KLAS's chain, the stitches predicted (least-squares top-1 on D_v) to "
+                           "reach the accuracy-FLOPs frontier, as many as the finetuning budget trains well",
+            _budget, _budget_pair, needs_predictions=True))

@@ -87,6 +87,7 @@ class Selection:
     pairs: list[PairSelection]
     anchors: list[AnchorEntry] | list[SelectedAnchor]
     last_block: dict  # {"order": [...], "theta": [[...]]}
+    notes: dict = field(default_factory=dict)  # a method's record of its decisions (plain JSON values)
 
     @property
     def selected(self) -> list[Config]:
@@ -103,10 +104,10 @@ class Selection:
         anchors = [SelectedAnchor(a["name"], a["spec"], a["depth"], a["flops"]) for a in doc["anchors"]]
         return cls(method=doc["method"], chain=list(doc["chain"]), chain_rule=doc.get("chain_rule", ""),
                    tau=nan(doc.get("tau")), tau_mode=doc.get("tau_mode", ""), pairs=pairs, anchors=anchors,
-                   last_block=doc.get("last_block", {}))
+                   last_block=doc.get("last_block", {}), notes=dict(doc.get("notes") or {}))
 
     def to_json(self) -> dict:
-        return {
+        doc = {
             "format": "klas-selection", "version": 1, "method": self.method, "chain": self.chain,
             "chain_rule": self.chain_rule, "tau": _number(self.tau), "tau_mode": self.tau_mode,
             "anchors": [{"name": a.name, "spec": a.spec, "depth": a.depth, "flops": a.total_flops} for a in self.anchors],
@@ -119,6 +120,9 @@ class Selection:
                 "configurations": [_config_json(c) for c in p.configs],
             } for p in self.pairs],
         }
+        if self.notes:
+            doc["notes"] = self.notes
+        return doc
 
 
 def _number(x: float) -> float | None:
@@ -162,6 +166,8 @@ def _selection_problem(doc: dict) -> str | None:
         return "not a klas selection (format klas-selection, version 1)"
     if not isinstance(doc.get("method"), str) or not isinstance(doc.get("chain"), list):
         return "method or chain has the wrong type"
+    if not isinstance(doc.get("notes", {}), dict):
+        return "notes is not a mapping"
     anchors = doc.get("anchors")
     if not isinstance(anchors, list) or not anchors:
         return "anchors is not a list"

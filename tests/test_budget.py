@@ -250,3 +250,13 @@ def test_klas_run_selects_with_the_budget_and_records_its_decisions(tmp_path, sh
     assert main(["run", str(path), "--quiet"]) == 0  # everything reused, the predictions included
     log = capsys.readouterr().out
     assert "running" not in log and "[predict]" not in log
+    # `klas select` gives the same set from the run's scores and predictions
+    args = ["select", "--scores", str(out / "cache/scores"), "--method", "klas-budget", "--out", str(tmp_path / "s")]
+    assert main(args + ["--predictions", str(out / "predictions"), "--steps", "10",
+                        "--budget-min-route-steps", "2"]) == 0
+    again = json.loads((tmp_path / "s/selection-klas-budget.json").read_text())
+    assert again["pairs"][0]["selected"] == sel["pairs"][0]["selected"] and "room for 3 stitches" in capsys.readouterr().out
+    assert main(args) == 2
+    assert "give --predictions and --steps" in capsys.readouterr().err
+    assert main(args + ["--predictions", str(tmp_path / "nowhere"), "--steps", "10"]) == 2
+    assert "no such folder" in capsys.readouterr().err

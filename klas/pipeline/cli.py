@@ -238,7 +238,12 @@ def _cmd_select(args) -> int:
     options = SelectOptions(tau=args.tau, tau_mode=args.tau_mode, buckets=args.buckets, chain_rule=args.chain_rule,
                             flops_range=args.flops_range, snnet_stage_skips=not args.snnet_all_stages, seed=args.seed,
                             cache=Path(args.cache) if args.cache else None,
-                            probes=Path(args.probes) if args.probes else None)
+                            probes=Path(args.probes) if args.probes else None,
+                            predictions=Path(args.predictions) if args.predictions else None,
+                            total_steps=args.steps, min_route_steps=args.budget_min_route_steps)
+    if args.predictions and not Path(args.predictions).is_dir():
+        raise UsageError(f"--predictions {args.predictions}: no such folder (give the predictions/ folder of a "
+                         "`klas run` or `klas recovery` output)")
     sel = run_method(args.method, scores, options)
     baseline = select_snnet_nearest(scores, stage_skips=not args.snnet_all_stages) if args.method == "klas" else None
     out.mkdir(parents=True, exist_ok=True)
@@ -246,6 +251,10 @@ def _cmd_select(args) -> int:
     write_json_atomic(out / f"{stem}.json", sel.to_json())
     png = selection_scatter(sel, out / f"{stem}.png", baseline=baseline)
     _print_selection(sel)
+    from klas.selection.budget import describe
+
+    for line in describe(sel.notes):
+        print(line)
     print(f"\n{len(sel.selected)} configurations + {len(sel.anchors)} anchors; written to {out / (stem + '.json')}, "
           f"plot {png}")
     return 0
@@ -359,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="; ".join(f"{m}: {get_method(m).help}" for m in method_names()))
     p.add_argument("--cache", help="extraction output (for the methods that read the caches)")
     p.add_argument("--probes", help="probe folder for --method ce / kl-ls (default CACHE/probes)")
+    p.add_argument("--predictions", help="--method klas-budget: the predictions/ folder of a `klas run` or `klas "
+                                         "recovery` output (each hop's predicted stitch accuracies)")
+    p.add_argument("--steps", type=number_type(int, low=0, high=10**9),
+                   help="--method klas-budget: the finetuning budget the set is sized for (a run's finetune.steps)")
+    add_setting_option(p, SelectSection, "budget_min_route_steps")
     add_setting_option(p, RunConfig, "seed", help="seed of --method random")
     p.set_defaults(run=_cmd_select)
 

@@ -436,6 +436,10 @@ def _select_stage(cfg: RunConfig, method: str, out: Path, log) -> None:
         write_json_atomic(sel_dir / "selection.json", sel.to_json())
         selection_scatter(sel, sel_dir / "selection.png")
         log(f"[select] {method}: {len(sel.selected)} stitches over {' -> '.join(sel.chain)}")
+        from klas.selection.budget import describe
+
+        for line in describe(sel.notes):
+            log(f"[select] {line}")
 
     _stage(sel_dir, "select", stage_fingerprint(cfg, "select", method, method_settings(cfg, method)), do_select, log,
            every_rank=False)

@@ -33,7 +33,7 @@ from klas.scoring.scores import Scores
 from klas.selection.select import (Config, PairSelection, Selection, _bucketise, anchor_chain, configurations,
                                    in_flops_range)
 
-__all__ = ["route_budget", "predicted_frontier", "hop_pays", "budget_pair", "select_budget", "METHOD"]
+__all__ = ["route_budget", "predicted_frontier", "hop_pays", "budget_pair", "select_budget", "describe", "METHOD"]
 
 METHOD = "klas-budget"
 
@@ -167,3 +167,22 @@ def select_budget(scores: Scores, predictions: Mapping[tuple[str, str], PairPred
                      notes={"rule": "klas-budget", "total_steps": total_steps, "min_route_steps": min_route_steps,
                             "stitch_room": room, "stitches": sum(len(p.selected) for p in pairs),
                             "prediction_seconds": prediction_seconds, "hops": notes})
+
+
+def describe(notes: dict) -> list[str]:
+    """The decisions recorded in a klas-budget selection's `notes`, as lines for a log."""
+    if notes.get("rule") != METHOD:
+        return []
+    cost = notes.get("prediction_seconds")
+    lines = [f"klas-budget: room for {notes['stitch_room']} stitches ({notes['total_steps']} steps, at least "
+             f"{notes['min_route_steps']} per route, the chain's anchors included); {notes['stitches']} taken"
+             + ("" if cost is None else f"; predictions took {cost:.0f} s")]
+    for h in notes.get("hops", []):
+        if not h["pays"]:
+            lines.append(f"  {h['source']} -> {h['target']}: {h['verdict']}")
+        else:
+            lines.append(f"  {h['source']} -> {h['target']}: {len(h['picked_predicted_top1_val'])} of "
+                         f"{h['frontier']} on the predicted frontier ({h['candidates']} candidates); cheaper anchor "
+                         f"{h['anchor_top1_val'][h['source']]:.2f}% on D_v, picks predicted "
+                         + ", ".join(f"({i}, {j}) {v:.1f}%" for i, j, v in h["picked_predicted_top1_val"]))
+    return lines

@@ -211,3 +211,26 @@ def test_a_method_is_said_to_beat_random_only_below_five_percent():
     assert perfect["beats_random"] and not lucky["beats_random"]
     assert lucky["random_sets_at_least_as_good"] == pytest.approx(1 - math.comb(30, 3) / math.comb(36, 3))
     assert [b["bucket"] for b in perfect["spearman_per_bucket"]] == [0]
+
+
+def test_the_predictor_tool_reads_the_least_squares_ranking_from_a_stored_test():
+    """tools/predictors_in_recovery.py against scipy on the stored ResNet recovery test."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from scipy.stats import spearmanr
+
+    path = Path(__file__).parents[1] / "docs/results/recovery_resnet20_resnet56_100steps/recovery.json"
+    doc = json.loads(path.read_text())
+    buckets = {}
+    for c in doc["configurations"]:
+        buckets.setdefault(c["bucket"], []).append(c)
+    big = [m for m in buckets.values() if len(m) >= 3]
+    want = -sum(len(m) * spearmanr([c["top1_init"] for c in m], [c["top1"] for c in m]).statistic
+                for m in big) / sum(len(m) for m in big)
+    out = subprocess.run([sys.executable, str(path.parents[3] / "tools/predictors_in_recovery.py"), str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if "least-squares" in x)
+    assert float(line.split()[-1]) == pytest.approx(want, abs=5e-4)
+    assert "klas-omega" in out

@@ -17,7 +17,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     report = tmp_path / "demo" / "run" / "report" / "snnet"
     assert f"open {report / 'accuracy_flops.png'}" in out
     doc = json.loads((report / "report.json").read_text())
-    assert list(doc["methods"]) == ["klas", "snnet-nearest"]
+    assert list(doc["methods"]) == ["klas-budget", "klas", "snnet-nearest"]
     for method, routes in doc["results"].items():
         anchors = [r for r in routes if r["source"] == r["target"]]
         names = [a["name"] for a in anchors]  # KLAS's supernet holds the anchors of its chain only
@@ -25,13 +25,14 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
                          else [n for n in ["cifar-resnet8", "cifar-resnet14", "cifar-resnet20"] if n in names])
         assert names[0] == "cifar-resnet8" and names[-1] == "cifar-resnet20"
         assert all(a["top1"] > 70 for a in anchors), anchors  # trained anchors, far above chance (10%)
-        assert doc["methods"][method]["stitches"] >= 5
+        assert doc["methods"][method]["stitches"] >= (1 if method == "klas-budget" else 5)
     assert (report / "accuracy_flops.png").stat().st_size > 10_000
     assert (report / "routes.csv").read_text().count("\n") == 1 + sum(len(r) for r in doc["results"].values())
     # every figure the demo prints (per method and per comparison, each protocol) agrees with its routes.csv
     protocols = [line.strip()[3:].split()[0] for line in out.splitlines()
                  if line.strip().startswith("-- ") and " finetuning" in line]
-    assert protocols and _check_claims(out, report.parent) == 3 * len(protocols)
+    assert protocols and _check_claims(out, report.parent) == 5 * len(protocols)  # 3 methods, 2 comparisons
+    assert "[select] klas-budget: room for" in out
 
 
 # -- the printed claims against the run's own routes.csv, recomputed here from the rows alone ------------

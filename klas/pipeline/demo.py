@@ -7,7 +7,8 @@
    each trained from scratch on the training images, saved as weights-only checkpoints
    ``<out>/anchors/resnet<depth>.th`` and loaded through ``cifar-resnet:<depth>:<path>``. On the
    shifted, noisy digits depth buys accuracy, as in a pretrained family;
-3. `klas run` on them: KLAS against SN-Net's nearest stitching, equal finetuning budgets, one report.
+3. `klas run` on them: `klas-budget` (METHOD.md §8) against KLAS and SN-Net's nearest stitching,
+   equal finetuning budgets, one report.
 
 With `data` and `anchors` given (e.g. the shared CIFAR-10 family) step 1 and 2 are skipped and the
 run uses those instead. Every step skips what is already complete, so a second call is quick.
@@ -115,7 +116,10 @@ def demo_config(out: Path, data: str, anchors: list[str], *, quick: bool = True)
         "name": "klas demo", "out": str(out / "run"), "anchors": anchors, "data": {"root": data},
         "extract": {"batch_size": 256},
         "probes": {"epochs": 4, "batch_size": 128},
-        "select": {"method": "klas", "compare": ["klas", "snnet-nearest"]},
+        # klas-budget first: the report compares the first method with each of the others. The digits
+        # demo's budget is a tenth of the CIFAR configs', and so is its least number of steps per route.
+        "select": {"method": "klas", "compare": ["klas-budget", "klas", "snnet-nearest"],
+                   **({"budget_min_route_steps": 10} if quick else {})},
         "finetune": {"steps": 150 if quick else 1500, "batch_size": 32 if quick else 64, "lr": 2e-4,
                      "checkpoint_every": 50 if quick else 100},
         "evaluate": {"batch_size": 500},

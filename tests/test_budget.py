@@ -246,6 +246,10 @@ def test_klas_run_selects_with_the_budget_and_records_its_decisions(tmp_path, sh
     assert picked == sorted((i, j) for i, j, _ in hop["picked_predicted_top1_val"])
     report = json.loads((out / "report/snnet/report.json").read_text())
     assert report["methods"]["klas-budget"]["stitches"] == len(picked)
+    cost = report["selection_cost"]["klas-budget"]
+    assert cost["prediction_seconds"] == notes["prediction_seconds"] and cost["finetune_seconds"] > 0
+    assert cost["fraction_of_finetuning"] == pytest.approx(cost["prediction_seconds"] / cost["finetune_seconds"])
+    assert "of its supernet's finetuning under snnet" in capsys.readouterr().out
     capsys.readouterr()
     assert main(["run", str(path), "--quiet"]) == 0  # everything reused, the predictions included
     log = capsys.readouterr().out

@@ -310,13 +310,19 @@ def _run_one(cfg: RunConfig, methods: list[str] | None, *, progress: bool, log) 
         for method in methods:
             results[method], buckets[method] = _run_method(cfg, method, protocol, anchors, out, device,
                                                            progress=progress, log=log)
+        costs = {m: _selection_cost(out, m, protocol) for m in methods_needing_predictions(methods)}
+        for m, c in costs.items():
+            if c["fraction_of_finetuning"] is not None:
+                log(f"[select] {m}: its predictions took {c['prediction_seconds']:.0f} s, "
+                    f"{100 * c['fraction_of_finetuning']:.1f}% of its supernet's finetuning under {protocol} "
+                    f"({c['finetune_seconds']:.0f} s)")
         report = out / "report" / protocol
         if dist.is_main():
             from klas.evaluation.report import write_report
 
             write_report(results, report, title=f"{cfg.name} ({protocol} finetuning): " + " vs ".join(methods),
                          extra={"config": cfg.to_json(), "methods_run": methods, "protocol": protocol,
-                                "sigma_last_block": sigma_last},
+                                "sigma_last_block": sigma_last, "selection_cost": costs},
                          buckets=buckets, steps={m: cfg.finetune.steps for m in methods},
                          stitches_only=PROTOCOLS[protocol],
                          curves={m: _method_dirs(out, m, protocol)[1] / TRAINING_CSV for m in methods})
@@ -337,6 +343,17 @@ def _run_one(cfg: RunConfig, methods: list[str] | None, *, progress: bool, log) 
             log(headline(c))
         log(f"report: {report / 'report.json'}; plot: {report / 'accuracy_flops.png'}")
     return out / "report" / protocols[0]
+
+
+def _selection_cost(out: Path, method: str, protocol: str) -> dict:
+    """What a method's own selection cost (its recorded prediction seconds) against the seconds its
+    supernet's finetuning under `protocol` took (the finetune stage's marker)."""
+    sel_dir, net_dir, _ = _method_dirs(out, method, protocol)
+    predicted = read_selection(sel_dir / "selection.json").notes.get("prediction_seconds")
+    finetuned = next((r["seconds"] for r in stage_times(net_dir) if r["stage"] == "finetune"), None)
+    ok = isinstance(predicted, (int, float)) and not isinstance(predicted, bool) and predicted >= 0
+    return {"prediction_seconds": predicted if ok else None, "finetune_seconds": finetuned,
+            "fraction_of_finetuning": predicted / finetuned if ok and finetuned else None}
 
 
 def _silent(*args, **kwargs) -> None:

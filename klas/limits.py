@@ -2,7 +2,8 @@
 API and the kernels' launchers), declared once so that every boundary refuses the same values. Plain
 constants: the command's --help reads them without importing torch."""
 
-__all__ = ["MIN_TEMPERATURE", "MAX_TEMPERATURE", "MAX_SCALED_LOGIT", "BACKENDS"]
+__all__ = ["MIN_TEMPERATURE", "MAX_TEMPERATURE", "MAX_SCALED_LOGIT", "BACKENDS", "MAX_BUCKETS", "CHAIN_RULE_NAMES",
+           "FLOPS_RANGE_RULES"]
 
 # Θ's backends (klas.scoring.kl): "reference" is the float64 oracle of the tests
 BACKENDS = ("auto", "reference", "torch", "native", "triton")
@@ -14,3 +15,11 @@ MAX_TEMPERATURE = 1e6
 # Θ is computed for logits whose magnitude over the temperature stays below this: a softmax is one-hot
 # in float32 long before (exp(-104) is 0), and beyond it the float32 sums of a chunk could overflow.
 MAX_SCALED_LOGIT = 1e6
+
+# The selection's FLOPs buckets per anchor pair: far more than any pair has configurations.
+MAX_BUCKETS = 10_000
+
+# The selection's rules by name (klas.selection.select implements them; its CHAIN_RULES maps these
+# names to the functions, and a test holds the two lists equal).
+CHAIN_RULE_NAMES = ("minimax", "nearest")
+FLOPS_RANGE_RULES = ("exclude", "end-buckets")

@@ -258,3 +258,10 @@ def test_a_metric_method_without_the_extraction_output_says_what_to_give_in_both
         run_method("cka", scores, SelectOptions())
     with pytest.raises(UsageError, match="reads the pooled features: give the extraction output"):
         get_method("cka").pair(scores, *pair, SelectOptions())
+
+
+def test_the_rule_names_the_config_offers_are_the_rules_the_selection_has():
+    from klas.limits import CHAIN_RULE_NAMES
+    from klas.selection.select import CHAIN_RULES
+
+    assert tuple(CHAIN_RULES) == CHAIN_RULE_NAMES

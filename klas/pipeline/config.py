@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from klas.errors import ConfigError
-from klas.limits import MAX_TEMPERATURE, MIN_TEMPERATURE
+from klas.limits import CHAIN_RULE_NAMES, FLOPS_RANGE_RULES, MAX_BUCKETS, MAX_TEMPERATURE, MIN_TEMPERATURE
 
 __all__ = ["RunConfig", "DataSection", "AdaptSection", "ExtractSection", "ProbesSection", "ScoreSection",
            "SelectSection", "FinetuneSection", "EvaluateSection", "RecoverySection", "DistributedSection",
@@ -38,7 +38,6 @@ STAGES = ("adapt", "extract", "probes", "score", "select", "finetune", "evaluate
 # finetuning protocols: SN-Net's (anchors and stitching layers train), or the stitching layers alone
 # (anchors frozen and identical in every supernet, so that only the selection differs)
 PROTOCOLS = {"snnet": False, "stitches-only": True}
-MAX_BUCKETS = 10_000
 MAX_CONFIG_BYTES = 2**20
 MAX_CONFIG_NODES = 100_000  # a config has a few dozen; YAML aliases can make a small file unbounded
 MAX_INTEGER = 2**63  # larger integers are refused before they are compared with a float (which would overflow)
@@ -164,9 +163,9 @@ class SelectSection(_Section):
     tau_mode: str = setting("relative", "how τ is applied", choices=("relative", "absolute"))
     buckets: int | str = setting("auto", "FLOPs buckets per anchor pair, or auto (coverage rule)", low=1,
                                  high=MAX_BUCKETS, choices=("auto",))
-    chain_rule: str = setting("minimax", "anchor chain rule", choices=("minimax", "nearest"))
+    chain_rule: str = setting("minimax", "anchor chain rule", choices=CHAIN_RULE_NAMES)
     flops_range: str = setting("exclude", "configurations outside the pair's FLOPs range: not candidates "
-                                          "(exclude), or in the end buckets", choices=("exclude", "end-buckets"))
+                                          "(exclude), or in the end buckets", choices=FLOPS_RANGE_RULES)
     snnet_stage_skips: bool = setting(True, "SN-Net baseline: skip the stages SN-Net's code skips")
     # klas-budget's own settings: they enter that method's fingerprints alone (run.method_settings)
     budget_min_route_steps: int = setting(100, "klas-budget: the fewest finetuning steps a route should get (the "

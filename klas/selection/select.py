@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from klas.errors import UsageError
+from klas.limits import FLOPS_RANGE_RULES, MAX_BUCKETS
 from klas.reading import finite_number, plain_text
 from klas.stitches import Route, route_index_problem, scored_pairs, stitch_flops, stitched_flops
 from klas.scoring.scores import AnchorEntry, Scores
@@ -343,8 +344,6 @@ def _keep(configs: list[Config], buckets: int, tau: float, tau_mode: str) -> tup
     return kept, taus
 
 
-MAX_BUCKETS = 10_000  # far more than any anchor pair has configurations
-FLOPS_RANGE_RULES = ("exclude", "end-buckets")
 
 
 def in_flops_range(configs: list[Config], lo: float, hi: float) -> list[Config]:

@@ -215,6 +215,23 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
     began, loss_value = time.perf_counter(), None  # None: no step left to run in this call
     bar = progress_bar(total=settings.steps, initial=start, disable=not progress or not dist.is_main(), desc="finetune",
                unit="step")
+    pending: list[tuple[int, int, torch.Tensor, float]] = []  # (step, route, loss on the device, lr), not yet read
+
+    def read_back() -> float | None:
+        """The pending steps' losses in one device sync (not one per step): checked finite, written to
+        the curve. Runs before every checkpoint, so that a diverged state is never saved."""
+        if not pending:
+            return loss_value
+        values = torch.stack([p[2] for p in pending]).float().cpu().tolist()
+        for (step, k, _, lr), value in zip(pending, values):
+            if not math.isfinite(value):
+                raise KlasError(f"finetuning diverged at step {step} (route {net.routes[k].name}, loss {value}); "
+                                f"the last checkpoint in {out_dir} is intact: lower the learning rate and run again")
+            curve.row(step=step, route=net.routes[k].name, loss=value, lr=lr)
+        pending.clear()
+        bar.set_postfix(loss=f"{values[-1]:.3f}")
+        return values[-1]
+
     # batches are decoded on a background thread (or by the loader's workers) while a step runs
     for step, (images, labels) in enumerate(prefetched(loader) if settings.num_workers == 0 else loader, start=start):
         k = int(schedule[step])
@@ -226,14 +243,10 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
         optimizer.step()
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
-        loss_value = loss.detach().item()
-        if not math.isfinite(loss_value):
-            raise KlasError(f"finetuning diverged at step {step} (route {net.routes[k].name}, loss {loss_value}); "
-                            f"the last checkpoint in {out_dir} is intact: lower the learning rate and run again")
-        curve.row(step=step, route=net.routes[k].name, loss=loss_value, lr=lr)
-        bar.set_postfix(loss=f"{loss_value:.3f}", route=k)
+        pending.append((step, k, loss.detach(), lr))
         bar.update(1)
         if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
+            loss_value = read_back()
             save(step + 1)
     bar.close()
     if not ckpt.is_file():  # steps = 0: the untrained supernet is the result

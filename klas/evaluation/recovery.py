@@ -205,9 +205,9 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(loss.item() / len(stitches))
+            losses.append(loss.detach() / len(stitches))  # read back every 20 steps, not one device sync a step
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
         bar.close()
         with torch.no_grad():
             final = count_correct(test_fronts, stitches, back)
@@ -217,7 +217,7 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
             result = {
                 "i": i, "j": j, "flops": net.route_flops(k), "top1_init": 100.0 * init[s][0] / max(init[s][1], 1),
                 "top1": 100.0 * final[s][0] / max(final[s][1], 1), "correct": final[s][0], "total": final[s][1],
-                "correct_init": init[s][0], "final_loss": losses[-1] if losses else None,
+                "correct_init": init[s][0], "final_loss": float(losses[-1]) if losses else None,
                 "seconds_for_source_block": seconds, "inputs": inputs,
             }
             write_json_atomic(_result_path(out, i, j, repeat), result)

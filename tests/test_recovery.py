@@ -234,3 +234,22 @@ def test_the_predictor_tool_reads_the_least_squares_ranking_from_a_stored_test()
     line = next(x for x in out.splitlines() if "least-squares" in x)
     assert float(line.split()[-1]) == pytest.approx(want, abs=5e-4)
     assert "klas-omega" in out
+
+
+def test_a_stored_selection_scored_against_a_stored_recovery_test_gives_the_tests_own_figures():
+    """tools/picks_in_recovery.py: KLAS's seed-0 selection of the supernet comparison is the one the
+    recovery test at the config's budget scored (same run folder); the tool gives its row again."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    recovery = root / "docs/results/recovery_resnet20_resnet56_100steps/recovery.json"
+    row = json.loads(recovery.read_text())["methods"]["klas"]
+    out = subprocess.run([sys.executable, str(root / "tools/picks_in_recovery.py"),
+                          str(root / "docs/results/resnet20_56_seeds/seed-0/klas_selection.json"), str(recovery)],
+                         capture_output=True, text=True, check=True).stdout
+    assert f"{row['picks']} picks" in out and f"{row['good_found']} of 26 good" in out
+    assert f"precision {row['precision']:.2f}, recall {row['recall']:.2f}" in out
+    assert f"points lost per pick {row['mean_points_lost_per_pick']:.2f}" in out
+    assert f"P(random >=) {row['random_sets_at_least_as_good']:.3f}" in out

@@ -235,12 +235,13 @@ def _cmd_select(args) -> int:
     scores_dir = Path(args.scores)
     out = Path(args.out) if args.out else scores_dir.parent / "selection"
     scores = load_scores(scores_dir)
-    options = SelectOptions(tau=args.tau, tau_mode=args.tau_mode, buckets=args.buckets, chain_rule=args.chain_rule,
-                            flops_range=args.flops_range, snnet_stage_skips=not args.snnet_all_stages, seed=args.seed,
-                            cache=Path(args.cache) if args.cache else None,
-                            probes=Path(args.probes) if args.probes else None,
-                            predictions=Path(args.predictions) if args.predictions else None,
-                            total_steps=args.steps, min_route_steps=args.budget_min_route_steps)
+    section = SelectSection(tau=args.tau, tau_mode=args.tau_mode, buckets=args.buckets, chain_rule=args.chain_rule,
+                            flops_range=args.flops_range, snnet_stage_skips=not args.snnet_all_stages,
+                            budget_min_route_steps=args.budget_min_route_steps)
+    options = SelectOptions.from_config(section, seed=args.seed, cache=Path(args.cache) if args.cache else None,
+                                        probes=Path(args.probes) if args.probes else None,
+                                        predictions=Path(args.predictions) if args.predictions else None,
+                                        total_steps=args.steps)
     if args.predictions and not Path(args.predictions).is_dir():
         raise UsageError(f"--predictions {args.predictions}: no such folder (give the predictions/ folder of a "
                          "`klas run` or `klas recovery` output)")

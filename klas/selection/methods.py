@@ -38,14 +38,17 @@ class SelectOptions:
     min_route_steps: int = 100
 
     @classmethod
-    def from_config(cls, section, *, seed: int, cache: Path | None = None, predictions: Path | None = None,
-                    total_steps: int | None = None) -> "SelectOptions":
-        """From a run config's `select` section (klas.pipeline.config.SelectSection); total_steps is
-        the finetuning budget (the config's finetune.steps)."""
+    def from_config(cls, section, *, seed: int, cache: Path | None = None, probes: Path | None = None,
+                    predictions: Path | None = None, total_steps: int | None = None) -> "SelectOptions":
+        """From a `select` section (klas.pipeline.config.SelectSection, a run config's or one the
+        command line filled); probes default to cache/probes; total_steps is the finetuning budget
+        (a run's finetune.steps)."""
+        if probes is None and cache is not None:
+            probes = Path(cache) / "probes"
         return cls(tau=section.tau, tau_mode=section.tau_mode, buckets=section.buckets, chain_rule=section.chain_rule,
                    flops_range=section.flops_range, snnet_stage_skips=section.snnet_stage_skips, seed=seed,
-                   cache=cache, probes=None if cache is None else Path(cache) / "probes", predictions=predictions,
-                   total_steps=total_steps, min_route_steps=section.budget_min_route_steps)
+                   cache=cache, probes=probes, predictions=predictions, total_steps=total_steps,
+                   min_route_steps=section.budget_min_route_steps)
 
     def klas_options(self) -> dict:
         """The keyword arguments of klas.selection.select.select."""

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from helpers import make_scores
 from klas.errors import CacheError, UsageError
 from klas.predictions import FORMAT, prediction_path, read_predictions
-from klas.selection.budget import (_candidates, budget_pair, hop_pays, predicted_frontier, route_budget,
+from klas.selection.budget import (hop_candidates, budget_pair, hop_pays, predicted_frontier, route_budget,
                                    select_budget)
 from klas.selection.select import anchor_chain
 
@@ -24,7 +24,7 @@ def _random_predictions(scores, seed: int, *, flat: bool = False, flops_range: s
     out = {}
     for f, g in zip(chain, chain[1:]):
         draw = (lambda: float(rng.choice([40, 60, 80]))) if flat else (lambda: rng.uniform(0, 100))
-        out[(f, g)] = {"configurations": {(c.i, c.j): draw() for c in _candidates(scores, f, g, flops_range)},
+        out[(f, g)] = {"configurations": {(c.i, c.j): draw() for c in hop_candidates(scores, f, g, flops_range)},
                        "anchors": {f: draw(), g: draw()}}
     return out
 
@@ -93,7 +93,7 @@ def test_a_larger_budget_keeps_every_stitch_of_a_smaller_one(seed, steps, more):
 
 def test_a_frontier_rises_with_flops_and_keeps_one_per_flops_value():
     scores = make_scores([2, 3], 0)
-    configs = _candidates(scores, "a0", "a1", "end-buckets")
+    configs = hop_candidates(scores, "a0", "a1", "end-buckets")
     table = {(c.i, c.j): float(k % 5) for k, c in enumerate(configs)}
     front = predicted_frontier(configs, table)
     assert [c.flops for c in front] == sorted({c.flops for c in front})

@@ -396,7 +396,7 @@ def _predict(cfg: RunConfig, anchors, hops: Sequence[tuple[str, str]], device: s
     from klas.evaluation.predict import load_or_predict
     from klas.predictions import PREDICTIONS, prediction_path
     from klas.scoring.scores import load_scores
-    from klas.selection.budget import _candidates
+    from klas.selection.budget import hop_candidates
 
     if not dist.is_main():
         return
@@ -405,7 +405,7 @@ def _predict(cfg: RunConfig, anchors, hops: Sequence[tuple[str, str]], device: s
     train = _images(cfg, "train", anchors[0], cfg.data.train_limit)
     val = _images(cfg, "val", anchors[0], cfg.select.predict_images or cfg.data.val_limit)
     for f, g in hops:
-        configs = [(c.i, c.j) for c in _candidates(scores, f, g, cfg.select.flops_range)]
+        configs = [(c.i, c.j) for c in hop_candidates(scores, f, g, cfg.select.flops_range)]
         load_or_predict(prediction_path(Path(cfg.out) / PREDICTIONS, f, g), by_name[f].to(device),
                         by_name[g].to(device), configs, train, val, calibration_images=cfg.finetune.calibration_images,
                         seed=cfg.seed, device=device, eval_batch=cfg.evaluate.batch_size, progress=progress, log=log)

@@ -33,7 +33,7 @@ from klas.scoring.scores import Scores
 from klas.selection.select import (Config, PairSelection, Selection, _bucketise, anchor_chain, configurations,
                                    in_flops_range)
 
-__all__ = ["route_budget", "predicted_frontier", "hop_pays", "budget_pair", "select_budget", "describe", "METHOD"]
+__all__ = ["route_budget", "hop_candidates", "predicted_frontier", "hop_pays", "budget_pair", "select_budget", "describe", "METHOD"]
 
 METHOD = "klas-budget"
 
@@ -83,7 +83,10 @@ def _check_predictions(source: str, target: str, configs: list[Config], pred: Pa
                              "(a number in [0, 100]); predict every candidate of the hop")
 
 
-def _candidates(scores: Scores, source: str, target: str, flops_range: str) -> list[Config]:
+def hop_candidates(scores: Scores, source: str, target: str, flops_range: str) -> list[Config]:
+    """klas-budget's candidates of one hop (KLAS's: grid-valid, inside the FLOPs range unless
+    `flops_range` is "end-buckets"), in KLAS's m_g − 1 buckets, cheapest first; the predictor and the
+    predictions' reader list the same ones."""
     f, g = scores.anchor(source), scores.anchor(target)
     configs = configurations(scores, source, target)
     if flops_range == "exclude":
@@ -95,7 +98,7 @@ def _candidates(scores: Scores, source: str, target: str, flops_range: str) -> l
 def budget_pair(scores: Scores, source: str, target: str, pred: PairPredictions, stitches: int, *,
                 flops_range: str = "exclude") -> tuple[PairSelection, dict]:
     """The rules on one hop with room for `stitches`: (its PairSelection, its notes)."""
-    configs = _candidates(scores, source, target, flops_range)
+    configs = hop_candidates(scores, source, target, flops_range)
     _check_predictions(source, target, configs, pred)
     ranked = _ranked(source, target, configs, pred)
     chosen = sorted(ranked[:stitches], key=lambda c: (c.flops, c.i, c.j))
@@ -147,7 +150,7 @@ def select_budget(scores: Scores, predictions: Mapping[tuple[str, str], PairPred
     for f, g in hops:
         if (f, g) not in predictions:
             raise UsageError(f"klas-budget has no predictions for the hop {f} -> {g}; predict every hop of the chain")
-        configs = _candidates(scores, f, g, flops_range)
+        configs = hop_candidates(scores, f, g, flops_range)
         _check_predictions(f, g, configs, predictions[(f, g)])
         per_hop[(f, g)] = configs
         base = predictions[(f, g)]["anchors"][f]

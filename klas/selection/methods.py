@@ -213,14 +213,14 @@ def _random(scores, o: SelectOptions):
 def _budget_inputs(scores, o: SelectOptions, hops) -> dict:
     """Each hop's checked predictions from the options' folder (klas.predictions)."""
     from klas.predictions import prediction_path, read_predictions
-    from klas.selection.budget import METHOD, _candidates
+    from klas.selection.budget import METHOD, hop_candidates
 
     if o.predictions is None or o.total_steps is None:
         raise UsageError(f"method {METHOD} needs predicted stitch accuracies and the finetuning budget: run it through "
                          "`klas run` or `klas recovery` (they predict first), or give --predictions and --steps")
     out = {}
     for f, g in hops:
-        configs = [(c.i, c.j) for c in _candidates(scores, f, g, o.flops_range)]
+        configs = [(c.i, c.j) for c in hop_candidates(scores, f, g, o.flops_range)]
         out[(f, g)] = read_predictions(prediction_path(o.predictions, f, g), configs, pair=(f, g))
     return out
 

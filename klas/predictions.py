@@ -72,7 +72,7 @@ def prediction_problem(doc: dict, source: str, target: str, configs: Sequence[tu
 def read_predictions(path: Path, configs: Sequence[tuple[int, int]], *, inputs: dict | None = None,
                      pair: tuple[str, str] | None = None) -> dict:
     """The checked predictions at `path` as ``{"configurations": {(i, j): top-1}, "anchors": {name:
-    top-1}, "seconds": float}``; CacheError when it cannot stand for `configs` of the pair (given by
+    top-1}, "images": the fewest images a configuration was counted on, "seconds": float}``; CacheError when it cannot stand for `configs` of the pair (given by
     `pair` or by `inputs`) with these inputs."""
     source, target = pair or (inputs["source"], inputs["target"])
     path = Path(path)
@@ -83,4 +83,5 @@ def read_predictions(path: Path, configs: Sequence[tuple[int, int]], *, inputs: 
         raise CacheError(f"{path}: {problem}; delete it to predict again")
     return {"configurations": {(r["i"], r["j"]): float(r["top1"]) for r in doc["configurations"]},
             "anchors": {k: float(doc["anchors"][k]["top1"]) for k in (source, target)},
+            "images": min(int(r["total"]) for r in doc["configurations"]) if doc["configurations"] else None,
             "seconds": float(doc["seconds"])}

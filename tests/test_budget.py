@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -12,8 +13,8 @@ from hypothesis import strategies as st
 from helpers import make_scores
 from klas.errors import CacheError, UsageError
 from klas.predictions import FORMAT, prediction_path, read_predictions
-from klas.selection.budget import (hop_candidates, budget_pair, hop_pays, predicted_frontier, route_budget,
-                                   select_budget)
+from klas.selection.budget import (FRONTIER_Z, MAX_ERROR_RATIO, hop_candidates, budget_pair, hop_pays,
+                                   predicted_frontier, prediction_noise, route_budget, select_budget, within_reach)
 from klas.selection.select import anchor_chain
 
 
@@ -32,11 +33,15 @@ def _random_predictions(scores, seed: int, *, flat: bool = False, flops_range: s
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 10_000), stages=st.lists(st.integers(1, 4), min_size=2, max_size=4, unique=True),
        steps=st.integers(0, 5000), per_route=st.integers(1, 600), flat=st.booleans(),
-       flops_range=st.sampled_from(["exclude", "end-buckets"]))
-def test_the_budget_rules_hold(seed, stages, steps, per_route, flat, flops_range):
+       flops_range=st.sampled_from(["exclude", "end-buckets"]), ratio=st.sampled_from([1.0, 1.5, 2.0, 5.0, 1e6]),
+       images=st.sampled_from([None, 30, 1000]))
+def test_the_budget_rules_hold(seed, stages, steps, per_route, flat, flops_range, ratio, images):
     scores = make_scores(sorted(stages), seed)
     preds = _random_predictions(scores, seed, flat=flat, flops_range=flops_range)
-    sel = select_budget(scores, preds, total_steps=steps, min_route_steps=per_route, flops_range=flops_range)
+    for p in preds.values():
+        p["images"] = images
+    sel = select_budget(scores, preds, total_steps=steps, min_route_steps=per_route, flops_range=flops_range,
+                        max_error_ratio=ratio)
     room = route_budget(steps, per_route, len(sel.chain))
     assert room == max(1, steps // per_route - len(sel.chain))
     assert len(sel.selected) <= room and sel.notes["stitch_room"] == room
@@ -45,23 +50,37 @@ def test_the_budget_rules_hold(seed, stages, steps, per_route, flat, flops_range
         p = preds[(pair.source, pair.target)]
         table, anchors = p["configurations"], p["anchors"]
         lo, hi = scores.anchor(pair.source).total_flops, scores.anchor(pair.target).total_flops
-        frontier = predicted_frontier(pair.configs, table)
+        reachable = [c for c in predicted_frontier(pair.configs, table, images)
+                     if within_reach(table[(c.i, c.j)], anchors[pair.source], ratio)]
         if not hop_pays(pair.source, pair.target, anchors):
             assert pair.selected == []  # a hop whose costlier anchor is no better keeps nothing
             continue
         for c in pair.selected:
+            # predicted error at most `ratio` times the cheaper anchor's
+            assert 100 - table[(c.i, c.j)] <= ratio * (100 - anchors[pair.source]) + 1e-9
             assert (flops_range == "end-buckets" or lo <= c.flops <= hi) and c in pair.configs
-            # no cheaper candidate of the hop is predicted at least as accurate
-            assert all(table[(d.i, d.j)] < table[(c.i, c.j)] for d in pair.configs if d.flops < c.flops)
+            # no cheaper candidate of the hop is predicted more accurate beyond the predictions' noise
+            # (at least as accurate when the predictions are exact), and none of equal FLOPs more accurate
+            p_c = table[(c.i, c.j)]
+            for d in pair.configs:
+                p_d = table[(d.i, d.j)]
+                if d.flops < c.flops and images is None:
+                    assert p_d < p_c
+                elif d.flops < c.flops:
+                    assert p_d - p_c <= FRONTIER_Z * math.hypot(prediction_noise(p_c, images),
+                                                                prediction_noise(p_d, images)) + 1e-9
+                elif d.flops == c.flops:
+                    assert p_d <= p_c
             margins_in.append(table[(c.i, c.j)] - anchors[pair.source])
-        margins_out += [table[(c.i, c.j)] - anchors[pair.source] for c in frontier if c not in pair.selected]
+        margins_out += [table[(c.i, c.j)] - anchors[pair.source] for c in reachable if c not in pair.selected]
     # the budget goes to the best predicted margins over the cheaper anchor, across hops
     if margins_in and margins_out:
         assert min(margins_in) >= max(margins_out)
-    if not margins_in:  # nothing taken only when no hop pays or no paying hop has a candidate
+    if not margins_in:  # nothing taken only when no paying hop has a candidate within reach
         assert not margins_out
-    if flops_range == "end-buckets" and any(hop_pays(f, g, p["anchors"]) for (f, g), p in preds.items()):
-        assert sel.selected  # every hop has candidates then: a paying hop gets at least one stitch
+    if ratio == 1e6 and flops_range == "end-buckets" \
+            and any(hop_pays(f, g, p["anchors"]) for (f, g), p in preds.items()):
+        assert sel.selected  # every hop has candidates then, all within reach: a paying hop gets a stitch
 
 
 @settings(max_examples=30, deadline=None)
@@ -102,6 +121,24 @@ def test_a_frontier_rises_with_flops_and_keeps_one_per_flops_value():
     assert table[(front[0].i, front[0].j)] == max(table[(c.i, c.j)] for c in configs if c.flops == front[0].flops)
 
 
+def test_the_frontier_keeps_what_a_cheaper_configuration_beats_only_within_the_noise():
+    scores = make_scores([2, 3], 0)
+    configs = sorted(hop_candidates(scores, "a0", "a1", "end-buckets"), key=lambda c: (c.flops, c.i, c.j))
+    by_flops = {}
+    for c in configs:
+        by_flops.setdefault(c.flops, c)
+    cheap, dear = list(by_flops.values())[:2]
+    table = {(c.i, c.j): 10.0 for c in configs}
+    table[(cheap.i, cheap.j)], table[(dear.i, dear.j)] = 85.0, 83.0
+    assert prediction_noise(85.0, 1000) == pytest.approx(100 * math.sqrt(0.85 * 0.15 / 1000))
+    strict = predicted_frontier(configs, table)
+    noisy = predicted_frontier(configs, table, 1000)  # 2 points apart, 1.96 SE of the difference is 3.2
+    precise = predicted_frontier(configs, table, 100_000)  # ... and 0.3 here
+    assert cheap in strict and dear not in strict
+    assert cheap in noisy and dear in noisy
+    assert cheap in precise and dear not in precise
+
+
 def test_a_hop_without_a_better_costlier_anchor_says_so_and_keeps_nothing():
     scores = make_scores([2, 3], 1)
     preds = _random_predictions(scores, 1)
@@ -112,6 +149,29 @@ def test_a_hop_without_a_better_costlier_anchor_says_so_and_keeps_nothing():
     note = sel.notes["hops"][0]
     assert note["pays"] is False and "no stitch is worth training" in note["verdict"]
     assert json.loads(json.dumps(sel.to_json()))["notes"]["hops"][0]["pays"] is False
+
+
+def test_stitches_predicted_beyond_reach_of_the_cheaper_anchor_get_no_room():
+    scores = make_scores([2, 3], 4)
+    preds = _random_predictions(scores, 4, flops_range="end-buckets")
+    (hop, p), = preds.items()
+    p["anchors"] = {hop[0]: 90.0, hop[1]: 95.0}  # error 10%: reach is 80% at the default ratio of 2
+    configs = sorted(p["configurations"])
+    for k, c in enumerate(configs):
+        p["configurations"][c] = 79.9 - k * 0.01  # all beyond reach, the cheapest-first frontier aside
+    sel = select_budget(scores, preds, total_steps=10**6, flops_range="end-buckets")
+    note = sel.notes["hops"][0]
+    assert sel.selected == [] and note["within_reach"] == 0 and note["pays"] is False
+    assert "within reach" in note["verdict"] and note["reach_floor_top1_val"] == pytest.approx(80.0)
+    assert MAX_ERROR_RATIO == sel.notes["max_error_ratio"] == 2.0
+    p["configurations"][configs[0]] = 80.0  # exactly at the floor: within reach, and alone
+    sel = select_budget(scores, preds, total_steps=10**6, flops_range="end-buckets")
+    assert [(c.i, c.j) for c in sel.selected] == [configs[0]]
+    loose = select_budget(scores, preds, total_steps=10**6, flops_range="end-buckets", max_error_ratio=3.0)
+    assert {(c.i, c.j) for c in sel.selected} < {(c.i, c.j) for c in loose.selected}
+    for bad in (0.5, float("nan"), True):
+        with pytest.raises(UsageError, match="max_error_ratio"):
+            select_budget(scores, preds, total_steps=1500, flops_range="end-buckets", max_error_ratio=bad)
 
 
 def test_the_one_pair_form_scores_by_predicted_accuracy():
@@ -160,6 +220,7 @@ def test_a_predictions_file_is_read_only_for_its_own_pair_and_counts(tmp_path):
     path.write_text(json.dumps(_doc()))
     got = read_predictions(path, [(1, 1)], pair=("a0", "a1"))
     assert got["configurations"] == {(1, 1): 75.0} and got["anchors"] == {"a0": 50.0, "a1": 100.0}
+    assert got["images"] == 4  # what the frontier's noise is counted from
     bad = [
         (_doc(pair=("a1", "a0")), "does not hold the predictions of a0 -> a1"),
         (_doc(rows=(((2, 2), 1, 2),)), r"lacks configuration \(1, 1\)"),
@@ -264,3 +325,30 @@ def test_klas_run_selects_with_the_budget_and_records_its_decisions(tmp_path, sh
     assert "give --predictions and --steps" in capsys.readouterr().err
     assert main(args + ["--predictions", str(tmp_path / "nowhere"), "--steps", "10"]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_the_reach_tool_counts_each_stitch_against_its_own_supernets_cheaper_anchor(tmp_path):
+    """tools/reach_in_routes.py on a small hand-made predictions file and routes.csv."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pred = tmp_path / "a0__a1.json"
+    # anchor a0: 900 of 1000 (error 10%); (1, 2) error 15% -> 1.5x, (2, 3) error 30% -> 3x
+    pred.write_text(json.dumps(_doc(rows=(((1, 2), 850, 1000), ((2, 3), 700, 1000)),
+                                    anchors={"a0": {"top1": 90.0, "correct": 900, "total": 1000},
+                                             "a1": {"top1": 95.0, "correct": 950, "total": 1000}})))
+    routes = tmp_path / "routes.csv"
+    routes.write_text("method,route,source,target,i,j,flops,params,top1,gamma,on_frontier\n"
+                      "m,a0,a0,a0,3,3,10,1,80.0,,1\nm,a1,a1,a1,4,4,20,1,90.0,,1\n"
+                      "m,s1,a0,a1,1,2,15,1,81.5,,1\nm,s2,a0,a1,2,3,12,1,77.0,,0\n"
+                      "n,a0,a0,a0,3,3,10,1,82.0,,1\nn,s1,a0,a1,1,2,15,1,81.0,,0\n")
+    tool = Path(__file__).parents[1] / "tools/reach_in_routes.py"
+    out = subprocess.run([sys.executable, str(tool), str(pred), str(routes)], capture_output=True, text=True,
+                         check=True).stdout
+    assert "(1,2) 1.50:+1.5" in out and "(2,3) 3.00:-3.0" in out and "(1,2) 1.50:-1.0" in out
+    assert "ratio <= 2: 2 stitches, 1 at or above the anchor, gap -1.0 to +1.5" in out
+    assert "ratio >  2: 1 stitches, 0 at or above the anchor, gap -3.0 to -3.0" in out
+    loose = subprocess.run([sys.executable, str(tool), str(pred), str(routes), "--ratio", "3"], capture_output=True,
+                           text=True, check=True).stdout
+    assert "ratio <= 3: 3 stitches" in loose

@@ -25,7 +25,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
                          else [n for n in ["cifar-resnet8", "cifar-resnet14", "cifar-resnet20"] if n in names])
         assert names[0] == "cifar-resnet8" and names[-1] == "cifar-resnet20"
         assert all(a["top1"] > 70 for a in anchors), anchors  # trained anchors, far above chance (10%)
-        assert doc["methods"][method]["stitches"] >= (1 if method == "klas-budget" else 5)
+        if method == "klas-budget":  # a stitch, or its reason for none (anchors tied on D_v, none within reach)
+            assert doc["methods"][method]["stitches"] >= 1 or "no stitch is worth training here" in out
+        else:
+            assert doc["methods"][method]["stitches"] >= 5
     assert (report / "accuracy_flops.png").stat().st_size > 10_000
     assert (report / "routes.csv").read_text().count("\n") == 1 + sum(len(r) for r in doc["results"].values())
     # every figure the demo prints (per method and per comparison, each protocol) agrees with its routes.csv

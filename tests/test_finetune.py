@@ -89,3 +89,25 @@ def test_frozen_batchnorm_keeps_running_statistics(tmp_path, freeze):
     after = {k: v for k, v in net.state_dict().items() if "running_mean" in k}
     unchanged = all(torch.equal(before[k], after[k]) for k in before)
     assert unchanged == freeze
+
+
+def test_frozen_anchors_without_a_stitch_train_nothing_and_keep_the_anchors(tmp_path):
+    """A set with no stitch under the stitches-only protocol: no step runs, the anchors stay as they
+    were, a complete checkpoint is written, and a second call finds it."""
+    a, b = load_anchor("cifar-resnet:8?pretrained=false&seed=1"), load_anchor("cifar-resnet:14?pretrained=false&seed=2")
+    net = StitchedSupernet([a, b], [])
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    settings = FinetuneSettings(steps=5, batch_size=8, stitches_only=True)
+    stats = finetune(net, Images(), settings, tmp_path, progress=False)
+    assert stats["nothing_to_train"] and stats["final_loss"] is None
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert (tmp_path / CHECKPOINT).is_file()
+    again = finetune(StitchedSupernet([a, b], []), Images(), settings, tmp_path, progress=False)
+    assert again["nothing_to_train"]
+    # with the anchors training, an empty set is SN-Net's protocol on the anchors alone: steps run
+    # (fresh anchors: the stitches-only protocol froze those above in place)
+    a, b = load_anchor("cifar-resnet:8?pretrained=false&seed=1"), load_anchor("cifar-resnet:14?pretrained=false&seed=2")
+    moved = finetune(StitchedSupernet([a, b], []), Images(), FinetuneSettings(steps=2, batch_size=8, lr=1e-2),
+                     tmp_path / "snnet", progress=False)
+    assert not moved.get("nothing_to_train") and moved["final_loss"] is not None

@@ -237,7 +237,8 @@ def _cmd_select(args) -> int:
     scores = load_scores(scores_dir)
     section = SelectSection(tau=args.tau, tau_mode=args.tau_mode, buckets=args.buckets, chain_rule=args.chain_rule,
                             flops_range=args.flops_range, snnet_stage_skips=not args.snnet_all_stages,
-                            budget_min_route_steps=args.budget_min_route_steps)
+                            budget_min_route_steps=args.budget_min_route_steps,
+                            budget_max_error_ratio=args.budget_max_error_ratio)
     options = SelectOptions.from_config(section, seed=args.seed, cache=Path(args.cache) if args.cache else None,
                                         probes=Path(args.probes) if args.probes else None,
                                         predictions=Path(args.predictions) if args.predictions else None,
@@ -374,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=number_type(int, low=0, high=10**9),
                    help="--method klas-budget: the finetuning budget the set is sized for (a run's finetune.steps)")
     add_setting_option(p, SelectSection, "budget_min_route_steps")
+    add_setting_option(p, SelectSection, "budget_max_error_ratio")
     add_setting_option(p, RunConfig, "seed", help="seed of --method random")
     p.set_defaults(run=_cmd_select)
 

@@ -170,6 +170,9 @@ class SelectSection(_Section):
     # klas-budget's own settings: they enter that method's fingerprints alone (run.method_settings)
     budget_min_route_steps: int = setting(100, "klas-budget: the fewest finetuning steps a route should get (the "
                                                "recovery test's per-stitch budget)", low=1, high=10**9, stage=None)
+    budget_max_error_ratio: float = setting(2.0, "klas-budget: a stitch gets room only if its predicted D_v error "
+                                                 "is at most this many times the cheaper anchor's", low=1.0,
+                                            high=1e6, stage=None)
     predict_images: int = setting(1000, "klas-budget: D_v images each least-squares stitch is counted on (0: all)",
                                   low=0, high=10**9, stage=None)
 

@@ -199,6 +199,8 @@ def prepare(cfg: RunConfig, *, progress: bool = True, log=print) -> tuple[list, 
 
 def _training_summary(stats: dict) -> str:
     """One log line for a finetune() result; a call that found its checkpoint already complete says so."""
+    if stats.get("nothing_to_train"):
+        return "nothing to train (the anchors are frozen and the set holds no stitch): the anchors as they are"
     if stats["resumed_from"] >= stats["steps"]:
         return f"{stats['steps']} steps, already done (checkpoint complete)"
     return (f"{stats['steps']} steps (from {stats['resumed_from']}), {stats['seconds']:.0f} s, "
@@ -386,7 +388,8 @@ def method_settings(cfg: RunConfig, method: str) -> dict:
     if not get_method(method).needs_predictions:
         return {}
     s, f = cfg.select, cfg.finetune
-    return {"select.budget_min_route_steps": s.budget_min_route_steps, "select.predict_images": s.predict_images,
+    return {"select.budget_min_route_steps": s.budget_min_route_steps,
+            "select.budget_max_error_ratio": s.budget_max_error_ratio, "select.predict_images": s.predict_images,
             "finetune.steps": f.steps, "finetune.calibration_images": f.calibration_images}
 
 

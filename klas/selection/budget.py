@@ -10,15 +10,20 @@ The rules, in order (docs/METHOD.md §8 gives the evidence for each):
 3. A hop whose costlier anchor is not more accurate on D_v than its cheaper one brings no stitch to
    the accuracy-FLOPs frontier: a stitch between two anchors ends at most near the better of
    them, and here the cheaper anchor is that one. The hop keeps no stitch, and says so.
-4. Dominance: a candidate predicted no more accurate than a cheaper candidate of its hop brings
-   nothing to the frontier; only the predicted frontier (accuracy rising with FLOPs) stays.
-5. Budget: with T finetuning steps and at least S steps per route, the supernet can train
+4. Dominance: a candidate predicted less accurate than a cheaper candidate of its hop, by more than
+   the predictions' own noise (1.96 standard errors of the difference of two top-1s counted on the
+   same number of D_v images), brings nothing to the frontier; at equal FLOPs only the best
+   predicted stays. Within the noise both stay: which of them ends higher is not known yet.
+5. Reach: a candidate whose predicted D_v error is more than `max_error_ratio` (default 2) times
+   the cheaper anchor's D_v error is not expected to reach that anchor after finetuning, so it
+   brings nothing to the frontier and gets no room; where no candidate of a paying hop is within
+   reach, the hop keeps none and says so.
+6. Budget: with T finetuning steps and at least S steps per route, the supernet can train
    ⌊T / S⌋ routes; the chain's anchors are routes under SN-Net's protocol and keep their share, so
    ⌊T / S⌋ − (anchors on the chain) stitches at most, and at least one where any hop pays.
-6. Choice: the frontier candidates of every paying hop ranked by their predicted margin over the
-   hop's cheaper anchor (top-1 points, highest first), and the best taken up to the budget. A range
-   whose stitches are far below the cheaper anchor is reached last: nothing in it is taken while a
-   stitch nearer the anchors' accuracy waits.
+7. Choice: the frontier candidates of every paying hop ranked by their predicted margin over the
+   hop's cheaper anchor (top-1 points, highest first), and the best taken up to the budget: nothing
+   is taken while a stitch nearer the anchors' accuracy waits.
 
 No rule reads Σ, Γ's buckets or the coverage rule, so none of them can push a configuration in.
 The selection records Θ, Σ and Γ of its picks as KLAS scores them, and its decisions in `notes`.
@@ -33,11 +38,16 @@ from klas.scoring.scores import Scores
 from klas.selection.select import (Config, PairSelection, Selection, _bucketise, anchor_chain, configurations,
                                    in_flops_range)
 
-__all__ = ["route_budget", "hop_candidates", "predicted_frontier", "hop_pays", "budget_pair", "select_budget", "describe", "METHOD"]
+__all__ = ["route_budget", "hop_candidates", "predicted_frontier", "hop_pays", "within_reach", "prediction_noise",
+           "MAX_ERROR_RATIO", "FRONTIER_Z", "budget_pair", "select_budget", "describe", "METHOD"]
 
 METHOD = "klas-budget"
+MAX_ERROR_RATIO = 2.0  # rule 5's default: predicted D_v error at most twice the cheaper anchor's
+FRONTIER_Z = 1.96  # rule 4: a cheaper configuration beats another only beyond this many standard errors
 
-PairPredictions = Mapping  # {"configurations": {(i, j): top-1}, "anchors": {name: top-1}}
+# {"configurations": {(i, j): top-1}, "anchors": {name: top-1}, "images": D_v images each was counted on
+# (optional: without it the predictions are taken as exact)}
+PairPredictions = Mapping
 
 
 def route_budget(total_steps: int, min_route_steps: int, anchors_on_chain: int) -> int:
@@ -49,16 +59,35 @@ def route_budget(total_steps: int, min_route_steps: int, anchors_on_chain: int) 
     return max(1, total_steps // min_route_steps - anchors_on_chain)
 
 
-def predicted_frontier(configs: list[Config], predicted: Mapping[tuple[int, int], float]) -> list[Config]:
-    """The configurations each predicted strictly more accurate than every cheaper one (at equal
-    FLOPs the most accurate alone), cheapest first. Ties in FLOPs and accuracy go to the lower (i, j)."""
+def prediction_noise(top1: float, images: int | None) -> float:
+    """The standard error (top-1 points) of a top-1 counted on `images` images; 0 when the count is
+    not known (the predictions are then taken as exact)."""
+    if not images:
+        return 0.0
+    p = min(max(top1 / 100.0, 0.0), 1.0)
+    return 100.0 * math.sqrt(p * (1.0 - p) / images)
+
+
+def predicted_frontier(configs: list[Config], predicted: Mapping[tuple[int, int], float],
+                       images: int | None = None, z: float = FRONTIER_Z) -> list[Config]:
+    """The configurations no cheaper one is predicted to beat, cheapest first: at each FLOPs value
+    the most accurate alone (ties to the lower (i, j)), kept unless a cheaper configuration is
+    predicted more accurate by more than `z` standard errors of the difference of two top-1s each
+    counted on `images` images (strictly more accurate when `images` is None)."""
     ranked = sorted(configs, key=lambda c: (c.flops, -predicted[(c.i, c.j)], c.i, c.j))
-    out, best = [], -math.inf
+    out, best, last_flops = [], -math.inf, None
     for c in ranked:
+        if c.flops == last_flops:
+            continue  # at equal FLOPs the most accurate came first
+        last_flops = c.flops
         p = predicted[(c.i, c.j)]
-        if p > best:  # at equal FLOPs the most accurate comes first, so the rest are not above it
+        if images is None:
+            beaten = p <= best
+        else:
+            beaten = best - p > z * math.hypot(prediction_noise(p, images), prediction_noise(best, images))
+        if not beaten:
             out.append(c)
-            best = p
+        best = max(best, p)
     return out
 
 
@@ -68,10 +97,27 @@ def hop_pays(source: str, target: str, anchor_top1: Mapping[str, float]) -> bool
     return anchor_top1[target] > anchor_top1[source]
 
 
+def within_reach(predicted_top1: float, cheaper_anchor_top1: float, max_error_ratio: float) -> bool:
+    """Rule 5: whether a candidate predicted at `predicted_top1` (%) on D_v can be expected to reach
+    the cheaper anchor's `cheaper_anchor_top1` after finetuning: its error is at most
+    `max_error_ratio` times the anchor's."""
+    return 100.0 - predicted_top1 <= max_error_ratio * (100.0 - cheaper_anchor_top1) + 1e-9
+
+
+def _check_ratio(max_error_ratio: float) -> None:
+    if not isinstance(max_error_ratio, (int, float)) or isinstance(max_error_ratio, bool) \
+            or not math.isfinite(max_error_ratio) or max_error_ratio < 1.0:
+        raise UsageError(f"klas-budget's max_error_ratio must be a finite number >= 1 (a stitch's predicted error "
+                         f"against the cheaper anchor's), got {max_error_ratio!r}")
+
+
 def _check_predictions(source: str, target: str, configs: list[Config], pred: PairPredictions) -> None:
     table, anchors = pred.get("configurations"), pred.get("anchors")
     if not isinstance(table, Mapping) or not isinstance(anchors, Mapping):
         raise UsageError(f"predictions of {source} -> {target} need 'configurations' and 'anchors'")
+    images = pred.get("images")
+    if images is not None and (not isinstance(images, int) or isinstance(images, bool) or images < 1):
+        raise UsageError(f"predictions of {source} -> {target}: 'images' must be a positive count, got {images!r}")
     for name in (source, target):
         v = anchors.get(name)
         if not isinstance(v, (int, float)) or not 0.0 <= v <= 100.0:
@@ -96,23 +142,34 @@ def hop_candidates(scores: Scores, source: str, target: str, flops_range: str) -
 
 
 def budget_pair(scores: Scores, source: str, target: str, pred: PairPredictions, stitches: int, *,
-                flops_range: str = "exclude") -> tuple[PairSelection, dict]:
+                flops_range: str = "exclude", max_error_ratio: float = MAX_ERROR_RATIO) -> tuple[PairSelection, dict]:
     """The rules on one hop with room for `stitches`: (its PairSelection, its notes)."""
+    _check_ratio(max_error_ratio)
     configs = hop_candidates(scores, source, target, flops_range)
     _check_predictions(source, target, configs, pred)
-    ranked = _ranked(source, target, configs, pred)
+    ranked = _ranked(source, target, configs, pred, max_error_ratio)
     chosen = sorted(ranked[:stitches], key=lambda c: (c.flops, c.i, c.j))
-    return _pair(scores, source, target, configs, chosen), _notes(source, target, configs, pred, chosen)
+    return (_pair(scores, source, target, configs, chosen),
+            _notes(source, target, configs, pred, chosen, max_error_ratio))
 
 
-def _ranked(source: str, target: str, configs: list[Config], pred: PairPredictions) -> list[Config]:
-    """The hop's frontier candidates by predicted margin over the cheaper anchor, best first (none when
-    the hop does not pay)."""
+def _reachable_frontier(source: str, configs: list[Config], pred: PairPredictions,
+                        max_error_ratio: float) -> list[Config]:
+    """Rules 4 and 5: the predicted frontier's candidates within reach of the cheaper anchor."""
+    table, base = pred["configurations"], pred["anchors"][source]
+    return [c for c in predicted_frontier(configs, table, pred.get("images"))
+            if within_reach(table[(c.i, c.j)], base, max_error_ratio)]
+
+
+def _ranked(source: str, target: str, configs: list[Config], pred: PairPredictions,
+            max_error_ratio: float) -> list[Config]:
+    """The hop's frontier candidates within reach, by predicted margin over the cheaper anchor, best
+    first (none when the hop does not pay)."""
     if not hop_pays(source, target, pred["anchors"]):
         return []
     table = pred["configurations"]
-    frontier = predicted_frontier(configs, table)
-    return sorted(frontier, key=lambda c: (-table[(c.i, c.j)], -c.flops, c.i, c.j))
+    reachable = _reachable_frontier(source, configs, pred, max_error_ratio)
+    return sorted(reachable, key=lambda c: (-table[(c.i, c.j)], -c.flops, c.i, c.j))
 
 
 def _pair(scores: Scores, source: str, target: str, configs: list[Config], chosen: list[Config]) -> PairSelection:
@@ -122,27 +179,42 @@ def _pair(scores: Scores, source: str, target: str, configs: list[Config], chose
     return PairSelection(source, target, configs, chosen, edges, [float("nan")] * count)
 
 
-def _notes(source: str, target: str, configs: list[Config], pred: PairPredictions, chosen: list[Config]) -> dict:
+def _notes(source: str, target: str, configs: list[Config], pred: PairPredictions, chosen: list[Config],
+           max_error_ratio: float) -> dict:
     table, anchors = pred["configurations"], pred["anchors"]
     pays = hop_pays(source, target, anchors)
+    reachable = len(_reachable_frontier(source, configs, pred, max_error_ratio))
+    floor = 100.0 - max_error_ratio * (100.0 - anchors[source])
+    if not pays:
+        verdict = (f"no stitch is worth training here: {target} is not more accurate than the cheaper {source} "
+                   f"on D_v ({anchors[target]:.2f}% against {anchors[source]:.2f}%)")
+    elif not reachable:
+        verdict = (f"no stitch is worth training here: none is predicted within reach of the cheaper {source} "
+                   f"(at least {floor:.2f}% on D_v, error at most {max_error_ratio:g}x its {100 - anchors[source]:.2f}%)")
+    else:
+        verdict = ""
     return {
         "source": source, "target": target, "candidates": len(configs),
         "anchor_top1_val": {source: anchors[source], target: anchors[target]},
-        "pays": pays,
-        "verdict": ("" if pays else f"no stitch is worth training here: {target} is not more accurate than the "
-                                    f"cheaper {source} on D_v ({anchors[target]:.2f}% against {anchors[source]:.2f}%)"),
-        "frontier": len(predicted_frontier(configs, table)) if configs else 0,
+        "pays": pays and reachable > 0,
+        "verdict": verdict,
+        "frontier": len(predicted_frontier(configs, table, pred.get("images"))) if configs else 0,
+        "images": pred.get("images"),
+        "max_error_ratio": max_error_ratio,
+        "reach_floor_top1_val": floor,
+        "within_reach": reachable if pays else 0,
         "picked_predicted_top1_val": [[c.i, c.j, table[(c.i, c.j)]] for c in chosen],
     }
 
 
 def select_budget(scores: Scores, predictions: Mapping[tuple[str, str], PairPredictions], *, total_steps: int,
                   min_route_steps: int = 100, chain_rule: str = "minimax", flops_range: str = "exclude",
-                  prediction_seconds: float | None = None) -> Selection:
-    """`klas-budget` over KLAS's anchor chain (rules 1-6 of the module docstring).
+                  max_error_ratio: float = MAX_ERROR_RATIO, prediction_seconds: float | None = None) -> Selection:
+    """`klas-budget` over KLAS's anchor chain (rules 1-7 of the module docstring).
 
     predictions: per hop (source, target) of the chain, ``{"configurations": {(i, j): top-1 on D_v},
     "anchors": {name: top-1 on D_v}}`` for every candidate (klas.evaluation.predict)."""
+    _check_ratio(max_error_ratio)
     chain = anchor_chain(scores, chain_rule)
     hops = list(zip(chain, chain[1:]))
     room = route_budget(total_steps, min_route_steps, len(chain))
@@ -155,20 +227,20 @@ def select_budget(scores: Scores, predictions: Mapping[tuple[str, str], PairPred
         per_hop[(f, g)] = configs
         base = predictions[(f, g)]["anchors"][f]
         pool += [(predictions[(f, g)]["configurations"][(c.i, c.j)] - base, c)
-                 for c in _ranked(f, g, configs, predictions[(f, g)])]
+                 for c in _ranked(f, g, configs, predictions[(f, g)], max_error_ratio)]
     pool.sort(key=lambda t: (-t[0], -t[1].flops, t[1].source, t[1].i, t[1].j))
     taken = {id(c) for _, c in pool[:room]}
     pairs, notes = [], []
     for f, g in hops:
         chosen = sorted((c for c in per_hop[(f, g)] if id(c) in taken), key=lambda c: (c.flops, c.i, c.j))
         pairs.append(_pair(scores, f, g, per_hop[(f, g)], chosen))
-        notes.append(_notes(f, g, per_hop[(f, g)], predictions[(f, g)], chosen))
+        notes.append(_notes(f, g, per_hop[(f, g)], predictions[(f, g)], chosen, max_error_ratio))
     order = [a.name for a in scores.anchors]
     return Selection(method=METHOD, chain=chain, chain_rule=chain_rule, tau=float("nan"), tau_mode="none",
                      pairs=pairs, anchors=scores.anchors,
                      last_block={"order": order, "theta": scores.last_block().tolist()},
                      notes={"rule": "klas-budget", "total_steps": total_steps, "min_route_steps": min_route_steps,
-                            "stitch_room": room, "stitches": sum(len(p.selected) for p in pairs),
+                            "max_error_ratio": max_error_ratio, "stitch_room": room, "stitches": sum(len(p.selected) for p in pairs),
                             "prediction_seconds": prediction_seconds, "hops": notes})
 
 
@@ -184,8 +256,9 @@ def describe(notes: dict) -> list[str]:
         if not h["pays"]:
             lines.append(f"  {h['source']} -> {h['target']}: {h['verdict']}")
         else:
+            reach = "" if "within_reach" not in h else f", {h['within_reach']} within reach"
             lines.append(f"  {h['source']} -> {h['target']}: {len(h['picked_predicted_top1_val'])} of "
-                         f"{h['frontier']} on the predicted frontier ({h['candidates']} candidates); cheaper anchor "
+                         f"{h['frontier']} on the predicted frontier{reach} ({h['candidates']} candidates); cheaper anchor "
                          f"{h['anchor_top1_val'][h['source']]:.2f}% on D_v, picks predicted "
                          + ", ".join(f"({i}, {j}) {v:.1f}%" for i, j, v in h["picked_predicted_top1_val"]))
     return lines

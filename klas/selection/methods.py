@@ -36,6 +36,7 @@ class SelectOptions:
     predictions: Path | None = None
     total_steps: int | None = None
     min_route_steps: int = 100
+    max_error_ratio: float = 2.0
 
     @classmethod
     def from_config(cls, section, *, seed: int, cache: Path | None = None, probes: Path | None = None,
@@ -48,7 +49,7 @@ class SelectOptions:
         return cls(tau=section.tau, tau_mode=section.tau_mode, buckets=section.buckets, chain_rule=section.chain_rule,
                    flops_range=section.flops_range, snnet_stage_skips=section.snnet_stage_skips, seed=seed,
                    cache=cache, probes=probes, predictions=predictions, total_steps=total_steps,
-                   min_route_steps=section.budget_min_route_steps)
+                   min_route_steps=section.budget_min_route_steps, max_error_ratio=section.budget_max_error_ratio)
 
     def klas_options(self) -> dict:
         """The keyword arguments of klas.selection.select.select."""
@@ -230,7 +231,7 @@ def _budget_pair(scores, source: str, target: str, o: SelectOptions) -> dict:
 
     pred = _budget_inputs(scores, o, [(source, target)])[(source, target)]
     pair, _ = budget_pair(scores, source, target, pred, route_budget(o.total_steps, o.min_route_steps, 2),
-                          flops_range=o.flops_range)
+                          flops_range=o.flops_range, max_error_ratio=o.max_error_ratio)
     return {"picks": [(c.i, c.j) for c in pair.selected],
             "scores": {c: -v for c, v in pred["configurations"].items()}}  # lower is better, as Γ
 
@@ -242,7 +243,7 @@ def _budget(scores, o: SelectOptions):
     chain = anchor_chain(scores, o.chain_rule)
     preds = _budget_inputs(scores, o, list(zip(chain, chain[1:])))
     return select_budget(scores, preds, total_steps=o.total_steps, min_route_steps=o.min_route_steps,
-                         chain_rule=o.chain_rule, flops_range=o.flops_range,
+                         chain_rule=o.chain_rule, flops_range=o.flops_range, max_error_ratio=o.max_error_ratio,
                          prediction_seconds=sum(p["seconds"] for p in preds.values()))
 
 

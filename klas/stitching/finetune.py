@@ -140,13 +140,16 @@ def training_plan(net: StitchedSupernet, settings: FinetuneSettings):
     """(optimizer, scheduler, route of every step ``[steps]``) of a finetuning: AdamW over what
     trains (the stitching layers alone with `stitches_only`, whose anchors are frozen here), warm-up
     then cosine decay, and a seeded uniform route schedule (with the anchors frozen only the
-    stitches have anything to train: their routes alone are drawn)."""
+    stitches have anything to train: their routes alone are drawn). (None, None, None) when nothing
+    trains: the anchors frozen and no stitch in the supernet."""
     if settings.stitches_only:
         for a in net.anchors.values():
             a.requires_grad_(False)
         params = list(net.stitches.parameters())
     else:
         params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        return None, None, None
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     warmup = int(settings.warmup_fraction * settings.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, settings.steps, warmup))
@@ -160,7 +163,8 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
     checkpoints under `out_dir`, resuming from its checkpoint when there is one.
 
     Returns {"steps", "resumed_from", "seconds", "final_loss"} (seconds of this call only; final_loss
-    None when the checkpoint was already complete).
+    None when the checkpoint was already complete), and "nothing_to_train": True when the anchors are
+    frozen and the supernet holds no stitch (no step runs; the supernet is saved as it is).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -169,6 +173,15 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
     optimizer, scheduler, schedule = training_plan(net, settings)
     start = 0
     ckpt = out_dir / CHECKPOINT
+    if optimizer is None:  # nothing trains (anchors frozen, no stitch): the supernet as it is is the result
+        if dist.is_main() and not ckpt.is_file():
+            _save_checkpoint(ckpt, {"step": settings.steps, "model": net.state_dict(), "optimizer": None,
+                                    "scheduler": None, "routes": [r.name for r in net.routes],
+                                    "settings": settings.fingerprint()})
+        dist.barrier()
+        net.eval()
+        return {"steps": settings.steps, "resumed_from": settings.steps, "seconds": 0.0, "final_loss": None,
+                "nothing_to_train": True}
     if os.path.lexists(ckpt):
         state = load_finetuning_checkpoint(ckpt, net, settings)
         try:

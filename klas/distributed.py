@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["Context", "init_from_env", "context", "is_main", "barrier", "all_reduce_sum", "even_share",
-           "rank_device", "shutdown", "launched_by_torchrun", "DEFAULT_TIMEOUT_S"]
+           "rank_device", "shutdown", "launched_by_torchrun", "slurm_step_ranks", "adopt_slurm_ranks", "port_for_job",
+           "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 1800.0
 
@@ -46,8 +47,66 @@ _context = Context()
 
 
 def launched_by_torchrun() -> bool:
-    """True when torchrun (or another launcher setting RANK and WORLD_SIZE) started this process."""
+    """True when torchrun (or another launcher setting RANK and WORLD_SIZE: `srun` through
+    `adopt_slurm_ranks`) started this process as one of several ranks."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def port_for_job(job_id: int, step_id: int = 0) -> int:
+    """The rendezvous port of a SLURM job step, in 20000-59999: two jobs on one node (and two steps
+    of one job) get different ports unless their ids are 5,000 jobs apart."""
+    return 20000 + (job_id * 8 + step_id % 8) % 40000
+
+
+def _first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list ("vm", "a,b", "node[03-07,9]")."""
+    if "[" not in nodelist:
+        return nodelist.split(",")[0]
+    import shutil
+    import subprocess
+
+    if shutil.which("scontrol"):
+        done = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.split():
+            return done.stdout.split()[0]
+    prefix, rest = nodelist.split("[", 1)
+    first = rest.split(",")[0].split("]")[0].split("-")[0]
+    return prefix + first
+
+
+def slurm_step_ranks(env=None) -> dict[str, str] | None:
+    """The torchrun-style variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) of a
+    process that `srun` started as one task of a step of several, without torchrun; None for
+    anything else (torchrun already set RANK; a batch script outside any step; a step of one task).
+
+    The rank is SLURM_PROCID of SLURM_STEP_NUM_TASKS, the local rank SLURM_LOCALID, the address the
+    step's first node, the port MASTER_PORT when set, else `port_for_job` of the job and step ids."""
+    env = os.environ if env is None else env
+    if "RANK" in env or "SLURM_STEP_ID" not in env:
+        return None
+    try:
+        world = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")))
+        rank, local = int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", "0"))
+        job, step = int(env.get("SLURM_JOB_ID", "0")), int(env["SLURM_STEP_ID"])
+    except (KeyError, ValueError):
+        return None
+    if world <= 1:
+        return None
+    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "localhost"
+    return {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local),
+            "MASTER_ADDR": env.get("MASTER_ADDR") or _first_host(nodes),
+            "MASTER_PORT": env.get("MASTER_PORT") or str(port_for_job(job, step))}
+
+
+def adopt_slurm_ranks() -> bool:
+    """Under a plain `srun -n N python -m klas …` (no torchrun), sets this process's rank variables
+    from SLURM's (`slurm_step_ranks`), so that it joins the others as torchrun's ranks would;
+    True when it did."""
+    ranks = slurm_step_ranks()
+    if ranks is None:
+        return False
+    os.environ.update(ranks)
+    return True
 
 
 def init_from_env(device: str = "cpu", *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Context:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,3 +49,15 @@ def real_run(tmp_path_factory, shapes_dir) -> Path:
     from helpers import make_real_run
 
     return make_real_run(tmp_path_factory.mktemp("real"), shapes_dir)
+
+
+@pytest.fixture(scope="session")
+def one_process(tmp_path_factory, shapes_dir) -> Path:
+    """The reference: `klas run` in one plain process."""
+    from ranks_common import write_run_config
+
+    config = write_run_config(tmp_path_factory.mktemp("one"), shapes_dir)
+    done = subprocess.run([sys.executable, "-m", "klas", "run", str(config), "--quiet"], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return config.parent / "out"

@@ -16,14 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import yaml
-from safetensors.torch import load_file
 
-from conftest import shared_available
+from ranks_common import assert_same_results, write_run_config
 from klas.cache.reader import batch_share, row_ranges
 from klas.distributed import even_share
-from klas.settings import cifar10_dir
 
 
 def _stream(ranges):
@@ -55,28 +51,24 @@ def test_even_share_covers_every_item_once():
         assert sum(c for _, c in parts) == n and max(c for _, c in parts) - min(c for _, c in parts) <= 1
 
 
+def test_slurm_step_tasks_get_torchruns_variables_and_nothing_else_does():
+    from klas.distributed import port_for_job, slurm_step_ranks
+
+    step = {"SLURM_STEP_ID": "0", "SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "4", "SLURM_NTASKS": "4",
+            "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123", "SLURM_STEP_NODELIST": "node7,node8"}
+    assert slurm_step_ranks(step) == {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node7",
+                                      "MASTER_PORT": str(port_for_job(123, 0))}
+    assert slurm_step_ranks({**step, "SLURM_STEP_NODELIST": "gpu[03-05,9]"})["MASTER_ADDR"] == "gpu03"
+    assert slurm_step_ranks({**step, "MASTER_PORT": "29999"})["MASTER_PORT"] == "29999"
+    assert slurm_step_ranks({**step, "RANK": "0", "WORLD_SIZE": "2"}) is None  # torchrun's own variables win
+    assert slurm_step_ranks({k: v for k, v in step.items() if k != "SLURM_STEP_ID"}) is None  # the batch script
+    assert slurm_step_ranks({**step, "SLURM_STEP_NUM_TASKS": "1"}) is None  # one task: one process
+    assert slurm_step_ranks({**step, "SLURM_PROCID": "x"}) is None
+    ports = {port_for_job(j, s) for j in range(1000, 1100) for s in range(2)}
+    assert len(ports) == 200 and all(20000 <= p < 60000 for p in ports)
+
+
 # -- end to end -------------------------------------------------------------------------------------
-
-def _config(out: Path, shapes_dir: Path) -> dict:
-    common = {"name": "ranks", "out": str(out), "select": {"method": "klas"}, "evaluate": {"batch_size": 128},
-              "distributed": {"timeout_s": 120.0}}
-    if shared_available():
-        return {**common, "anchors": ["cifar-resnet:20", "cifar-resnet:32"],
-                "data": {"root": str(cifar10_dir()), "train_limit": 512, "val_limit": 256, "test_limit": 256},
-                "extract": {"batch_size": 64, "shard_rows": 128}, "probes": {"epochs": 2, "batch_size": 64},
-                "finetune": {"steps": 20, "batch_size": 16, "checkpoint_every": 5, "calibration_images": 32, "protocols": ["snnet"]}}
-    return {**common, "anchors": ["cifar-resnet:8?pretrained=false&seed=1", "cifar-resnet:14?pretrained=false&seed=2"],
-            "data": {"root": str(shapes_dir), "val_fraction": 0.25},
-            "extract": {"batch_size": 16, "shard_rows": 32}, "probes": {"epochs": 2, "batch_size": 32},
-            "finetune": {"steps": 20, "batch_size": 8, "checkpoint_every": 5, "calibration_images": 16, "protocols": ["snnet"]}}
-
-
-def _write_config(directory: Path, shapes_dir: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "run.yaml"
-    path.write_text(yaml.safe_dump(_config(directory / "out", shapes_dir)))
-    return path
-
 
 def _torchrun(config: Path, ranks: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
@@ -90,53 +82,17 @@ def _finish(proc: subprocess.Popen) -> str:
     return output
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory, shapes_dir) -> Path:
-    """The reference: `klas run` in one plain process."""
-    config = _write_config(tmp_path_factory.mktemp("one"), shapes_dir)
-    done = subprocess.run([sys.executable, "-m", "klas", "run", str(config), "--quiet"], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    return config.parent / "out"
-
-
-def _assert_same_results(a: Path, b: Path) -> None:
-    """Caches byte for byte, Θ to 1e-5, the selected stitches exactly, accuracies per route."""
-    listed = [sorted(p.relative_to(d) for p in d.glob("cache/*/*/*") if p.is_file()) for d in (a, b)]
-    assert listed[0] == listed[1]  # the same files, heatmaps included (their pixels are not compared)
-    caches = [f for f in listed[0] if f.suffix in (".bin", ".json") and f.parts[1] not in ("probes", "scores")]
-    assert any(f.name == "shard-00001.bin" for f in caches), "the test needs caches of several shards"
-    for f in caches:  # extraction is the same computation on any number of ranks: the same bytes
-        assert (a / f).read_bytes() == (b / f).read_bytes(), f
-    for f in (f for f in listed[0] if f.parts[1] == "probes" and f.suffix == ".safetensors"):
-        pa, pb = load_file(str(a / f)), load_file(str(b / f))  # gradients summed across ranks: rounding only
-        assert pa.keys() == pb.keys()
-        for k in pa:
-            torch.testing.assert_close(pb[k], pa[k], atol=1e-5, rtol=1e-4)
-    ta = load_file(str(a / "cache/scores/scores.safetensors"))["theta_all"]
-    tb = load_file(str(b / "cache/scores/scores.safetensors"))["theta_all"]
-    torch.testing.assert_close(tb, ta, atol=1e-5, rtol=1e-5)
-    sel = [json.loads((d / "methods/klas/selection/selection.json").read_text()) for d in (a, b)]
-    chosen = [[(c["source"], c["i"], c["target"], c["j"]) for p in s["pairs"] for c in p["selected"]] for s in sel]
-    assert chosen[0] == chosen[1] and chosen[0]
-    ev = [json.loads((d / "methods/klas/snnet/evaluation/evaluation.json").read_text())["routes"] for d in (a, b)]
-    assert [r["name"] for r in ev[0]] == [r["name"] for r in ev[1]]
-    assert [r["total"] for r in ev[1]] == [r["total"] for r in ev[0]]
-    # weights agree to rounding (gradients summed in another order); a test image near a decision
-    # boundary could flip, so allow one image per route
-    for ra, rb in zip(*ev):
-        assert abs(ra["correct"] - rb["correct"]) <= 1, (ra["name"], ra["correct"], rb["correct"])
-
-
 @pytest.mark.slow
 def test_two_ranks_give_the_results_of_one_process(one_process, tmp_path, shapes_dir):
-    config = _write_config(tmp_path, shapes_dir)
+    config = write_run_config(tmp_path, shapes_dir)
     output = _finish(_torchrun(config, 2))
     out = config.parent / "out"
-    _assert_same_results(one_process, out)
+    assert_same_results(one_process, out)
     marker = json.loads((out / "cache" / ".klas-stage.json").read_text())
     assert marker["ranks"] == 2
     assert output.count("[extract] running") == 1  # rank 0 alone reports
+    assert "[ranks] 2 ranks; global batch sizes: adapt 64 (32 per rank)" in output
+    assert "finetune 16 (8 per rank)" in output or "finetune 8 (4 per rank)" in output
 
 
 def _worker_pids(launcher: int) -> dict[int, int]:
@@ -170,7 +126,7 @@ def test_a_rank_that_dies_fails_the_job_fast_and_a_rerun_finishes_it(one_process
     """SIGKILL rank 1 while it extracts, then again while it finetunes: each time torchrun stops
     the job within seconds and names the rank; the run started again resumes and ends with the
     results of one process."""
-    config = _write_config(tmp_path, shapes_dir)
+    config = write_run_config(tmp_path, shapes_dir)
     out = config.parent / "out"
     stages = [
         ("extracting", lambda: any(out.glob("cache/*/train/progress-1-of-2.json"))),
@@ -186,7 +142,7 @@ def test_a_rank_that_dies_fails_the_job_fast_and_a_rerun_finishes_it(one_process
         assert "rank      : 1" in output and "SIGKILL" in output, output[-3000:]
     assert not (out / "methods/klas/snnet/supernet/.klas-stage.json").exists()
     _finish(_torchrun(config, 2))
-    _assert_same_results(one_process, out)
+    assert_same_results(one_process, out)
 
 
 @pytest.mark.slow

@@ -503,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     """Runs one subcommand. User errors (the project's own error types, unwritable or unreadable
     paths) print one line and return 2; Ctrl-C returns 130; anything else is a bug and keeps its
     traceback."""
+    if argv is None:  # the command line: `srun -n N klas run …` takes its ranks from SLURM's variables
+        distributed.adopt_slurm_ranks()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or an option argparse refused (one line already printed)

@@ -238,6 +238,20 @@ def run(cfg: RunConfig, *, methods: list[str] | None = None, progress: bool = Tr
 RUN_LOCK = ".klas-run.lock"
 
 
+def ranks_line(cfg: RunConfig, world_size: int) -> str:
+    """What a run on `world_size` ranks does with the config's batch sizes and learning rates: the
+    batch sizes are global (one process's batch, each rank taking an equal slice) and the learning
+    rates are used as written, so the results do not depend on the number of ranks."""
+    def share(name: str, batch: int) -> str:
+        return f"{name} {batch} ({batch // world_size} per rank)"
+
+    parts = [share("adapt", cfg.adapt.batch_size), share("probes", cfg.probes.batch_size),
+             share("finetune", cfg.finetune.batch_size), share("recovery", cfg.recovery.batch_size)]
+    return (f"{world_size} ranks; global batch sizes: {', '.join(parts)}; learning rates as configured, not "
+            f"rescaled (adapt {cfg.adapt.lr:g}, probes {cfg.probes.lr:g}, finetune {cfg.finetune.lr:g}, "
+            f"recovery {cfg.recovery.lr:g})")
+
+
 def _in_run_folder(cfg: RunConfig, log, work: Callable):
     """The one way into a run folder (`run`, `run_recovery`): joins torchrun's group, quiets the log
     of ranks other than 0, holds the folder's lock for the whole `work(log)`, then records the
@@ -245,6 +259,8 @@ def _in_run_folder(cfg: RunConfig, log, work: Callable):
     dist.init_from_env(cfg.device, timeout_s=cfg.distributed.timeout_s)
     if not dist.is_main():
         log = _silent
+    if dist.context().distributed:
+        log(f"[ranks] {ranks_line(cfg, dist.context().world_size)}")
     with _one_writer(cfg):
         result = work(log)
         _record_times(Path(cfg.out), log)

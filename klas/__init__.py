@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 __getattr__, __dir__, _lazy = lazy_exports(__name__, {
     "load_anchor": "anchors",
+    "wrap_model": "anchors.wrapped",
     "extract": "extraction.extract",
     "kl_matrix": "scoring.kl",
     "kl_matrix_from_features": "scoring.kl",

@@ -134,3 +134,44 @@ def test_two_wrapped_models_stitch_in_a_supernet():
         for k in range(len(net)):
             assert net(x, k).shape == (3, 7)
         torch.testing.assert_close(net(x, 0), small(x))  # the anchors are routes as they are
+
+
+GENERIC_TIMM = ["convnext_atto", "mobilenetv3_small_050", "regnetx_002", "ghostnet_100", "edgenext_xx_small",
+                "rexnet_100"]
+
+
+@pytest.mark.parametrize("name", GENERIC_TIMM)
+def test_timm_families_without_an_adapter_are_cut_at_their_feature_blocks(name):
+    """`timm:NAME` for families beyond the four with their own adapter: every cut rejoins to the
+    model's own forward, and the block outputs are those of the modules feature_blocks names."""
+    pytest.importorskip("timm")
+    from klas.anchors import load_anchor
+    from klas.anchors.timm_models import feature_blocks
+
+    anchor = load_anchor(f"timm:{name}?pretrained=false&num_classes=10")
+    assert anchor.block_names == feature_blocks(anchor.model) or anchor.block_names == [
+        f["module"] for f in anchor.model.feature_info]
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    outputs, logits = _hooked(anchor.model, anchor.block_names, x)
+    with torch.no_grad():
+        for i in range(anchor.depth + 1):
+            torch.testing.assert_close(anchor.forward_back(anchor.forward_front(x, i), i), logits)
+        for (k, h), ref in zip(anchor.block_outputs(x), outputs):
+            torch.testing.assert_close(h, ref)
+    assert anchor.depth >= 4 and anchor.flops.total > 0
+
+
+def test_two_generic_timm_families_stitch():
+    pytest.importorskip("timm")
+    from klas.anchors import load_anchor
+    from klas.stitching.stitch import StitchedSupernet
+
+    a = load_anchor("timm:mobilenetv3_small_050?pretrained=false&num_classes=10")
+    b = load_anchor("timm:ghostnet_100?pretrained=false&num_classes=10")
+    # the last block of a on the 28x28 grid, into b after its first 28x28 block
+    i = max(k for k, info in enumerate(a.block_info, start=1) if info.grid == (28, 28) and k < a.depth)
+    j = min(k for k, info in enumerate(b.block_info, start=1) if info.grid == (28, 28))
+    net = StitchedSupernet([a, b], [(a.name, b.name, i, j)])
+    with torch.no_grad():
+        assert net(torch.randn(2, 3, 224, 224), len(net) - 1).shape == (2, 10)

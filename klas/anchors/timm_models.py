@@ -17,6 +17,11 @@ timm has no public call for a ViT's stem alone (`forward_intermediates` starts a
 returns block outputs), so the ViT stem calls the same parts as `forward_features` does, `_pos_embed`
 among them; the tests hold every adapter's cut-and-rejoin to the model's own forward.
 
+Every other timm model with `feature_info` (ConvNeXt, EfficientNet, MobileNetV3, RegNet, DenseNet,
+GhostNet, EdgeNeXt, ...) is cut generically: its forward traced with torch.fx (timm's own
+no-trace modules and functions kept whole) after each block of the stages `feature_info` names
+(`feature_blocks`), or after each stage where a finer cut is refused (klas.anchors.wrapped).
+
 `img_size` sets the input size; convolutional families take any size and are not passed it.
 """
 from __future__ import annotations
@@ -30,7 +35,7 @@ from klas.anchors.base import Anchor
 from klas.anchors.registry import anchor_kind
 from klas.errors import AnchorError
 
-__all__ = ["load_timm", "timm_family", "TimmFamily", "TIMM_FAMILIES"]
+__all__ = ["load_timm", "timm_family", "TimmFamily", "TIMM_FAMILIES", "feature_blocks"]
 
 
 @dataclass(frozen=True)
@@ -161,12 +166,52 @@ def _family_by_module(name: str) -> TimmFamily | None:
     return next((f for f in TIMM_FAMILIES.values() if module in f.modules), None)
 
 
-def _family_of(model) -> TimmFamily:
-    for family in TIMM_FAMILIES.values():
-        if family.adapts(model):
-            return family
-    raise AnchorError(f"timm model class {type(model).__name__} has no klas adapter yet (supported: {_supported()}); "
-                      "wrap it with a module: spec instead")
+def _family_of(model) -> TimmFamily | None:
+    """The family adapter of `model`, None for a model every family leaves to the generic cut."""
+    return next((f for f in TIMM_FAMILIES.values() if f.adapts(model)), None)
+
+
+def feature_blocks(model) -> list[str]:
+    """The blocks of a timm model without a family adapter, from its `feature_info` (the stage
+    modules timm's own feature extraction taps): each stage split into its blocks where it holds a
+    sequence of them (`stage.blocks`, or the stage itself a Sequential), else the stage whole."""
+    info = getattr(model, "feature_info", None)
+    stages = [f["module"] for f in info] if isinstance(info, list) and all("module" in f for f in info) else []
+    if not stages:
+        raise AnchorError(f"timm model class {type(model).__name__} has no feature_info to find its blocks by "
+                          f"(families with their own adapter: {_supported()}); wrap it with klas.wrap_model")
+    named = dict(model.named_modules())
+    names = []
+    for stage in stages:
+        module = named.get(stage)
+        inner = getattr(module, "blocks", None)
+        if isinstance(inner, nn.Sequential) and len(inner) > 0:
+            names += [f"{stage}.blocks.{k}" for k in range(len(inner))]
+        elif isinstance(module, nn.Sequential) and len(module) > 1:
+            names += [f"{stage}.{k}" for k in range(len(module))]
+        else:
+            names.append(stage)
+    return names
+
+
+def _generic(spec: str, name: str, model, cfg: dict) -> Anchor:
+    """A timm model of no adapted family, cut by tracing its forward (klas.anchors.wrapped) after
+    each block of `feature_blocks`; at the stage level where a finer cut is refused."""
+    from timm.layers import get_notrace_functions, get_notrace_modules
+
+    from klas.anchors.wrapped import wrap_model
+
+    stages = [f["module"] for f in model.feature_info]
+    common = dict(input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                  num_classes=model.num_classes, name=name, spec=spec, leaf_types=tuple(get_notrace_modules()),
+                  autowrap_functions=tuple(get_notrace_functions()))
+    blocks = feature_blocks(model)
+    try:
+        return wrap_model(model.eval(), blocks, **common)
+    except AnchorError:
+        if blocks == stages:
+            raise
+    return wrap_model(model.eval(), stages, **common)
 
 
 @anchor_kind("timm", options={"pretrained": bool, "num_classes": int, "img_size": int, "patch_size": int,
@@ -197,12 +242,15 @@ def load_timm(spec: str, args: list[str], options: dict) -> Anchor:
         model = timm.create_model(name, **kwargs)
     except Exception as e:  # timm raises many types (network, hub, bad kwargs)
         raise AnchorError(f"timm could not build {name!r} with {kwargs} ({type(e).__name__}: {e})") from None
-    adapter = _family_of(model).adapter
-    blocks, names = adapter.parts(model)
     cfg = resolve_data_config({}, model=model)
     if "img_size" in options:  # the pretrained config still names the default resolution
         size = options["img_size"]
         cfg["input_size"] = (cfg["input_size"][0], *((size, size) if isinstance(size, int) else size))
+    family = _family_of(model)
+    if family is None:
+        return _generic(spec, name, model, cfg)
+    adapter = family.adapter
+    blocks, names = adapter.parts(model)
     return adapter(
         spec=spec, name=name, model=model.eval(), blocks=blocks, block_names=names,
         layouts=adapter.layout, input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]),

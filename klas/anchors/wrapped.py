@@ -31,14 +31,16 @@ __all__ = ["WrappedAnchor", "wrap_model"]
 
 
 class _BlocksAsLeaves(fx.Tracer):
-    """torch.fx's tracer, with the named blocks as leaf modules (called, never traced into)."""
+    """torch.fx's tracer, with the named blocks (and modules of `leaf_types`) as leaf modules:
+    called, never traced into; `autowrap_functions` are recorded as calls, never traced into."""
 
-    def __init__(self, leaves: set[str]):
-        super().__init__()
-        self.leaves = leaves
+    def __init__(self, leaves: set[str], leaf_types: tuple = (), autowrap_functions: tuple = ()):
+        super().__init__(autowrap_functions=tuple(autowrap_functions))
+        self.leaves, self.leaf_types = leaves, tuple(leaf_types)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+        return (qualname in self.leaves or (bool(self.leaf_types) and isinstance(m, self.leaf_types))
+                or super().is_leaf_module(m, qualname))
 
 
 def _crossing(nodes: list[fx.Node], boundary: int) -> set[fx.Node]:
@@ -92,11 +94,15 @@ class WrappedAnchor(Anchor):
 def wrap_model(model: nn.Module, blocks: Sequence[str], *, input_size: tuple[int, int, int],
                layout: str | list[str] = "nchw", mean: tuple[float, ...] = (0.5, 0.5, 0.5),
                std: tuple[float, ...] = (0.5, 0.5, 0.5), num_classes: int | None = None, name: str = "wrapped",
-               spec: str | None = None, prefix_tokens: int = 0) -> WrappedAnchor:
+               spec: str | None = None, prefix_tokens: int = 0, leaf_types: tuple = (),
+               autowrap_functions: tuple = ()) -> WrappedAnchor:
     """`model` (any nn.Module taking images ``[B, C, H, W]`` and returning logits ``[B, classes]``) as
     an anchor cut after each of `blocks` (submodule names as in `model.named_modules()`, in forward
     order). AnchorError with one line when a name is not a submodule, the forward cannot be traced,
-    or a cut would drop a value the rest of the forward needs."""
+    or a cut would drop a value the rest of the forward needs.
+
+    leaf_types, autowrap_functions: module classes and functions the tracer must not trace into
+    (a library's own, e.g. timm's `get_notrace_modules()` / `get_notrace_functions()`)."""
     blocks = list(blocks)
     named = dict(model.named_modules())
     if not blocks:
@@ -111,7 +117,7 @@ def wrap_model(model: nn.Module, blocks: Sequence[str], *, input_size: tuple[int
     if len(set(blocks)) != len(blocks):
         raise AnchorError(f"{name}: a block is named twice in {blocks}")
     try:
-        graph = _BlocksAsLeaves(set(blocks)).trace(model)
+        graph = _BlocksAsLeaves(set(blocks), leaf_types, autowrap_functions).trace(model)
     except Exception as e:  # noqa: BLE001 - fx raises many kinds; one line says which and what to do
         raise AnchorError(f"{name}: the model's forward cannot be traced to cut it at its blocks "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); give it as stem, "

@@ -22,6 +22,7 @@ __getattr__, __dir__, _lazy = lazy_exports(__name__, {
     "select": "selection.select",
     "select_snnet_nearest": "selection.select",
     "to_snnet": "selection.export",
+    "to_snnet_configs": "selection.snnet_bridge",
 })
 
 __all__ = sorted(["AnchorError", "CacheError", "DataError", "KlasError", "__version__", *_lazy])

@@ -331,8 +331,8 @@ def test_edited_scores_do_not_reach_select(run, capsys, edit, pattern):
 
 def test_an_snnet_import_with_a_negative_index_is_refused(run, capsys, tmp_path):
     assert main(["select", "--scores", str(run / "cache/scores"), "--out", str(tmp_path / "sel")]) == 0
-    assert main(["export", "--selection", str(tmp_path / "sel/selection.json"), "--format", "snnet"]) == 0
-    path = tmp_path / "sel/selection.snnet.json"
+    assert main(["export", "--selection", str(tmp_path / "sel/selection.json"), "--format", "klas-pairs"]) == 0
+    path = tmp_path / "sel/selection.pairs.json"
     _json_edit(path, lambda d: d["stitch_configs"][0].__setitem__("front", -1))
     _fails_cleanly(["import-snnet", str(path), "--scores", str(run / "cache/scores"), "--out", str(tmp_path / "imp")],
                    capsys, "front -1 is not an index into its 2 anchors")

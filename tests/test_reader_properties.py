@@ -89,7 +89,7 @@ def files(real_run, tmp_path_factory):
     shutil.copytree(real_run, root / "run")
     scores = root / "run/cache/scores"
     assert main(["select", "--scores", str(scores), "--out", str(root / "sel")]) == 0
-    assert main(["export", "--selection", str(root / "sel/selection.json"), "--format", "snnet"]) == 0
+    assert main(["export", "--selection", str(root / "sel/selection.json"), "--format", "klas-pairs"]) == 0
     return root
 
 
@@ -151,7 +151,7 @@ def test_snnet_imports(files, data):
     from klas.scoring.scores import load_scores
 
     scores = load_scores(files / "run/cache/scores")
-    doc = mutate_json(json.loads((files / "sel/selection.snnet.json").read_text()), data)
+    doc = mutate_json(json.loads((files / "sel/selection.pairs.json").read_text()), data)
     only_klas_errors(lambda: from_snnet(doc, scores))
 
 

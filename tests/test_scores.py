@@ -134,7 +134,8 @@ def test_export_snnet_and_csv_and_import_round_trip(scored, tmp_path):
 
     assert main(["select", "--scores", str(scored / "scores")]) == 0
     selection = scored / "selection" / "selection.json"
-    assert main(["export", "--selection", str(selection), "--format", "snnet", "--out", str(tmp_path / "s.json")]) == 0
+    assert main(["export", "--selection", str(selection), "--format", "klas-pairs", "--out", str(tmp_path / "s.json")]) == 0
+    assert main(["export", "--selection", str(selection), "--format", "snnet", "--out", str(tmp_path / "n.json")]) == 0
     assert main(["export", "--selection", str(selection), "--format", "csv", "--out", str(tmp_path / "s.csv")]) == 0
     sel = json.loads(selection.read_text())
     snnet = json.loads((tmp_path / "s.json").read_text())
@@ -151,6 +152,12 @@ def test_export_snnet_and_csv_and_import_round_trip(scored, tmp_path):
         assert [(c["i"], c["j"], c["gamma"]) for c in p["selected"]] == \
             sorted([(c["i"], c["j"], c["gamma"]) for c in q["selected"]], key=lambda t: [
                 (c["i"], c["j"]) for c in p["selected"]].index(t[:2]))
+    # SN-Net's own list form imports to the same configurations
+    assert main(["import-snnet", str(tmp_path / "n.json"), "--scores", str(scored / "scores"),
+                 "--out", str(tmp_path / "n")]) == 0
+    again = json.loads((tmp_path / "n" / "selection-imported.json").read_text())
+    assert [sorted((c["i"], c["j"]) for c in p["selected"]) for p in again["pairs"]] == \
+        [sorted((c["i"], c["j"]) for c in p["selected"]) for p in imported["pairs"]]
 
 
 def test_import_rejects_configurations_outside_the_anchors(scored, tmp_path):

@@ -275,15 +275,18 @@ def _print_selection(sel) -> None:
 def _cmd_export(args) -> int:
     from pathlib import Path
 
-    from klas.selection.export import to_snnet, write_csv
     from klas.files import write_json_atomic
+    from klas.selection.export import to_snnet, write_csv
     from klas.selection.select import read_selection
+    from klas.selection.snnet_bridge import to_snnet_configs
 
     path = Path(args.selection)
     selection = read_selection(path)
-    suffix = {"snnet": ".snnet.json", "csv": ".csv"}[args.format]
+    suffix = {"snnet": ".snnet.json", "klas-pairs": ".pairs.json", "csv": ".csv"}[args.format]
     out = Path(args.out) if args.out else path.with_suffix(suffix)
     if args.format == "snnet":
+        write_json_atomic(out, to_snnet_configs(selection))
+    elif args.format == "klas-pairs":
         write_json_atomic(out, to_snnet(selection))
     else:
         write_csv(selection, out)
@@ -292,16 +295,34 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_import_snnet(args) -> int:
+    """SN-Net's configuration list (`klas export --format snnet`), klas's pair form (`--format
+    klas-pairs`), or SN-Net's own config file (DeiT's or ResNet/Swin's JSON, Swin's YAML: its
+    anchors, with SN-Net's rules) -> a selection scored with our Θ."""
     from pathlib import Path
 
-    from klas.selection.export import from_snnet
+    import yaml
+
     from klas.files import write_json_atomic
     from klas.reading import read_json
     from klas.scoring.scores import load_scores
+    from klas.selection.export import SNNET_FORMAT, from_snnet
+    from klas.selection.snnet_bridge import from_snnet_configs, snnet_config_anchors, snnet_rules_selection
 
-    snnet = read_json(args.config, what="SN-Net configuration file", error=UsageError,
-                      fix="give a JSON file as `klas export --format snnet` writes")
-    sel = from_snnet(snnet, load_scores(args.scores), where=args.config)
+    fix = "give `klas export --format snnet` output or an SN-Net config file (JSON, or Swin's YAML)"
+    if str(args.config).endswith((".yaml", ".yml")):
+        try:
+            doc = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise UsageError(f"{args.config}: cannot read it as YAML ({type(e).__name__}); {fix}") from None
+    else:
+        doc = read_json(args.config, what="SN-Net configuration file", error=UsageError, fix=fix)
+    scores = load_scores(args.scores)
+    if isinstance(doc, dict) and doc.get("format") == SNNET_FORMAT:
+        sel = from_snnet(doc, scores, where=args.config)
+    elif isinstance(doc, dict) and isinstance(doc.get("stitch_configs"), list):
+        sel = from_snnet_configs(doc, scores, where=args.config)
+    else:
+        sel = snnet_rules_selection(scores, snnet_config_anchors(doc, where=args.config), where=args.config)
     out = Path(args.out) if args.out else Path(args.scores).parent / "selection"
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "selection-imported.json", sel.to_json())
@@ -379,14 +400,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_option(p, RunConfig, "seed", help="seed of --method random")
     p.set_defaults(run=_cmd_select)
 
-    p = sub.add_parser("export", help="write a selection in SN-Net's configuration form or as CSV")
+    p = sub.add_parser("export", help="write a selection as SN-Net's configuration list, klas's pair form or CSV")
     p.add_argument("--selection", required=True, help="selection.json written by klas select")
-    p.add_argument("--format", default="snnet", choices=["snnet", "csv"], help="output form")
+    p.add_argument("--format", default="snnet", choices=["snnet", "klas-pairs", "csv"],
+                   help="snnet: the list SN-Net's SNNet.__init__ builds (comb_id, stage_id, stitch_cfgs, "
+                        "stitch_layers; see klas/selection/snnet_bridge.py for the patch point); klas-pairs: "
+                        "(a, b) per anchor pair; csv: one row per configuration (default: snnet)")
     p.add_argument("--out", help="output file (default: beside the selection)")
     p.set_defaults(run=_cmd_export)
 
-    p = sub.add_parser("import-snnet", help="score an SN-Net configuration file with our Θ")
-    p.add_argument("config", help="an SN-Net configuration JSON (as klas export --format snnet writes)")
+    p = sub.add_parser("import-snnet", help="score SN-Net's configurations with our Θ")
+    p.add_argument("config", help="`klas export --format snnet` (or klas-pairs) output, or SN-Net's own config "
+                                  "file (DeiT's or ResNet/Swin's JSON, Swin's YAML): its anchors, SN-Net's rules")
     p.add_argument("--scores", required=True, help="folder written by klas score")
     p.add_argument("--out", help="where to write selection-imported.json (default: beside the scores)")
     p.set_defaults(run=_cmd_import_snnet)

@@ -22,5 +22,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "metric_numerators": "metric_tables",
     "to_snnet": "export",
     "from_snnet": "export",
+    "to_snnet_configs": "snnet_bridge",
+    "from_snnet_configs": "snnet_bridge",
     "write_csv": "export",
 })

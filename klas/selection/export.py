@@ -105,14 +105,27 @@ def from_snnet(snnet: dict, scores: Scores, where: str = "the SN-Net configurati
             if (i, j) not in scored and j > 0 and list(f.grids[i - 1]) != list(g.grids[j - 1]):
                 refuse(f"configuration (a={a}, b={b}) joins different grids {f.grids[i - 1]} and {g.grids[j - 1]}")
             chosen.append(scored.get((i, j)) or unscored_config(f, g, i, j))
-        pairs.append(PairSelection(f.name, g.name, sorted(scored.values(), key=lambda c: (c.flops, c.i, c.j)),
-                                   sorted(chosen, key=lambda c: (c.flops, c.i, c.j)),
-                                   [float(f.total_flops), float(g.total_flops)], [math.nan]))
-    pairs.sort(key=lambda p: scores.anchor(p.source).total_flops)
+        pairs.append(imported_pair(scores, f.name, g.name, scored, chosen))
+    return imported_selection(scores, pairs, refuse)
+
+
+def imported_pair(scores: Scores, source: str, target: str, scored: dict, chosen) -> PairSelection:
+    """One anchor pair of an imported selection: every scored configuration, the chosen ones
+    (Configs), cheapest first."""
+    f, g = scores.anchor(source), scores.anchor(target)
+    return PairSelection(source, target, sorted(scored.values(), key=lambda c: (c.flops, c.i, c.j)),
+                         sorted(chosen, key=lambda c: (c.flops, c.i, c.j)),
+                         [float(f.total_flops), float(g.total_flops)], [math.nan])
+
+
+def imported_selection(scores: Scores, pairs: list[PairSelection], refuse) -> Selection:
+    """A selection of method "imported" from its pairs, which must chain the anchors from cheaper to
+    costlier (`refuse(message)` otherwise)."""
+    pairs = sorted(pairs, key=lambda p: scores.anchor(p.source).total_flops)
     chain = [pairs[0].source] if pairs else []
     for p in pairs:
         if p.source != chain[-1]:
-            refuse(f"the stitch_configs entries do not form a chain of anchors from cheaper to costlier (the pair "
+            refuse(f"the configurations do not form a chain of anchors from cheaper to costlier (the pair "
                    f"{p.source} -> {p.target} does not start where the previous one ends, {chain[-1]})")
         chain.append(p.target)
     return Selection(method="imported", chain=chain, chain_rule="imported", tau=math.nan, tau_mode="none", pairs=pairs,

@@ -65,6 +65,7 @@ class SelectedAnchor:
     spec: str
     depth: int
     total_flops: int
+    grids: tuple | None = None  # each block's output grid, where the file records it
 
 
 @dataclass
@@ -102,7 +103,9 @@ class Selection:
                                [config_from_json(c) for c in p["selected"]], [nan(e) for e in p["bucket_edges"]],
                                [nan(t) for t in p["tau_per_bucket"]], list(p.get("coverage_added_blocks", [])))
                  for p in doc["pairs"]]
-        anchors = [SelectedAnchor(a["name"], a["spec"], a["depth"], a["flops"]) for a in doc["anchors"]]
+        anchors = [SelectedAnchor(a["name"], a["spec"], a["depth"], a["flops"],
+                                  tuple(tuple(g) for g in a["grids"]) if a.get("grids") is not None else None)
+                   for a in doc["anchors"]]
         return cls(method=doc["method"], chain=list(doc["chain"]), chain_rule=doc.get("chain_rule", ""),
                    tau=nan(doc.get("tau")), tau_mode=doc.get("tau_mode", ""), pairs=pairs, anchors=anchors,
                    last_block=doc.get("last_block", {}), notes=dict(doc.get("notes") or {}))
@@ -111,7 +114,9 @@ class Selection:
         doc = {
             "format": "klas-selection", "version": 1, "method": self.method, "chain": self.chain,
             "chain_rule": self.chain_rule, "tau": _number(self.tau), "tau_mode": self.tau_mode,
-            "anchors": [{"name": a.name, "spec": a.spec, "depth": a.depth, "flops": a.total_flops} for a in self.anchors],
+            "anchors": [{"name": a.name, "spec": a.spec, "depth": a.depth, "flops": a.total_flops,
+                         **({"grids": [list(g) for g in a.grids]} if getattr(a, "grids", None) is not None else {})}
+                        for a in self.anchors],
             "last_block": self.last_block,
             "pairs": [{
                 "source": p.source, "target": p.target, "bucket_edges": p.edges,
@@ -177,6 +182,10 @@ def _selection_problem(doc: dict) -> str | None:
         if not (isinstance(a, dict) and plain_text(a.get("name"), 255) and plain_text(a.get("spec"))
                 and _is_int(a.get("depth"), 2, 10_000) and _is_int(a.get("flops"))):
             return f"anchor entry {str(a)[:80]} is malformed"
+        grids = a.get("grids")
+        if grids is not None and not (isinstance(grids, list) and len(grids) == a["depth"] and all(
+                isinstance(g, list) and 1 <= len(g) <= 2 and all(_is_int(v, 1, 10**6) for v in g) for g in grids)):
+            return f"anchor {a['name']}'s grids are not one grid of 1 or 2 positive sizes per block"
         depth[a["name"]] = a["depth"]
     if len(depth) != len(anchors) or not all(isinstance(n, str) and n in depth for n in doc["chain"]):
         return "anchor names repeat, or the chain names an anchor not listed"

@@ -122,3 +122,21 @@ def test_snnets_own_config_files_name_their_anchors(tmp_path):
         snnet_config_anchors({"anchors": ["resnet1"]})
     with pytest.raises(UsageError, match="names no anchors"):
         snnet_config_anchors({"model": "snnet"})
+
+
+def test_import_snnet_reads_snnets_own_config_file(tmp_path, capsys):
+    pytest.importorskip("timm")
+    from klas.pipeline.cli import main
+
+    scores = _scores([("timm:resnet18", [2, 2, 2, 2], 64), ("timm:resnet50", [3, 4, 6, 3], 128)])
+    scores.save(tmp_path / "scores")
+    config = tmp_path / "resnet18_resnet50.json"
+    config.write_text(json.dumps({"anchors": ["resnet18", "resnet50"]}))
+    assert main(["import-snnet", str(config), "--scores", str(tmp_path / "scores"), "--out", str(tmp_path / "i")]) == 0
+    got = json.loads((tmp_path / "i" / "selection-imported.json").read_text())
+    assert got["method"] == "imported"
+    assert sorted((c["i"], c["j"]) for p in got["pairs"] for c in p["selected"]) == sorted(
+        (c.i, c.j) for c in select_snnet_nearest(scores).selected)
+    config.write_text(json.dumps({"anchors": ["resnet18", "resnet34"]}))
+    assert main(["import-snnet", str(config), "--scores", str(tmp_path / "scores"), "--out", str(tmp_path / "j")]) == 2
+    assert "score the config's anchors" in capsys.readouterr().err

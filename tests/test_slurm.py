@@ -35,20 +35,6 @@ def _log(path: Path) -> str:
     return path.read_text(errors="replace") if path.is_file() else ""
 
 
-def test_plain_srun_takes_its_ranks_from_slurm(cluster, one_process, tmp_path, shapes_dir):
-    """`srun -n 2 python -m klas run` (no torchrun): two ranks from SLURM_PROCID / SLURM_STEP_NUM_TASKS."""
-    config = write_run_config(tmp_path, shapes_dir)
-    script = tmp_path / "job.sh"
-    script.write_text(f"#!/bin/bash\nsrun -n 2 {sys.executable} -m klas run {config} --quiet\n")
-    log = tmp_path / "job.log"
-    job = cluster.sbatch(script, "-n", "2", "-o", str(log), "--time=20", env=JOB_ENV)
-    info = cluster.wait(job, 900)
-    assert info["JobState"] == "COMPLETED", _log(log)[-4000:]
-    out = config.parent / "out"
-    assert_same_results(one_process, out)
-    assert json.loads((out / "cache" / ".klas-stage.json").read_text())["ranks"] == 2
-
-
 def test_the_sbatch_script_requeued_by_its_time_limit_signal_resumes_to_the_same_results(
         cluster, one_process, tmp_path, shapes_dir):
     """The shipped script, 2 torchrun ranks: SLURM's time-limit signal (USR1 to the batch shell,
@@ -75,18 +61,28 @@ def test_the_sbatch_script_requeued_by_its_time_limit_signal_resumes_to_the_same
     assert_same_results(one_process, config.parent / "out")
 
 
-def test_two_jobs_on_one_node_at_once_use_their_own_ports(cluster, one_process, tmp_path, shapes_dir):
-    jobs = []
-    for name in ("a", "b"):
-        config = write_run_config(tmp_path / name, shapes_dir)
-        log = tmp_path / f"{name}.log"
-        jobs.append((cluster.sbatch(SCRIPT, "-o", str(log), "--cpus-per-task=2", "--time=30",
-                                    script_args=(str(config),), env={**JOB_ENV, "KLAS_PROCS_PER_NODE": "2"}), config, log))
-    infos = [cluster.wait(job, 1200) for job, _, _ in jobs]
-    for info, (_, config, log) in zip(infos, jobs):
+def test_two_jobs_at_once_the_script_and_plain_srun_each_give_the_results_of_one_process(
+        cluster, one_process, tmp_path, shapes_dir):
+    """Two jobs on one node at the same time, each on its own rendezvous port: the shipped script
+    (2 torchrun ranks) and `srun -n 2 python -m klas run` without torchrun, whose tasks take their
+    ranks from SLURM_PROCID / SLURM_STEP_NUM_TASKS and their port from the job id."""
+    from klas.distributed import port_for_job
+
+    script_config = write_run_config(tmp_path / "script", shapes_dir)
+    plain_config = write_run_config(tmp_path / "plain", shapes_dir)
+    plain = tmp_path / "plain.sh"
+    plain.write_text(f"#!/bin/bash\nsrun -n 2 {sys.executable} -m klas run {plain_config}\n")
+    logs = tmp_path / "script.log", tmp_path / "plain.log"
+    jobs = [cluster.sbatch(SCRIPT, "-o", str(logs[0]), "--cpus-per-task=2", "--time=30",
+                           script_args=(str(script_config),), env={**JOB_ENV, "KLAS_PROCS_PER_NODE": "2"}),
+            cluster.sbatch(plain, "-n", "2", "-o", str(logs[1]), "--time=30", env=JOB_ENV)]
+    infos = [cluster.wait(job, 1200) for job in jobs]
+    for info, log, config in zip(infos, logs, (script_config, plain_config)):
         assert info["JobState"] == "COMPLETED", _log(log)[-4000:]
         assert_same_results(one_process, config.parent / "out")
-    ports = [re.search(r"rendezvous \S+:(\d+)", _log(log)).group(1) for _, _, log in jobs]
-    assert ports[0] != ports[1]
+    assert json.loads((plain_config.parent / "out" / "cache" / ".klas-stage.json").read_text())["ranks"] == 2
+    assert "[ranks] 2 ranks; global batch sizes" in _log(logs[1])
+    script_port = int(re.search(r"rendezvous \S+:(\d+)", _log(logs[0])).group(1))
+    assert script_port == port_for_job(jobs[0]) != port_for_job(jobs[1], 0)
     a, b = infos
     assert a["StartTime"] < b["EndTime"] and b["StartTime"] < a["EndTime"], infos  # they overlapped

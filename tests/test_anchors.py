@@ -106,6 +106,7 @@ def test_spec_parsing():
     ("nonsense", "KIND:NAME"),
     ("foo:bar", "unknown kind"),
     ("timm:not_a_model_xyz", "unknown timm model"),
+    ("timm:resnet1?pretrained=false", "unknown timm model 'resnet1'; did you mean resnet18"),
     ("cifar-resnet:21?pretrained=false", "6n \\+ 2"),
     ("cifar-resnet:20:/no/such/file.th", "does not exist"),
     ("module:no_such_pkg.mod:f", "cannot import"),

@@ -231,8 +231,11 @@ def load_timm(spec: str, args: list[str], options: dict) -> Anchor:
         raise AnchorError(f"anchor spec {spec!r}: expected timm:MODEL_NAME, e.g. timm:deit_tiny_patch16_224")
     name = args[0]
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise AnchorError(f"unknown timm model {name!r}" + (f"; similar names: {', '.join(close)}" if close else ""))
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        raise AnchorError(f"unknown timm model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else
+                                                           "; `timm.list_models('*PATTERN*')` lists the names"))
     kwargs = dict(options)
     kwargs.setdefault("pretrained", True)
     expected = _family_by_module(name)

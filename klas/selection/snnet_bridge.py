@@ -192,7 +192,9 @@ def snnet_config_anchors(doc: dict, where: str = "the SN-Net config") -> list[st
         raise UsageError(f"{where}: names no anchors (expected 'anchors': [timm names] or MODEL.WEIGHTS)")
     for n in names:
         if not timm.is_model(n):
-            close = timm.list_models(f"*{n.split('_')[0]}*")[:5]
+            import difflib
+
+            close = difflib.get_close_matches(n, timm.list_models(), n=5, cutoff=0.6)
             raise UsageError(f"{where}: anchor {n!r} is not a timm model name klas knows"
                              + (f" (similar: {', '.join(close)})" if close else "")
                              + "; score it under a spec and import a configuration list instead")

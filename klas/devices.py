@@ -10,8 +10,12 @@ __all__ = ["check_device", "triton_importable", "triton_interpreted", "triton_ru
 
 
 def check_device(name: str) -> str:
-    """`name` if torch can run on it here; UsageError saying what is available otherwise."""
+    """`name` if torch can run on it here ("auto": the first CUDA GPU when one is visible, else the
+    CPU); UsageError saying what is available otherwise."""
     import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "cpu"
 
     try:
         device = torch.device(name)

@@ -267,6 +267,17 @@ def test_nonsense_options_are_refused_in_one_line(argv, pattern, capsys):
     _fails_cleanly(argv, capsys, pattern)
 
 
+def test_device_auto_is_a_gpu_when_one_is_visible_else_the_cpu(monkeypatch):
+    from klas.devices import check_device
+
+    assert check_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert check_device("auto") == "cpu"
+
+
 def test_triton_backend_without_a_gpu_is_one_line(monkeypatch, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

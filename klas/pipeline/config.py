@@ -239,7 +239,8 @@ class RunConfig(_Section):
                         high=2**63 - 1, stage="adapt")
     seeds: list[int] = setting([], "several seeds: the comparison once per seed, figures as mean and 95% "
                                    "interval", low=0, high=2**63 - 1, stage=None)
-    device: str = setting("cpu", "torch device, e.g. cpu, cuda, cuda:1", stage=None)
+    device: str = setting("auto", "torch device: auto (a CUDA GPU when one is visible, else the CPU), cpu, cuda, "
+                                  "cuda:1", stage=None)
     anchors: list[str] = setting([], "anchor specs (two or more)", stage="adapt")
     data: DataSection = field(default_factory=DataSection)
     adapt: AdaptSection = field(default_factory=AdaptSection)

@@ -232,7 +232,7 @@ def run(cfg: RunConfig, *, methods: list[str] | None = None, progress: bool = Tr
     Joins torchrun's process group when launched by torchrun (klas.distributed); the caller may
     leave it with `klas.distributed.shutdown()`.
     """
-    return _in_run_folder(cfg, log, lambda log: _run_seeds(cfg, methods, progress=progress, log=log))
+    return _in_run_folder(cfg, log, lambda cfg, log: _run_seeds(cfg, methods, progress=progress, log=log))
 
 
 RUN_LOCK = ".klas-run.lock"
@@ -255,14 +255,20 @@ def ranks_line(cfg: RunConfig, world_size: int) -> str:
 def _in_run_folder(cfg: RunConfig, log, work: Callable):
     """The one way into a run folder (`run`, `run_recovery`): joins torchrun's group, quiets the log
     of ranks other than 0, holds the folder's lock for the whole `work(log)`, then records the
-    seconds of every stage; returns what `work` returns."""
+    seconds of every stage; returns what `work(cfg, log)` returns, `cfg` with its device resolved
+    ("auto": a CUDA GPU when one is visible, else the CPU)."""
+    import dataclasses
+
+    from klas.devices import check_device
+
+    cfg = dataclasses.replace(cfg, device=check_device(cfg.device))
     dist.init_from_env(cfg.device, timeout_s=cfg.distributed.timeout_s)
     if not dist.is_main():
         log = _silent
     if dist.context().distributed:
         log(f"[ranks] {ranks_line(cfg, dist.context().world_size)}")
     with _one_writer(cfg):
-        result = work(log)
+        result = work(cfg, log)
         _record_times(Path(cfg.out), log)
         return result
 
@@ -582,7 +588,7 @@ def _resolve_pair(cfg: RunConfig, anchors, pair: Sequence[str]):
 def run_recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool = True, log=print) -> Path:
     """The recovery test on one anchor pair of `cfg` (klas.evaluation.recovery); returns its folder under
     `out`/recovery holding recovery.json, recovery.csv and recovery.png."""
-    return _in_run_folder(cfg, log, lambda log: _recovery(cfg, pair, progress=progress, log=log))
+    return _in_run_folder(cfg, log, lambda cfg, log: _recovery(cfg, pair, progress=progress, log=log))
 
 
 def _recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool, log) -> Path:

@@ -93,6 +93,9 @@ def test_two_ranks_give_the_results_of_one_process(one_process, tmp_path, shapes
     assert output.count("[extract] running") == 1  # rank 0 alone reports
     assert "[ranks] 2 ranks; global batch sizes: adapt 64 (32 per rank)" in output
     assert "finetune 16 (8 per rank)" in output or "finetune 8 (4 per rank)" in output
+    ranks = json.loads((out / "timings.json").read_text())["ranks"]  # and recorded in the run
+    assert ranks["ranks"] == 2 and ranks["learning_rates_rescaled"] is False
+    assert all(ranks["batch_sizes_per_rank"][k] * 2 == b for k, b in ranks["global_batch_sizes"].items())
 
 
 def _worker_pids(launcher: int) -> dict[int, int]:

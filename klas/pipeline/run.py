@@ -120,13 +120,15 @@ def timing_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _record_times(out: Path, log) -> None:
-    """Writes `out`/timings.json and prints the table (rank 0)."""
+def _record_times(out: Path, log, ranks: dict | None = None) -> None:
+    """Writes `out`/timings.json (with `ranks`, the last call's `ranks_record`, when it ran on
+    several) and prints the table (rank 0)."""
     if not dist.is_main():
         return
     rows = stage_times(out)
     write_json_atomic(out / "timings.json", {"format": "klas-timings", "version": 1, "stages": rows,
-                                             "total_seconds": sum(r["seconds"] for r in rows)})
+                                             "total_seconds": sum(r["seconds"] for r in rows),
+                                             **({"ranks": ranks} if ranks else {})})
     log(timing_table(rows))
 
 
@@ -238,18 +240,24 @@ def run(cfg: RunConfig, *, methods: list[str] | None = None, progress: bool = Tr
 RUN_LOCK = ".klas-run.lock"
 
 
-def ranks_line(cfg: RunConfig, world_size: int) -> str:
+def ranks_record(cfg: RunConfig, world_size: int) -> dict:
     """What a run on `world_size` ranks does with the config's batch sizes and learning rates: the
     batch sizes are global (one process's batch, each rank taking an equal slice) and the learning
     rates are used as written, so the results do not depend on the number of ranks."""
-    def share(name: str, batch: int) -> str:
-        return f"{name} {batch} ({batch // world_size} per rank)"
+    sections = {"adapt": cfg.adapt, "probes": cfg.probes, "finetune": cfg.finetune, "recovery": cfg.recovery}
+    return {"ranks": world_size,
+            "global_batch_sizes": {k: v.batch_size for k, v in sections.items()},
+            "batch_sizes_per_rank": {k: v.batch_size // world_size for k, v in sections.items()},
+            "learning_rates": {k: v.lr for k, v in sections.items()}, "learning_rates_rescaled": False}
 
-    parts = [share("adapt", cfg.adapt.batch_size), share("probes", cfg.probes.batch_size),
-             share("finetune", cfg.finetune.batch_size), share("recovery", cfg.recovery.batch_size)]
-    return (f"{world_size} ranks; global batch sizes: {', '.join(parts)}; learning rates as configured, not "
-            f"rescaled (adapt {cfg.adapt.lr:g}, probes {cfg.probes.lr:g}, finetune {cfg.finetune.lr:g}, "
-            f"recovery {cfg.recovery.lr:g})")
+
+def ranks_line(cfg: RunConfig, world_size: int) -> str:
+    """`ranks_record` as one log line."""
+    r = ranks_record(cfg, world_size)
+    batches = ", ".join(f"{k} {b} ({r['batch_sizes_per_rank'][k]} per rank)" for k, b in r["global_batch_sizes"].items())
+    rates = ", ".join(f"{k} {v:g}" for k, v in r["learning_rates"].items())
+    return (f"{world_size} ranks; global batch sizes: {batches}; learning rates as configured, not rescaled "
+            f"({rates})")
 
 
 def _in_run_folder(cfg: RunConfig, log, work: Callable):
@@ -269,7 +277,8 @@ def _in_run_folder(cfg: RunConfig, log, work: Callable):
         log(f"[ranks] {ranks_line(cfg, dist.context().world_size)}")
     with _one_writer(cfg):
         result = work(cfg, log)
-        _record_times(Path(cfg.out), log)
+        world = dist.context().world_size
+        _record_times(Path(cfg.out), log, ranks_record(cfg, world) if world > 1 else None)
         return result
 
 

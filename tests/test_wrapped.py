@@ -162,6 +162,14 @@ def test_timm_families_without_an_adapter_are_cut_at_their_feature_blocks(name):
     assert anchor.depth >= 4 and anchor.flops.total > 0
 
 
+def test_img_size_sets_a_generic_families_input_size():
+    pytest.importorskip("timm")
+    from klas.anchors import load_anchor
+
+    anchor = load_anchor("timm:convnext_atto?pretrained=false&num_classes=10&img_size=64")
+    assert anchor.input_size == (3, 64, 64) and anchor.block_info[0].grid == (16, 16)
+
+
 def test_two_generic_timm_families_stitch():
     pytest.importorskip("timm")
     from klas.anchors import load_anchor

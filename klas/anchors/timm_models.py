@@ -242,7 +242,12 @@ def load_timm(spec: str, args: list[str], options: dict) -> Anchor:
     if expected is not None and expected.input_size_only:
         kwargs.pop("img_size", None)
     try:
-        model = timm.create_model(name, **kwargs)
+        try:
+            model = timm.create_model(name, **kwargs)
+        except TypeError as e:  # a family without an adapter that takes no img_size: it sets the input only
+            if expected is not None or "img_size" not in kwargs or "img_size" not in str(e):
+                raise
+            model = timm.create_model(name, **{k: v for k, v in kwargs.items() if k != "img_size"})
     except Exception as e:  # timm raises many types (network, hub, bad kwargs)
         raise AnchorError(f"timm could not build {name!r} with {kwargs} ({type(e).__name__}: {e})") from None
     cfg = resolve_data_config({}, model=model)

@@ -542,3 +542,22 @@ def test_a_second_extraction_into_the_same_folder_is_refused(tmp_path, shapes_di
         holder.release()
     assert main(["extract", "--anchor", A, "--data", str(shapes_dir), "--out", str(tmp_path / "out"),
                  "--splits", "train", "--quiet"]) == 0
+
+
+def test_anchors_is_one_flag_taking_names_or_specs(real_run, tmp_path, capsys):
+    """`--anchors` everywhere: specs for extract, cached names or the specs they came from for
+    probes and score (matched against the manifests); an unknown spec names what is cached."""
+    import shutil
+
+    from klas.cache import read_manifest
+
+    cache = tmp_path / "run" / "cache"
+    shutil.copytree(real_run / "cache", cache)
+    names = sorted(p.name for p in cache.iterdir() if (p / "val" / "manifest.json").is_file())
+    spec = read_manifest(cache / names[0] / "val").anchor
+    assert ":" in spec and len(names) == 2
+    assert main(["score", "--cache", str(cache), "--anchors", f"{spec},{names[1]}", "--out", str(tmp_path / "s"),
+                 "--no-plots"]) == 0
+    _fails_cleanly(["score", "--cache", str(cache), "--anchors", "cifar-resnet:44,x", "--out", str(tmp_path / "t")],
+                   capsys, "no 'val' cache .* was extracted from 'cifar-resnet:44'; cached: ")
+    _fails_cleanly(["extract", "--data", "D", "--out", "O"], capsys, "give the anchors to extract")

@@ -1,6 +1,6 @@
 """The `klas` command: one subcommand per pipeline stage.
 
-    klas extract --anchor SPEC [--anchor SPEC ...] --data PATH --out DIR
+    klas extract --anchors SPEC,SPEC,... --data PATH --out DIR
     klas probes --cache DIR
     klas score --cache DIR
     klas select --scores DIR [--method klas|snnet-nearest|cka|mse|ce|dm|kl-ls|random]
@@ -91,10 +91,13 @@ def _add_data_options(p: argparse.ArgumentParser, batch_section) -> None:
 def _cmd_extract(args) -> int:
     from klas.extraction.extract import extract
 
-    _names(",".join(args.anchor), "--anchor")
+    specs = (_names(args.anchors, "--anchors") or []) + list(args.anchor or [])
+    if not specs:
+        raise UsageError("give the anchors to extract: --anchors SPEC,SPEC (or --anchor SPEC, repeated)")
+    _names(",".join(specs), "--anchors")
 
     done = extract(
-        args.anchor, args.data, args.out, splits=args.splits.split(","), batch_size=args.batch_size,
+        specs, args.data, args.out, splits=args.splits.split(","), batch_size=args.batch_size,
         dtype=args.dtype, device=args.device, shard_rows=args.shard_rows, val_fraction=args.val_fraction,
         seed=args.seed, limit=args.limit, num_workers=args.workers, progress=not args.quiet,
     )
@@ -159,11 +162,41 @@ def _cmd_eval_anchor(args) -> int:
     return 0
 
 
+def _cached_names(cache, items: list[str] | None, split: str, option: str = "--anchors") -> list[str] | None:
+    """Anchor names from `items`, each a cached anchor's name or the spec it was extracted from
+    (matched against the `split` caches' manifests, never loaded); None stays None."""
+    if items is None:
+        return None
+    from pathlib import Path
+
+    from klas.cache import read_manifest
+    from klas.extraction.extract import cached_anchors
+
+    names = cached_anchors(cache, split)
+    by_spec = {}
+    for name in names:
+        try:
+            by_spec[read_manifest(Path(cache) / name / split).anchor] = name
+        except KlasError:
+            continue  # a damaged manifest: the stage that reads it says so
+    out = []
+    for item in items:
+        if item in names or ":" not in item:
+            out.append(item)
+        elif item in by_spec:
+            out.append(by_spec[item])
+        else:
+            raise UsageError(f"{option}: no {split!r} cache under {cache} was extracted from {item!r}; cached: "
+                             + (", ".join(f"{n} ({s})" for s, n in sorted(by_spec.items(), key=lambda t: t[1]))
+                                or "none"))
+    return _names(",".join(out), option)
+
+
 def _anchor_names(args, split: str) -> list[str]:
     from klas.errors import CacheError
     from klas.extraction.extract import cached_anchors
 
-    names = _names(args.anchors, "--anchors") or cached_anchors(args.cache, split)
+    names = _cached_names(args.cache, _names(args.anchors, "--anchors"), split) or cached_anchors(args.cache, split)
     if not names:
         raise CacheError(f"no complete {split!r} caches under {args.cache}; run `klas extract` first")
     return names
@@ -200,7 +233,7 @@ def _cmd_score(args) -> int:
     root = Path(args.cache)
     probes = Path(args.probes) if args.probes else root / "probes"
     out = Path(args.out) if args.out else root / "scores"
-    names = _names(args.anchors, "--anchors")
+    names = _cached_names(root, _names(args.anchors, "--anchors"), args.split)
     s = score(root, probes, out, anchors=names, split=args.split, temperature=args.temperature, floor=args.floor,
               backend=args.backend, device=args.device, plots=not args.no_plots)
     order = [a.name for a in s.anchors]
@@ -340,9 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = functools.partial(sub.add_parser, formatter_class=_HelpWithDefaults)
 
     p = sub.add_parser("extract", help="cache every block's pooled output for each anchor and split")
-    p.add_argument("--anchor", action="append", required=True,
-                   help="anchor spec (repeat for several); a module:PKG.MOD:FACTORY spec imports PKG.MOD and calls "
-                        "FACTORY, so give only specs you trust")
+    p.add_argument("--anchors", help="comma-separated anchor specs; a module:PKG.MOD:FACTORY spec imports PKG.MOD "
+                                     "and calls FACTORY, so give only specs you trust")
+    p.add_argument("--anchor", action="append", help="one anchor spec, repeatable (the same as --anchors)")
     p.add_argument("--out", required=True, help="cache root; caches go to OUT/<anchor>/<split>")
     p.add_argument("--splits", default="train,val", help="comma-separated: train (D_t), val (D_v), test")
     add_setting_option(p, ExtractSection, "dtype")
@@ -352,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("probes", help="train a linear probe on every block of every anchor (from the caches)")
     p.add_argument("--cache", required=True, help="extraction output folder (OUT of klas extract)")
-    p.add_argument("--anchors", help="comma-separated anchor names (default: every cached anchor)")
+    p.add_argument("--anchors", help="comma-separated anchor names or the specs they were extracted from "
+                                     "(default: every cached anchor)")
     p.add_argument("--out", help="where to write the probes (default CACHE/probes)")
     for name in ("epochs", "batch_size", "lr", "weight_decay"):
         add_setting_option(p, ProbesSection, name)
@@ -372,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", required=True, help="extraction output folder")
     p.add_argument("--probes", help="probe folder (default CACHE/probes)")
     p.add_argument("--out", help="where to write the scores (default CACHE/scores)")
-    p.add_argument("--anchors", help="comma-separated anchor names (default: every anchor with probes)")
+    p.add_argument("--anchors", help="comma-separated anchor names or the specs they were extracted from "
+                                     "(default: every anchor with probes)")
     p.add_argument("--split", default="val", choices=["train", "val", "test"], help="the split Θ is measured on")
     for name in ("temperature", "floor", "backend"):
         add_setting_option(p, ScoreSection, name)

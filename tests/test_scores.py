@@ -220,3 +220,27 @@ def test_sigma_at_the_last_block_is_measured_with_the_head_and_with_the_last_pro
         want = theta_numpy(np.stack(z), np.stack(z))
         assert abs(d["last_probe"] - want[0, 1]) < 1e-4 and abs(d["last_probe_vs_head"] - want[1, 2]) < 1e-4
         assert abs(d["head"] - want[0, 2]) < 1e-4
+
+
+def test_scores_check_their_shape_order_and_offsets_and_build_derives_them():
+    from helpers import make_scores
+    from klas.errors import UsageError
+    from klas.scoring.scores import Scores
+
+    s = make_scores([2, 3], 0)
+    small, big = s.anchors  # 6 and 9 blocks, cheapest first
+    fields = dict(floor=s.floor, temperature=1.0, split="val", caches={})
+    with pytest.raises(UsageError, match=r"theta_all must be \[K, K\] with K = 15"):
+        Scores(anchors=s.anchors, theta_all=s.theta_all[:14, :14], **fields)
+    with pytest.raises(UsageError, match="a1.s rows start at 6, not at 0"):
+        Scores(anchors=[big, small], theta_all=s.theta_all, **fields)
+    # given costlier first, with Θ's blocks in that order: build reorders and derives the offsets
+    swap = torch.cat([torch.arange(6, 15), torch.arange(0, 6)])
+    built = Scores.build([big, small], s.theta_all[swap][:, swap], **fields)
+    assert [a.name for a in built.anchors] == ["a0", "a1"] and [a.offset for a in built.anchors] == [0, 6]
+    torch.testing.assert_close(built.theta_all, s.theta_all, rtol=0, atol=0)
+    torch.testing.assert_close(built.gamma("a0", "a1"), s.gamma("a0", "a1"), rtol=0, atol=0)
+    mask = built.valid("a0", "a1")  # grids 8/4/2 in runs of 2 (a0) and 3 (a1) blocks
+    assert mask.shape == (5, 8)
+    assert mask[0, 0] and mask[1, 2] and not mask[0, 3] and mask[2, 3] and mask[4, 7] and not mask[4, 5]
+    assert int(mask.sum()) == 2 * 3 + 2 * 3 + 1 * 2  # per grid: source blocks x target blocks on it

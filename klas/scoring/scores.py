@@ -123,6 +123,52 @@ class Scores:
     # head), "last_probe": Θ(P_{m-1} ‖ P_m), "last_probe_vs_head": Θ(P_m ‖ head)} (empty: not measured)
     sigma_last_block: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        """The checks a hand-built Scores needs: Θ square over every anchor's blocks, each anchor's
+        rows where the order puts them, anchors cheapest first (`Scores.build` derives the offsets)."""
+        total = sum(a.depth for a in self.anchors)
+        if not isinstance(self.theta_all, torch.Tensor) or tuple(self.theta_all.shape) != (total, total):
+            shape = tuple(self.theta_all.shape) if isinstance(self.theta_all, torch.Tensor) else type(self.theta_all)
+            raise UsageError(f"theta_all must be [K, K] with K = {total}, the anchors' blocks together, got {shape}")
+        offset = 0
+        for a in self.anchors:
+            if a.offset != offset:
+                raise UsageError(f"anchor {a.name}'s rows start at {a.offset}, not at {offset} where the order of "
+                                 "the anchors puts them; build the scores with Scores.build, which derives the offsets")
+            offset += a.depth
+        flops = [a.total_flops for a in self.anchors]
+        if flops != sorted(flops):
+            raise UsageError(f"the anchors must come cheapest first (FLOPs {flops}); Scores.build orders them")
+
+    @classmethod
+    def build(cls, anchors: list[AnchorEntry], theta_all: torch.Tensor, **fields) -> "Scores":
+        """Scores over `anchors` given in the order of Θ's blocks, `theta_all` ``[K, K]`` (K = Σ depths,
+        each anchor's blocks then its head in turn): the offsets derived from the depths, anchors and Θ's
+        rows and columns reordered cheapest first. `fields`: floor, temperature, split, caches, ..."""
+        import dataclasses
+
+        starts, k = [], 0
+        for a in anchors:
+            starts.append(k)
+            k += a.depth
+        order = sorted(range(len(anchors)), key=lambda n: anchors[n].total_flops)
+        index = torch.cat([torch.arange(starts[n], starts[n] + anchors[n].depth) for n in order]) if anchors \
+            else torch.zeros(0, dtype=torch.long)
+        if not isinstance(theta_all, torch.Tensor) or tuple(theta_all.shape) != (k, k):
+            raise UsageError(f"theta_all must be [K, K] with K = {k}, the anchors' blocks together")
+        placed, offset = [], 0
+        for n in order:
+            placed.append(dataclasses.replace(anchors[n], offset=offset))
+            offset += anchors[n].depth
+        return cls(anchors=placed, theta_all=theta_all[index][:, index], **fields)
+
+    def valid(self, f: str, g: str) -> torch.Tensor:
+        """Γ's grid-validity mask ``[m_f − 1, m_g − 1]``: True where source block i's output and target
+        block j's lie on the same spatial grid (a stitch between them needs no resampling)."""
+        a, b = self.anchor(f), self.anchor(g)
+        return torch.tensor([[list(a.grids[i]) == list(b.grids[j]) for j in range(b.depth - 1)]
+                             for i in range(a.depth - 1)], dtype=torch.bool)
+
     def anchor(self, name: str) -> AnchorEntry:
         for a in self.anchors:
             if a.name == name:

@@ -561,3 +561,12 @@ def test_anchors_is_one_flag_taking_names_or_specs(real_run, tmp_path, capsys):
     _fails_cleanly(["score", "--cache", str(cache), "--anchors", "cifar-resnet:44,x", "--out", str(tmp_path / "t")],
                    capsys, "no 'val' cache .* was extracted from 'cifar-resnet:44'; cached: ")
     _fails_cleanly(["extract", "--data", "D", "--out", "O"], capsys, "give the anchors to extract")
+
+
+def test_inputs_are_checked_before_any_work_starts(tmp_path, capsys):
+    """A split typo is refused before extraction reads an image; a missing cache folder is named."""
+    _fails_cleanly(["extract", "--anchors", "cifar-resnet:8?pretrained=false", "--data", str(tmp_path), "--out",
+                    str(tmp_path / "o"), "--splits", "train,valid"], capsys, "'valid' is not a split; the splits are")
+    assert not (tmp_path / "o").exists()
+    _fails_cleanly(["probes", "--cache", str(tmp_path / "nowhere")], capsys, "no such folder")
+

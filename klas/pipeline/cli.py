@@ -91,13 +91,20 @@ def _add_data_options(p: argparse.ArgumentParser, batch_section) -> None:
 def _cmd_extract(args) -> int:
     from klas.extraction.extract import extract
 
+    from klas.extraction.data import SPLITS
+
     specs = (_names(args.anchors, "--anchors") or []) + list(args.anchor or [])
     if not specs:
         raise UsageError("give the anchors to extract: --anchors SPEC,SPEC (or --anchor SPEC, repeated)")
     _names(",".join(specs), "--anchors")
+    splits = _names(args.splits, "--splits")
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:  # checked before any work starts
+        raise UsageError(f"--splits {args.splits!r}: {', '.join(map(repr, unknown))} is not a split; the splits are "
+                         f"{', '.join(SPLITS)} (train = D_t, val = D_v)")
 
     done = extract(
-        specs, args.data, args.out, splits=args.splits.split(","), batch_size=args.batch_size,
+        specs, args.data, args.out, splits=splits, batch_size=args.batch_size,
         dtype=args.dtype, device=args.device, shard_rows=args.shard_rows, val_fraction=args.val_fraction,
         seed=args.seed, limit=args.limit, num_workers=args.workers, progress=not args.quiet,
     )
@@ -193,8 +200,13 @@ def _cached_names(cache, items: list[str] | None, split: str, option: str = "--a
 
 
 def _anchor_names(args, split: str) -> list[str]:
+    from pathlib import Path
+
     from klas.errors import CacheError
     from klas.extraction.extract import cached_anchors
+
+    if not Path(args.cache).is_dir():
+        raise UsageError(f"--cache {args.cache}: no such folder; give the --out folder of `klas extract`")
 
     names = _cached_names(args.cache, _names(args.anchors, "--anchors"), split) or cached_anchors(args.cache, split)
     if not names:

@@ -202,8 +202,7 @@ def checkpoint(tmp_path_factory):
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     path = tmp_path_factory.mktemp("ckpt") / CHECKPOINT
-    _save_checkpoint(path, {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "step": 2, "routes": [r.name for r in net.routes], "settings": settings_.fingerprint()})
+    _save_checkpoint(path, net, settings_, 2, opt, sched)
     return path, net, settings_
 
 

@@ -35,7 +35,7 @@ from klas.anchors.base import Anchor
 from klas.anchors.registry import anchor_kind
 from klas.errors import AnchorError
 
-__all__ = ["load_timm", "timm_family", "TimmFamily", "TIMM_FAMILIES", "feature_blocks"]
+__all__ = ["load_timm", "timm_family", "TimmFamily", "TIMM_FAMILIES", "feature_blocks", "close_timm_names"]
 
 
 @dataclass(frozen=True)
@@ -171,12 +171,26 @@ def _family_of(model) -> TimmFamily | None:
     return next((f for f in TIMM_FAMILIES.values() if f.adapts(model)), None)
 
 
+def _feature_stages(model) -> list[str]:
+    """The stage modules a timm model's `feature_info` names (empty when it has none)."""
+    info = getattr(model, "feature_info", None)
+    return [f["module"] for f in info] if isinstance(info, list) and all("module" in f for f in info) else []
+
+
+def close_timm_names(name: str) -> list[str]:
+    """timm's model names nearest to `name` (a typo's likely meaning), at most five."""
+    import difflib
+
+    import timm
+
+    return difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+
+
 def feature_blocks(model) -> list[str]:
     """The blocks of a timm model without a family adapter, from its `feature_info` (the stage
     modules timm's own feature extraction taps): each stage split into its blocks where it holds a
     sequence of them (`stage.blocks`, or the stage itself a Sequential), else the stage whole."""
-    info = getattr(model, "feature_info", None)
-    stages = [f["module"] for f in info] if isinstance(info, list) and all("module" in f for f in info) else []
+    stages = _feature_stages(model)
     if not stages:
         raise AnchorError(f"timm model class {type(model).__name__} has no feature_info to find its blocks by "
                           f"(families with their own adapter: {_supported()}); wrap it with klas.wrap_model")
@@ -201,7 +215,7 @@ def _generic(spec: str, name: str, model, cfg: dict) -> Anchor:
 
     from klas.anchors.wrapped import wrap_model
 
-    stages = [f["module"] for f in model.feature_info]
+    stages = _feature_stages(model)
     common = dict(input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
                   num_classes=model.num_classes, name=name, spec=spec, leaf_types=tuple(get_notrace_modules()),
                   autowrap_functions=tuple(get_notrace_functions()))
@@ -231,9 +245,7 @@ def load_timm(spec: str, args: list[str], options: dict) -> Anchor:
         raise AnchorError(f"anchor spec {spec!r}: expected timm:MODEL_NAME, e.g. timm:deit_tiny_patch16_224")
     name = args[0]
     if not timm.is_model(name):
-        import difflib
-
-        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        close = close_timm_names(name)
         raise AnchorError(f"unknown timm model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else
                                                            "; `timm.list_models('*PATTERN*')` lists the names"))
     kwargs = dict(options)

@@ -43,10 +43,9 @@ class _BlocksAsLeaves(fx.Tracer):
                 or super().is_leaf_module(m, qualname))
 
 
-def _crossing(nodes: list[fx.Node], boundary: int) -> set[fx.Node]:
-    """Values defined at or before position `boundary` that a node after it uses (get_attr nodes,
-    parameters and constants, left out: a later piece reads them again)."""
-    index = {n: k for k, n in enumerate(nodes)}
+def _crossing(nodes: list[fx.Node], index: dict[fx.Node, int], boundary: int) -> set[fx.Node]:
+    """Values defined at or before position `boundary` (`index`: each node's position) that a node
+    after it uses (get_attr nodes, parameters and constants, left out: a later piece reads them again)."""
     out = set()
     for n in nodes[boundary + 1:]:
         for used in n.all_input_nodes:
@@ -123,6 +122,7 @@ def wrap_model(model: nn.Module, blocks: Sequence[str], *, input_size: tuple[int
                           f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); give it as stem, "
                           "blocks and head instead (ModuleAnchor.from_parts)") from None
     nodes = list(graph.nodes)
+    index = {n: k for k, n in enumerate(nodes)}
     inputs = [n for n in nodes if n.op == "placeholder"]
     if len(inputs) != 1:
         raise AnchorError(f"{name}: the model's forward takes {len(inputs)} inputs; an anchor takes one batch of images")
@@ -139,12 +139,12 @@ def wrap_model(model: nn.Module, blocks: Sequence[str], *, input_size: tuple[int
         raise AnchorError(f"{name}: block {blocks[0]!r} takes {len(first.all_input_nodes)} inputs; the first block "
                           "must take one tensor")
     source = first.all_input_nodes[0]
-    stem_end = nodes.index(source)
-    if _crossing(nodes, stem_end) != {source}:
+    stem_end = index[source]
+    if _crossing(nodes, index, stem_end) != {source}:
         raise AnchorError(f"{name}: the forward uses more than block {blocks[0]!r}'s input after the stem (e.g. the "
                           "input image again); it cannot be cut there")
     for k, pos in enumerate(at, start=1):
-        crossing = _crossing(nodes, pos)
+        crossing = _crossing(nodes, index, pos)
         if crossing != {nodes[pos]}:
             others = sorted(n.name for n in crossing if n is not nodes[pos])
             raise AnchorError(f"{name}: cannot cut after block {blocks[k - 1]!r}: the forward carries "

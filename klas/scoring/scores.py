@@ -33,6 +33,7 @@ from klas.scoring.kl import check_temperature, kl_matrix_from_features
 from klas.scoring.probes import load_probes
 from klas.limits import MAX_TEMPERATURE, MIN_TEMPERATURE
 from klas.reading import finite_number, plain_text, read_tensor_file_pair
+from klas.stitches import scored_pairs
 
 __all__ = ["stitch_scores", "floored_blocks", "AnchorEntry", "Scores", "score", "score_sets", "load_scores",
            "DEFAULT_FLOOR"]
@@ -166,8 +167,10 @@ class Scores:
         """Γ's grid-validity mask ``[m_f − 1, m_g − 1]``: True where source block i's output and target
         block j's lie on the same spatial grid (a stitch between them needs no resampling)."""
         a, b = self.anchor(f), self.anchor(g)
-        return torch.tensor([[list(a.grids[i]) == list(b.grids[j]) for j in range(b.depth - 1)]
-                             for i in range(a.depth - 1)], dtype=torch.bool)
+        mask = torch.zeros(a.depth - 1, b.depth - 1, dtype=torch.bool)
+        for i, j in scored_pairs(a.grids, b.grids):
+            mask[i - 1, j - 1] = True
+        return mask
 
     def anchor(self, name: str) -> AnchorEntry:
         for a in self.anchors:

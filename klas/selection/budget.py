@@ -38,7 +38,7 @@ from klas.scoring.scores import Scores
 from klas.selection.select import (Config, PairSelection, Selection, _bucketise, anchor_chain, configurations,
                                    in_flops_range)
 
-__all__ = ["route_budget", "hop_candidates", "predicted_frontier", "hop_pays", "within_reach", "prediction_noise",
+__all__ = ["route_budget", "hop_candidates", "predicted_frontier", "hop_pays", "reach_floor", "within_reach", "prediction_noise",
            "MAX_ERROR_RATIO", "FRONTIER_Z", "budget_pair", "select_budget", "describe", "METHOD"]
 
 METHOD = "klas-budget"
@@ -97,11 +97,16 @@ def hop_pays(source: str, target: str, anchor_top1: Mapping[str, float]) -> bool
     return anchor_top1[target] > anchor_top1[source]
 
 
+def reach_floor(cheaper_anchor_top1: float, max_error_ratio: float) -> float:
+    """Rule 5's lowest predicted top-1 (%): an error `max_error_ratio` times the cheaper anchor's."""
+    return 100.0 - max_error_ratio * (100.0 - cheaper_anchor_top1)
+
+
 def within_reach(predicted_top1: float, cheaper_anchor_top1: float, max_error_ratio: float) -> bool:
     """Rule 5: whether a candidate predicted at `predicted_top1` (%) on D_v can be expected to reach
     the cheaper anchor's `cheaper_anchor_top1` after finetuning: its error is at most
     `max_error_ratio` times the anchor's."""
-    return 100.0 - predicted_top1 <= max_error_ratio * (100.0 - cheaper_anchor_top1) + 1e-9
+    return predicted_top1 >= reach_floor(cheaper_anchor_top1, max_error_ratio) - 1e-9
 
 
 def _check_ratio(max_error_ratio: float) -> None:
@@ -147,28 +152,26 @@ def budget_pair(scores: Scores, source: str, target: str, pred: PairPredictions,
     _check_ratio(max_error_ratio)
     configs = hop_candidates(scores, source, target, flops_range)
     _check_predictions(source, target, configs, pred)
-    ranked = _ranked(source, target, configs, pred, max_error_ratio)
-    chosen = sorted(ranked[:stitches], key=lambda c: (c.flops, c.i, c.j))
+    frontier, reachable = _hop_frontier(source, configs, pred, max_error_ratio)
+    chosen = sorted(_ranked(source, target, pred, reachable)[:stitches], key=lambda c: (c.flops, c.i, c.j))
     return (_pair(scores, source, target, configs, chosen),
-            _notes(source, target, configs, pred, chosen, max_error_ratio))
+            _notes(source, target, configs, pred, chosen, max_error_ratio, frontier, reachable))
 
 
-def _reachable_frontier(source: str, configs: list[Config], pred: PairPredictions,
-                        max_error_ratio: float) -> list[Config]:
-    """Rules 4 and 5: the predicted frontier's candidates within reach of the cheaper anchor."""
+def _hop_frontier(source: str, configs: list[Config], pred: PairPredictions,
+                  max_error_ratio: float) -> tuple[list[Config], list[Config]]:
+    """Rules 4 and 5: (the predicted frontier, its candidates within reach of the cheaper anchor)."""
     table, base = pred["configurations"], pred["anchors"][source]
-    return [c for c in predicted_frontier(configs, table, pred.get("images"))
-            if within_reach(table[(c.i, c.j)], base, max_error_ratio)]
+    frontier = predicted_frontier(configs, table, pred.get("images"))
+    return frontier, [c for c in frontier if within_reach(table[(c.i, c.j)], base, max_error_ratio)]
 
 
-def _ranked(source: str, target: str, configs: list[Config], pred: PairPredictions,
-            max_error_ratio: float) -> list[Config]:
+def _ranked(source: str, target: str, pred: PairPredictions, reachable: list[Config]) -> list[Config]:
     """The hop's frontier candidates within reach, by predicted margin over the cheaper anchor, best
     first (none when the hop does not pay)."""
     if not hop_pays(source, target, pred["anchors"]):
         return []
     table = pred["configurations"]
-    reachable = _reachable_frontier(source, configs, pred, max_error_ratio)
     return sorted(reachable, key=lambda c: (-table[(c.i, c.j)], -c.flops, c.i, c.j))
 
 
@@ -180,15 +183,15 @@ def _pair(scores: Scores, source: str, target: str, configs: list[Config], chose
 
 
 def _notes(source: str, target: str, configs: list[Config], pred: PairPredictions, chosen: list[Config],
-           max_error_ratio: float) -> dict:
+           max_error_ratio: float, frontier: list[Config], reachable: list[Config]) -> dict:
     table, anchors = pred["configurations"], pred["anchors"]
     pays = hop_pays(source, target, anchors)
-    reachable = len(_reachable_frontier(source, configs, pred, max_error_ratio))
-    floor = 100.0 - max_error_ratio * (100.0 - anchors[source])
+    in_reach = len(reachable)
+    floor = reach_floor(anchors[source], max_error_ratio)
     if not pays:
         verdict = (f"no stitch is worth training here: {target} is not more accurate than the cheaper {source} "
                    f"on D_v ({anchors[target]:.2f}% against {anchors[source]:.2f}%)")
-    elif not reachable:
+    elif not in_reach:
         verdict = (f"no stitch is worth training here: none is predicted within reach of the cheaper {source} "
                    f"(at least {floor:.2f}% on D_v, error at most {max_error_ratio:g}x its {100 - anchors[source]:.2f}%)")
     else:
@@ -196,13 +199,13 @@ def _notes(source: str, target: str, configs: list[Config], pred: PairPrediction
     return {
         "source": source, "target": target, "candidates": len(configs),
         "anchor_top1_val": {source: anchors[source], target: anchors[target]},
-        "pays": pays and reachable > 0,
+        "pays": pays and in_reach > 0,
         "verdict": verdict,
-        "frontier": len(predicted_frontier(configs, table, pred.get("images"))) if configs else 0,
+        "frontier": len(frontier),
         "images": pred.get("images"),
         "max_error_ratio": max_error_ratio,
         "reach_floor_top1_val": floor,
-        "within_reach": reachable if pays else 0,
+        "within_reach": in_reach if pays else 0,
         "picked_predicted_top1_val": [[c.i, c.j, table[(c.i, c.j)]] for c in chosen],
     }
 
@@ -224,17 +227,19 @@ def select_budget(scores: Scores, predictions: Mapping[tuple[str, str], PairPred
             raise UsageError(f"klas-budget has no predictions for the hop {f} -> {g}; predict every hop of the chain")
         configs = hop_candidates(scores, f, g, flops_range)
         _check_predictions(f, g, configs, predictions[(f, g)])
-        per_hop[(f, g)] = configs
+        frontier, reachable = _hop_frontier(f, configs, predictions[(f, g)], max_error_ratio)
+        per_hop[(f, g)] = configs, frontier, reachable
         base = predictions[(f, g)]["anchors"][f]
         pool += [(predictions[(f, g)]["configurations"][(c.i, c.j)] - base, c)
-                 for c in _ranked(f, g, configs, predictions[(f, g)], max_error_ratio)]
+                 for c in _ranked(f, g, predictions[(f, g)], reachable)]
     pool.sort(key=lambda t: (-t[0], -t[1].flops, t[1].source, t[1].i, t[1].j))
     taken = {id(c) for _, c in pool[:room]}
     pairs, notes = [], []
     for f, g in hops:
-        chosen = sorted((c for c in per_hop[(f, g)] if id(c) in taken), key=lambda c: (c.flops, c.i, c.j))
-        pairs.append(_pair(scores, f, g, per_hop[(f, g)], chosen))
-        notes.append(_notes(f, g, per_hop[(f, g)], predictions[(f, g)], chosen, max_error_ratio))
+        configs, frontier, reachable = per_hop[(f, g)]
+        chosen = sorted((c for c in configs if id(c) in taken), key=lambda c: (c.flops, c.i, c.j))
+        pairs.append(_pair(scores, f, g, configs, chosen))
+        notes.append(_notes(f, g, configs, predictions[(f, g)], chosen, max_error_ratio, frontier, reachable))
     order = [a.name for a in scores.anchors]
     return Selection(method=METHOD, chain=chain, chain_rule=chain_rule, tau=float("nan"), tau_mode="none",
                      pairs=pairs, anchors=scores.anchors,

@@ -31,7 +31,8 @@ from klas.scoring.scores import AnchorEntry, Scores
 __all__ = [
     "Config", "PairSelection", "Selection", "SelectedAnchor", "CHAIN_RULES", "anchor_chain", "configurations",
     "config_flops", "grid_valid_pairs", "grid_stages", "unscored_config", "select_pair", "select", "select_random", "size_matched",
-    "snnet_nearest_pairs", "snnet_stitched_stages", "select_snnet_nearest", "in_flops_range", "config_from_json", "read_selection",
+    "snnet_nearest_pairs", "snnet_stitched_stages", "snnet_stage_configs", "snnet_stages",
+    "select_snnet_nearest", "in_flops_range", "config_from_json", "read_selection",
 ]
 
 
@@ -477,19 +478,39 @@ def grid_stages(grids: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
     return runs
 
 
+def snnet_stage_configs(d_f: int, d_g: int, *, hierarchical: bool) -> list[tuple[int, int, int]]:
+    """SN-Net's configurations of one stage (or of a plain model), in its generator's order, with
+    their stitching layers: [(a, b, layer)], 0-indexed and local to the stage."""
+    out = []
+    if d_f == d_g:  # paired: windows of 2 blocks, stride 1; a window that adds a pair adds a layer
+        layer = -1
+        for start in range(d_f):
+            window = range(start, min(start + 2, d_f))
+            new = [(a, b) for a in window for b in window
+                   if (a, b) not in {(x, y) for x, y, _ in out} and not (hierarchical and (b == 0 or a >= b))]
+            if new:
+                layer += 1
+                out += [(a, b, layer) for a, b in new]
+        return out
+    ends = torch.nn.functional.interpolate(torch.arange(d_f, dtype=torch.float32)[None, None], size=d_g)[0, 0]
+    ends = [int(e) for e in ends]
+    pairs = [(a, k) for a in range(d_f) for k in range(d_g) if ends[k] == a and a < k and not (hierarchical and k == 0)]
+    return [(a, b, ends[n]) for n, (a, b) in enumerate(pairs)]  # the n-th configuration takes layer ends[n]
+
+
 def _nearest_pairs(d_f: int, d_g: int, *, hierarchical: bool) -> list[tuple[int, int]]:
-    """SN-Net's 0-indexed (a, b) within one stage (or one plain ViT): paired for equal depths,
-    unpaired (nearest-neighbour interpolation of the front's blocks) otherwise."""
-    if d_f == d_g:
-        pairs = [(a, b) for a in range(d_f) for b in range(d_g) if abs(a - b) <= 1]
-        if hierarchical:
-            pairs = [(a, b) for a, b in pairs if a < b]
-    else:
-        e = torch.nn.functional.interpolate(torch.arange(d_f, dtype=torch.float32)[None, None], size=d_g)[0, 0]
-        pairs = [(int(e[k]), k) for k in range(d_g) if int(e[k]) < k]
-    if hierarchical:
-        pairs = [(a, b) for a, b in pairs if b != 0]
-    return pairs
+    """SN-Net's 0-indexed (a, b) within one stage (or one plain ViT), sorted: paired for equal depths,
+    unpaired (nearest-neighbour interpolation of the front's blocks) otherwise (`snnet_stage_configs`)."""
+    return sorted((a, b) for a, b, _ in snnet_stage_configs(d_f, d_g, hierarchical=hierarchical))
+
+
+def snnet_stages(f, g) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The grid stages (`grid_stages`) of front f and end g; UsageError unless they have as many:
+    SN-Net stitches stage to stage."""
+    sf, sg = grid_stages(f.grids), grid_stages(g.grids)
+    if len(sf) != len(sg):
+        raise UsageError(f"{f.name} has {len(sf)} stages and {g.name} {len(sg)}: SN-Net stitches stage to stage")
+    return sf, sg
 
 
 def snnet_stitched_stages(count: int) -> list[int]:
@@ -513,10 +534,8 @@ def snnet_nearest_pairs(f: AnchorEntry, g: AnchorEntry, *, stage_skips: bool = T
     rules within each stage, indices local to it; f and g need the same number of stages.
     stage_skips: leave out the stages SN-Net's code never stitches (`snnet_stitched_stages`).
     """
-    sf, sg = grid_stages(f.grids), grid_stages(g.grids)
-    hierarchical = len(sf) > 1 or len(sg) > 1
-    if len(sf) != len(sg):
-        raise UsageError(f"{f.name} has {len(sf)} stages and {g.name} {len(sg)}: SN-Net stitches stage to stage")
+    sf, sg = snnet_stages(f, g)
+    hierarchical = len(sf) > 1
     stitched = set(snnet_stitched_stages(len(sf))) if stage_skips else set(range(len(sf)))
     out = []
     for s, ((of, df), (og, dg)) in enumerate(zip(sf, sg)):

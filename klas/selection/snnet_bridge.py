@@ -27,12 +27,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from klas.errors import UsageError
 from klas.scoring.scores import Scores
 from klas.selection.export import imported_pair, imported_selection
-from klas.selection.select import Selection, configurations, grid_stages, unscored_config
+from klas.selection.select import Selection, configurations, snnet_stage_configs, snnet_stages, unscored_config
 
 __all__ = ["snnet_stage_configs", "to_snnet_configs", "from_snnet_configs", "snnet_config_anchors",
            "snnet_rules_selection", "SNNET_CONFIGS_FORMAT"]
@@ -40,42 +38,19 @@ __all__ = ["snnet_stage_configs", "to_snnet_configs", "from_snnet_configs", "snn
 SNNET_CONFIGS_FORMAT = "klas-snnet-configs"
 
 
-def snnet_stage_configs(d_f: int, d_g: int, *, hierarchical: bool) -> list[tuple[int, int, int]]:
-    """SN-Net's configurations of one stage (or of a plain model), in its generator's order, with
-    their stitching layers: [(a, b, layer)], 0-indexed and local to the stage."""
-    out = []
-    if d_f == d_g:  # paired: windows of 2 blocks, stride 1; a window that adds a pair adds a layer
-        layer = -1
-        for start in range(d_f):
-            window = range(start, min(start + 2, d_f))
-            new = [(a, b) for a in window for b in window
-                   if (a, b) not in {(x, y) for x, y, _ in out} and not (hierarchical and (b == 0 or a >= b))]
-            if new:
-                layer += 1
-                out += [(a, b, layer) for a, b in new]
-        return out
-    ends = torch.nn.functional.interpolate(torch.arange(d_f, dtype=torch.float32)[None, None], size=d_g)[0, 0]
-    ends = [int(e) for e in ends]
-    pairs = [(a, k) for a in range(d_f) for k in range(d_g) if ends[k] == a and a < k and not (hierarchical and k == 0)]
-    return [(a, b, ends[n]) for n, (a, b) in enumerate(pairs)]  # the n-th configuration takes layer ends[n]
-
-
 def _stages(f, g):
     if getattr(f, "grids", None) is None or getattr(g, "grids", None) is None:
         raise UsageError(f"the selection does not record the grids of {f.name} and {g.name} (written by an older "
                          "klas): run `klas select` again to export it in SN-Net's form")
-    sf, sg = grid_stages(f.grids), grid_stages(g.grids)
-    if len(sf) != len(sg):
-        raise UsageError(f"{f.name} has {len(sf)} stages and {g.name} {len(sg)}: SN-Net stitches stage to stage")
-    return sf, sg
+    return snnet_stages(f, g)
 
 
-def _local(f, g, i: int, j: int):
-    """(stage or None, a, b local) of klas's (i, j) between f and g: the stage is the one of f's
-    block a = i − 1 and of g's block j − 1, whose outputs the stitch joins; b counts g's blocks from
-    the stage's first (b = the stage's depth: g resumes after the whole stage). UsageError where
-    SN-Net cannot say it (j = 0, or the two blocks in different stages)."""
-    sf, sg = _stages(f, g)
+def _local(f, g, sf, sg, i: int, j: int):
+    """(stage or None, a, b local) of klas's (i, j) between f and g, whose stages are sf and sg
+    (`_stages`): the stage is the one of f's block a = i − 1 and of g's block j − 1, whose outputs
+    the stitch joins; b counts g's blocks from the stage's first (b = the stage's depth: g resumes
+    after the whole stage). UsageError where SN-Net cannot say it (j = 0, or the two blocks in
+    different stages)."""
     a, b = i - 1, j
     if len(sf) == 1:
         return None, a, b
@@ -98,10 +73,13 @@ def to_snnet_configs(selection: Selection) -> dict:
         sf, sg = _stages(f, g)
         hierarchical = len(sf) > 1
         comb = [index[f.name], index[g.name]]
+        by_stage = {}  # SN-Net's configurations of each stage (of the plain model: key None)
         for c in pair.selected:
-            s, a, b = _local(f, g, c.i, c.j)
-            d_f, d_g = (sf[s][1], sg[s][1]) if hierarchical else (f.depth, g.depth)
-            known = snnet_stage_configs(d_f, d_g, hierarchical=hierarchical)
+            s, a, b = _local(f, g, sf, sg, c.i, c.j)
+            if s not in by_stage:
+                d_f, d_g = (sf[s][1], sg[s][1]) if hierarchical else (f.depth, g.depth)
+                by_stage[s] = snnet_stage_configs(d_f, d_g, hierarchical=hierarchical)
+            known = by_stage[s]
             spot = next((n for n, (x, y, _) in enumerate(known) if (x, y) == (a, b)), None)
             rows.append(((s if s is not None else -1), comb, spot, a, b, known))
     for s, comb, spot, a, b, known in sorted(rows, key=lambda r: (r[0], r[1], r[2] is None, r[2] or 0, r[3], r[4])):
@@ -112,10 +90,8 @@ def to_snnet_configs(selection: Selection) -> dict:
             first = max((x[2] for x in known), default=-1) + 1
             layer = max(first, sizes.get(key, first))
         sizes[key] = max(sizes.get(key, 0), layer + 1)
-        entry = {"comb_id": comb, "stitch_cfgs": [[a, b]], "stitch_layers": [layer]}
-        if s >= 0:
-            entry = {"comb_id": comb, "stage_id": s, "stitch_cfgs": [[a, b]], "stitch_layers": [layer]}
-        configs.append(entry)
+        configs.append({"comb_id": comb, **({"stage_id": s} if s >= 0 else {}), "stitch_cfgs": [[a, b]],
+                        "stitch_layers": [layer]})
     return {"format": SNNET_CONFIGS_FORMAT, "version": 1, "method": selection.method,
             "anchors": [a.spec for a in anchors], "stitch_configs": configs,
             "num_stitches": [{"comb_id": list(k[1]), **({"stage_id": k[0]} if k[0] >= 0 else {}), "count": n}
@@ -179,6 +155,8 @@ def snnet_config_anchors(doc: dict, where: str = "the SN-Net config") -> list[st
     timm does not know."""
     import timm
 
+    from klas.anchors.timm_models import close_timm_names
+
     names = doc.get("anchors") if isinstance(doc, dict) else None
     if names is None and isinstance(doc, dict) and isinstance(doc.get("MODEL"), dict):
         weights = doc["MODEL"].get("WEIGHTS")
@@ -192,9 +170,7 @@ def snnet_config_anchors(doc: dict, where: str = "the SN-Net config") -> list[st
         raise UsageError(f"{where}: names no anchors (expected 'anchors': [timm names] or MODEL.WEIGHTS)")
     for n in names:
         if not timm.is_model(n):
-            import difflib
-
-            close = difflib.get_close_matches(n, timm.list_models(), n=5, cutoff=0.6)
+            close = close_timm_names(n)
             raise UsageError(f"{where}: anchor {n!r} is not a timm model name klas knows"
                              + (f" (similar: {', '.join(close)})" if close else "")
                              + "; score it under a spec and import a configuration list instead")

@@ -116,8 +116,14 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    torch_save_atomic(state, path)
+def _save_checkpoint(path: Path, net: StitchedSupernet, settings: FinetuneSettings, step: int, optimizer=None,
+                     scheduler=None) -> None:
+    """The finetuning checkpoint of `net` after `step` steps (optimizer and scheduler None when
+    nothing trains), with the routes and settings `load_finetuning_checkpoint` checks."""
+    torch_save_atomic({"step": step, "model": net.state_dict(),
+                       "optimizer": None if optimizer is None else optimizer.state_dict(),
+                       "scheduler": None if scheduler is None else scheduler.state_dict(),
+                       "routes": [r.name for r in net.routes], "settings": settings.fingerprint()}, path)
 
 
 def load_finetuning_checkpoint(path: Path, net: StitchedSupernet, settings: FinetuneSettings) -> dict:
@@ -175,9 +181,7 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
     ckpt = out_dir / CHECKPOINT
     if optimizer is None:  # nothing trains (anchors frozen, no stitch): the supernet as it is is the result
         if dist.is_main() and not ckpt.is_file():
-            _save_checkpoint(ckpt, {"step": settings.steps, "model": net.state_dict(), "optimizer": None,
-                                    "scheduler": None, "routes": [r.name for r in net.routes],
-                                    "settings": settings.fingerprint()})
+            _save_checkpoint(ckpt, net, settings, settings.steps)
         dist.barrier()
         net.eval()
         return {"steps": settings.steps, "resumed_from": settings.steps, "seconds": 0.0, "final_loss": None,
@@ -213,9 +217,7 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
         if not dist.is_main():
             return
         curve.flush()  # the curve holds exactly the steps the checkpoint holds
-        _save_checkpoint(ckpt, {"step": step, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(), "routes": [r.name for r in net.routes],
-                                "settings": settings.fingerprint()})
+        _save_checkpoint(ckpt, net, settings, step, optimizer, scheduler)
 
     net.train()
     if settings.stitches_only:

@@ -1,104 +1,85 @@
 """Extraction benchmark: `klas.extract` of k anchors against the sum of their bare forwards.
 
-    python bench/bench_extract.py [--data ROOT] [--anchors SPEC,SPEC] [--images 5000] [--batch-size 256]
+    pytest bench/bench_extract.py [--bench-data ROOT] --benchmark-json=RUN.json
 
-- bare: the same images, decoded and normalised beforehand (not timed), then for each anchor
-  `torch.inference_mode()` forwards at the same batch size: what the models themselves cost;
-- klas: `klas.extract` of the same anchors on the same images into a fresh folder: decoding,
-  every block's pooled output, the checks, float16 conversion, shards with checksums, the manifest.
-Interleaved, best of --repeats each; the ratio bare / klas is the fraction of the models' own speed
-that extraction reaches (target ≥ 0.95). Appended to bench/RESULTS.md.
-
-Data: --data (a folder with train/test sets), else the shared CIFAR-10 ($KLAS_SHARED/data/cifar10)
-when present, else the generated shapes (examples/shapes.zip). Anchors are built with random
-weights by default (the cost does not depend on the weights).
+- bare (the baseline): the same images, decoded and normalised beforehand (not timed), then for each
+  anchor `torch.inference_mode()` forwards at the same batch size: what the models themselves cost;
+- klas: `klas.extract` of the same anchors on the same images into a fresh folder: decoding, every
+  block's pooled output, the checks, float16 conversion, shards with checksums, the manifest.
+The ratio (bare best / klas best) is the fraction of the models' own speed that extraction reaches
+(target ≥ 0.95). Anchors: ResNet-20 and ResNet-56 with random weights (the cost does not depend on
+the weights); 5,000 train images at batch 256 (smoke: 64 images at batch 32).
 """
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
-import sys
 import tempfile
-import time
+from functools import cache
 from pathlib import Path
 
 import torch
+from common import run_peer
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import append_results  # noqa: E402
+from klas.anchors import load_anchor
+from klas.cache import read_manifest
+from klas.extraction.data import ImageDataset, split_for_anchor
+from klas.extraction.extract import cached_anchors, extract
 
-from klas.anchors import load_anchor  # noqa: E402
-from klas.extraction.data import ImageDataset, split_for_anchor  # noqa: E402
-from klas.extraction.extract import extract  # noqa: E402
-from klas.settings import cifar10_dir  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def default_data() -> Path:
-    return cifar10_dir() if (cifar10_dir() / "train.zip").exists() else ROOT / "examples" / "shapes.zip"
+SPECS = ("cifar-resnet:20?pretrained=false", "cifar-resnet:56?pretrained=false")
+GROUP = "extract"
 
 
-def decoded(data: Path, anchor, images: int) -> torch.Tensor:
-    """The images klas.extract reads for the train split (same split, seed and limit), as one tensor."""
-    source, indices = split_for_anchor(data, "train", anchor, val_fraction=0.1, seed=0, limit=images)
-    dataset = ImageDataset(source, indices, input_size=anchor.input_size, mean=anchor.mean, std=anchor.std)
+def sizes(smoke: bool) -> tuple[int, int, int]:
+    """(images, batch size, timed rounds)."""
+    return (64, 32, 1) if smoke else (5000, 256, 3)
+
+
+@cache
+def anchors():
+    return tuple(load_anchor(s).eval() for s in SPECS)
+
+
+@cache
+def decoded(data: Path, images: int) -> torch.Tensor:
+    """The images klas.extract reads for the train split (same split, seed and limit) [n, 3, H, W]."""
+    first = anchors()[0]
+    source, indices = split_for_anchor(data, "train", first, val_fraction=0.1, seed=0, limit=images)
+    dataset = ImageDataset(source, indices, input_size=first.input_size, mean=first.mean, std=first.std)
     return torch.stack([dataset[k][0] for k in range(len(dataset))])
 
 
-def bare(anchors, x: torch.Tensor, batch_size: int) -> None:
+def bare(x: torch.Tensor, batch_size: int) -> None:
     with torch.inference_mode():
-        for anchor in anchors:
+        for anchor in anchors():
             for start in range(0, len(x), batch_size):
                 anchor(x[start:start + batch_size])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=None)
-    ap.add_argument("--anchors", default="cifar-resnet:20?pretrained=false,cifar-resnet:56?pretrained=false")
-    ap.add_argument("--images", type=int, default=5000)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    data = args.data or default_data()
-    specs = args.anchors.split(",")
-    anchors = [load_anchor(s).eval() for s in specs]
-    x = decoded(data, anchors[0], args.images)
-    bare(anchors, x[:args.batch_size], args.batch_size)  # warm-up (first-call allocations)
-    times = {"bare": [], "klas": []}
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        bare(anchors, x, args.batch_size)
-        times["bare"].append(time.perf_counter() - t)
-        out = Path(tempfile.mkdtemp(prefix="klas-bench-extract-"))
+def test_bare(benchmark, image_root, smoke):
+    images, batch_size, rounds = sizes(smoke)
+    x = decoded(image_root, images)
+    run_peer(benchmark, lambda: bare(x, batch_size), group=GROUP, peer="bare", baseline="bare", rounds=rounds, work=len(x) * len(SPECS),
+             work_unit="images", images=len(x), batch=batch_size, data=image_root.name)
+
+
+def test_klas(benchmark, image_root, smoke):
+    images, batch_size, rounds = sizes(smoke)
+    n = len(decoded(image_root, images))
+
+    def fresh_folder():
+        return (Path(tempfile.mkdtemp(prefix="klas-bench-extract-")),), {}
+
+    def run(out):
+        extract(list(anchors()), image_root, out, splits=("train",), batch_size=batch_size, limit=images,
+                progress=False)
+
+    def check_and_remove(out):
         try:
-            t = time.perf_counter()
-            extract(anchors, data, out, splits=("train",), batch_size=args.batch_size, limit=args.images,
-                    progress=False)
-            times["klas"].append(time.perf_counter() - t)
+            rows = {name: read_manifest(out / name / "train").num_samples for name in cached_anchors(out, "train")}
+            assert len(rows) == len(SPECS) and set(rows.values()) == {n}, f"extraction wrote {rows}, expected {n} rows each"
         finally:
             shutil.rmtree(out, ignore_errors=True)
-    best = {k: min(v) for k, v in times.items()}
-    n = len(x)
-    lines = [
-        f"{len(anchors)} anchors ({', '.join(specs)}), {n} train images of {data}, batch {args.batch_size}, "
-        f"{torch.get_num_threads()} torch threads; interleaved, best of {args.repeats}.",
-        "",
-        "| peer | s | images/s per anchor | vs bare |",
-        "|---|---:|---:|---:|",
-        f"| bare: inference_mode forwards over decoded tensors | {best['bare']:.2f} | "
-        f"{n * len(anchors) / best['bare']:.0f} | 1.00x |",
-        f"| klas: extract (decode, pool, check, write shards) | {best['klas']:.2f} | "
-        f"{n * len(anchors) / best['klas']:.0f} | {best['bare'] / best['klas']:.2f}x |",
-        "",
-        f"Command: `python bench/bench_extract.py --images {args.images} --batch-size {args.batch_size}`"
-        + (f" (data {data})" if args.data else ""),
-    ]
-    append_results("Extraction: klas.extract vs bare forwards", lines)
 
-
-if __name__ == "__main__":
-    os.environ.setdefault("KLAS_SHARED", str(ROOT.parent / "shared"))
-    main()
+    run_peer(benchmark, run, setup=fresh_folder, teardown=check_and_remove, group=GROUP, peer="klas",
+             baseline="bare", rounds=rounds, work=n * len(SPECS), work_unit="images",
+             images=n, batch=batch_size, data=image_root.name)

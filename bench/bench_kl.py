@@ -1,36 +1,34 @@
-"""Θ benchmark: naive per-pair KL vs our torch path (and, on a GPU, the Triton kernels and Liger-Kernel).
+"""Θ benchmark: naive per-pair KL against the torch path, the native kernel (CPU) and Triton (GPU).
 
-    python bench/bench_kl.py [--shapes cifar,imagenet,zoo] [--device cpu|cuda]
+    pytest bench/bench_kl.py [-k cifar] [--bench-device cuda] --benchmark-json=RUN.json
+    python bench/report.py RUN.json
 
-Θ of K probes against the same K probes (what `klas score` computes in one pass), on the same
-random logits for every peer:
-- naive: log-softmax per probe, one F.kl_div per (a, b) pair in Python loops;
+Θ of K probes against the same K probes (what `klas score` computes in one pass), on the same random
+logits for every peer of a shape (one group per shape):
+- naive (the baseline): log-softmax per probe, one F.kl_div per (a, b) pair in Python loops;
 - torch: klas.kl_matrix(backend="torch") (chunked matrix form), eager and with KLAS_TORCH_COMPILE=1
-  (its elementwise passes fused by torch.compile; the compile happens in the untimed warm-up);
-- native (CPU only): klas.kl_matrix(backend="native"), the fused C++ kernel csrc/theta_cpu.cpp and
-  the default on CPU (backend="auto"), on torch.get_num_threads() threads;
+  (its elementwise passes fused by torch.compile; compiled in the untimed warm-up);
+- native (CPU only): the fused C++ kernel csrc/theta_cpu.cpp, the default on CPU;
 - triton (CUDA only): klas.kl_matrix(backend="triton");
-- liger (CUDA, if installed): Liger-Kernel's KL divergence, once per pair.
-Every peer's Θ is checked against a float64 computation (max |error| and the 1e-4 abs + rel test).
-Floors: the logits read once over the measured copy bandwidth, and 2·K²·N·C FLOPs over the measured
-fp32 matmul rate; each time is reported as a ratio to naive and as the fraction of the floor.
-Results are appended to bench/RESULTS.md.
+- liger (CUDA, where Liger-Kernel is installed): its KL divergence, once per pair.
+Every peer's Θ is checked against a float64 computation: max |error| is recorded and the test fails
+beyond 1e-4 abs + 1e-4 rel. `floor_s` is the larger of the logits read once at the measured copy
+bandwidth and 2·K²·N·C FLOPs at the measured fp32 matmul rate; the report gives each time's
+fraction of it. The naive peers run after every other peer: on a shared VM, work that ran right
+after the naive peer's gigabytes of freed tensors was measured up to 2x slower.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
-from pathlib import Path
+from functools import cache
 
+import pytest
 import torch
 import torch.nn.functional as F
+from common import run_peer
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import append_results  # noqa: E402
-
-from klas.scoring.kl import kl_matrix, native_available  # noqa: E402
+from klas.scoring.kl import kl_matrix, native_available
 
 SHAPES = {  # name -> (K, N on CPU, N on GPU, C)
     "cifar": (84, 10_000, 10_000, 10),
@@ -38,33 +36,65 @@ SHAPES = {  # name -> (K, N on CPU, N on GPU, C)
     "zoo": (120, 2_000, 10_000, 1000),
 }
 ZOO_K_GPU = 240
+SMOKE_K, SMOKE_N = 12, 300
+ROUNDS = 5
+TOL = 1e-4  # abs and rel, against float64
 
 
-def sync(device):
+@cache
+def case(name: str, device: str, smoke: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [K, N, C] on `device`, float64 Θ [K, K]) of one shape; the same for every peer."""
+    k, n_cpu, n_gpu, c = SHAPES[name]
+    n = n_gpu if device.startswith("cuda") else n_cpu
+    if name == "zoo" and device.startswith("cuda"):
+        k = ZOO_K_GPU
+    if smoke:
+        k, n = min(k, SMOKE_K), SMOKE_N
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    logits = (torch.randn(k, n, c, generator=gen) * 3).to(device)
+    return logits, float64_theta(logits)
+
+
+def float64_theta(logits: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Independent float64 oracle [K, K], chunked over samples."""
+    k, n, _ = logits.shape
+    self_term = torch.zeros(k, dtype=torch.float64, device=logits.device)
+    cross = torch.zeros(k, k, dtype=torch.float64, device=logits.device)
+    for s in range(0, n, chunk):
+        lp = torch.log_softmax(logits[:, s:s + chunk].double(), dim=-1)
+        p = lp.exp()
+        self_term += (p * lp).sum(dim=(1, 2))
+        cross += p.reshape(k, -1) @ lp.reshape(k, -1).T
+    return (self_term[:, None] - cross) / n
+
+
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def timed(fn, device, repeats):
-    """(seconds, output) of fn: on a GPU Triton's `do_bench` (warm-up, cache flush, median of runs),
-    on the CPU the best of `repeats` wall-clock runs."""
-    if device.type == "cuda":
-        from triton.testing import do_bench
-
-        out = fn()
-        return do_bench(fn, warmup=max(25, repeats), rep=max(100, 20 * repeats), return_mode="median") / 1e3, out
+def best_seconds(fn, device: torch.device, repeats: int = 5) -> float:
     best = float("inf")
-    out = None
     for _ in range(repeats):
         sync(device)
         t = time.perf_counter()
-        out = fn()
+        fn()
         sync(device)
         best = min(best, time.perf_counter() - t)
-    return best, out
+    return best
 
 
-def naive(logits):
+@pytest.fixture(scope="session")
+def rates(device) -> tuple[float, float]:
+    """(copy bandwidth in bytes/s, fp32 matmul FLOP/s) measured on `device`."""
+    x = torch.empty(1 << 28, dtype=torch.uint8, device=device)  # 256 MiB
+    y = torch.empty_like(x)
+    bandwidth = 2 * x.numel() / best_seconds(lambda: y.copy_(x), device)
+    a = torch.randn(2048, 2048, device=device)
+    return bandwidth, 2 * 2048 ** 3 / best_seconds(lambda: a @ a, device)
+
+
+def naive(logits: torch.Tensor) -> torch.Tensor:
     log_p = [torch.log_softmax(z.float(), dim=-1) for z in logits]
     n = logits.shape[1]
     out = torch.empty(len(log_p), len(log_p), device=logits.device)
@@ -74,7 +104,7 @@ def naive(logits):
     return out
 
 
-def liger(logits):
+def liger(logits: torch.Tensor) -> torch.Tensor:
     from liger_kernel.transformers import LigerKLDIVLoss
 
     loss = LigerKLDIVLoss(reduction="sum", log_target=True)
@@ -87,7 +117,7 @@ def liger(logits):
     return out
 
 
-def compiled(logits):
+def compiled(logits: torch.Tensor) -> torch.Tensor:
     os.environ["KLAS_TORCH_COMPILE"] = "1"
     try:
         return kl_matrix(logits, logits, backend="torch")
@@ -95,90 +125,50 @@ def compiled(logits):
         os.environ["KLAS_TORCH_COMPILE"] = "0"
 
 
-def float64_theta(logits, chunk=256):
-    """Independent float64 oracle, chunked over samples."""
+def synced(fn, device):
+    def run(z):
+        out = fn(z)
+        sync(device)
+        return out
+    return run
+
+
+PEERS = {  # name -> (function of the logits, where it runs, timed rounds)
+    "torch": (lambda z: kl_matrix(z, z, backend="torch"), "any", ROUNDS),
+    "torch, KLAS_TORCH_COMPILE=1": (compiled, "any", ROUNDS),
+    "native": (lambda z: kl_matrix(z, z, backend="native"), "cpu", ROUNDS),
+    "triton": (lambda z: kl_matrix(z, z, backend="triton"), "cuda", ROUNDS),
+    "liger (per pair)": (liger, "cuda", 1),
+    "naive": (naive, "any", 1),
+}
+
+
+def measure(benchmark, shape, peer, device, smoke, rates):
+    fn, where, rounds = PEERS[peer]
+    if where != "any" and where != device.type:
+        pytest.skip(f"{peer} runs on {where} only")
+    if peer == "native" and not native_available():
+        pytest.skip("the native extension is not built")
+    if peer.startswith("liger"):
+        pytest.importorskip("liger_kernel")
+    logits, want = case(shape, str(device), smoke)
     k, n, c = logits.shape
-    self_term = torch.zeros(k, dtype=torch.float64, device=logits.device)
-    cross = torch.zeros(k, k, dtype=torch.float64, device=logits.device)
-    for s in range(0, n, chunk):
-        lp = torch.log_softmax(logits[:, s:s + chunk].double(), dim=-1)
-        p = lp.exp()
-        self_term += (p * lp).sum(dim=(1, 2))
-        flat_p, flat_lp = p.reshape(k, -1), lp.reshape(k, -1)
-        cross += flat_p @ flat_lp.T
-    return (self_term[:, None] - cross) / n
+    bandwidth, flop_rate = rates
+    floor = max(logits.numel() * 4 / bandwidth, 2 * k * k * n * c / flop_rate)
+    theta = run_peer(benchmark, synced(fn, device), setup=lambda: ((logits,), {}), group=f"theta {shape} ({device.type})",
+                     peer=peer, baseline="naive", rounds=1 if smoke else rounds, K=k, N=n, C=c, floor_s=floor)
+    err = (theta.double() - want).abs()
+    benchmark.extra_info["max_error"] = float(err.max())
+    assert bool((err <= TOL + TOL * want.abs()).all()), f"{peer}: max |Θ - float64 Θ| = {err.max():.2e}"
 
 
-def measure_bandwidth(device) -> float:
-    x = torch.empty(1 << 28, dtype=torch.uint8, device=device)  # 256 MiB
-    y = torch.empty_like(x)
-    t, _ = timed(lambda: y.copy_(x), device, 5)
-    return 2 * x.numel() / t  # read + write bytes per second
+@pytest.mark.parametrize("peer", [p for p in PEERS if p != "naive"],
+                         ids=["torch", "torch-compiled", "native", "triton", "liger"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_theta(benchmark, shape, peer, device, smoke, rates):
+    measure(benchmark, shape, peer, device, smoke, rates)
 
 
-def measure_matmul(device) -> float:
-    a = torch.randn(2048, 2048, device=device)
-    t, _ = timed(lambda: a @ a, device, 5)
-    return 2 * 2048 ** 3 / t
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default="cifar,imagenet,zoo")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
-    device = torch.device(args.device)
-    bandwidth, flop_rate = measure_bandwidth(device), measure_matmul(device)
-    lines = [f"Device {device}; measured copy bandwidth {bandwidth / 1e9:.1f} GB/s, fp32 matmul "
-             f"{flop_rate / 1e12:.3f} TFLOP/s. Θ of K probes against themselves, fp32 logits, best of "
-             f"{args.repeats} (naive: 1 run). Error: max |Θ − float64 Θ|; pass: within 1e-4 abs + 1e-4 rel.", "",
-             "| shape | K | N | C | peer | time s | vs naive | floor s | of floor | max error | pass |",
-             "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
-    # Our peers on every shape first, then the float64 oracle and the naive peer: on the shared VM,
-    # work that ran after the naive peer's gigabytes of freed tensors was measured up to 2x slower
-    # (fresh memory is slow to fault back in there), which would flatter the ratios.
-    cases = []
-    for name in args.shapes.split(","):
-        k, n_cpu, n_gpu, c = SHAPES[name]
-        n = n_gpu if device.type == "cuda" else n_cpu
-        if name == "zoo" and device.type == "cuda":
-            k = ZOO_K_GPU
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        logits = (torch.randn(k, n, c, generator=gen) * 3).to(device)
-        peers = {"torch": (lambda z=logits: kl_matrix(z, z, backend="torch"), args.repeats),
-                 "torch, KLAS_TORCH_COMPILE=1": (lambda z=logits: compiled(z), args.repeats)}
-        if device.type == "cpu" and native_available():
-            peers["native"] = (lambda z=logits: kl_matrix(z, z, backend="native"), args.repeats)
-        if device.type == "cuda":
-            peers["triton"] = (lambda z=logits: kl_matrix(z, z, backend="triton"), args.repeats)
-            try:
-                import liger_kernel  # noqa: F401
-
-                peers["liger (per pair)"] = (lambda z=logits: liger(z), 1)
-            except ImportError:
-                pass
-        measured = {}
-        for peer, (fn, reps) in peers.items():
-            fn()  # warm-up (compilation, caches)
-            measured[peer] = timed(fn, device, reps)
-        cases.append((name, logits, measured))
-    for name, logits, measured in cases:
-        k, n, c = logits.shape
-        measured = {"naive": timed(lambda: naive(logits), device, 1), **measured}
-        want = float64_theta(logits)
-        floor = max(logits.numel() * 4 / bandwidth, 2 * k * k * n * c / flop_rate)
-        t_naive = measured["naive"][0]
-        for peer, (t, theta) in measured.items():
-            err = (theta.double() - want).abs()
-            ok = bool((err <= 1e-4 + 1e-4 * want.abs()).all())
-            lines.append(f"| {name} | {k} | {n} | {c} | {peer} | {t:.4f} | {t_naive / t:.1f}x | {floor:.4f} | "
-                         f"{floor / t:.1%} | {err.max():.1e} | {'yes' if ok else 'NO'} |")
-            print(lines[-1], flush=True)
-    peers = "torch vs triton" if device.type == "cuda" else "torch vs native"
-    append_results(f"Θ (kl_matrix): naive vs {peers} on {device}",
-                   lines + ["", "Command: `python bench/bench_kl.py" + (f" --device {args.device}`" if args.device != "cpu" else "`")])
-
-
-if __name__ == "__main__":
-    main()
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_theta_naive(benchmark, shape, device, smoke, rates):
+    measure(benchmark, shape, "naive", device, smoke, rates)

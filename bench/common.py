@@ -1,65 +1,45 @@
-"""Shared pieces of the benchmarks: timing, machine description, the results file."""
+"""Shared pieces of the benchmark suites: one way to time a peer, the machine's description.
+
+Every benchmark is one *peer* of a *group*: the peers of a group do the same work and are timed
+side by side in one pytest run; one of them is the group's baseline, and `bench/report.py` turns a
+run's JSON into a table of each peer's speed relative to it (ratios are the claims on a CPU).
+"""
 from __future__ import annotations
 
 import os
 import platform
-import statistics
-import subprocess
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
-
-def time_best(fn, repeats: int = 3) -> tuple[float, float]:
-    """(best, median) wall seconds of `fn()` over `repeats` runs."""
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times), statistics.median(times)
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    gpu = ""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = f", GPU {torch.cuda.get_device_name()}"
-    except ImportError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}{gpu}"
+    return platform.processor() or "unknown CPU"
 
 
-def commit() -> str:
-    """The checked-out commit, marked when tracked files (other than this results file) differ from it."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
-                              check=True).stdout.strip()
+def machine() -> dict:
+    """What the results depend on: the CPU, its cores, torch's threads, the GPU where one is used."""
+    import torch
 
-    try:
-        head = git("rev-parse", "--short", "HEAD")
-        changed = git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(exclude,top)bench/RESULTS.md")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head} with uncommitted changes" if changed else head
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
 
 
-def append_results(title: str, lines: list[str]) -> None:
-    """Appends one dated section to bench/RESULTS.md and prints it."""
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = "\n".join([f"## {title}", "", f"{stamp}, commit {commit()}, {machine()}", "", *lines, "", ""])
-    print(text)
-    with open(RESULTS, "a") as f:
-        f.write(text)
+def run_peer(benchmark, fn, *, group: str, peer: str, baseline: str, rounds: int, setup=None, teardown=None,
+             warmup: bool = True, **extra):
+    """Times `fn` as `peer` of `group` (best and median over `rounds`, after one untimed warm-up run
+    unless `warmup` is False) and returns its last result. `baseline` names the group's reference
+    peer; `extra` lands in the JSON beside the times: `work` and `work_unit` (amount done per run,
+    reported as a rate), `floor_s` (a lower bound on the time, reported as the fraction reached),
+    and anything else the report should show (errors, sizes)."""
+    benchmark.group = group
+    benchmark.extra_info.update(peer=peer, baseline=baseline, **extra)
+    return benchmark.pedantic(fn, setup=setup, teardown=teardown, rounds=rounds,
+                              warmup_rounds=1 if warmup else 0, iterations=1)

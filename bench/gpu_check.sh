@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # One call on a GPU machine (well under 5 minutes): Triton kernels checked against float64 on CUDA,
-# then the Θ benchmark (naive vs torch vs Triton, Liger-Kernel where installed). The table prints last
-# and is appended to bench/RESULTS.md with the GPU's name.
+# then the Θ benchmark suite on CUDA (naive vs torch vs Triton, Liger-Kernel where installed). The
+# run's JSON goes to $OUT (or /tmp) and its table prints last, with the GPU's name; nothing in the
+# working tree is written.
 #   bash bench/gpu_check.sh
+# pytest and pytest-benchmark must be importable. On a machine without a package index, install them
+# beside the checkout first (`pip install --target .bench-deps pytest pytest-benchmark`, an ignored
+# folder) and bring that folder along: it is put on the path when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Without an install, klas.kernels (the kernels/ folder) is not importable: link it for this run.
 [ -e klas/kernels ] || ln -s ../kernels klas/kernels
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+[ -d .bench-deps ] && export PYTHONPATH="$PYTHONPATH:$PWD/.bench-deps"
+json="${OUT:-/tmp}/bench-kl-cuda.json"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 python3 bench/gpu_correctness.py
-python3 bench/bench_kl.py --device cuda --repeats 5
+python3 -m pytest bench/bench_kl.py --bench-device cuda -p no:cacheprovider -q --benchmark-json="$json"
+python3 bench/report.py "$json" --title "Θ (kl_matrix) on CUDA: naive vs torch vs triton"

@@ -16,7 +16,7 @@ def oracle(src, tgt):
     ls = torch.log_softmax(src.double(), -1)
     lt = torch.log_softmax(tgt.double(), -1)
     p = ls.exp()
-    k, n, c = src.shape
+    k, n, _ = src.shape
     self_term = (p * ls).sum((1, 2))
     cross = torch.zeros(k, tgt.shape[0], dtype=torch.float64, device=src.device)
     for s in range(0, n, 2048):

@@ -3,7 +3,7 @@ API and the kernels' launchers), declared once so that every boundary refuses th
 constants: the command's --help reads them without importing torch."""
 
 __all__ = ["MIN_TEMPERATURE", "MAX_TEMPERATURE", "MAX_SCALED_LOGIT", "BACKENDS", "MAX_BUCKETS", "CHAIN_RULE_NAMES",
-           "FLOPS_RANGE_RULES"]
+           "FLOPS_RANGE_RULES", "FLOPS_UNIT", "FLOPS_DEFINITION"]
 
 # Θ's backends (klas.scoring.kl): "reference" is the float64 oracle of the tests
 BACKENDS = ("auto", "reference", "torch", "native", "triton")
@@ -23,3 +23,10 @@ MAX_BUCKETS = 10_000
 # names to the functions, and a test holds the two lists equal).
 CHAIN_RULE_NAMES = ("minimax", "nearest")
 FLOPS_RANGE_RULES = ("exclude", "end-buckets")
+
+# What klas calls FLOPs everywhere: multiply-accumulates of the matrix products and convolutions, the
+# convention of timm, fvcore, SN-Net and the papers (ResNet-20 at 32x32: 41 M). Recorded beside every
+# stored count (cache manifests, scores, selections) and part of every stage fingerprint from scoring
+# on; torch.utils.flop_counter counts a multiply-accumulate as two.
+FLOPS_UNIT = "mac"
+FLOPS_DEFINITION = "multiply-accumulates of one image (the convention of timm, fvcore and SN-Net)"

@@ -76,7 +76,7 @@ def selection_scatter(selection, path: Path, baseline=None) -> Path:
         if key in other:
             _mark(ax, other[key].selected, dict(s=60, facecolors="none", edgecolors="C0"), baseline.method)
         ax.set_yscale("log")
-        ax.set_xlabel("MFLOPs of the stitched network")
+        ax.set_xlabel("MFLOPs of the stitched network (multiply-accumulates)")
         ax.set_ylabel("Γ (lower is better)")
         ax.set_title(f"{key[0]} → {key[1]}", fontsize=10)
         ax.legend(fontsize=8)
@@ -133,7 +133,7 @@ def recovery_plot(report: dict, path: Path) -> Path:
         if k % cols == 0:
             ax.set_ylabel("test top-1 (%)")
         if k >= (rows - 1) * cols:
-            ax.set_xlabel("MFLOPs")
+            ax.set_xlabel("MFLOPs (multiply-accumulates)")
     axes.flat[0].legend(fontsize=7, loc="lower right")
     pair = report.get("pair", {})
     fig.suptitle(f"recovery test {pair.get('source', '')} -> {pair.get('target', '')}: "

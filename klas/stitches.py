@@ -86,8 +86,9 @@ def stitch_positions(grid: Sequence[int], prefix_in: int = 0, prefix_out: int = 
 
 
 def stitch_flops(width_in: int, width_out: int, grid: Sequence[int], prefix_in: int = 0, prefix_out: int = 0) -> int:
-    """FLOPs of a stitching layer (Linear / 1x1 conv with bias) at every position it maps."""
-    return (2 * width_in * width_out + width_out) * stitch_positions(grid, prefix_in, prefix_out)
+    """FLOPs (multiply-accumulates, as the anchors' counts: the bias adds are not counted) of a
+    stitching layer (Linear / 1x1 conv) at every position it maps."""
+    return width_in * width_out * stitch_positions(grid, prefix_in, prefix_out)
 
 
 def stitched_flops(front, i: int, stitch: int, back, j: int) -> int:

@@ -31,6 +31,7 @@ def feature_cache(path, n: int, widths, num_classes: int, *, seed: int = 0, data
                     source={"seed": seed, "data_seed": data_seed, "samples": f"synthetic-{data_seed}-{n}-{split}",
                             "classes": [f"c{k}" for k in range(num_classes)]},
                     anchor_info={"flops": {"stem": 100, "blocks": [1000 * w for w in widths], "head": 10 * num_classes},
+                                 "flops_unit": "mac",
                                  "weights": f"synthetic-{seed}"})
     w.append(rows.astype(np.float16) if dtype == "float16" else rows, labels)
     w.finish()

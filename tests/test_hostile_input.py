@@ -469,9 +469,13 @@ def test_hostile_images_are_named_in_one_line(tmp_path, shapes_dir, capsys, cont
      lambda r: ["select", "--scores", str(r / "cache/scores")], "anchor entry .* is malformed"),
     (lambda r: _json_edit(r / "cache/scores/scores.json", lambda m: m["anchors"][0].__setitem__("stem_width", 0)),
      lambda r: ["select", "--scores", str(r / "cache/scores")], "anchor entry .* is malformed"),
+    (lambda r: _json_edit(r / f"cache/{R8}/val/manifest.json", lambda m: m["anchor_info"].__setitem__("flops_unit", "flop")),
+     _score, "anchor_info.flops_unit is 'flop' .*records 'mac' \\(multiply-accumulates\\)"),
+    (lambda r: _json_edit(r / "cache/scores/scores.json", lambda m: m.pop("flops_unit")),
+     lambda r: ["select", "--scores", str(r / "cache/scores")], "FLOPs are not recorded as 'mac'.*older klas"),
 ], ids=["probe-json", "probe-json-type", "probe-tensors", "probe-field", "manifest-type", "manifest-nested",
         "manifest-field", "manifest-flops", "manifest-stem-width", "manifest-prefix-tokens", "scores-type",
-        "scores-field", "scores-stem-width"])
+        "scores-field", "scores-stem-width", "manifest-flops-unit", "scores-flops-unit"])
 def test_damaged_project_files_are_one_line(run, capsys, damage, command, pattern):
     damage(run)
     before = tree(run)

@@ -80,7 +80,7 @@ def test_anchor_chain_is_the_minimax_chain(seed, n):
 
 
 def test_stitch_flops_and_config_flops():
-    assert stitch_flops(16, 32, (8, 8)) == (2 * 16 * 32 + 32) * 64
+    assert stitch_flops(16, 32, (8, 8)) == 16 * 32 * 64  # multiply-accumulates at 8x8 positions
     scores = make_scores([1, 2], 0)
     c = next(c for c in configurations(scores, "a0", "a1") if (c.i, c.j) == (1, 2))
     f, g = scores.anchor("a0"), scores.anchor("a1")

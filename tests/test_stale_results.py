@@ -283,3 +283,29 @@ def test_a_run_records_and_prints_the_seconds_of_every_stage(protocol_run):
     assert doc["total_seconds"] == pytest.approx(sum(r["seconds"] for r in doc["stages"]))
     assert doc["stages"] == stage_times(protocol_run / "out")
     assert "methods/klas/snnet/supernet" in timing_table(doc["stages"])
+
+
+# -- FLOPs counted by an older klas (two per multiply-accumulate) --------------------------------
+
+def test_caches_of_the_older_flops_count_are_read_as_multiply_accumulates(run, capsys):
+    """A manifest without `flops_unit` holds torch's counts (two per multiply-accumulate): scoring
+    halves them exactly, so its scores equal those of the caches as this klas writes them."""
+    want = json.loads((run / "cache/scores/scores.json").read_text())["anchors"]
+    for manifest in run.glob("cache/*/*/manifest.json"):
+        def older(m):
+            info = m["anchor_info"]
+            info.pop("flops_unit")
+            f = info["flops"]
+            info["flops"] = {"stem": 2 * f["stem"], "blocks": [2 * b for b in f["blocks"]], "head": 2 * f["head"]}
+        _json_edit(manifest, older)
+    assert main(["score", "--cache", str(run / "cache"), "--out", str(run / "rescored"), "--no-plots"]) == 0
+    got = json.loads((run / "rescored/scores.json").read_text())
+    assert got["flops_unit"] == "mac"
+    assert [a["flops"] for a in got["anchors"]] == [a["flops"] for a in want]
+
+
+def test_a_selection_of_the_older_flops_count_is_refused(run, capsys, tmp_path):
+    assert main(["select", "--scores", str(run / "cache/scores"), "--out", str(tmp_path / "sel")]) == 0
+    _json_edit(tmp_path / "sel/selection.json", lambda d: d.pop("flops_unit"))
+    _fails_cleanly(["export", "--selection", str(tmp_path / "sel/selection.json"), "--out", str(tmp_path / "x.json")],
+                   capsys, "FLOPs are not recorded as 'mac'.*older klas.*select again")

@@ -20,7 +20,7 @@ from klas.selection.select import read_selection
 
 
 def rows(selection_path: str, recovery_path: str) -> list[str]:
-    sel = read_selection(selection_path)
+    sel = read_selection(selection_path, legacy_flops=True)  # only its picks are used, not their FLOPs
     doc = read_json(recovery_path, what="recovery report", error=CacheError, fix="give a recovery.json of `klas recovery`")
     source, target = doc["pair"]["source"], doc["pair"]["target"]
     picks = [(c.i, c.j) for c in sel.selected if (c.source, c.target) == (source, target)]

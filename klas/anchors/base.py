@@ -15,10 +15,11 @@ from functools import cached_property
 import torch
 from torch import nn
 
+from klas.limits import FLOPS_UNIT  # noqa: F401  (re-exported: FLOPs here are multiply-accumulates)
 from klas.errors import AnchorError, UsageError
 
 __all__ = ["Anchor", "load_state_checked", "BlockInfo", "token_grid", "width_and_grid", "PartCounts", "AnchorFlops", "AnchorParams", "LAYOUTS",
-           "MAX_PREFIX_TOKENS"]
+           "MAX_PREFIX_TOKENS", "FLOPS_UNIT", "count_macs"]
 
 # How a block's output tensor is laid out, and so how it is pooled and what its grid is.
 LAYOUTS = ("nchw", "nhwc", "nlc")
@@ -67,7 +68,8 @@ class BlockInfo:
 
 @dataclass(frozen=True)
 class PartCounts:
-    """A count per part of an anchor: its stem, each block, its head (FLOPs of one image, or parameters)."""
+    """A count per part of an anchor: its stem, each block, its head (FLOPs of one image, as
+    multiply-accumulates, or parameters)."""
 
     stem: int
     blocks: tuple[int, ...]
@@ -124,7 +126,17 @@ def stitch_sources(depth: int) -> list[int]:
     return list(range(1, depth))
 
 
-AnchorFlops = PartCounts  # FLOPs of one image through each part, counted by torch.utils.flop_counter
+def count_macs(fn, *args):
+    """(fn(*args), multiply-accumulates of its matrix products and convolutions), counted by
+    torch.utils.flop_counter (which counts two FLOPs per multiply-accumulate)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        out = fn(*args)
+    return out, int(counter.get_total_flops()) // 2
+
+
+AnchorFlops = PartCounts  # FLOPs (multiply-accumulates, FLOPS_UNIT) of one image through each part
 AnchorParams = PartCounts  # parameters of each part; stem and head: the parameters their forward uses
 
 
@@ -297,21 +309,14 @@ class Anchor(nn.Module):
 
     @cached_property
     def flops(self) -> AnchorFlops:
-        """FLOPs per part for one image at `input_size` (torch.utils.flop_counter)."""
-        from torch.utils.flop_counter import FlopCounterMode
-
-        def count(fn, arg):
-            with FlopCounterMode(display=False) as counter:
-                out = fn(arg)
-            return out, int(counter.get_total_flops())
-
+        """FLOPs (multiply-accumulates) per part for one image at `input_size` (`count_macs`)."""
         with torch.no_grad():
-            h, stem = count(self.run_stem, self._blank_input())
+            h, stem = count_macs(self.run_stem, self._blank_input())
             blocks = []
             for block in self._blocks:
-                h, f = count(block, h)
+                h, f = count_macs(block, h)
                 blocks.append(f)
-            _, head = count(self.run_head, h)
+            _, head = count_macs(self.run_head, h)
         return AnchorFlops(stem=stem, blocks=tuple(blocks), head=head)
 
     @cached_property

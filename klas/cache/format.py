@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from klas.anchors.base import MAX_PREFIX_TOKENS, PartCounts
+from klas.anchors.base import FLOPS_UNIT, MAX_PREFIX_TOKENS, PartCounts
 from klas.errors import CacheError, UsageError
 from klas.files import fsync_dir, write_json_atomic  # noqa: F401  (part of this module's API)
 
@@ -282,7 +282,7 @@ class AnchorFacts:
 
     def to_json(self) -> dict:
         info = {"input_size": list(self.input_size), "layouts": list(self.layouts), "flops": self.flops.to_json(),
-                "weights": self.weights}
+                "flops_unit": FLOPS_UNIT, "weights": self.weights}
         if self.prefix_tokens:  # recorded only where there are some
             info["prefix_tokens"] = self.prefix_tokens
         if self.stem_width is not None:  # likewise: only where a stitch at j = 0 needs it
@@ -300,6 +300,7 @@ class AnchorFacts:
         problem = _flops_problem(flops, depth)
         if problem:
             raise CacheError(f"{where}: {problem}; {fix}")
+        counts = _recorded_macs(PartCounts.from_json(flops), info.get("flops_unit"), where)
         values = {}
         for key, (absent, low, high, what) in _OPTIONAL_FACTS.items():
             n = info.get(key, absent)
@@ -307,8 +308,21 @@ class AnchorFacts:
                 raise CacheError(f"{where}: anchor_info.{key} is {n!r}, not {what}; {fix}")
             values[key] = n
         weights = info.get("weights")
-        return cls(flops=PartCounts.from_json(flops), weights=weights if isinstance(weights, str) else None,
+        return cls(flops=counts, weights=weights if isinstance(weights, str) else None,
                    input_size=tuple(info.get("input_size") or ()), layouts=tuple(info.get("layouts") or ()), **values)
+
+
+def _recorded_macs(counts: PartCounts, unit: Any, where) -> PartCounts:
+    """The recorded counts as multiply-accumulates. A manifest without `flops_unit` was written by an
+    older klas, which recorded torch.utils.flop_counter's counts (two per multiply-accumulate, so
+    always even): those are halved, exactly; any other unit is refused."""
+    if unit == FLOPS_UNIT:
+        return counts
+    parts = (counts.stem, *counts.blocks, counts.head)
+    if unit is not None or any(n % 2 for n in parts):
+        raise CacheError(f"{where}: anchor_info.flops_unit is {unit!r} (with counts {counts.to_json()}); this klas "
+                         f"records {FLOPS_UNIT!r} (multiply-accumulates); extract this cache again")
+    return PartCounts(counts.stem // 2, tuple(n // 2 for n in counts.blocks), counts.head // 2)
 
 
 def _flops_problem(flops: Any, depth: int) -> str | None:

@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 
 from klas import distributed as dist
+from klas.limits import FLOPS_UNIT
 from klas.errors import CacheError, UsageError
 from klas.files import write_json_atomic
 from klas.progress import progress_bar
@@ -355,7 +356,8 @@ def recovery_report(results: dict[tuple[int, int], dict], methods: dict[str, dic
             scored[name]["picked"] = sorted([list(c) for c in dict.fromkeys(m["picks"])])
     good_init = good_set(acc_init, bucket, settings.delta)
     return {
-        "format": "klas-recovery", "version": 1, "settings": asdict(settings), "flops_range": [lo, hi],
+        "format": "klas-recovery", "version": 1, "settings": asdict(settings), "flops_unit": FLOPS_UNIT,
+        "flops_range": [lo, hi],
         "buckets": bucket_count,
         "configurations": [{**{k: v for k, v in results[c].items() if k != "inputs"}, "bucket": bucket[c],
                             "good": c in good} for c in sorted(results, key=lambda c: (results[c]["flops"], c))],

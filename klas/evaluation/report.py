@@ -18,6 +18,7 @@ from klas.evaluation.evaluate import (
     spearman,
 )
 from klas.files import atomic_path, write_json_atomic
+from klas.limits import FLOPS_DEFINITION, FLOPS_UNIT
 
 __all__ = ["summarise", "compare_stitches", "shared_stitches", "write_report", "headline"]
 
@@ -120,7 +121,8 @@ def write_report(results: dict[str, list[RouteResult]], out: str | os.PathLike, 
     flops_range = (min(r.flops for r in anchors), max(r.flops for r in anchors))
     methods = {m: summarise(rs, flops_range, buckets=(buckets or {}).get(m), steps=(steps or {}).get(m),
                             stitches_only=stitches_only) for m, rs in results.items()}
-    doc = {"format": "klas-report", "version": 1, "title": title, "flops_range": list(flops_range),
+    doc = {"format": "klas-report", "version": 1, "title": title, "flops_unit": FLOPS_UNIT,
+           "flops_definition": FLOPS_DEFINITION, "flops_range": list(flops_range),
            "auc_definition": "integral over FLOPs normalised to [0, 1] (anchors' range) of the best top-1 within budget",
            "methods": methods, "comparisons": [], **(extra or {})}
     names = list(results)
@@ -193,7 +195,7 @@ def _plot(results: dict[str, list[RouteResult]], methods: dict, path: Path, titl
         ax.annotate(r.name, (r.flops / 1e6, r.top1), textcoords="offset points", xytext=(4, -12), fontsize=7)
     ax.scatter([], [], s=70, marker="*", color="0.6", edgecolors="k", label="anchors (a frontier through a star is an anchor's)")
     ax.scatter([], [], s=16, color="0.6", alpha=0.45, label="stitches")
-    ax.set_xlabel("MFLOPs per image")
+    ax.set_xlabel("MFLOPs per image (multiply-accumulates)")
     ax.set_ylabel("top-1 (%) on the test split")
     ax.set_title(title or "accuracy vs FLOPs (stars: anchors; lines: Pareto frontiers)", fontsize=10)
     ax.grid(alpha=0.3)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from klas.errors import ConfigError
-from klas.limits import CHAIN_RULE_NAMES, FLOPS_RANGE_RULES, MAX_BUCKETS, MAX_TEMPERATURE, MIN_TEMPERATURE
+from klas.limits import CHAIN_RULE_NAMES, FLOPS_RANGE_RULES, FLOPS_UNIT, MAX_BUCKETS, MAX_TEMPERATURE, MIN_TEMPERATURE
 
 __all__ = ["RunConfig", "DataSection", "AdaptSection", "ExtractSection", "ProbesSection", "ScoreSection",
            "SelectSection", "FinetuneSection", "EvaluateSection", "RecoverySection", "DistributedSection",
@@ -484,7 +484,8 @@ def stage_fingerprint(cfg: RunConfig, stage: str, method: str | None = None, met
 
     Top-level settings enter by name, sections as one mapping of their result-changing settings
     (by setting where the section says so); a section with adaptation off (0 steps) does not
-    enter, so that a config without adaptation keeps the fingerprints of one without the section."""
+    enter, so that a config without adaptation keeps the fingerprints of one without the section. From
+    scoring on, the unit of the FLOPs the outputs record enters too (klas.limits.FLOPS_UNIT)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r} (have {', '.join(STAGES)})")
     picked: dict[str, Any] = {}
@@ -500,6 +501,8 @@ def stage_fingerprint(cfg: RunConfig, stage: str, method: str | None = None, met
             picked[name] = getattr(section, key)
         else:
             picked.setdefault(top, {})[key] = getattr(section, key)
+    if STAGES.index(stage) >= STAGES.index("score"):  # outputs from here on record FLOPs in this unit
+        picked["flops_unit"] = FLOPS_UNIT
     if method is not None:
         picked["method"] = method
     if method_settings:

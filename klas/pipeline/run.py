@@ -41,6 +41,7 @@ from klas import distributed as dist
 from klas.pipeline.config import PROTOCOLS, ConfigError, RunConfig, stage_fingerprint
 from klas.errors import CacheError, KlasError
 from klas.files import write_json_atomic
+from klas.limits import FLOPS_DEFINITION
 from klas.reading import read_json
 from klas.selection.methods import methods_needing_predictions
 from klas.selection.select import Selection, read_selection
@@ -364,7 +365,8 @@ def _run_one(cfg: RunConfig, methods: list[str] | None, *, progress: bool, log) 
             continue
         doc = read_json(report / "report.json", what="report", error=CacheError, inside=report,
                         fix=f"delete {report} to write the report again")
-        log(f"-- {protocol} finetuning ({'stitching layers only, anchors frozen' if PROTOCOLS[protocol] else 'anchors and stitching layers train'})")
+        log(f"-- {protocol} finetuning ({'stitching layers only, anchors frozen' if PROTOCOLS[protocol] else 'anchors and stitching layers train'}); "
+            f"FLOPs: {FLOPS_DEFINITION}")
         for m in methods:
             s = doc["methods"][m]
             within = s["spearman_gamma_top1_within_buckets"]

@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 
 from klas import distributed as dist
-from klas.anchors.base import LOGITS, MAX_PREFIX_TOKENS, PartCounts, stitch_sources
+from klas.anchors.base import FLOPS_UNIT, LOGITS, MAX_PREFIX_TOKENS, PartCounts, stitch_sources
 from klas.cache import CacheReader
 from klas.cache.pairing import check_held_out, check_same_samples, check_same_weights
 from klas.errors import CacheError, UsageError
@@ -216,7 +216,7 @@ class Scores:
         meta = {
             "format": "klas-scores", "version": 1, "split": self.split, "temperature": self.temperature,
             "floor": self.floor, "probe_labels": self.probe_labels, "caches": self.caches,
-            "anchors": [a.to_json() for a in self.anchors],
+            "flops_unit": FLOPS_UNIT, "anchors": [a.to_json() for a in self.anchors],
             "pairs": [{"source": f, "target": g} for f, g in self.pairs()],
             "floored": {a.name: floored_blocks(self.sigma(a.name), self.floor) for a in self.anchors},
             "last_block": {"order": [a.name for a in self.anchors], "theta": self.last_block().tolist()},
@@ -245,6 +245,9 @@ def load_scores(out: str | os.PathLike) -> Scores:
 
     if meta.get("format", "klas-scores") != "klas-scores":
         bad("not a klas scores file")
+    if meta.get("flops_unit") != FLOPS_UNIT:
+        bad(f"its FLOPs are not recorded as {FLOPS_UNIT!r} (multiply-accumulates) but as {meta.get('flops_unit')!r} "
+            "(an older klas counted each multiply-add as two FLOPs)")
     try:
         floor = finite_number(meta.get("floor"), "floor", error=CacheError, positive=True)
         temperature = finite_number(meta.get("temperature"), "temperature", error=CacheError, low=MIN_TEMPERATURE,

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from klas.anchors.base import FLOPS_UNIT
 from klas.errors import UsageError
 from klas.limits import FLOPS_RANGE_RULES, MAX_BUCKETS
 from klas.reading import finite_number, plain_text
@@ -113,7 +114,7 @@ class Selection:
 
     def to_json(self) -> dict:
         doc = {
-            "format": "klas-selection", "version": 1, "method": self.method, "chain": self.chain,
+            "format": "klas-selection", "version": 1, "flops_unit": FLOPS_UNIT, "method": self.method, "chain": self.chain,
             "chain_rule": self.chain_rule, "tau": _number(self.tau), "tau_mode": self.tau_mode,
             "anchors": [{"name": a.name, "spec": a.spec, "depth": a.depth, "flops": a.total_flops,
                          **({"grids": [list(g) for g in a.grids]} if getattr(a, "grids", None) is not None else {})}
@@ -141,10 +142,14 @@ def _config_json(c: Config) -> dict:
     return {k: _number(v) if isinstance(v, float) else v for k, v in asdict(c).items()}
 
 
-def read_selection(path) -> Selection:
+def read_selection(path, *, legacy_flops: bool = False) -> Selection:
     """A selection.json file as a Selection, every field checked first (types, anchor names, block
     indices in range, finite numbers or null); CacheError naming the file otherwise. Specs in it
-    are identifiers only: nothing here loads an anchor."""
+    are identifiers only: nothing here loads an anchor.
+
+    legacy_flops: also accept a file of an older klas, whose FLOPs count each multiply-accumulate as
+    two (no `flops_unit`); they are kept as recorded, so only for readers that use no FLOPs from it
+    (which configurations were picked) or compare them only among themselves."""
     from pathlib import Path
 
     from klas.errors import CacheError
@@ -153,7 +158,7 @@ def read_selection(path) -> Selection:
     path = Path(path)
     fix = "run `klas select` again"
     doc = read_json(path, what="klas selection", fix=fix, error=CacheError, inside=path.parent)
-    problem = _selection_problem(doc)
+    problem = _selection_problem(doc, legacy_flops=legacy_flops)
     if problem:
         raise CacheError(f"{path}: {problem}; {fix}")
     return Selection.from_json(doc)
@@ -167,10 +172,13 @@ def _is_number_or_null(x) -> bool:
     return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x))
 
 
-def _selection_problem(doc: dict) -> str | None:
-    """What is wrong with a parsed selection.json (None if nothing)."""
+def _selection_problem(doc: dict, *, legacy_flops: bool = False) -> str | None:
+    """What is wrong with a parsed selection.json (None if nothing); `legacy_flops`: see `read_selection`."""
     if doc.get("format") != "klas-selection" or doc.get("version") != 1:
         return "not a klas selection (format klas-selection, version 1)"
+    if doc.get("flops_unit") != FLOPS_UNIT and not (legacy_flops and "flops_unit" not in doc):
+        return (f"its FLOPs are not recorded as {FLOPS_UNIT!r} (multiply-accumulates) but as {doc.get('flops_unit')!r} "
+                "(an older klas counted each multiply-add as two FLOPs); select again")
     if not isinstance(doc.get("method"), str) or not isinstance(doc.get("chain"), list):
         return "method or chain has the wrong type"
     if not isinstance(doc.get("notes", {}), dict):

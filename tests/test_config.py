@@ -1,6 +1,7 @@
 """The typed run config: one declaration per setting feeds validation, the CLI and the stage fingerprints."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 import pytest
@@ -136,3 +137,26 @@ def test_seeds_read_from_a_comma_list_and_numbers_from_exponent_strings():
     cfg = validate_config({**RAW, "seeds": "0,1,2", "finetune": {"lr": "1e-4"}})
     assert cfg.seeds == [0, 1, 2] and cfg.finetune.lr == 1e-4
     assert validate_config(cfg) == cfg  # a typed config checks again to itself
+
+
+def _subcommands():
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_subcommand_has_a_description_and_one_style_of_default():
+    """Each subcommand's --help opens with its one-line description; every option's default is said
+    once, as "(default: X)", whether the formatter adds it or the help text names it."""
+    for name, sub in _subcommands().items():
+        text = sub.format_help()
+        assert sub.description, f"klas {name} --help has no description"
+        assert sub.description.split()[0] in text, name
+        for action in sub._actions:
+            if not action.option_strings or action.help in (None, argparse.SUPPRESS):
+                continue
+            shown = sub._get_formatter()._expand_help(action) if action.help else ""
+            assert "(default " not in shown and "default %" not in shown, (name, action.option_strings, shown)
+            assert shown.count("(default: ") <= 1, (name, action.option_strings, shown)
+            if not any(action.default is v for v in (None, False, argparse.SUPPRESS)) and not action.required:
+                assert "default" in shown, (name, action.option_strings, shown)

@@ -150,11 +150,30 @@ EXPECTED_TOP1 = {20: 81.0, 32: 82.6, 44: 82.7, 56: 83.2}
 
 @pytest.mark.slow
 @requires_shared
-@pytest.mark.parametrize("depth", sorted(EXPECTED_TOP1))
-def test_shared_cifar_resnets_reproduce_their_accuracy(depth):
+def test_shared_cifar_resnets_reproduce_their_accuracy():
+    """Every depth of the family on the 10,000 test images, decoded once for all four (they share
+    their preprocessing); ResNet-20 on 1,000 of them also through `evaluate_anchor` (`klas eval-anchor`'s path)."""
+    from klas.anchors import load_anchor
     from klas.evaluation.anchor_eval import evaluate_anchor
+    from klas.extraction.data import make_loader, split_for_anchor
     from klas.settings import cifar10_dir
 
-    result = evaluate_anchor(f"cifar-resnet:{depth}", cifar10_dir(), split="test", progress=False)
-    assert result.total == 10000
-    assert abs(result.top1 - EXPECTED_TOP1[depth]) <= 0.3, result
+    anchors = {d: load_anchor(f"cifar-resnet:{d}").eval() for d in sorted(EXPECTED_TOP1)}
+    first = anchors[20]
+    assert all((a.input_size, a.mean, a.std) == (first.input_size, first.mean, first.std) for a in anchors.values())
+    source, indices = split_for_anchor(cifar10_dir(), "test", first)
+    def count(indices, models):
+        correct = dict.fromkeys(models, 0)
+        with torch.inference_mode():
+            for images, labels in make_loader(source, indices, first, batch_size=500):
+                for d, a in models.items():
+                    correct[d] += int((a(images).argmax(dim=1) == labels).sum())
+        return correct
+
+    correct = count(indices, anchors)
+    assert len(indices) == 10000
+    for d, n in correct.items():
+        assert abs(100.0 * n / len(indices) - EXPECTED_TOP1[d]) <= 0.3, (d, n)
+    result = evaluate_anchor(first, cifar10_dir(), split="test", limit=1000, progress=False)
+    _, sample = split_for_anchor(cifar10_dir(), "test", first, limit=1000)
+    assert (result.total, result.correct) == (1000, count(sample, {20: first})[20]), result

@@ -109,6 +109,16 @@ def test_select_cli_writes_selection_and_plot(scored, capsys):
     assert main(["select", "--scores", str(scored / "scores"), "--tau", "-1"]) == 2
 
 
+def test_quiet_score_and_select_print_only_where_their_files_went(scored, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["score", "--cache", str(scored), "--out", str(tmp_path / "s"), "--no-plots", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == [f"scores written to {tmp_path / 's'}"]
+    assert main(["select", "--scores", str(tmp_path / "s"), "--out", str(tmp_path / "sel"), "--quiet"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and "written to" in lines[0] and "anchor chain" not in lines[0]
+    assert json.loads((tmp_path / "sel" / "selection.json").read_text())["flops_unit"] == "mac"
+
+
 def _strict_json(path):
     """json.loads that refuses NaN / Infinity, which are not JSON."""
     def refuse(name):

@@ -74,3 +74,16 @@ def test_print_config_shows_the_effective_config_and_runs_nothing(tmp_path, caps
     again.write_text(yaml.safe_dump(printed))
     assert load_config(again).to_json() == printed
     assert not (tmp_path / "out").exists()
+
+
+def test_every_public_name_is_documented_in_its_layer():
+    import klas
+
+    doc = klas.__doc__
+    tensors, files = doc.index("Tensors:"), doc.index("Files:")
+    for name in klas.__all__:
+        if name == "__version__":
+            continue
+        assert f"{name}" in doc, f"klas.{name} is not described in klas's docstring"
+        assert getattr(klas, name).__doc__, f"klas.{name} has no docstring"
+    assert tensors < doc.index("scores_from_tensors(") < files < doc.index("extract(")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import sys
@@ -248,6 +247,13 @@ def _cmd_score(args) -> int:
     names = _cached_names(root, _names(args.anchors, "--anchors"), args.split)
     s = score(root, probes, out, anchors=names, split=args.split, temperature=args.temperature, floor=args.floor,
               backend=args.backend, device=args.device, plots=not args.no_plots)
+    if not args.quiet:
+        _print_scores(s)
+    print(f"scores written to {out}")
+    return 0
+
+
+def _print_scores(s) -> None:
     order = [a.name for a in s.anchors]
     print("Θ between the anchors' heads (row: source, column: target):")
     width = max(10, max(len(n) for n in order) + 2)
@@ -264,8 +270,6 @@ def _cmd_score(args) -> int:
         k = int(gamma.argmin())
         i, j = divmod(k, gamma.shape[1])
         print(f"  {f} -> {g}: min Γ = {gamma.min():.4f} at (i={i + 1}, j={j + 1})")
-    print(f"scores written to {out}")
-    return 0
 
 
 def _cmd_select(args) -> int:
@@ -297,11 +301,12 @@ def _cmd_select(args) -> int:
     stem = "selection" if args.method == "klas" else f"selection-{args.method}"
     write_json_atomic(out / f"{stem}.json", sel.to_json())
     png = selection_scatter(sel, out / f"{stem}.png", baseline=baseline)
-    _print_selection(sel)
-    from klas.selection.budget import describe
+    if not args.quiet:
+        _print_selection(sel)
+        from klas.selection.budget import describe
 
-    for line in describe(sel.notes):
-        print(line)
+        for line in describe(sel.notes):
+            print(line)
     print(f"\n{len(sel.selected)} configurations + {len(sel.anchors)} anchors; written to {out / (stem + '.json')}, "
           f"plot {png}")
     return 0
@@ -382,7 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                "docs/METHOD.md in the repository.")
     parser.add_argument("--version", action="version", version=f"klas {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser = functools.partial(sub.add_parser, formatter_class=_HelpWithDefaults)
+    plain_add_parser = sub.add_parser
+
+    def add_parser(name: str, **kwargs):
+        """A subcommand whose own --help opens with its one-line description and lists defaults."""
+        kwargs.setdefault("description", kwargs.get("help"))
+        return plain_add_parser(name, formatter_class=_HelpWithDefaults, **kwargs)
+
+    sub.add_parser = add_parser
 
     p = sub.add_parser("extract", help="cache every block's pooled output for each anchor and split")
     p.add_argument("--anchors", help="comma-separated anchor specs; a module:PKG.MOD:FACTORY spec imports PKG.MOD "
@@ -399,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", required=True, help="extraction output folder (OUT of klas extract)")
     p.add_argument("--anchors", help="comma-separated anchor names or the specs they were extracted from "
                                      "(default: every cached anchor)")
-    p.add_argument("--out", help="where to write the probes (default CACHE/probes)")
+    p.add_argument("--out", help="where to write the probes (default: CACHE/probes)")
     for name in ("epochs", "batch_size", "lr", "weight_decay"):
         add_setting_option(p, ProbesSection, name)
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "sgd"], help="the probes' optimiser")
@@ -416,8 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="Θ for every block pair over D_v, Σ and Γ for every anchor pair")
     p.add_argument("--cache", required=True, help="extraction output folder")
-    p.add_argument("--probes", help="probe folder (default CACHE/probes)")
-    p.add_argument("--out", help="where to write the scores (default CACHE/scores)")
+    p.add_argument("--probes", help="probe folder (default: CACHE/probes)")
+    p.add_argument("--out", help="where to write the scores (default: CACHE/scores)")
     p.add_argument("--anchors", help="comma-separated anchor names or the specs they were extracted from "
                                      "(default: every anchor with probes)")
     p.add_argument("--split", default="val", choices=["train", "val", "test"], help="the split Θ is measured on")
@@ -425,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_setting_option(p, ScoreSection, name)
     add_setting_option(p, RunConfig, "device")
     p.add_argument("--no-plots", action="store_true", help="skip the heatmap PNGs")
+    p.add_argument("--quiet", action="store_true", help="print only where the scores went (not Θ between the "
+                                                        "heads, Σ at the last blocks, the best stitch per pair)")
     p.set_defaults(run=_cmd_score)
 
     p = sub.add_parser("select", help="the KLAS candidate set from the scores (anchor chain, buckets, τ, coverage)")
@@ -437,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="klas", choices=method_names(),
                    help="; ".join(f"{m}: {get_method(m).help}" for m in method_names()))
     p.add_argument("--cache", help="extraction output (for the methods that read the caches)")
-    p.add_argument("--probes", help="probe folder for --method ce / kl-ls (default CACHE/probes)")
+    p.add_argument("--probes", help="probe folder for --method ce / kl-ls (default: CACHE/probes)")
     p.add_argument("--predictions", help="--method klas-budget: the predictions/ folder of a `klas run` or `klas "
                                          "recovery` output (each hop's predicted stitch accuracies)")
     p.add_argument("--steps", type=number_type(int, low=0, high=10**9),
@@ -445,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_option(p, SelectSection, "budget_min_route_steps")
     add_setting_option(p, SelectSection, "budget_max_error_ratio")
     add_setting_option(p, RunConfig, "seed", help="seed of --method random")
+    p.add_argument("--quiet", action="store_true", help="print only the set's size and where it went (not the "
+                                                        "chain and every selected configuration)")
     p.set_defaults(run=_cmd_select)
 
     p = sub.add_parser("export", help="write a selection as SN-Net's configuration list, klas's pair form or CSV")
@@ -499,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_recovery)
 
     p = sub.add_parser("demo", help="end-to-end demo: a small digits family (from scikit-learn), KLAS vs SN-Net")
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--data", help="run on this data root instead (e.g. ../shared/data/cifar10); needs --anchors")
     p.add_argument("--anchors", help="comma-separated anchor specs for --data (e.g. cifar-resnet:20,cifar-resnet:56)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -82,6 +82,11 @@ def test_recovery_evaluates_every_configuration_in_range_and_scores_every_method
     assert all(lo <= c["flops"] <= hi and c["total"] == 40 for c in report["configurations"])
     assert set(report["methods"]) == {"klas", "snnet-nearest", "cka", "random", "klas-budget"}
     assert report["wall_seconds"]["training_and_evaluation"] > 0
+    # the run's seconds per stage, the recovery's training last, as a run records them
+    timings = json.loads((cfg_path.parent / "out/timings.json").read_text())
+    assert [r["stage"] for r in timings["stages"]] == ["extract", "probes", "score", "recovery"]
+    assert timings["stages"][-1]["seconds"] == pytest.approx(report["wall_seconds"]["training_and_evaluation"])
+    assert timings["total_seconds"] == pytest.approx(sum(r["seconds"] for r in timings["stages"]))
     # the summary agrees with the CSV it wrote
     rows = list(csv.DictReader(open(out / "recovery.csv")))
     good = {(int(r["i"]), int(r["j"])) for r in rows if r["good"] == "1"}

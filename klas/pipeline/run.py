@@ -121,12 +121,13 @@ def timing_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _record_times(out: Path, log, ranks: dict | None = None) -> None:
+def _record_times(out: Path, log, ranks: dict | None = None, extra: list[dict] = ()) -> None:
     """Writes `out`/timings.json (with `ranks`, the last call's `ranks_record`, when it ran on
-    several) and prints the table (rank 0)."""
+    several) and prints the table (rank 0). `extra`: rows of work that is not a pipeline stage (the
+    recovery test's training), after the stages'."""
     if not dist.is_main():
         return
-    rows = stage_times(out)
+    rows = stage_times(out) + list(extra)
     write_json_atomic(out / "timings.json", {"format": "klas-timings", "version": 1, "stages": rows,
                                              "total_seconds": sum(r["seconds"] for r in rows),
                                              **({"ranks": ranks} if ranks else {})})
@@ -261,11 +262,12 @@ def ranks_line(cfg: RunConfig, world_size: int) -> str:
             f"({rates})")
 
 
-def _in_run_folder(cfg: RunConfig, log, work: Callable):
+def _in_run_folder(cfg: RunConfig, log, work: Callable, extra_times: Sequence[dict] = ()):
     """The one way into a run folder (`run`, `run_recovery`): joins torchrun's group, quiets the log
     of ranks other than 0, holds the folder's lock for the whole `work(log)`, then records the
-    seconds of every stage; returns what `work(cfg, log)` returns, `cfg` with its device resolved
-    ("auto": a CUDA GPU when one is visible, else the CPU)."""
+    seconds of every stage (and the rows `work` adds to `extra_times`: work that is not a stage);
+    returns what `work(cfg, log)` returns, `cfg` with its device resolved ("auto": a CUDA GPU when
+    one is visible, else the CPU)."""
     import dataclasses
 
     from klas.devices import check_device
@@ -279,7 +281,7 @@ def _in_run_folder(cfg: RunConfig, log, work: Callable):
     with _one_writer(cfg):
         result = work(cfg, log)
         world = dist.context().world_size
-        _record_times(Path(cfg.out), log, ranks_record(cfg, world) if world > 1 else None)
+        _record_times(Path(cfg.out), log, ranks_record(cfg, world) if world > 1 else None, extra=extra_times)
         return result
 
 
@@ -599,11 +601,13 @@ def _resolve_pair(cfg: RunConfig, anchors, pair: Sequence[str]):
 def run_recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool = True, log=print) -> Path:
     """The recovery test on one anchor pair of `cfg` (klas.evaluation.recovery); returns its folder under
     `out`/recovery holding recovery.json, recovery.csv and recovery.png."""
-    return _in_run_folder(cfg, log, lambda cfg, log: _recovery(cfg, pair, progress=progress, log=log))
+    times: list[dict] = []
+    return _in_run_folder(cfg, log, lambda cfg, log: _recovery(cfg, pair, progress=progress, log=log, times=times),
+                          extra_times=times)
 
 
-def _recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool, log) -> Path:
-    """`run_recovery` with the run folder's lock held."""
+def _recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool, log, times: list[dict]) -> Path:
+    """`run_recovery` with the run folder's lock held; appends its training's seconds to `times`."""
     from klas.plots import recovery_plot
     from klas.evaluation.recovery import (RecoverySettings, combine_repeats, method_picks, recovery_report,
                                           train_configurations)
@@ -651,6 +655,7 @@ def _recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool, log) -> Pa
     _write_recovery_csv(report, out / "recovery.csv")
     recovery_plot(report, out / "recovery.png")
     log(recovery_table(report))
+    times.append({"stage": "recovery", "folder": str(out.relative_to(cfg.out)), "seconds": float(sum(trained_s.values()))})
     log(f"recovery: {out / 'recovery.json'}; plot: {out / 'recovery.png'}")
     return out
 

@@ -6,7 +6,8 @@
   anchor `torch.inference_mode()` forwards at the same batch size: what the models themselves cost;
 - klas: `klas.extract` of the same anchors on the same images into a fresh folder: decoding, every
   block's pooled output, the checks, float16 conversion, shards with checksums, the manifest.
-The ratio (bare best / klas best) is the fraction of the models' own speed that extraction reaches
+Best of 3 rounds each, no warm-up round (a round is long enough that first-call costs do not
+matter). The ratio (bare best / klas best) is the fraction of the models' own speed that extraction reaches
 (target ≥ 0.95). Anchors: ResNet-20 and ResNet-56 with random weights (the cost does not depend on
 the weights); 5,000 train images at batch 256 (smoke: 64 images at batch 32).
 """
@@ -58,7 +59,8 @@ def bare(x: torch.Tensor, batch_size: int) -> None:
 def test_bare(benchmark, image_root, smoke):
     images, batch_size, rounds = sizes(smoke)
     x = decoded(image_root, images)
-    run_peer(benchmark, lambda: bare(x, batch_size), group=GROUP, peer="bare", baseline="bare", rounds=rounds, work=len(x) * len(SPECS),
+    run_peer(benchmark, lambda: bare(x, batch_size), group=GROUP, peer="bare", baseline="bare", rounds=rounds, warmup=False,
+             work=len(x) * len(SPECS),
              work_unit="images", images=len(x), batch=batch_size, data=image_root.name)
 
 
@@ -81,5 +83,5 @@ def test_klas(benchmark, image_root, smoke):
             shutil.rmtree(out, ignore_errors=True)
 
     run_peer(benchmark, run, setup=fresh_folder, teardown=check_and_remove, group=GROUP, peer="klas",
-             baseline="bare", rounds=rounds, work=n * len(SPECS), work_unit="images",
+             baseline="bare", rounds=rounds, warmup=False, work=n * len(SPECS), work_unit="images",
              images=n, batch=batch_size, data=image_root.name)

@@ -11,7 +11,7 @@ anchors train; stitches-only: anchors frozen), one group each:
 - klas: `finetune` of the same supernet for the same steps: route sampling, batches decoded from the
   data set each step (on a background thread), BatchNorm freezing, checkpoints every 100 steps, the
   training curve, the progress bar (off).
-The ratio is klas's speed over the bare loop's (target ≥ 0.9). 60 steps at batch 64 over 4,000
+Best of 3 rounds each, no warm-up round. The ratio is klas's speed over the bare loop's (target ≥ 0.9). 60 steps at batch 64 over 4,000
 images (smoke: 4 steps at batch 16, 3 stitches).
 """
 from __future__ import annotations
@@ -103,7 +103,8 @@ def test_finetune(benchmark, protocol, peer, image_root, smoke):
     steps, batch_size, stitches, rounds = sizes(smoke)
     net, data = supernet(stitches), dataset(image_root, stitches)
     settings = FinetuneSettings(steps=steps, batch_size=batch_size, stitches_only=PROTOCOLS[protocol])
-    info = {"group": f"finetune {protocol}", "peer": peer, "baseline": BASELINE, "rounds": rounds, "work": steps,
+    info = {"group": f"finetune {protocol}", "peer": peer, "baseline": BASELINE, "rounds": rounds, "warmup": False,
+            "work": steps,
             "work_unit": "steps", "stitches": len(net) - 2, "batch": batch_size, "images": len(data)}
     if peer == "klas":
         def setup():

@@ -20,13 +20,12 @@ after the naive peer's gigabytes of freed tensors was measured up to 2x slower.
 from __future__ import annotations
 
 import os
-import time
 from functools import cache
 
 import pytest
 import torch
 import torch.nn.functional as F
-from common import run_peer
+from common import best_seconds, run_peer
 
 from klas.scoring.kl import kl_matrix, native_available
 
@@ -73,25 +72,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def best_seconds(fn, device: torch.device, repeats: int = 5) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 @pytest.fixture(scope="session")
 def rates(device) -> tuple[float, float]:
     """(copy bandwidth in bytes/s, fp32 matmul FLOP/s) measured on `device`."""
     x = torch.empty(1 << 28, dtype=torch.uint8, device=device)  # 256 MiB
     y = torch.empty_like(x)
-    bandwidth = 2 * x.numel() / best_seconds(lambda: y.copy_(x), device)
+    bandwidth = 2 * x.numel() / best_seconds(lambda: y.copy_(x), 5, lambda: sync(device))
     a = torch.randn(2048, 2048, device=device)
-    return bandwidth, 2 * 2048 ** 3 / best_seconds(lambda: a @ a, device)
+    return bandwidth, 2 * 2048 ** 3 / best_seconds(lambda: a @ a, 5, lambda: sync(device))
 
 
 def naive(logits: torch.Tensor) -> torch.Tensor:

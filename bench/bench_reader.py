@@ -19,13 +19,12 @@ Batches of 1024 rows; one torch thread (the other core is the read-ahead thread'
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from common import run_peer
+from common import best_seconds, run_peer
 
 from klas.cache import BlockEntry, CacheReader, CacheWriter, read_manifest, row_ranges
 from klas.cache.format import HEADER_BYTES
@@ -116,19 +115,11 @@ class Workload:
 
     def calibrate(self) -> int:
         """Sizes the matmul so that computing alone takes about one pure NumPy read; its side."""
-        def best(fn):
-            times = []
-            for _ in range(3):
-                t = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t)
-            return min(times)
-
-        read_time = best(lambda: self.numpy_sequential(self.mm))
+        read_time = best_seconds(lambda: self.numpy_sequential(self.mm))
         self.pure_compute()  # warm-up, so the first size is not judged by a cold start
         for side in range(16, 1025, 8):
             self.a = torch.randn(side, side)
-            if best(self.pure_compute) >= read_time:
+            if best_seconds(self.pure_compute) >= read_time:
                 break
         return self.a.shape[0]
 

@@ -32,6 +32,20 @@ def machine() -> dict:
     return info
 
 
+def best_seconds(fn, repeats: int = 3, sync=lambda: None) -> float:
+    """Best wall seconds of `fn()` over `repeats` calls (`sync` before and after each: a device's queue)."""
+    import time
+
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def run_peer(benchmark, fn, *, group: str, peer: str, baseline: str, rounds: int, setup=None, teardown=None,
              warmup: bool = True, **extra):
     """Times `fn` as `peer` of `group` (best and median over `rounds`, after one untimed warm-up run

@@ -30,3 +30,21 @@ def test_every_cited_method_section_exists():
     cited = {(name, n) for name, text in _tracked_text().items() for n in re.findall(r"METHOD\.md §(\d+)", text)}
     assert cited, "nothing cites docs/METHOD.md"
     assert {n for _, n in cited} <= sections, sorted(c for c in cited if c[1] not in sections)
+
+
+def test_docs_architecture_names_every_module():
+    """docs/ARCHITECTURE.md's layout holds every module of klas/, kernels/ and csrc/ (by file name,
+    under its own package's heading), so a new module cannot go unexplained."""
+    doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    layout = doc.split("## Layout", 1)[1].split("```", 2)[1]
+    missing = []
+    for folder, pattern in (("klas", "*.py"), ("kernels", "*.py"), ("csrc", "*.*")):
+        for path in sorted((ROOT / folder).rglob(pattern)):
+            if path.name == "__init__.py" or path.suffix not in (".py", ".cpp", ".h"):
+                continue
+            stem, ext = path.stem, path.suffix.lstrip(".")
+            named = re.search(rf"(^|\s){re.escape(path.name)}\s", layout) or re.search(
+                rf"(^|\s){re.escape(stem)}\.\{{[a-z,]*\b{ext}\b[a-z,]*\}}", layout)
+            if not named:
+                missing.append(str(path.relative_to(ROOT)))
+    assert not missing, missing

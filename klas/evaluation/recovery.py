@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -34,7 +34,8 @@ from klas.limits import FLOPS_UNIT
 from klas.errors import CacheError, UsageError
 from klas.files import write_json_atomic
 from klas.progress import progress_bar
-from klas.reading import finite_number, read_json
+from klas.reading import read_json
+from klas.evaluation.recovery_settings import RecoverySettings
 from klas.evaluation.stats import mean_interval, random_sets_at_least_as_good
 
 __all__ = ["RecoverySettings", "train_configurations", "combine_repeats", "good_set", "score_method", "against_random",
@@ -42,36 +43,6 @@ __all__ = ["RecoverySettings", "train_configurations", "combine_repeats", "good_
            "mean_interval", "RANDOM"]
 
 RANDOM = "random"
-
-
-@dataclass(frozen=True)
-class RecoverySettings:
-    """The budget every configuration gets (identical for all, so only the configuration differs)."""
-
-    steps: int = 200
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    calibration_images: int = 128
-    delta: float = 0.5  # points of top-1: the good set's tolerance
-    random_seeds: int = 20
-    seed: int = 0
-    test_images: int = 0  # how many test images the results are counted on (recorded with them)
-
-    def __post_init__(self):
-        if self.steps < 0 or self.batch_size < 1 or self.calibration_images < 1 or self.random_seeds < 1:
-            raise UsageError(f"recovery settings need steps >= 0, batch_size, calibration_images and random_seeds "
-                             f">= 1, got {self}")
-        finite_number(self.lr, "recovery lr", error=UsageError, positive=True)
-        finite_number(self.weight_decay, "recovery weight_decay", error=UsageError, low=0.0, high=100.0)
-        finite_number(self.delta, "recovery delta", error=UsageError, low=0.0, high=100.0)
-
-    def fingerprint(self) -> dict:
-        """What a configuration's result depends on (delta and the random seeds only score it)."""
-        keep = asdict(self)
-        for k in ("delta", "random_seeds"):
-            keep.pop(k)
-        return keep
 
 
 def _result_path(out: Path, i: int, j: int, repeat: int = 0) -> Path:
@@ -189,9 +160,7 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
 
         with torch.no_grad():
             init = count_correct(test_fronts, stitches, back)
-        opt = torch.optim.AdamW(trained, lr=settings.lr, weight_decay=settings.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / max(settings.steps, 1), 1.0))))
+        opt, sched = settings.optimizer(trained)  # the same AdamW and schedule as every training
         bar = progress_bar(range(settings.steps), desc=f"recovery i={i} ({len(js)} stitches)", unit="step",
                    disable=not progress or not dist.is_main())
         losses = []

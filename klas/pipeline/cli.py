@@ -26,11 +26,16 @@ from klas import distributed
 from klas.pipeline.config import (DataSection, EvaluateSection, ExtractSection, ProbesSection, RunConfig, ScoreSection,
                          SelectSection, add_setting_option, number_type)
 from klas.selection.methods import get_method, method_names
+from klas.selection.options import SelectOptions
 from klas.devices import check_device, triton_usable_here
 from klas.errors import ConfigError, KlasError, UsageError
 from klas.files import describe_path_error, describe_write_error
 
 __all__ = ["main"]
+
+# the `select` settings `klas select` takes as options of the same names (the first five: KLAS's own)
+_SELECT_SETTINGS = ("tau", "tau_mode", "buckets", "chain_rule", "flops_range", "budget_min_route_steps",
+                    "budget_max_error_ratio")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -278,20 +283,17 @@ def _cmd_select(args) -> int:
     from klas.files import write_json_atomic
     from klas.plots import selection_scatter
     from klas.scoring.scores import load_scores
-    from klas.selection.methods import SelectOptions, run_method
+    from klas.selection.methods import run_method
     from klas.selection.select import select_snnet_nearest
 
     scores_dir = Path(args.scores)
     out = Path(args.out) if args.out else scores_dir.parent / "selection"
     scores = load_scores(scores_dir)
-    section = SelectSection(tau=args.tau, tau_mode=args.tau_mode, buckets=args.buckets, chain_rule=args.chain_rule,
-                            flops_range=args.flops_range, snnet_stage_skips=not args.snnet_all_stages,
-                            budget_min_route_steps=args.budget_min_route_steps,
-                            budget_max_error_ratio=args.budget_max_error_ratio)
-    options = SelectOptions.from_config(section, seed=args.seed, cache=Path(args.cache) if args.cache else None,
-                                        probes=Path(args.probes) if args.probes else None,
-                                        predictions=Path(args.predictions) if args.predictions else None,
-                                        total_steps=args.steps)
+    options = SelectOptions(**{name: getattr(args, name) for name in _SELECT_SETTINGS},
+                            snnet_stage_skips=not args.snnet_all_stages, seed=args.seed, total_steps=args.steps,
+                            cache=Path(args.cache) if args.cache else None,
+                            probes=Path(args.probes) if args.probes else None,
+                            predictions=Path(args.predictions) if args.predictions else None)
     if args.predictions and not Path(args.predictions).is_dir():
         raise UsageError(f"--predictions {args.predictions}: no such folder (give the predictions/ folder of a "
                          "`klas run` or `klas recovery` output)")
@@ -444,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="the KLAS candidate set from the scores (anchor chain, buckets, τ, coverage)")
     p.add_argument("--scores", required=True, help="folder written by klas score")
     p.add_argument("--out", help="where to write selection.json and selection.png (default: beside the scores)")
-    for name in ("tau", "tau_mode", "buckets", "chain_rule", "flops_range"):
+    for name in _SELECT_SETTINGS[:5]:
         add_setting_option(p, SelectSection, name)
     p.add_argument("--snnet-all-stages", action="store_true",
                    help="SN-Net baseline: stitch every stage (default: skip the stages SN-Net's code skips)")
@@ -454,10 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", help="probe folder for --method ce / kl-ls (default: CACHE/probes)")
     p.add_argument("--predictions", help="--method klas-budget: the predictions/ folder of a `klas run` or `klas "
                                          "recovery` output (each hop's predicted stitch accuracies)")
-    p.add_argument("--steps", type=number_type(int, low=0, high=10**9),
-                   help="--method klas-budget: the finetuning budget the set is sized for (a run's finetune.steps)")
-    add_setting_option(p, SelectSection, "budget_min_route_steps")
-    add_setting_option(p, SelectSection, "budget_max_error_ratio")
+    add_setting_option(p, SelectOptions, "total_steps", "--steps", help="--method klas-budget: the finetuning "
+                       "budget the set is sized for (a run's finetune.steps)")
+    for name in _SELECT_SETTINGS[5:]:
+        add_setting_option(p, SelectSection, name)
     add_setting_option(p, RunConfig, "seed", help="seed of --method random")
     p.add_argument("--quiet", action="store_true", help="print only the set's size and where it went (not the "
                                                         "chain and every selected configuration)")

@@ -612,24 +612,19 @@ def _recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool, log, times
     from klas.evaluation.recovery import (RecoverySettings, combine_repeats, method_picks, recovery_report,
                                           train_configurations)
     from klas.scoring.scores import load_scores
-    from klas.selection.select import configurations, in_flops_range
+    from klas.selection.select import first_bucket_count, pair_candidates
 
     began = time.perf_counter()
     anchors, device = prepare(cfg, progress=progress, log=log)
     f, g = _resolve_pair(cfg, anchors, pair)
     cache = Path(cfg.out) / "cache"
     scores = load_scores(cache / "scores")
-    lo, hi = float(scores.anchor(f.name).total_flops), float(scores.anchor(g.name).total_flops)
-    configs = configurations(scores, f.name, g.name)
-    if cfg.select.flops_range == "exclude":
-        configs = in_flops_range(configs, lo, hi)
+    configs, lo, hi = pair_candidates(scores, f.name, g.name, flops_range=cfg.select.flops_range)
     r = cfg.recovery
     out = Path(cfg.out) / "recovery" / f"{f.name}__{g.name}"
     train = _images(cfg, "train", f, cfg.data.train_limit)
     test = _images(cfg, "test", f, r.test_limit or cfg.data.test_limit)
-    settings = RecoverySettings(steps=r.steps, batch_size=r.batch_size, lr=r.lr, weight_decay=r.weight_decay,
-                                calibration_images=r.calibration_images, delta=r.delta,
-                                random_seeds=r.random_seeds, seed=cfg.seed, test_images=len(test))
+    settings = RecoverySettings.sharing(r, seed=cfg.seed, test_images=len(test))
     runs = []
     for repeat in range(r.repeats):  # each repeat its own seed: calibration draw, batch order
         runs.append(train_configurations(f.to(device), g.to(device), [(c.i, c.j) for c in configs], train, test,
@@ -644,7 +639,7 @@ def _recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool, log, times
         return out
     picks = method_picks(scores, f.name, g.name, r.methods, evaluated=[(c.i, c.j) for c in configs],
                          options=_select_options(cfg), random_seeds=r.random_seeds)
-    report = recovery_report(results, picks, settings, lo, hi, g.depth - 1)
+    report = recovery_report(results, picks, settings, lo, hi, first_bucket_count(scores.anchor(g.name)))
     trained_s = {(rep, res["i"]): res["seconds_for_source_block"] for rep, run in enumerate(runs) for res in run.values()}
     report.update(pair={"source": f.name, "target": g.name, "source_spec": f.spec, "target_spec": g.spec},
                   test_images=len(test), train_images=len(train), noise=noise,

@@ -9,56 +9,13 @@ method added here reaches every one of them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from klas.errors import UsageError
+from klas.selection.options import SelectOptions
 
 __all__ = ["SelectOptions", "Method", "register_method", "register_gamma_method", "method_names", "get_method",
            "run_method", "recovery_method_names", "methods_needing_predictions"]
-
-
-@dataclass(frozen=True)
-class SelectOptions:
-    """Everything a method may use: KLAS's bucketing (tau, tau_mode, buckets, chain_rule,
-    flops_range), SN-Net's stage skips, the random method's seed, the extraction output and probes
-    the metric methods read, and klas-budget's predictions folder (klas.predictions), finetuning
-    budget (total_steps) and least steps per route."""
-    tau: float = 0.05
-    tau_mode: str = "relative"
-    buckets: int | str = "auto"
-    chain_rule: str = "minimax"
-    flops_range: str = "exclude"
-    snnet_stage_skips: bool = True
-    seed: int = 0
-    cache: Path | None = None
-    probes: Path | None = None
-    predictions: Path | None = None
-    total_steps: int | None = None
-    min_route_steps: int = 100
-    max_error_ratio: float = 2.0
-
-    @classmethod
-    def from_config(cls, section, *, seed: int, cache: Path | None = None, probes: Path | None = None,
-                    predictions: Path | None = None, total_steps: int | None = None) -> "SelectOptions":
-        """From a `select` section (klas.pipeline.config.SelectSection, a run config's or one the
-        command line filled); probes default to cache/probes; total_steps is the finetuning budget
-        (a run's finetune.steps)."""
-        if probes is None and cache is not None:
-            probes = Path(cache) / "probes"
-        return cls(tau=section.tau, tau_mode=section.tau_mode, buckets=section.buckets, chain_rule=section.chain_rule,
-                   flops_range=section.flops_range, snnet_stage_skips=section.snnet_stage_skips, seed=seed,
-                   cache=cache, probes=probes, predictions=predictions, total_steps=total_steps,
-                   min_route_steps=section.budget_min_route_steps, max_error_ratio=section.budget_max_error_ratio)
-
-    def klas_options(self) -> dict:
-        """The keyword arguments of klas.selection.select.select."""
-        return {"tau": self.tau, "tau_mode": self.tau_mode, "buckets": self.buckets, "chain_rule": self.chain_rule,
-                "flops_range": self.flops_range}
-
-    def pair_options(self) -> dict:
-        """The keyword arguments of klas.selection.select.select_pair (one anchor pair: no chain)."""
-        return {"tau": self.tau, "tau_mode": self.tau_mode, "buckets": self.buckets, "flops_range": self.flops_range}
 
 
 @dataclass(frozen=True)
@@ -230,8 +187,8 @@ def _budget_pair(scores, source: str, target: str, o: SelectOptions) -> dict:
     from klas.selection.budget import budget_pair, route_budget
 
     pred = _budget_inputs(scores, o, [(source, target)])[(source, target)]
-    pair, _ = budget_pair(scores, source, target, pred, route_budget(o.total_steps, o.min_route_steps, 2),
-                          flops_range=o.flops_range, max_error_ratio=o.max_error_ratio)
+    pair, _ = budget_pair(scores, source, target, pred, route_budget(o.total_steps, o.budget_min_route_steps, 2),
+                          flops_range=o.flops_range, max_error_ratio=o.budget_max_error_ratio)
     return {"picks": [(c.i, c.j) for c in pair.selected],
             "scores": {c: -v for c, v in pred["configurations"].items()}}  # lower is better, as Γ
 
@@ -242,8 +199,8 @@ def _budget(scores, o: SelectOptions):
 
     chain = anchor_chain(scores, o.chain_rule)
     preds = _budget_inputs(scores, o, list(zip(chain, chain[1:])))
-    return select_budget(scores, preds, total_steps=o.total_steps, min_route_steps=o.min_route_steps,
-                         chain_rule=o.chain_rule, flops_range=o.flops_range, max_error_ratio=o.max_error_ratio,
+    return select_budget(scores, preds, total_steps=o.total_steps, min_route_steps=o.budget_min_route_steps,
+                         chain_rule=o.chain_rule, flops_range=o.flops_range, max_error_ratio=o.budget_max_error_ratio,
                          prediction_seconds=sum(p["seconds"] for p in preds.values()))
 
 

@@ -33,7 +33,7 @@ __all__ = [
     "Config", "PairSelection", "Selection", "SelectedAnchor", "CHAIN_RULES", "anchor_chain", "configurations",
     "config_flops", "grid_valid_pairs", "grid_stages", "unscored_config", "select_pair", "select", "select_random", "size_matched",
     "snnet_nearest_pairs", "snnet_stitched_stages", "snnet_stage_configs", "snnet_stages",
-    "select_snnet_nearest", "in_flops_range", "config_from_json", "read_selection",
+    "select_snnet_nearest", "in_flops_range", "pair_candidates", "first_bucket_count", "config_from_json", "read_selection",
 ]
 
 
@@ -369,6 +369,27 @@ def in_flops_range(configs: list[Config], lo: float, hi: float) -> list[Config]:
     return [c for c in configs if lo <= c.flops <= hi]
 
 
+def first_bucket_count(target: AnchorEntry) -> int:
+    """The coverage rule's first bucket count for a pair into `target`: m_g − 1 (the recovery test's
+    buckets too)."""
+    return target.depth - 1
+
+
+def pair_candidates(scores: Scores, source: str, target: str, numerator: torch.Tensor | None = None, *,
+                    flops_range: str = "exclude", capacity: bool = True) -> tuple[list[Config], float, float]:
+    """(the candidate configurations of one pair, the source's FLOPs, the target's FLOPs): every
+    grid-valid configuration (`configurations`), those outside the anchors' FLOPs range dropped when
+    `flops_range` is "exclude"."""
+    if flops_range not in FLOPS_RANGE_RULES:
+        raise UsageError(f"flops_range must be one of {FLOPS_RANGE_RULES}, got {flops_range!r}")
+    f, g = scores.anchor(source), scores.anchor(target)
+    configs = configurations(scores, source, target, numerator, capacity=capacity)
+    lo, hi = float(f.total_flops), float(g.total_flops)
+    if flops_range == "exclude":
+        configs = in_flops_range(configs, lo, hi)
+    return configs, lo, hi
+
+
 def select_pair(scores: Scores, source: str, target: str, *, tau: float = 0.05, tau_mode: str = "relative",
                 buckets: int | str = "auto", max_buckets: int | None = None,
                 numerator: torch.Tensor | None = None, flops_range: str = "exclude",
@@ -379,22 +400,19 @@ def select_pair(scores: Scores, source: str, target: str, *, tau: float = 0.05, 
     than the target is not a candidate) or "end-buckets" (such configurations join the first or
     last bucket). capacity: see `configurations`.
     """
-    if flops_range not in FLOPS_RANGE_RULES:
-        raise UsageError(f"flops_range must be one of {FLOPS_RANGE_RULES}, got {flops_range!r}")
     finite_number(tau, "tau", error=UsageError, positive=True)
     if tau_mode not in ("relative", "absolute"):
         raise UsageError(f"tau_mode must be 'relative' or 'absolute', got {tau_mode!r}")
-    f, g = scores.anchor(source), scores.anchor(target)
-    configs = configurations(scores, source, target, numerator, capacity=capacity)
-    lo, hi = float(f.total_flops), float(g.total_flops)
+    g = scores.anchor(target)
+    configs, lo, hi = pair_candidates(scores, source, target, numerator, flops_range=flops_range, capacity=capacity)
     if flops_range == "exclude":
-        configs = in_flops_range(configs, lo, hi)
         if not configs:
             raise UsageError(f"no configuration of {source} -> {target} lies within the anchors' FLOPs "
                              f"[{lo:.0f}, {hi:.0f}]; select with flops_range='end-buckets' to keep them")
     targets = {c.j for c in configs}
     if buckets == "auto":
-        count, cap = g.depth - 1, max_buckets or 4 * (g.depth - 1)
+        count = first_bucket_count(g)
+        cap = max_buckets or 4 * count
     else:
         if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= MAX_BUCKETS:
             raise UsageError(f"buckets must be 'auto' or an integer in [1, {MAX_BUCKETS}], got {buckets!r}")

@@ -22,56 +22,25 @@ resumes from them.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from klas import distributed as dist
-from klas.errors import KlasError, UsageError
+from klas.errors import KlasError
 from klas.extraction.data import prefetched
 from klas.files import torch_save_atomic
 from klas.progress import progress_bar
+from klas.stitching.settings import FinetuneSettings
 from klas.stitching.stitch import StitchedSupernet
 from klas.training_log import TRAINING_CSV, TrainingLog
 
 __all__ = ["FinetuneSettings", "finetune", "load_finetuning_checkpoint", "training_plan", "route_schedule", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    warmup_fraction: float = 0.05
-    stitches_only: bool = False  # train only the stitching layers (anchors frozen, in eval mode)
-    freeze_bn: bool = True  # BatchNorm keeps the anchors' running statistics (see the module docstring)
-    seed: int = 0
-    checkpoint_every: int = 100
-    num_workers: int = 0
-    device: str = "cpu"
-
-    def __post_init__(self):
-        from klas.reading import finite_number
-
-        finite_number(self.lr, "finetune lr", error=UsageError, positive=True)
-        finite_number(self.weight_decay, "finetune weight_decay", error=UsageError, low=0.0, high=100.0)
-        finite_number(self.warmup_fraction, "finetune warmup_fraction", error=UsageError, low=0.0, high=1.0)
-        if self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise UsageError(f"finetune settings need steps >= 0, batch_size >= 1 and checkpoint_every >= 1, "
-                             f"got {self}")
-
-    def fingerprint(self) -> str:
-        keep = {k: v for k, v in asdict(self).items() if k not in ("num_workers", "device", "checkpoint_every")}
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def route_schedule(num_routes: int, steps: int, seed: int) -> torch.Tensor:
@@ -107,13 +76,6 @@ class _StepBatches(torch.utils.data.Sampler):
                 epoch = e
             first = pos * self.bs + self.offset
             yield perm[first:first + self.share].tolist()
-
-
-def _lr_factor(step: int, steps: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def _save_checkpoint(path: Path, net: StitchedSupernet, settings: FinetuneSettings, step: int, optimizer=None,
@@ -156,9 +118,7 @@ def training_plan(net: StitchedSupernet, settings: FinetuneSettings):
         params = [p for p in net.parameters() if p.requires_grad]
     if not params:
         return None, None, None
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    warmup = int(settings.warmup_fraction * settings.steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, settings.steps, warmup))
+    optimizer, scheduler = settings.optimizer(params)
     first = len(net.anchor_names) if settings.stitches_only and len(net) > len(net.anchor_names) else 0
     return optimizer, scheduler, first + route_schedule(len(net) - first, settings.steps, settings.seed)
 

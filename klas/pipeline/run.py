@@ -179,9 +179,8 @@ def prepare(cfg: RunConfig, *, progress: bool = True, log=print) -> tuple[list, 
 
         p = cfg.probes
         sets = train_probes([cache / a.name / "train" for a in anchors], [cache / a.name / "val" for a in anchors],
-                            epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
-                            labels=p.labels, seed=seed, device=device, progress=progress, standardise=p.standardise,
-                            curve=cache / "probes" / "training.csv")
+                            **p.to_json(), seed=seed, device=device, progress=progress,
+                            curve=cache / "probes" / "training.csv")  # every `probes` setting by its own name
         if dist.is_main():
             for ps in sets:
                 ps.save(cache / "probes")
@@ -193,8 +192,8 @@ def prepare(cfg: RunConfig, *, progress: bool = True, log=print) -> tuple[list, 
         from klas.scoring.scores import score
 
         s = cfg.score
-        score(cache, cache / "probes", cache / "scores", anchors=[a.name for a in anchors], temperature=s.temperature,
-              floor=s.floor, backend=s.backend, device=device)
+        score(cache, cache / "probes", cache / "scores", anchors=[a.name for a in anchors], **s.to_json(),
+              device=device)  # every `score` setting by its own name
 
     _stage(cache / "scores", "score", stage_fingerprint(cfg, "score"), do_score, log)
 

@@ -26,9 +26,10 @@ from typing import Any, ClassVar
 
 from klas.errors import ConfigError
 from klas.evaluation.recovery_settings import RecoverySection
-from klas.limits import FLOPS_UNIT, MAX_BUCKETS, MAX_TEMPERATURE, MIN_TEMPERATURE
+from klas.limits import FLOPS_UNIT, MAX_BUCKETS
 from klas.sections import (Section, check_number, check_value, choices_of, is_section, parse_section, setting,
                            type_hints)
+from klas.scoring.settings import ProbesSection, ScoreSection
 from klas.selection.options import SelectSection
 from klas.stitching.settings import PROTOCOLS, AdaptSection, FinetuneSection
 
@@ -63,34 +64,6 @@ class ExtractSection(Section):
     batch_size: int = setting(256, "images per forward", low=1, high=65536)
     shard_rows: int = setting(4096, "images per cache shard", low=1, high=10**7, stage=None)
     num_workers: int = setting(0, "DataLoader worker processes", low=0, high=256, stage=None)
-
-
-@dataclass(frozen=True)
-class ProbesSection(Section):
-    NAME: ClassVar[str] = "probes"
-    STAGE: ClassVar[str | None] = "probes"
-    epochs: int = setting(4, "passes over D_t", low=1, high=10**4)
-    batch_size: int = setting(256, "rows per probe step", low=1, high=10**6)
-    lr: float = setting(1e-2, "learning rate", low=0.0, high=100.0, open_low=True)
-    weight_decay: float = setting(0.0, "weight decay", low=0.0, high=100.0)
-    labels: str = setting("true", "dataset labels, or label-free: each anchor's own predictions",
-                          choices=("true", "pseudo"))
-    standardise: bool = setting(True, "train on features standardised on D_t (folded into the saved weights)")
-
-
-@dataclass(frozen=True)
-class ScoreSection(Section):
-    NAME: ClassVar[str] = "score"
-    STAGE: ClassVar[str | None] = "score"
-    temperature: float = setting(1.0, "softmax temperature of Θ", low=MIN_TEMPERATURE, high=MAX_TEMPERATURE)
-    floor: float = setting(1e-6, "floor on Σ in Γ = Ω / Σ", low=0.0, high=1e6, open_low=True)
-    backend: str = setting("auto", "Θ backend", choices=lambda: _theta_backends())
-
-
-def _theta_backends() -> tuple[str, ...]:
-    from klas.limits import BACKENDS
-
-    return tuple(b for b in BACKENDS if b != "reference")  # the float64 oracle is for tests, not runs
 
 
 @dataclass(frozen=True)

@@ -17,5 +17,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "load_scores": "scores",
     "stitch_scores": "scores",
     "Scores": "scores",
+    "ScoreSection": "settings",
+    "ProbesSection": "settings",
     "AnchorEntry": "scores",
 })

@@ -36,6 +36,7 @@ from klas.errors import CacheError, UsageError
 from klas.files import save_safetensors_atomic, write_json_atomic
 from klas.progress import progress_bar
 from klas.reading import finite_number, read_tensor_file_pair
+from klas.scoring.settings import ProbesSection
 
 __all__ = ["ProbeSet", "train_probes", "load_probes", "probe_table", "probe_losses", "JointProbes"]
 
@@ -382,19 +383,19 @@ def train_probes(
     train_caches: Sequence[str | os.PathLike | CacheReader],
     val_caches: Sequence[str | os.PathLike | CacheReader] | None = None,
     *,
-    epochs: int = 4,
-    batch_size: int = 256,
+    epochs: int = ProbesSection.epochs,
+    batch_size: int = ProbesSection.batch_size,
     optimizer: str = "adamw",
-    lr: float = 1e-2,
-    weight_decay: float = 0.0,
+    lr: float = ProbesSection.lr,
+    weight_decay: float = ProbesSection.weight_decay,
     label_smoothing: float = 0.0,
-    labels: str = "true",
+    labels: str = ProbesSection.labels,
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
     evaluate: bool = True,
     backend: str = "auto",
-    standardise: bool = True,
+    standardise: bool = ProbesSection.standardise,
     curve: str | os.PathLike | None = None,
 ) -> list[ProbeSet]:
     """Trains one probe per block of every anchor, all together, one pass over the caches per epoch.

@@ -33,12 +33,13 @@ from klas.scoring.kl import check_temperature, kl_matrix_from_features
 from klas.scoring.probes import load_probes
 from klas.limits import MAX_TEMPERATURE, MIN_TEMPERATURE
 from klas.reading import finite_number, plain_text, read_tensor_file_pair
+from klas.scoring.settings import ScoreSection
 from klas.stitches import scored_pairs
 
 __all__ = ["stitch_scores", "floored_blocks", "AnchorEntry", "Scores", "score", "score_sets", "load_scores",
            "DEFAULT_FLOOR"]
 
-DEFAULT_FLOOR = 1e-6
+DEFAULT_FLOOR = ScoreSection.floor  # each default declared once, in the score section
 
 
 def floored_blocks(theta_target_next: torch.Tensor, floor: float = DEFAULT_FLOOR) -> list[int]:
@@ -383,9 +384,9 @@ def _check_probe_shapes(ps, reader: CacheReader, path: str | Path) -> None:
                          f"{widths[:3]}..., {m.num_classes} classes); re-run `klas probes`")
 
 
-def score_sets(readers: dict, *, split: str = "val", temperature: float = 1.0, floor: float = DEFAULT_FLOOR,
-               backend: str = "auto", device: str = "cpu", chunk_size: int | None = None,
-               probes_where: str = "the probes") -> Scores:
+def score_sets(readers: dict, *, split: str = "val", temperature: float = ScoreSection.temperature,
+               floor: float = DEFAULT_FLOOR, backend: str = ScoreSection.backend, device: str = "cpu",
+               chunk_size: int | None = None, probes_where: str = "the probes") -> Scores:
     """Θ, Σ and Γ from `readers`: anchor name -> (its `split` cache reader, its ProbeSet), every pair
     checked first (split, anchor, weights, samples, D_t against D_v). The one computation behind
     `score` (caches and probes on disk) and klas.pipeline.tensors (features in memory)."""
@@ -448,9 +449,9 @@ def score(
     *,
     anchors: Sequence[str] | None = None,
     split: str = "val",
-    temperature: float = 1.0,
+    temperature: float = ScoreSection.temperature,
     floor: float = DEFAULT_FLOOR,
-    backend: str = "auto",
+    backend: str = ScoreSection.backend,
     device: str = "cpu",
     chunk_size: int | None = None,
     plots: bool = True,

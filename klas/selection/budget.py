@@ -35,6 +35,7 @@ from typing import Mapping
 
 from klas.errors import UsageError
 from klas.scoring.scores import Scores
+from klas.selection.options import SelectSection as _Defaults  # each default declared once, there
 from klas.selection.select import (Config, PairSelection, Selection, _bucketise, anchor_chain, configurations,
                                    in_flops_range)
 
@@ -42,7 +43,7 @@ __all__ = ["route_budget", "hop_candidates", "predicted_frontier", "hop_pays", "
            "MAX_ERROR_RATIO", "FRONTIER_Z", "budget_pair", "select_budget", "describe", "METHOD"]
 
 METHOD = "klas-budget"
-MAX_ERROR_RATIO = 2.0  # rule 5's default: predicted D_v error at most twice the cheaper anchor's
+MAX_ERROR_RATIO = _Defaults.budget_max_error_ratio  # rule 5: predicted D_v error at most twice the cheaper anchor's
 FRONTIER_Z = 1.96  # rule 4: a cheaper configuration beats another only beyond this many standard errors
 
 # {"configurations": {(i, j): top-1}, "anchors": {name: top-1}, "images": D_v images each was counted on
@@ -147,7 +148,7 @@ def hop_candidates(scores: Scores, source: str, target: str, flops_range: str) -
 
 
 def budget_pair(scores: Scores, source: str, target: str, pred: PairPredictions, stitches: int, *,
-                flops_range: str = "exclude", max_error_ratio: float = MAX_ERROR_RATIO) -> tuple[PairSelection, dict]:
+                flops_range: str = _Defaults.flops_range, max_error_ratio: float = MAX_ERROR_RATIO) -> tuple[PairSelection, dict]:
     """The rules on one hop with room for `stitches`: (its PairSelection, its notes)."""
     _check_ratio(max_error_ratio)
     configs = hop_candidates(scores, source, target, flops_range)
@@ -211,7 +212,8 @@ def _notes(source: str, target: str, configs: list[Config], pred: PairPrediction
 
 
 def select_budget(scores: Scores, predictions: Mapping[tuple[str, str], PairPredictions], *, total_steps: int,
-                  min_route_steps: int = 100, chain_rule: str = "minimax", flops_range: str = "exclude",
+                  min_route_steps: int = _Defaults.budget_min_route_steps, chain_rule: str = _Defaults.chain_rule,
+                  flops_range: str = _Defaults.flops_range,
                   max_error_ratio: float = MAX_ERROR_RATIO, prediction_seconds: float | None = None) -> Selection:
     """`klas-budget` over KLAS's anchor chain (rules 1-7 of the module docstring).
 

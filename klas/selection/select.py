@@ -26,6 +26,7 @@ from klas.anchors.base import FLOPS_UNIT
 from klas.errors import UsageError
 from klas.limits import FLOPS_RANGE_RULES, MAX_BUCKETS
 from klas.reading import finite_number, plain_text
+from klas.selection.options import SelectSection as _Defaults  # each default declared once, there
 from klas.stitches import Route, route_index_problem, scored_pairs, stitch_flops, stitched_flops
 from klas.scoring.scores import AnchorEntry, Scores
 
@@ -277,7 +278,7 @@ CHAIN_RULES: dict[str, Callable[[torch.Tensor, Sequence[int]], list[int]]] = {
 }
 
 
-def anchor_chain(scores: Scores, rule: str = "minimax") -> list[str]:
+def anchor_chain(scores: Scores, rule: str = _Defaults.chain_rule) -> list[str]:
     """Anchor names along the chosen chain, cheapest first."""
     if rule not in CHAIN_RULES:
         raise UsageError(f"chain rule must be one of {sorted(CHAIN_RULES)}, got {rule!r}")
@@ -376,7 +377,7 @@ def first_bucket_count(target: AnchorEntry) -> int:
 
 
 def pair_candidates(scores: Scores, source: str, target: str, numerator: torch.Tensor | None = None, *,
-                    flops_range: str = "exclude", capacity: bool = True) -> tuple[list[Config], float, float]:
+                    flops_range: str = _Defaults.flops_range, capacity: bool = True) -> tuple[list[Config], float, float]:
     """(the candidate configurations of one pair, the source's FLOPs, the target's FLOPs): every
     grid-valid configuration (`configurations`), those outside the anchors' FLOPs range dropped when
     `flops_range` is "exclude"."""
@@ -390,9 +391,9 @@ def pair_candidates(scores: Scores, source: str, target: str, numerator: torch.T
     return configs, lo, hi
 
 
-def select_pair(scores: Scores, source: str, target: str, *, tau: float = 0.05, tau_mode: str = "relative",
-                buckets: int | str = "auto", max_buckets: int | None = None,
-                numerator: torch.Tensor | None = None, flops_range: str = "exclude",
+def select_pair(scores: Scores, source: str, target: str, *, tau: float = _Defaults.tau,
+                tau_mode: str = _Defaults.tau_mode, buckets: int | str = _Defaults.buckets, max_buckets: int | None = None,
+                numerator: torch.Tensor | None = None, flops_range: str = _Defaults.flops_range,
                 capacity: bool = True) -> PairSelection:
     """KLAS's candidate configurations for one anchor pair.
 
@@ -432,9 +433,10 @@ def select_pair(scores: Scores, source: str, target: str, *, tau: float = 0.05, 
     return PairSelection(source, target, sorted(placed, key=lambda c: (c.flops, c.i, c.j)), kept, edges, taus, added)
 
 
-def select(scores: Scores, *, tau: float = 0.05, tau_mode: str = "relative", buckets: int | str = "auto",
-           chain_rule: str = "minimax", numerators: Callable[[str, str], torch.Tensor] | None = None,
-           method: str = "klas", flops_range: str = "exclude", capacity: bool = True) -> Selection:
+def select(scores: Scores, *, tau: float = _Defaults.tau, tau_mode: str = _Defaults.tau_mode,
+           buckets: int | str = _Defaults.buckets, chain_rule: str = _Defaults.chain_rule,
+           numerators: Callable[[str, str], torch.Tensor] | None = None, method: str = "klas",
+           flops_range: str = _Defaults.flops_range, capacity: bool = True) -> Selection:
     """KLAS selection over the anchor chain; `numerators(source, target)` swaps Θ for another distance
     ``[m_f − 1, m_g − 1]`` in Γ's numerator (the metric baselines); `capacity=False` drops Σ (Γ = Ω)."""
     chain = anchor_chain(scores, chain_rule)

@@ -6,19 +6,30 @@
   anchor `torch.inference_mode()` forwards at the same batch size: what the models themselves cost;
 - klas: `klas.extract` of the same anchors on the same images into a fresh folder: decoding, every
   block's pooled output, the checks, float16 conversion, shards with checksums, the manifest.
+- bare, decoding in the loop: the same forwards over `DataLoader(ImageDataset)` batches, decoded as
+  they are needed (one decode per image for all anchors, as klas.extract does): what a plain loop
+  over the images costs, decoding counted the same way on both sides. The group's baseline.
 Best of 3 rounds each, no warm-up round (a round is long enough that first-call costs do not
-matter). The ratio (bare best / klas best) is the fraction of the models' own speed that extraction reaches
-(target ≥ 0.95). Anchors: ResNet-20 and ResNet-56 with random weights (the cost does not depend on
+matter). The ratio (baseline best / klas best) is the fraction of a plain decode-and-forward loop's speed
+that extraction reaches (target ≥ 0.95); `bare`'s shows what decoding costs.
+
+A second group, `decode`, times the JPEG decoders on the same images' bytes (read beforehand): PIL
+(the baseline, what ImageDataset uses), PIL with `draft`, and torchvision's libjpeg-turbo
+`decode_jpeg`, one image a call and in batches; each peer's pixels are compared with PIL's. Anchors: ResNet-20 and ResNet-56 with random weights (the cost does not depend on
 the weights); 5,000 train images at batch 256 (smoke: 64 images at batch 32).
 """
 from __future__ import annotations
 
+import io
 import shutil
 import tempfile
 from functools import cache
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image
 from common import run_peer
 
 from klas.anchors import load_anchor
@@ -28,6 +39,7 @@ from klas.extraction.extract import cached_anchors, extract
 
 SPECS = ("cifar-resnet:20?pretrained=false", "cifar-resnet:56?pretrained=false")
 GROUP = "extract"
+BASELINE = "bare, decoding in the loop"
 
 
 def sizes(smoke: bool) -> tuple[int, int, int]:
@@ -40,13 +52,18 @@ def anchors():
     return tuple(load_anchor(s).eval() for s in SPECS)
 
 
-@cache
-def decoded(data: Path, images: int) -> torch.Tensor:
-    """The images klas.extract reads for the train split (same split, seed and limit) [n, 3, H, W]."""
+def dataset(data: Path, images: int) -> ImageDataset:
+    """The images klas.extract reads for the train split (same split, seed and limit)."""
     first = anchors()[0]
     source, indices = split_for_anchor(data, "train", first, val_fraction=0.1, seed=0, limit=images)
-    dataset = ImageDataset(source, indices, input_size=first.input_size, mean=first.mean, std=first.std)
-    return torch.stack([dataset[k][0] for k in range(len(dataset))])
+    return ImageDataset(source, indices, input_size=first.input_size, mean=first.mean, std=first.std)
+
+
+@cache
+def decoded(data: Path, images: int) -> torch.Tensor:
+    """`dataset`'s images, decoded and normalised [n, 3, H, W]."""
+    ds = dataset(data, images)
+    return torch.stack([ds[k][0] for k in range(len(ds))])
 
 
 def bare(x: torch.Tensor, batch_size: int) -> None:
@@ -56,10 +73,26 @@ def bare(x: torch.Tensor, batch_size: int) -> None:
                 anchor(x[start:start + batch_size])
 
 
+def bare_decoding(ds: ImageDataset, batch_size: int) -> None:
+    with torch.inference_mode():
+        for x, _ in torch.utils.data.DataLoader(ds, batch_size=batch_size):
+            for anchor in anchors():
+                anchor(x)
+
+
+def test_bare_decoding_in_the_loop(benchmark, image_root, smoke):
+    images, batch_size, rounds = sizes(smoke)
+    ds = dataset(image_root, images)
+    run_peer(benchmark, lambda: bare_decoding(ds, batch_size), group=GROUP, peer="bare, decoding in the loop",
+             baseline=BASELINE, rounds=rounds, warmup=False, work=len(ds) * len(SPECS), work_unit="images",
+             images=len(ds), batch=batch_size, data=image_root.name)
+
+
 def test_bare(benchmark, image_root, smoke):
     images, batch_size, rounds = sizes(smoke)
     x = decoded(image_root, images)
-    run_peer(benchmark, lambda: bare(x, batch_size), group=GROUP, peer="bare", baseline="bare", rounds=rounds, warmup=False,
+    run_peer(benchmark, lambda: bare(x, batch_size), group=GROUP, peer="bare", baseline=BASELINE, rounds=rounds,
+             warmup=False,
              work=len(x) * len(SPECS),
              work_unit="images", images=len(x), batch=batch_size, data=image_root.name)
 
@@ -83,5 +116,76 @@ def test_klas(benchmark, image_root, smoke):
             shutil.rmtree(out, ignore_errors=True)
 
     run_peer(benchmark, run, setup=fresh_folder, teardown=check_and_remove, group=GROUP, peer="klas",
-             baseline="bare", rounds=rounds, warmup=False, work=n * len(SPECS), work_unit="images",
+             baseline=BASELINE, rounds=rounds, warmup=False, work=n * len(SPECS), work_unit="images",
              images=n, batch=batch_size, data=image_root.name)
+
+
+# ---- the JPEG decoders ----------------------------------------------------------------------------
+
+@cache
+def jpeg_bytes(data: Path, images: int) -> tuple[bytes, ...]:
+    """The bytes of `dataset`'s images as JPEGs (re-encoded at quality 90 where a set holds other formats)."""
+    ds = dataset(data, images)
+    out = []
+    for i in ds.indices:
+        raw = ds.source.read_bytes(int(i))
+        with Image.open(io.BytesIO(raw)) as img:
+            if img.format != "JPEG":
+                buffer = io.BytesIO()
+                img.convert("RGB").save(buffer, format="JPEG", quality=90)
+                raw = buffer.getvalue()
+        out.append(raw)
+    return tuple(out)
+
+
+def pil(blobs) -> list[np.ndarray]:
+    out = []
+    for raw in blobs:
+        with Image.open(io.BytesIO(raw)) as img:
+            out.append(np.asarray(img.convert("RGB")))
+    return out
+
+
+def pil_draft(blobs) -> list[np.ndarray]:
+    out = []
+    for raw in blobs:
+        with Image.open(io.BytesIO(raw)) as img:
+            img.draft("RGB", img.size)
+            out.append(np.asarray(img.convert("RGB")))
+    return out
+
+
+def _torchvision():
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        pytest.skip("torchvision is not installed")
+    return decode_jpeg, ImageReadMode.RGB
+
+
+def torchvision_single(blobs) -> list[np.ndarray]:
+    decode_jpeg, rgb = _torchvision()
+    return [decode_jpeg(torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=rgb).permute(1, 2, 0).numpy()
+            for b in blobs]
+
+
+def torchvision_batched(blobs) -> list[np.ndarray]:
+    decode_jpeg, rgb = _torchvision()
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    return [t.permute(1, 2, 0).numpy() for t in decode_jpeg(tensors, mode=rgb)]
+
+
+DECODERS = {"PIL": pil, "PIL, draft": pil_draft, "torchvision decode_jpeg": torchvision_single,
+            "torchvision decode_jpeg, batched": torchvision_batched}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision's image decoding, deprecated since 0.29
+@pytest.mark.parametrize("peer", list(DECODERS))
+def test_decoder(benchmark, image_root, smoke, peer):
+    images, _, rounds = sizes(smoke)
+    blobs = jpeg_bytes(image_root, images)
+    decode = DECODERS[peer]
+    got, want = decode(blobs), pil(blobs)
+    differ = sum(a.shape != b.shape or bool((a != b).any()) for a, b in zip(got, want))
+    run_peer(benchmark, lambda: decode(blobs), group="decode", peer=peer, baseline="PIL", rounds=max(rounds, 3),
+             work=len(blobs), work_unit="images", images=len(blobs), images_unlike_pil=differ, data=image_root.name)

@@ -36,8 +36,8 @@ from typing import Mapping
 from klas.errors import UsageError
 from klas.scoring.scores import Scores
 from klas.selection.options import SelectSection as _Defaults  # each default declared once, there
-from klas.selection.select import (Config, PairSelection, Selection, _bucketise, anchor_chain, configurations,
-                                   in_flops_range)
+from klas.selection.select import (Config, PairSelection, Selection, _bucketise, anchor_chain, first_bucket_count,
+                                   pair_candidates)
 
 __all__ = ["route_budget", "hop_candidates", "predicted_frontier", "hop_pays", "reach_floor", "within_reach", "prediction_noise",
            "MAX_ERROR_RATIO", "FRONTIER_Z", "budget_pair", "select_budget", "describe", "METHOD"]
@@ -139,11 +139,8 @@ def hop_candidates(scores: Scores, source: str, target: str, flops_range: str) -
     """klas-budget's candidates of one hop (KLAS's: grid-valid, inside the FLOPs range unless
     `flops_range` is "end-buckets"), in KLAS's m_g − 1 buckets, cheapest first; the predictor and the
     predictions' reader list the same ones."""
-    f, g = scores.anchor(source), scores.anchor(target)
-    configs = configurations(scores, source, target)
-    if flops_range == "exclude":
-        configs = in_flops_range(configs, float(f.total_flops), float(g.total_flops))
-    placed, _ = _bucketise(configs, float(f.total_flops), float(g.total_flops), max(g.depth - 1, 1))
+    configs, lo, hi = pair_candidates(scores, source, target, flops_range=flops_range)
+    placed, _ = _bucketise(configs, lo, hi, first_bucket_count(scores.anchor(target)))
     return sorted(placed, key=lambda c: (c.flops, c.i, c.j))
 
 
@@ -178,7 +175,7 @@ def _ranked(source: str, target: str, pred: PairPredictions, reachable: list[Con
 
 def _pair(scores: Scores, source: str, target: str, configs: list[Config], chosen: list[Config]) -> PairSelection:
     f, g = scores.anchor(source), scores.anchor(target)
-    count = max(g.depth - 1, 1)
+    count = first_bucket_count(g)
     _, edges = _bucketise([], float(f.total_flops), float(g.total_flops), count)
     return PairSelection(source, target, configs, chosen, edges, [float("nan")] * count)
 

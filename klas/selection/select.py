@@ -371,9 +371,9 @@ def in_flops_range(configs: list[Config], lo: float, hi: float) -> list[Config]:
 
 
 def first_bucket_count(target: AnchorEntry) -> int:
-    """The coverage rule's first bucket count for a pair into `target`: m_g − 1 (the recovery test's
-    buckets too)."""
-    return target.depth - 1
+    """The coverage rule's first bucket count for a pair into `target`: m_g − 1, at least 1
+    (klas-budget's and the recovery test's buckets too)."""
+    return max(target.depth - 1, 1)
 
 
 def pair_candidates(scores: Scores, source: str, target: str, numerator: torch.Tensor | None = None, *,

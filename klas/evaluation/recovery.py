@@ -36,7 +36,7 @@ from klas.files import write_json_atomic
 from klas.progress import progress_bar
 from klas.reading import read_json
 from klas.evaluation.recovery_settings import RecoverySettings
-from klas.evaluation.stats import mean_interval, random_sets_at_least_as_good
+from klas.evaluation.stats import mean_interval, random_sets_at_least_as_good, within_group_spearman
 
 __all__ = ["RecoverySettings", "train_configurations", "combine_repeats", "good_set", "score_method", "against_random",
            "recovery_report", "method_picks",
@@ -258,8 +258,6 @@ def good_set(acc: dict[tuple[int, int], float], bucket: dict[tuple[int, int], in
 def score_method(picks: Sequence[tuple[int, int]], acc: dict, bucket: dict, good: set,
                  scores: dict | None = None) -> dict:
     """Precision, recall, accuracy lost and within-bucket Spearman(score, accuracy) of one method."""
-    from klas.evaluation.evaluate import spearman
-
     inside = [c for c in dict.fromkeys(picks) if c in acc]
     hit = [c for c in inside if c in good]
     best = _best_per_bucket(acc, bucket)
@@ -278,17 +276,13 @@ def score_method(picks: Sequence[tuple[int, int]], acc: dict, bucket: dict, good
         "spearman_score_top1_within_buckets": None,
     }
     if scores:
-        per_bucket = []
-        for b in sorted(set(bucket.values())):
-            members = [c for c in acc if bucket[c] == b and c in scores and math.isfinite(scores[c])]
-            if len(members) >= 3 and len({acc[c] for c in members}) > 1 and len({scores[c] for c in members}) > 1:
-                per_bucket.append({"bucket": b, "configurations": len(members),
-                                   "rho": spearman([scores[c] for c in members], [acc[c] for c in members])})
+        groups = {b: [(scores[c], acc[c]) for c in acc if bucket[c] == b and c in scores and math.isfinite(scores[c])]
+                  for b in sorted(set(bucket.values()))}
+        rho_within, per_bucket = within_group_spearman(groups)
         if per_bucket:  # each bucket's own value: a handful of buckets carries no t interval
-            out["spearman_score_top1_within_buckets"] = (sum(p["rho"] * p["configurations"] for p in per_bucket)
-                                                         / sum(p["configurations"] for p in per_bucket))
+            out["spearman_score_top1_within_buckets"] = rho_within
             out["spearman_buckets"] = len(per_bucket)
-            out["spearman_per_bucket"] = per_bucket
+            out["spearman_per_bucket"] = [{"bucket": b, "configurations": n, "rho": rho} for b, n, rho in per_bucket]
     return out
 
 

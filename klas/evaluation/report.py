@@ -17,6 +17,7 @@ from klas.evaluation.evaluate import (
     pareto_frontier,
     spearman,
 )
+from klas.evaluation.stats import within_group_spearman
 from klas.files import atomic_path, write_json_atomic
 from klas.limits import FLOPS_DEFINITION, FLOPS_UNIT
 
@@ -52,17 +53,11 @@ def summarise(results: list[RouteResult], flops_range: tuple[float, float], *, b
         groups: dict = {}
         for r in scored:
             if r.name in buckets:
-                groups.setdefault(buckets[r.name], []).append(r)
-        rhos, weights = [], []
-        for members in groups.values():
-            if len(members) >= 3:
-                value = spearman([r.gamma for r in members], [r.top1 for r in members])
-                if not math.isnan(value):
-                    rhos.append(value)
-                    weights.append(len(members))
-        if rhos:
-            out["spearman_gamma_top1_within_buckets"] = sum(r * w for r, w in zip(rhos, weights)) / sum(weights)
-            out["spearman_buckets"] = len(rhos)
+                groups.setdefault(buckets[r.name], []).append((r.gamma, r.top1))
+        rho_within, per_bucket = within_group_spearman(groups)
+        if per_bucket:
+            out["spearman_gamma_top1_within_buckets"] = rho_within
+            out["spearman_buckets"] = len(per_bucket)
     return out
 
 

@@ -6,7 +6,7 @@ import math
 import warnings
 from typing import Sequence
 
-__all__ = ["mean_interval", "t_quantile_975", "spearman_rho", "random_sets_at_least_as_good"]
+__all__ = ["mean_interval", "t_quantile_975", "spearman_rho", "within_group_spearman", "random_sets_at_least_as_good"]
 
 
 def mean_interval(values: Sequence[float]) -> dict:
@@ -37,6 +37,24 @@ def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConstantInputWarning)
         return float(spearmanr(x, y).statistic)
+
+
+def within_group_spearman(groups: dict, min_size: int = 3) -> tuple[float | None, list[tuple]]:
+    """Spearman's rho within each group (FLOPs bucket) and their mean weighted by group size.
+
+    groups: key -> [(score, accuracy), ...]. A group of fewer than `min_size` members, or whose
+    scores or accuracies are all equal (no ranking), has no rho and is left out. Returns (the
+    weighted mean, or None when no group has a rho; [(key, members, rho)] of the groups that do).
+    A few groups carry no t interval: the per-group values are the honest record."""
+    per_group = []
+    for key, pairs in groups.items():
+        if len(pairs) >= min_size:
+            rho = spearman_rho([p[0] for p in pairs], [p[1] for p in pairs])
+            if not math.isnan(rho):
+                per_group.append((key, len(pairs), rho))
+    if not per_group:
+        return None, []
+    return sum(n * rho for _, n, rho in per_group) / sum(n for _, n, _ in per_group), per_group
 
 
 def random_sets_at_least_as_good(hits: int, picks: int, good: int, population: int) -> float | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from klas.errors import CacheError
-from klas.reading import read_json
+from klas.reading import read_json, whole_number
 
 __all__ = ["PREDICTIONS", "FORMAT", "prediction_path", "prediction_problem", "read_predictions"]
 
@@ -32,8 +32,7 @@ def prediction_path(folder: Path, source: str, target: str) -> Path:
 
 
 def _count_pair(d) -> bool:
-    ok = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
-    return isinstance(d, dict) and ok(d.get("correct")) and ok(d.get("total")) and 0 < d["total"] \
+    return isinstance(d, dict) and whole_number(d.get("correct")) and whole_number(d.get("total")) and 0 < d["total"] \
         and d["correct"] <= d["total"] and isinstance(d.get("top1"), (int, float)) \
         and abs(d["top1"] - 100.0 * d["correct"] / d["total"]) < 1e-6
 

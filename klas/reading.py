@@ -24,7 +24,7 @@ from typing import Any
 
 from klas.errors import KlasError
 
-__all__ = ["regular_file", "resolved", "read_json", "nesting_depth", "plain_text", "load_safetensors", "read_tensor_file_pair", "load_checkpoint", "finite_number", "MAX_JSON_BYTES",
+__all__ = ["regular_file", "resolved", "read_json", "nesting_depth", "plain_text", "whole_number", "load_safetensors", "read_tensor_file_pair", "load_checkpoint", "finite_number", "MAX_JSON_BYTES",
            "MAX_JSON_DEPTH"]
 
 MAX_JSON_BYTES = 256 * 2**20  # far above any file klas writes (a manifest of 10^6 shards is ~80 MiB)
@@ -155,6 +155,11 @@ def load_checkpoint(path: str | os.PathLike, *, what: str, fix: str, error: type
     except Exception as e:  # noqa: BLE001  torch raises RuntimeError, EOFError, ValueError... for damaged files
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise error(f"{path}: not a readable {what} ({first}); {fix}") from None
+
+
+def whole_number(value: Any, low: int = 0, high: int = 2**62) -> bool:
+    """Whether `value` read from a file is an integer (not a bool, not a float) in [low, high]."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def plain_text(value: Any, max_length: int = 4096) -> bool:

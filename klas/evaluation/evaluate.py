@@ -19,6 +19,7 @@ import torch
 
 from klas import distributed as dist
 from klas.errors import UsageError
+from klas.reading import whole_number
 from klas.extraction.data import prefetched
 from klas.progress import progress_bar
 from klas.stitches import Route
@@ -59,7 +60,7 @@ class RouteResult:
             raise ValueError("route entry fields differ")
         ints = ("i", "j", "flops", "params", "correct", "total")
         if not all(isinstance(d[k], str) for k in ("name", "source", "target")) or not all(
-                isinstance(d[k], int) and not isinstance(d[k], bool) and d[k] >= 0 for k in ints):
+                whole_number(d[k]) for k in ints):
             raise ValueError("route entry has wrong types")
         for k in ("top1", "gamma"):
             v = d[k]

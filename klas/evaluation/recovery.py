@@ -34,7 +34,7 @@ from klas.limits import FLOPS_UNIT
 from klas.errors import CacheError, UsageError
 from klas.files import write_json_atomic
 from klas.progress import progress_bar
-from klas.reading import read_json
+from klas.reading import read_json, whole_number
 from klas.evaluation.recovery_settings import RecoverySettings
 from klas.evaluation.stats import mean_interval, random_sets_at_least_as_good, within_group_spearman
 
@@ -63,7 +63,7 @@ def result_inputs(f, g, train, test, settings: RecoverySettings, repeat: int) ->
 
 
 def _count(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    return value if whole_number(value) else None
 
 
 def result_problem(doc: dict, i: int, j: int, inputs: dict | None) -> str | None:

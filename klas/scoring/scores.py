@@ -32,7 +32,7 @@ from klas.files import save_safetensors_atomic, write_json_atomic
 from klas.scoring.kl import check_temperature, kl_matrix_from_features
 from klas.scoring.probes import load_probes
 from klas.limits import MAX_TEMPERATURE, MIN_TEMPERATURE
-from klas.reading import finite_number, plain_text, read_tensor_file_pair
+from klas.reading import finite_number, plain_text, read_tensor_file_pair, whole_number
 from klas.scoring.settings import ScoreSection
 from klas.stitches import scored_pairs
 
@@ -290,7 +290,7 @@ _ANCHOR_FIELDS = ("name", "spec", "depth", "flops", "widths", "grids", "offset")
 def _anchor_entry(a, offset: int) -> AnchorEntry | None:
     """An AnchorEntry from scores.json if every field has its type and size; else None."""
     def count(x) -> bool:
-        return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**62
+        return whole_number(x, 0, 2**62 - 1)
 
     try:
         if not isinstance(a, dict) or not set(_ANCHOR_FIELDS) <= set(a):

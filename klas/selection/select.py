@@ -25,7 +25,7 @@ import torch
 from klas.anchors.base import FLOPS_UNIT
 from klas.errors import UsageError
 from klas.limits import FLOPS_RANGE_RULES, MAX_BUCKETS
-from klas.reading import finite_number, plain_text
+from klas.reading import finite_number, plain_text, whole_number
 from klas.selection.options import SelectSection as _Defaults  # each default declared once, there
 from klas.stitches import Route, route_index_problem, scored_pairs, stitch_flops, stitched_flops
 from klas.scoring.scores import AnchorEntry, Scores
@@ -165,8 +165,7 @@ def read_selection(path, *, legacy_flops: bool = False) -> Selection:
     return Selection.from_json(doc)
 
 
-def _is_int(x, low: int = 0, high: int = 2**62) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and low <= x <= high
+_is_int = whole_number
 
 
 def _is_number_or_null(x) -> bool:

@@ -28,6 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from klas.errors import UsageError
+from klas.reading import whole_number
 from klas.scoring.scores import Scores
 from klas.selection.export import imported_pair, imported_selection
 from klas.selection.select import Selection, configurations, snnet_stage_configs, snnet_stages, unscored_config
@@ -116,13 +117,13 @@ def from_snnet_configs(doc: dict, scores: Scores, where: str = "the SN-Net confi
     for n, entry in enumerate(doc["stitch_configs"]):
         comb = entry.get("comb_id") if isinstance(entry, dict) else None
         if not isinstance(comb, list) or not 1 <= len(comb) <= 2 or not all(
-                isinstance(k, int) and not isinstance(k, bool) and 0 <= k < len(specs) for k in comb):
+                whole_number(k, 0, len(specs) - 1) for k in comb):
             refuse(f"entry {n}: comb_id must list one or two indices into its {len(specs)} anchors")
         if len(comb) == 1:
             continue
         cfgs = entry.get("stitch_cfgs")
         if (not isinstance(cfgs, list) or len(cfgs) != 1 or not isinstance(cfgs[0], list) or len(cfgs[0]) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in cfgs[0])):
+                or not all(whole_number(v) for v in cfgs[0])):
             refuse(f"entry {n}: stitch_cfgs must hold one pair [a, b] of block indices")
         f, g = by_spec[specs[comb[0]]], by_spec[specs[comb[1]]]
         if f.total_flops >= g.total_flops:

@@ -29,15 +29,9 @@ from common import run_peer
 
 from klas.anchors import load_anchor
 from klas.extraction.data import ImageDataset, split_for_anchor
-from klas.stitching.finetune import (
-    FinetuneSettings,
-    _StepBatches,
-    finetune,
-    training_plan,
-)
+from klas.stitching.finetune import FinetuneSettings, StepBatches, finetune, training_plan
+from klas.stitching.settings import PROTOCOLS
 from klas.stitching.stitch import StitchedSupernet
-
-PROTOCOLS = {"snnet": False, "stitches-only": True}
 BASELINE = "bare, decoded"
 
 
@@ -71,7 +65,7 @@ def bare_setup(net, data, settings, predecoded):
     """Untimed: a fresh copy of the supernet, its optimiser and schedule, the batches (decoded or a loader)."""
     net = copy.deepcopy(net)
     opt, sched, schedule = training_plan(net, settings)
-    batches = list(_StepBatches(len(data), settings.batch_size, settings.seed, 0, settings.steps))
+    batches = list(StepBatches(len(data), settings.batch_size, settings.seed, 0, settings.steps))
     if predecoded:
         loader = [(torch.stack([data[i][0] for i in b]), torch.tensor([data[i][1] for i in b])) for b in batches]
     else:

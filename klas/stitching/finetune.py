@@ -38,7 +38,8 @@ from klas.stitching.settings import FinetuneSettings
 from klas.stitching.stitch import StitchedSupernet
 from klas.training_log import TRAINING_CSV, TrainingLog
 
-__all__ = ["FinetuneSettings", "finetune", "load_finetuning_checkpoint", "training_plan", "route_schedule", "CHECKPOINT"]
+__all__ = ["FinetuneSettings", "finetune", "load_finetuning_checkpoint", "training_plan", "route_schedule", "StepBatches",
+           "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -48,7 +49,7 @@ def route_schedule(num_routes: int, steps: int, seed: int) -> torch.Tensor:
     return torch.randint(num_routes, (steps,), generator=torch.Generator().manual_seed(seed))
 
 
-class _StepBatches(torch.utils.data.Sampler):
+class StepBatches(torch.utils.data.Sampler):
     """Index batches for steps start..steps-1: epoch e is a permutation seeded by (seed, e), last
     partial batch dropped, so the batch of a step never depends on where a run resumed. Rank r of
     w takes the r-th of w equal slices of each batch."""
@@ -159,7 +160,7 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
             raise KlasError(f"checkpoint {ckpt} does not fit this supernet ({type(e).__name__}); delete it to "
                             "finetune from the start") from None
     ctx = dist.context()
-    batches = _StepBatches(len(dataset), settings.batch_size, settings.seed, start, settings.steps,
+    batches = StepBatches(len(dataset), settings.batch_size, settings.seed, start, settings.steps,
                            ctx.rank, ctx.world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=settings.num_workers)
     amp = device.type == "cuda"

@@ -82,27 +82,26 @@ def rates(device) -> tuple[float, float]:
     return bandwidth, 2 * 2048 ** 3 / best_seconds(lambda: a @ a, 5, lambda: sync(device))
 
 
-def naive(logits: torch.Tensor) -> torch.Tensor:
+def per_pair(logits: torch.Tensor, kl_sum) -> torch.Tensor:
+    """Θ one pair of blocks at a time: `kl_sum(log_q, log_p)` is Σ p (log p − log q) over a pair's
+    samples (torch's and Liger's KL-divergence losses in their `log_target`, sum form)."""
     log_p = [torch.log_softmax(z.float(), dim=-1) for z in logits]
     n = logits.shape[1]
     out = torch.empty(len(log_p), len(log_p), device=logits.device)
     for a in range(len(log_p)):
         for b in range(len(log_p)):
-            out[a, b] = F.kl_div(log_p[b], log_p[a], log_target=True, reduction="sum") / n
+            out[a, b] = kl_sum(log_p[b], log_p[a]) / n
     return out
+
+
+def naive(logits: torch.Tensor) -> torch.Tensor:
+    return per_pair(logits, lambda log_q, log_p: F.kl_div(log_q, log_p, log_target=True, reduction="sum"))
 
 
 def liger(logits: torch.Tensor) -> torch.Tensor:
     from liger_kernel.transformers import LigerKLDIVLoss
 
-    loss = LigerKLDIVLoss(reduction="sum", log_target=True)
-    log_p = [torch.log_softmax(z.float(), dim=-1) for z in logits]
-    n = logits.shape[1]
-    out = torch.empty(len(log_p), len(log_p), device=logits.device)
-    for a in range(len(log_p)):
-        for b in range(len(log_p)):
-            out[a, b] = loss(log_p[b], log_p[a]) / n
-    return out
+    return per_pair(logits, LigerKLDIVLoss(reduction="sum", log_target=True))
 
 
 def compiled(logits: torch.Tensor) -> torch.Tensor:

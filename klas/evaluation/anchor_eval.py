@@ -10,7 +10,7 @@ from klas.anchors import Anchor, load_anchor
 from klas.extraction.data import make_loader, split_for_anchor
 from klas.progress import progress_bar
 
-__all__ = ["AnchorAccuracy", "evaluate_anchor"]
+__all__ = ["AnchorAccuracy", "evaluate_anchor", "anchor_correct"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,16 @@ class AnchorAccuracy:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+@torch.inference_mode()
+def anchor_correct(anchor, batches, device: str = "cpu") -> tuple[int, int]:
+    """(correct, total) of the anchor's own top-1 over `batches` of (images [B, C, H, W], labels [B])."""
+    correct, total = torch.zeros((), dtype=torch.int64), 0  # on the CPU: one sync per batch is fine here
+    for images, labels in batches:
+        correct += (anchor(images.to(device)).argmax(dim=1).cpu() == labels).sum()
+        total += len(labels)
+    return int(correct), total
 
 
 @torch.inference_mode()
@@ -44,12 +54,8 @@ def evaluate_anchor(
     anchor = load_anchor(anchor) if isinstance(anchor, str) else anchor
     anchor = anchor.to(device).eval()
     source, indices = split_for_anchor(data, split, anchor, val_fraction=val_fraction, seed=seed, limit=limit)
-    correct = torch.zeros((), dtype=torch.int64)  # on the CPU: one sync per batch is fine here
     loader = make_loader(source, indices, anchor, batch_size=batch_size, num_workers=num_workers)
-    for images, labels in progress_bar(loader, disable=not progress, desc=f"eval {anchor.name}/{split}", unit="batch"):
-        logits = anchor(images.to(device))
-        correct += (logits.argmax(dim=1).cpu() == labels).sum()
-    total = len(indices)
-    n = int(correct)
+    n, total = anchor_correct(anchor, progress_bar(loader, disable=not progress, desc=f"eval {anchor.name}/{split}",
+                                                   unit="batch"), device)
     return AnchorAccuracy(anchor=anchor.spec, split=split, top1=100.0 * n / max(total, 1), correct=n,
                           total=total, gflops=anchor.flops.total / 1e9)

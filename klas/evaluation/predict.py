@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from klas.errors import CacheError
+from klas.evaluation.anchor_eval import anchor_correct
 from klas.files import write_json_atomic
 from klas.predictions import FORMAT, read_predictions
 from klas.progress import progress_bar
@@ -62,14 +63,6 @@ def count_correct(front_outputs: Callable[[], Iterator], stitches, back) -> list
 
 
 @torch.no_grad()
-def _anchor_correct(anchor, loader, device: str) -> tuple[int, int]:
-    correct = total = 0
-    for x, y in loader:
-        correct += int((anchor(x.to(device)).argmax(dim=1) == y.to(device)).sum())
-        total += len(y)
-    return correct, total
-
-
 @torch.no_grad()
 def predict_pair(f, g, configs: Sequence[tuple[int, int]], calibration: torch.Tensor, val, *, seed: int = 0,
                  device: str = "cpu", eval_batch: int = 500, progress: bool = True) -> dict:
@@ -99,7 +92,7 @@ def predict_pair(f, g, configs: Sequence[tuple[int, int]], calibration: torch.Te
             out[(i, j)] = {"top1": 100.0 * c / max(t, 1), "correct": c, "total": t}
     anchors = {}
     for a in (f, g):
-        c, t = _anchor_correct(a, loader, device)
+        c, t = anchor_correct(a, loader, device)
         anchors[a.name] = {"top1": 100.0 * c / max(t, 1), "correct": c, "total": t}
     return {"configurations": out, "anchors": anchors, "seconds": time.perf_counter() - began}
 

@@ -1,7 +1,8 @@
-"""Every setting of a training reaches the training that uses it: moved alone from a base, each
-setting declared as changing a result changes what the training produces (the supernet's weights,
-each configuration's recovery result); each setting declared as changing none (checkpoints, worker
-processes) leaves it bit-equal. Small random ResNets, a few steps each."""
+"""Every setting reaches the stage that uses it: moved alone from a base, each setting declared as
+changing a result changes what the stage produces (the supernet's weights, each configuration's
+recovery result, the probes, Γ, the selection's decisions); the settings declared as changing none
+(checkpoints, worker processes, the recovery test's scoring), moved all together, leave it
+bit-equal. Small random ResNets, a few steps each."""
 from __future__ import annotations
 
 import dataclasses
@@ -64,12 +65,18 @@ def finetune_base(tmp_path_factory):
     return _finetuned(FINETUNE_BASE, tmp_path_factory.mktemp("base"))
 
 
-@pytest.mark.parametrize("name", sorted(FINETUNE_MOVED))
-def test_a_moved_finetuning_setting_changes_the_weights_exactly_when_declared_to(name, tmp_path, finetune_base):
+def _moves(moved: dict, cls) -> list[tuple[str, ...]]:
+    """Each result-changing setting alone, then every other setting together (none may change anything)."""
+    changing = sorted(n for n in moved if n in cls.result_settings())
+    return [(n,) for n in changing] + [tuple(sorted(set(moved) - set(changing)))]
+
+
+@pytest.mark.parametrize("names", _moves(FINETUNE_MOVED, FinetuneSettings), ids=",".join)
+def test_a_moved_finetuning_setting_changes_the_weights_exactly_when_declared_to(names, tmp_path, finetune_base):
     base = finetune_base
-    moved = _finetuned(dataclasses.replace(FINETUNE_BASE, **{name: FINETUNE_MOVED[name]}), tmp_path / "moved")
+    moved = _finetuned(dataclasses.replace(FINETUNE_BASE, **{n: FINETUNE_MOVED[n] for n in names}), tmp_path / "moved")
     changed = any(not torch.equal(base[k], moved[k]) for k in base)
-    assert changed == (name in FinetuneSettings.result_settings()), (name, changed)
+    assert changed == (len(names) == 1 and names[0] in FinetuneSettings.result_settings()), (names, changed)
 
 
 # ---- the recovery test -----------------------------------------------------------------------------
@@ -100,11 +107,11 @@ def recovery_base(tmp_path_factory):
     return _recovered(RECOVERY_BASE, tmp_path_factory.mktemp("base"))
 
 
-@pytest.mark.parametrize("name", sorted(RECOVERY_MOVED))
-def test_a_moved_recovery_setting_changes_the_results_exactly_when_declared_to(name, tmp_path, recovery_base):
+@pytest.mark.parametrize("names", _moves(RECOVERY_MOVED, RecoverySettings), ids=",".join)
+def test_a_moved_recovery_setting_changes_the_results_exactly_when_declared_to(names, tmp_path, recovery_base):
     base = recovery_base
-    moved = _recovered(dataclasses.replace(RECOVERY_BASE, **{name: RECOVERY_MOVED[name]}), tmp_path / "moved")
-    assert (base != moved) == (name in RecoverySettings.result_settings()), (name, base, moved)
+    moved = _recovered(dataclasses.replace(RECOVERY_BASE, **{n: RECOVERY_MOVED[n] for n in names}), tmp_path / "moved")
+    assert (base != moved) == (len(names) == 1 and names[0] in RecoverySettings.result_settings()), (names, base, moved)
 
 
 # ---- probes and scores: the run passes each section whole, by its settings' names ------------------

@@ -3,7 +3,7 @@ API and the kernels' launchers), declared once so that every boundary refuses th
 constants: the command's --help reads them without importing torch."""
 
 __all__ = ["MIN_TEMPERATURE", "MAX_TEMPERATURE", "MAX_SCALED_LOGIT", "BACKENDS", "MAX_BUCKETS", "CHAIN_RULE_NAMES",
-           "FLOPS_RANGE_RULES", "FLOPS_UNIT", "FLOPS_DEFINITION"]
+           "FLOPS_RANGE_RULES", "FLOPS_UNIT", "FLOPS_DEFINITION", "MAX_DECODED_BYTES"]
 
 # Θ's backends (klas.scoring.kl): "reference" is the float64 oracle of the tests
 BACKENDS = ("auto", "reference", "torch", "native", "triton")
@@ -30,3 +30,7 @@ FLOPS_RANGE_RULES = ("exclude", "end-buckets")
 # on; torch.utils.flop_counter counts a multiply-accumulate as two.
 FLOPS_UNIT = "mac"
 FLOPS_DEFINITION = "multiply-accumulates of one image (the convention of timm, fvcore and SN-Net)"
+
+# Decoded images a stage keeps in memory to reuse instead of decoding them again (the recovery test's
+# test set and step batches, the same for every source block): kept only when they fit in this.
+MAX_DECODED_BYTES = 2 * 2**30

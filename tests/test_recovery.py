@@ -261,3 +261,42 @@ def test_a_stored_selection_scored_against_a_stored_recovery_test_gives_the_test
 
     p = hypergeom(63, 26, row["picks"]).sf(row["good_found"] - 1)
     assert f"P(random >=) {p:.3f}" in out
+
+
+def test_the_images_every_source_block_reads_are_decoded_once_with_the_same_results(tmp_path, monkeypatch):
+    """The test set and the step batches are the same for every source block: decoded once and kept
+    (within klas.limits.MAX_DECODED_BYTES); with nothing kept, every block decodes them again and the
+    results are the same."""
+    import torch
+
+    import klas.evaluation.recovery as recovery
+    from klas.anchors import load_anchor
+
+    class Counted(torch.utils.data.Dataset):
+        def __init__(self, n, seed):
+            g = torch.Generator().manual_seed(seed)
+            self.x, self.y, self.reads = torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g), 0
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, k):
+            self.reads += 1
+            return self.x[k], int(self.y[k])
+
+    f = load_anchor("cifar-resnet:8?pretrained=false&seed=1")
+    g = load_anchor("cifar-resnet:14?pretrained=false&seed=2")
+    configs = [(1, 2), (2, 4), (3, 5)]  # three source blocks
+    settings = RecoverySettings(steps=3, batch_size=4, calibration_images=8)
+    runs, bound_kept = {}, recovery.MAX_DECODED_BYTES
+    for bound in (bound_kept, 0):
+        monkeypatch.setattr(recovery, "MAX_DECODED_BYTES", bound)
+        train, test = Counted(24, 0), Counted(10, 1)
+        results = recovery.train_configurations(f, g, configs, train, test, settings, tmp_path / str(bound),
+                                                progress=False, eval_batch=5, log=lambda *_: None)
+        runs[bound] = ([(results[c]["final_loss"], results[c]["correct"], results[c]["correct_init"]) for c in configs],
+                       train.reads, test.reads)
+    kept, again = runs[bound_kept], runs[0]
+    assert kept[0] == again[0]
+    assert kept[1:] == (8 + 3 * 4, 10)  # calibration + one pass of the steps; the test set once
+    assert again[1:] == (8 + 3 * 3 * 4, 3 * 2 * 10)  # every block: its steps, the test set before and after

@@ -63,7 +63,6 @@ def count_correct(front_outputs: Callable[[], Iterator], stitches, back) -> list
 
 
 @torch.no_grad()
-@torch.no_grad()
 def predict_pair(f, g, configs: Sequence[tuple[int, int]], calibration: torch.Tensor, val, *, seed: int = 0,
                  device: str = "cpu", eval_batch: int = 500, progress: bool = True) -> dict:
     """Every configuration's least-squares top-1 on `val` (a dataset of (image, label)), and both

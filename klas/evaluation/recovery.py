@@ -30,7 +30,8 @@ from typing import Sequence
 import torch
 
 from klas import distributed as dist
-from klas.limits import FLOPS_UNIT
+from klas.extraction.data import prefetched
+from klas.limits import FLOPS_UNIT, MAX_DECODED_BYTES
 from klas.errors import CacheError, UsageError
 from klas.files import write_json_atomic
 from klas.progress import progress_bar
@@ -38,11 +39,38 @@ from klas.reading import read_json, whole_number
 from klas.evaluation.recovery_settings import RecoverySettings
 from klas.evaluation.stats import mean_interval, random_sets_at_least_as_good, within_group_spearman
 
-__all__ = ["RecoverySettings", "train_configurations", "combine_repeats", "good_set", "score_method", "against_random",
+__all__ = ["RecoverySettings", "DecodedOnce", "train_configurations", "combine_repeats", "good_set", "score_method", "against_random",
            "recovery_report", "method_picks",
            "mean_interval", "RANDOM"]
 
 RANDOM = "random"
+
+
+def _batch(dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images [B, C, H, W], labels [B]) of `dataset` at `indices`, each image read once."""
+    items = [dataset[k] for k in indices]
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+
+class DecodedOnce:
+    """The batches `make()` yields, decoded on a background thread (`prefetched`) the first time they
+    are iterated and kept when they take at most `nbytes` ≤ klas.limits.MAX_DECODED_BYTES; later
+    passes replay the kept batches instead of decoding again. Batches beyond the bound are decoded
+    anew on every pass (the same batches: `make` must give the same ones each time)."""
+
+    def __init__(self, make, nbytes: int):
+        self.make, self.keep, self.kept = make, nbytes <= MAX_DECODED_BYTES, None
+
+    def __iter__(self):
+        if self.kept is not None:
+            yield from self.kept
+            return
+        kept = [] if self.keep else None
+        for batch in prefetched(self.make()):
+            if kept is not None:
+                kept.append(batch)
+            yield batch
+        self.kept = kept  # a whole pass only: a pass stopped early keeps nothing
 
 
 def _result_path(out: Path, i: int, j: int, repeat: int = 0) -> Path:
@@ -143,7 +171,11 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
         calib_idx = torch.randperm(len(train), generator=gen)[:settings.calibration_images].tolist()
         calib = torch.stack([train[k][0] for k in calib_idx]).to(device)
         order = torch.randint(0, len(train), (settings.steps, settings.batch_size), generator=gen)
-        test_loader = torch.utils.data.DataLoader(test, batch_size=eval_batch)
+        image_bytes = calib[0].numel() * calib.element_size()
+        # every source block reads the same test batches and the same step batches: decoded once
+        test_batches = DecodedOnce(lambda: torch.utils.data.DataLoader(test, batch_size=eval_batch),
+                                   len(test) * image_bytes)
+        step_batches = DecodedOnce(lambda: (_batch(train, idx) for idx in order.tolist()), order.numel() * image_bytes)
     for i in blocks:
         began = time.perf_counter()
         js = by_source[i]
@@ -155,19 +187,18 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
 
         @torch.no_grad()
         def test_fronts():
-            for x, y in test_loader:
+            for x, y in test_batches:
                 yield f.forward_front(x.to(device), i), y.to(device)
 
         with torch.no_grad():
             init = count_correct(test_fronts, stitches, back)
         opt, sched = settings.optimizer(trained)  # the same AdamW and schedule as every training
-        bar = progress_bar(range(settings.steps), desc=f"recovery i={i} ({len(js)} stitches)", unit="step",
-                   disable=not progress or not dist.is_main())
+        bar = progress_bar(total=settings.steps, desc=f"recovery i={i} ({len(js)} stitches)", unit="step",
+                           disable=not progress or not dist.is_main())
         losses = []
-        for step in bar:
-            idx = order[step].tolist()
-            x = torch.stack([train[k][0] for k in idx]).to(device)
-            y = torch.tensor([train[k][1] for k in idx], device=device)
+        for step, (x, y) in enumerate(step_batches):  # a whole pass, so that the batches are kept for the next block
+            bar.update(1)
+            x, y = x.to(device), y.to(device)
             with torch.no_grad():
                 h = f.forward_front(x, i)
             loss = sum(torch.nn.functional.cross_entropy(back(s, st(h)), y) for s, st in enumerate(stitches))

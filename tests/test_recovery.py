@@ -270,6 +270,7 @@ def test_the_images_every_source_block_reads_are_decoded_once_with_the_same_resu
     import torch
 
     import klas.evaluation.recovery as recovery
+    import klas.extraction.data as data
     from klas.anchors import load_anchor
 
     class Counted(torch.utils.data.Dataset):
@@ -288,9 +289,9 @@ def test_the_images_every_source_block_reads_are_decoded_once_with_the_same_resu
     g = load_anchor("cifar-resnet:14?pretrained=false&seed=2")
     configs = [(1, 2), (2, 4), (3, 5)]  # three source blocks
     settings = RecoverySettings(steps=3, batch_size=4, calibration_images=8)
-    runs, bound_kept = {}, recovery.MAX_DECODED_BYTES
+    runs, bound_kept = {}, data.MAX_DECODED_BYTES
     for bound in (bound_kept, 0):
-        monkeypatch.setattr(recovery, "MAX_DECODED_BYTES", bound)
+        monkeypatch.setattr(data, "MAX_DECODED_BYTES", bound)
         train, test = Counted(24, 0), Counted(10, 1)
         results = recovery.train_configurations(f, g, configs, train, test, settings, tmp_path / str(bound),
                                                 progress=False, eval_batch=5, log=lambda *_: None)

@@ -24,6 +24,7 @@ import torch
 
 from klas.errors import CacheError
 from klas.evaluation.anchor_eval import anchor_correct
+from klas.extraction.data import DecodedOnce
 from klas.files import write_json_atomic
 from klas.predictions import FORMAT, read_predictions
 from klas.progress import progress_bar
@@ -73,7 +74,9 @@ def predict_pair(f, g, configs: Sequence[tuple[int, int]], calibration: torch.Te
     began = time.perf_counter()
     f.to(device).eval()
     g.to(device).eval()
-    loader = torch.utils.data.DataLoader(val, batch_size=eval_batch)
+    # every source block and both anchors read the same D_v batches: decoded once
+    loader = DecodedOnce(lambda: torch.utils.data.DataLoader(val, batch_size=eval_batch),
+                         len(val) * calibration[0].numel() * calibration.element_size())
     by_source: dict[int, list[int]] = {}
     for i, j in configs:
         by_source.setdefault(i, []).append(j)

@@ -30,8 +30,8 @@ from typing import Sequence
 import torch
 
 from klas import distributed as dist
-from klas.extraction.data import prefetched
-from klas.limits import FLOPS_UNIT, MAX_DECODED_BYTES
+from klas.extraction.data import DecodedOnce
+from klas.limits import FLOPS_UNIT
 from klas.errors import CacheError, UsageError
 from klas.files import write_json_atomic
 from klas.progress import progress_bar
@@ -39,7 +39,7 @@ from klas.reading import read_json, whole_number
 from klas.evaluation.recovery_settings import RecoverySettings
 from klas.evaluation.stats import mean_interval, random_sets_at_least_as_good, within_group_spearman
 
-__all__ = ["RecoverySettings", "DecodedOnce", "train_configurations", "combine_repeats", "good_set", "score_method", "against_random",
+__all__ = ["RecoverySettings", "train_configurations", "combine_repeats", "good_set", "score_method", "against_random",
            "recovery_report", "method_picks",
            "mean_interval", "RANDOM"]
 
@@ -50,27 +50,6 @@ def _batch(dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(images [B, C, H, W], labels [B]) of `dataset` at `indices`, each image read once."""
     items = [dataset[k] for k in indices]
     return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
-
-
-class DecodedOnce:
-    """The batches `make()` yields, decoded on a background thread (`prefetched`) the first time they
-    are iterated and kept when they take at most `nbytes` ≤ klas.limits.MAX_DECODED_BYTES; later
-    passes replay the kept batches instead of decoding again. Batches beyond the bound are decoded
-    anew on every pass (the same batches: `make` must give the same ones each time)."""
-
-    def __init__(self, make, nbytes: int):
-        self.make, self.keep, self.kept = make, nbytes <= MAX_DECODED_BYTES, None
-
-    def __iter__(self):
-        if self.kept is not None:
-            yield from self.kept
-            return
-        kept = [] if self.keep else None
-        for batch in prefetched(self.make()):
-            if kept is not None:
-                kept.append(batch)
-            yield batch
-        self.kept = kept  # a whole pass only: a pass stopped early keeps nothing
 
 
 def _result_path(out: Path, i: int, j: int, repeat: int = 0) -> Path:

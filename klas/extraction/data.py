@@ -26,9 +26,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from klas.errors import DataError, UsageError
+from klas.limits import MAX_DECODED_BYTES
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "SPLITS", "ImageSource", "ImageDataset", "check_classes", "make_loader", "open_images", "prefetched",
+    "IMAGE_EXTENSIONS", "SPLITS", "DecodedOnce", "ImageSource", "ImageDataset", "check_classes", "make_loader", "open_images", "prefetched",
     "resolve_split", "samples_digest", "split_for_anchor", "split_indices", "take_subset",
 ]
 
@@ -327,3 +328,23 @@ def prefetched(batches, depth: int = 2):
             except queue.Empty:
                 pass
 
+
+class DecodedOnce:
+    """The batches `make()` yields, decoded on a background thread (`prefetched`) the first time they
+    are iterated and kept when they take at most `nbytes` ≤ klas.limits.MAX_DECODED_BYTES; later
+    passes replay the kept batches instead of decoding again. Batches beyond the bound are decoded
+    anew on every pass (the same batches: `make` must give the same ones each time)."""
+
+    def __init__(self, make, nbytes: int):
+        self.make, self.keep, self.kept = make, nbytes <= MAX_DECODED_BYTES, None
+
+    def __iter__(self):
+        if self.kept is not None:
+            yield from self.kept
+            return
+        kept = [] if self.keep else None
+        for batch in prefetched(self.make()):
+            if kept is not None:
+                kept.append(batch)
+            yield batch
+        self.kept = kept  # a whole pass only: a pass stopped early keeps nothing

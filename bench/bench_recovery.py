@@ -3,14 +3,14 @@ once, against decoding them again for every block.
 
     pytest bench/bench_recovery.py [--bench-data ROOT] --benchmark-json=RUN.json
 
-ResNet-20 -> ResNet-56 with random weights; the grid-valid configurations of two source blocks, trained alone for the same steps and evaluated on the
-same test images before and after:
+ResNet-20 -> ResNet-56 with random weights; the grid-valid configurations of two source blocks,
+trained alone for the same steps and evaluated on the same test images before and after:
 - decoded per block (the baseline): klas.limits.MAX_DECODED_BYTES set to 0, so every source block
   decodes its step batches and the test set again (what the recovery test did before);
 - decoded once: the default; the first block decodes them, the others replay them.
 Both produce the same results (checked when both run). One round each (a round takes minutes), no
-warm-up round, into a fresh folder. 20 steps at batch 64, 500 test images (smoke: ResNet-8 -> ResNet-14, one source
-block, 2 steps at batch 8, 40 test images, 16 calibration images).
+warm-up round, into a fresh folder. 20 steps at batch 64, 500 test images (smoke: ResNet-8 ->
+ResNet-14, one source block, 2 steps at batch 8, 40 test images, 16 calibration images).
 """
 from __future__ import annotations
 

@@ -64,8 +64,11 @@ def test_features_path_with_the_triton_backend():
     torch.testing.assert_close(got, kl_matrix_from_features(fs, ps, fs, ps, backend="torch"), atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("c,widths_s,widths_t", [(10, (6, 20, 3), (13, 10)), (37, (16, 33), (8,)), (1000, (24,), (17, 5))])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+# every shape in both dtypes but the 1000-class one (float32 only: the class count changes the tiling,
+# not the loads, and the interpreter takes 14 s per run of it)
+@pytest.mark.parametrize("c,widths_s,widths_t,dtype", [
+    (c, ws, wt, dt) for c, ws, wt in [(10, (6, 20, 3), (13, 10)), (37, (16, 33), (8,)), (1000, (24,), (17, 5))]
+    for dt in (torch.float32, torch.float16) if not (c == 1000 and dt == torch.float16)])
 def test_fused_probe_kl_matches_the_torch_twin(c, widths_s, widths_t, dtype):
     """Features + probe weights -> Θ without logits, against probe_logits + the float64 oracle."""
     from klas.scoring.kl import kl_matrix_from_features, probe_logits

@@ -242,14 +242,11 @@ def parse_section(cls, raw, path: str):
     keys and bad values are ConfigErrors naming the key path."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping, got {type(raw).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls) if _declared(f) or is_section(type_hints(cls)[f.name])}
-    unknown = sorted(set(raw) - set(known), key=str)
+    hints = type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if _declared(f) or is_section(hints[f.name])}
+    unknown = sorted(set(raw) - known, key=str)
     if unknown:
         raise ConfigError(f"{path + '.' if path else ''}{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
-    hints, values = type_hints(cls), {}
-    for key, value in raw.items():
-        where = f"{path}.{key}" if path else key
-        hint = hints[key]
-        values[key] = parse_section(hint, value, where) if is_section(hint) else check_value(value, hint,
-                                                                                             known[key].metadata, where)
-    return cls(**values)
+    # nested sections parsed here; every setting checked (and its text converted) once, when `cls` is built
+    return cls(**{key: parse_section(hints[key], value, f"{path}.{key}" if path else key) if is_section(hints[key])
+                  else value for key, value in raw.items()})

@@ -46,12 +46,6 @@ __all__ = ["RecoverySettings", "train_configurations", "combine_repeats", "good_
 RANDOM = "random"
 
 
-def _batch(dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images [B, C, H, W], labels [B]) of `dataset` at `indices`, each image read once."""
-    items = [dataset[k] for k in indices]
-    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
-
-
 def _result_path(out: Path, i: int, j: int, repeat: int = 0) -> Path:
     return out / "configurations" / (f"i{i:03d}_j{j:03d}.json" if repeat == 0 else f"i{i:03d}_j{j:03d}_r{repeat}.json")
 
@@ -154,7 +148,8 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
         # every source block reads the same test batches and the same step batches: decoded once
         test_batches = DecodedOnce(lambda: torch.utils.data.DataLoader(test, batch_size=eval_batch),
                                    len(test) * image_bytes)
-        step_batches = DecodedOnce(lambda: (_batch(train, idx) for idx in order.tolist()), order.numel() * image_bytes)
+        step_batches = DecodedOnce(lambda: torch.utils.data.DataLoader(train, batch_sampler=order.tolist()),
+                                   order.numel() * image_bytes)
     for i in blocks:
         began = time.perf_counter()
         js = by_source[i]

@@ -33,9 +33,9 @@ from klas.files import describe_path_error, describe_write_error
 
 __all__ = ["main"]
 
-# the `select` settings `klas select` takes as options of the same names (the first five: KLAS's own)
-_SELECT_SETTINGS = ("tau", "tau_mode", "buckets", "chain_rule", "flops_range", "budget_min_route_steps",
-                    "budget_max_error_ratio")
+# the `select` settings `klas select` takes as options of the same names: KLAS's own, then klas-budget's
+_KLAS_SETTINGS = ("tau", "tau_mode", "buckets", "chain_rule", "flops_range")
+_BUDGET_SETTINGS = ("budget_min_route_steps", "budget_max_error_ratio")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -289,7 +289,7 @@ def _cmd_select(args) -> int:
     scores_dir = Path(args.scores)
     out = Path(args.out) if args.out else scores_dir.parent / "selection"
     scores = load_scores(scores_dir)
-    options = SelectOptions(**{name: getattr(args, name) for name in _SELECT_SETTINGS},
+    options = SelectOptions(**{name: getattr(args, name) for name in _KLAS_SETTINGS + _BUDGET_SETTINGS},
                             snnet_stage_skips=not args.snnet_all_stages, seed=args.seed, total_steps=args.steps,
                             cache=Path(args.cache) if args.cache else None,
                             probes=Path(args.probes) if args.probes else None,
@@ -446,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="the KLAS candidate set from the scores (anchor chain, buckets, τ, coverage)")
     p.add_argument("--scores", required=True, help="folder written by klas score")
     p.add_argument("--out", help="where to write selection.json and selection.png (default: beside the scores)")
-    for name in _SELECT_SETTINGS[:5]:
+    for name in _KLAS_SETTINGS:
         add_setting_option(p, SelectSection, name)
     p.add_argument("--snnet-all-stages", action="store_true",
                    help="SN-Net baseline: stitch every stage (default: skip the stages SN-Net's code skips)")
@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "recovery` output (each hop's predicted stitch accuracies)")
     add_setting_option(p, SelectOptions, "total_steps", "--steps", help="--method klas-budget: the finetuning "
                        "budget the set is sized for (a run's finetune.steps)")
-    for name in _SELECT_SETTINGS[5:]:
+    for name in _BUDGET_SETTINGS:
         add_setting_option(p, SelectSection, name)
     add_setting_option(p, RunConfig, "seed", help="seed of --method random")
     p.add_argument("--quiet", action="store_true", help="print only the set's size and where it went (not the "

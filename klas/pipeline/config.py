@@ -105,9 +105,6 @@ class RunConfig(Section):
     recovery: RecoverySection = field(default_factory=RecoverySection)
     distributed: DistributedSection = field(default_factory=DistributedSection)
 
-    def replace(self, **changes) -> "RunConfig":
-        return dataclasses.replace(self, **changes)
-
 
 # ---- reading a config ------------------------------------------------------------------------------
 

@@ -165,9 +165,6 @@ def read_selection(path, *, legacy_flops: bool = False) -> Selection:
     return Selection.from_json(doc)
 
 
-_is_int = whole_number
-
-
 def _is_number_or_null(x) -> bool:
     return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x))
 
@@ -189,11 +186,11 @@ def _selection_problem(doc: dict, *, legacy_flops: bool = False) -> str | None:
     depth = {}
     for a in anchors:
         if not (isinstance(a, dict) and plain_text(a.get("name"), 255) and plain_text(a.get("spec"))
-                and _is_int(a.get("depth"), 2, 10_000) and _is_int(a.get("flops"))):
+                and whole_number(a.get("depth"), 2, 10_000) and whole_number(a.get("flops"))):
             return f"anchor entry {str(a)[:80]} is malformed"
         grids = a.get("grids")
         if grids is not None and not (isinstance(grids, list) and len(grids) == a["depth"] and all(
-                isinstance(g, list) and 1 <= len(g) <= 2 and all(_is_int(v, 1, 10**6) for v in g) for g in grids)):
+                isinstance(g, list) and 1 <= len(g) <= 2 and all(whole_number(v, 1, 10**6) for v in g) for g in grids)):
             return f"anchor {a['name']}'s grids are not one grid of 1 or 2 positive sizes per block"
         depth[a["name"]] = a["depth"]
     if len(depth) != len(anchors) or not all(isinstance(n, str) and n in depth for n in doc["chain"]):
@@ -223,7 +220,7 @@ def _selection_problem(doc: dict, *, legacy_flops: bool = False) -> str | None:
             return f"pair {p['source']} -> {p['target']} has non-numeric bucket edges or thresholds"
         for c in p["selected"] + p["configurations"]:
             if not (isinstance(c, dict) and set(c) == keys and c["source"] == p["source"]
-                    and c["target"] == p["target"] and _is_int(c["flops"]) and _is_int(c["bucket"], -1, MAX_BUCKETS)
+                    and c["target"] == p["target"] and whole_number(c["flops"]) and whole_number(c["bucket"], -1, MAX_BUCKETS)
                     and all(_is_number_or_null(c[k]) for k in ("omega", "sigma", "gamma"))):
                 return f"configuration {str(c)[:100]} of {p['source']} -> {p['target']} is malformed"
             problem = route_index_problem(c["i"], c["j"], f, g)

@@ -161,7 +161,7 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
                             "finetune from the start") from None
     ctx = dist.context()
     batches = StepBatches(len(dataset), settings.batch_size, settings.seed, start, settings.steps,
-                           ctx.rank, ctx.world_size)
+                          ctx.rank, ctx.world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=settings.num_workers)
     amp = device.type == "cuda"
     model = net

@@ -151,14 +151,15 @@ EXPECTED_TOP1 = {20: 81.0, 32: 82.6, 44: 82.7, 56: 83.2}
 @pytest.mark.slow
 @requires_shared
 def test_shared_cifar_resnets_reproduce_their_accuracy():
-    """Every depth of the family on the 10,000 test images, decoded once for all four (they share
-    their preprocessing); ResNet-20 on 1,000 of them also through `evaluate_anchor` (`klas eval-anchor`'s path)."""
+    """The family's shallowest and deepest member on the 10,000 test images (one loader serves every
+    depth), decoded once for both (they share their preprocessing); ResNet-20 on 1,000 of them also
+    through `evaluate_anchor` (`klas eval-anchor`'s path)."""
     from klas.anchors import load_anchor
     from klas.evaluation.anchor_eval import evaluate_anchor
     from klas.extraction.data import make_loader, split_for_anchor
     from klas.settings import cifar10_dir
 
-    anchors = {d: load_anchor(f"cifar-resnet:{d}").eval() for d in sorted(EXPECTED_TOP1)}
+    anchors = {d: load_anchor(f"cifar-resnet:{d}").eval() for d in (20, 56)}
     first = anchors[20]
     assert all((a.input_size, a.mean, a.std) == (first.input_size, first.mean, first.std) for a in anchors.values())
     source, indices = split_for_anchor(cifar10_dir(), "test", first)

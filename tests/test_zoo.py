@@ -79,7 +79,6 @@ def test_the_seeds_of_one_architecture_are_different_models():
     assert a.name != b.name and a.weights_digest() != b.weights_digest()
 
 
-@pytest.mark.slow
 def _split(anchor, split: str, limit: int):
     from klas.extraction.data import ImageDataset, split_for_anchor
 

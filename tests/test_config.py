@@ -53,7 +53,7 @@ def _changed(cfg: RunConfig, dotted: str) -> RunConfig:
                "select.method": "snnet-nearest", "select.compare": ["cka"], "select.tau_mode": "absolute",
                "select.buckets": 5, "select.chain_rule": "nearest", "select.flops_range": "end-buckets",
                "finetune.protocols": ["snnet"], "finetune.anchors": "all", "evaluate.split": "val",
-               "recovery.methods": ["klas"], "name": "other", "out": "elsewhere", "device": "cuda",
+               "recovery.methods": ["klas"], "name": "other", "out": "elsewhere", "device": "cuda", "compile": "on",
                "anchors": ["cifar-resnet:20", "cifar-resnet:44"], "seeds": [3], "data.root": "/other"}
     if dotted in choices:
         node[name] = choices[dotted]
@@ -86,7 +86,7 @@ def test_each_setting_redoes_exactly_its_stage_and_the_later_ones():
 def test_speed_and_layout_settings_are_in_no_fingerprint():
     names = set(stage_settings("evaluate"))
     for quiet in ("extract.num_workers", "extract.shard_rows", "finetune.num_workers", "finetune.checkpoint_every",
-                  "finetune.protocols", "select.method", "select.compare", "seeds", "out", "device"):
+                  "finetune.protocols", "select.method", "select.compare", "seeds", "out", "device", "compile"):
         assert quiet not in names
     assert {"seed", "anchors", "data.root", "select.tau", "finetune.steps", "evaluate.split"} <= names
     assert not any(n.startswith(("recovery.", "distributed.")) for n in names)

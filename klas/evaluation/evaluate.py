@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 
 from klas import distributed as dist
+from klas.compiling import compiled_parts, should_compile, supernet_parts
 from klas.errors import UsageError
 from klas.reading import whole_number
 from klas.extraction.data import prefetched
@@ -88,12 +89,14 @@ def evaluate_routes(net: StitchedSupernet, loader, *, device: str = "cpu", progr
     correct = torch.zeros(len(net), dtype=torch.int64)
     total = 0
     batches = prefetched(loader) if getattr(loader, "num_workers", 0) == 0 else loader
-    for images, labels in progress_bar(batches, total=len(loader), disable=not progress,
-                                       desc=f"evaluate {len(net)} routes", unit="batch"):
-        logits = net.forward_many(images.to(device))
-        for k, z in logits.items():
-            correct[k] += int((z.argmax(dim=1).cpu() == labels).sum())
-        total += len(labels)
+    images_in = len(loader.dataset) if hasattr(loader, "dataset") else len(loader)
+    with compiled_parts(supernet_parts(net), should_compile(training=False, image_passes=images_in * len(net))):
+        for images, labels in progress_bar(batches, total=len(loader), disable=not progress,
+                                           desc=f"evaluate {len(net)} routes", unit="batch"):
+            logits = net.forward_many(images.to(device))
+            for k, z in logits.items():
+                correct[k] += int((z.argmax(dim=1).cpu() == labels).sum())
+            total += len(labels)
     counts = dist.all_reduce_sum(torch.cat([correct, torch.tensor([total])]))
     correct, total = counts[:-1], int(counts[-1])
     gammas = gammas or {}

@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from klas.compiling import compiled_parts, should_compile
 from klas.errors import CacheError
 from klas.evaluation.anchor_eval import anchor_correct
 from klas.extraction.data import DecodedOnce
@@ -77,25 +78,27 @@ def predict_pair(f, g, configs: Sequence[tuple[int, int]], calibration: torch.Te
     # every source block and both anchors read the same D_v batches: decoded once
     loader = DecodedOnce(lambda: torch.utils.data.DataLoader(val, batch_size=eval_batch),
                          len(val) * calibration[0].numel() * calibration.element_size())
-    by_source: dict[int, list[int]] = {}
-    for i, j in configs:
-        by_source.setdefault(i, []).append(j)
-    out: dict[tuple[int, int], dict] = {}
-    for i in progress_bar(sorted(by_source), desc=f"predict {f.name} -> {g.name}", unit="source block",
-                          disable=not progress):
-        js = by_source[i]
-        net, back = least_squares_stitches(f, g, i, js, calibration, seed=seed, device=device)
+    compiled = should_compile(training=False, image_passes=len(val) * (len(configs) + 2))
+    with compiled_parts([*f.blocks, *g.blocks], compiled):
+        by_source: dict[int, list[int]] = {}
+        for i, j in configs:
+            by_source.setdefault(i, []).append(j)
+        out: dict[tuple[int, int], dict] = {}
+        for i in progress_bar(sorted(by_source), desc=f"predict {f.name} -> {g.name}", unit="source block",
+                              disable=not progress):
+            js = by_source[i]
+            net, back = least_squares_stitches(f, g, i, js, calibration, seed=seed, device=device)
 
-        def fronts():
-            for x, y in loader:
-                yield f.forward_front(x.to(device), i), y.to(device)
+            def fronts():
+                for x, y in loader:
+                    yield f.forward_front(x.to(device), i), y.to(device)
 
-        for j, (c, t) in zip(js, count_correct(fronts, list(net.stitches), back)):
-            out[(i, j)] = {"top1": 100.0 * c / max(t, 1), "correct": c, "total": t}
-    anchors = {}
-    for a in (f, g):
-        c, t = anchor_correct(a, loader, device)
-        anchors[a.name] = {"top1": 100.0 * c / max(t, 1), "correct": c, "total": t}
+            for j, (c, t) in zip(js, count_correct(fronts, list(net.stitches), back)):
+                out[(i, j)] = {"top1": 100.0 * c / max(t, 1), "correct": c, "total": t}
+        anchors = {}
+        for a in (f, g):
+            c, t = anchor_correct(a, loader, device)
+            anchors[a.name] = {"top1": 100.0 * c / max(t, 1), "correct": c, "total": t}
     return {"configurations": out, "anchors": anchors, "seconds": time.perf_counter() - began}
 
 

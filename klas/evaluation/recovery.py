@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 
 from klas import distributed as dist
+from klas.compiling import compiled_parts, should_compile
 from klas.extraction.data import DecodedOnce
 from klas.limits import FLOPS_UNIT
 from klas.errors import CacheError, UsageError
@@ -164,27 +165,31 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
             for x, y in test_batches:
                 yield f.forward_front(x.to(device), i), y.to(device)
 
-        with torch.no_grad():
+        parts = [*f.blocks, *g.blocks]  # compiled where the compile mode asks (klas.compiling)
+        inference = should_compile(training=False, image_passes=len(test) * (1 + len(js)))
+        with torch.no_grad(), compiled_parts(parts, inference):
             init = count_correct(test_fronts, stitches, back)
         opt, sched = settings.optimizer(trained)  # the same AdamW and schedule as every training
         bar = progress_bar(total=settings.steps, desc=f"recovery i={i} ({len(js)} stitches)", unit="step",
                            disable=not progress or not dist.is_main())
-        losses = []
-        for step, (x, y) in enumerate(step_batches):  # a whole pass, so that the batches are kept for the next block
-            bar.update(1)
-            x, y = x.to(device), y.to(device)
-            with torch.no_grad():
-                h = f.forward_front(x, i)
-            loss = sum(torch.nn.functional.cross_entropy(back(s, st(h)), y) for s, st in enumerate(stitches))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.detach() / len(stitches))  # read back every 20 steps, not one device sync a step
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
+        training = should_compile(training=True, image_passes=settings.steps * settings.batch_size)
+        with compiled_parts(parts, training):
+            losses = []
+            for step, (x, y) in enumerate(step_batches):  # a whole pass, so that the batches are kept for the next block
+                bar.update(1)
+                x, y = x.to(device), y.to(device)
+                with torch.no_grad():
+                    h = f.forward_front(x, i)
+                loss = sum(torch.nn.functional.cross_entropy(back(s, st(h)), y) for s, st in enumerate(stitches))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.detach() / len(stitches))  # read back every 20 steps, not one device sync a step
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
         bar.close()
-        with torch.no_grad():
+        with torch.no_grad(), compiled_parts(parts, inference):
             final = count_correct(test_fronts, stitches, back)
         seconds = time.perf_counter() - began
         for s, j in enumerate(js):

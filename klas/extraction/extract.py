@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from klas import distributed as dist
+from klas.compiling import compiled_parts, should_compile
 from klas.anchors import Anchor, load_anchor
 from klas.anchors.registry import check_distinct_names
 from klas.anchors.base import LOGITS
@@ -210,14 +211,16 @@ def _fill(group: list[Anchor], writers: dict, source, indices, pending, *, split
                        desc=f"extract {names} / {split}" + (f" (rank 0 of {ctx.world_size})" if ctx.distributed else ""))
     background = _BackgroundWriter()
     done = mine - len(todo)
+    compiled = should_compile(training=False, image_passes=len(todo) * len(group))
     try:
-        for images, labels in (prefetched(loader) if num_workers == 0 else loader):
-            images, labels = images.to(device), labels.numpy()
-            shard = first.mine[min(done // first.shard_rows, len(first.mine) - 1)] if first.mine else 0
-            for a in group:
-                background.put(writers[a.name], _stored_rows(a, images, dtype, split, shard), labels)
-            done += len(labels)
-            bar.update(len(labels))
+        with compiled_parts([b for a in group for b in a.blocks], compiled):
+            for images, labels in (prefetched(loader) if num_workers == 0 else loader):
+                images, labels = images.to(device), labels.numpy()
+                shard = first.mine[min(done // first.shard_rows, len(first.mine) - 1)] if first.mine else 0
+                for a in group:
+                    background.put(writers[a.name], _stored_rows(a, images, dtype, split, shard), labels)
+                done += len(labels)
+                bar.update(len(labels))
     except BaseException:
         background.close(raise_error=False)  # the batches before the failure are still written
         raise

@@ -24,6 +24,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from klas.compiling import COMPILE_MODES
 from klas.errors import ConfigError
 from klas.evaluation.recovery_settings import RecoverySection
 from klas.limits import FLOPS_UNIT, MAX_BUCKETS
@@ -93,6 +94,9 @@ class RunConfig(Section):
                                    "interval", low=0, high=2**63 - 1, stage=None)
     device: str = setting("auto", "torch device: auto (a CUDA GPU when one is visible, else the CPU), cpu, cuda, "
                                   "cuda:1", stage=None)
+    compile: str = setting("auto", "torch.compile for the blocks and stitching layers: auto (inference stages "
+                                   "with enough images; training stays eager), on (every stage), off", choices=COMPILE_MODES,
+                           stage=None)
     anchors: list[str] = setting([], "anchor specs (two or more)", stage="adapt")
     data: DataSection = field(default_factory=DataSection)
     adapt: AdaptSection = field(default_factory=AdaptSection)

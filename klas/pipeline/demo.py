@@ -114,6 +114,8 @@ def demo_config(out: Path, data: str, anchors: list[str], *, quick: bool = True)
 
     raw = {
         "name": "klas demo", "out": str(out / "run"), "anchors": anchors, "data": {"root": data},
+        # the digits demo is minutes long: a first compile would not pay (klas.compiling)
+        "compile": "off" if quick else "auto",
         "extract": {"batch_size": 256},
         "probes": {"epochs": 4, "batch_size": 128},
         # klas-budget first: the report compares the first method with each of the others. The digits

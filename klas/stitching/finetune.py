@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from klas import distributed as dist
+from klas.compiling import compiled_parts, should_compile, supernet_parts
 from klas.errors import KlasError
 from klas.extraction.data import prefetched
 from klas.files import torch_save_atomic
@@ -208,22 +209,25 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
         bar.set_postfix(loss=f"{values[-1]:.3f}")
         return values[-1]
 
-    # batches are decoded on a background thread (or by the loader's workers) while a step runs
-    for step, (images, labels) in enumerate(prefetched(loader) if settings.num_workers == 0 else loader, start=start):
-        k = int(schedule[step])
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = torch.nn.functional.cross_entropy(model(images, k), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        pending.append((step, k, loss.detach(), lr))
-        bar.update(1)
-        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
-            loss_value = read_back()
-            save(step + 1)
+    # the blocks and stitching layers run compiled when the compile mode asks for it in training (klas.compiling)
+    compiled = should_compile(training=True, image_passes=(settings.steps - start) * settings.batch_size)
+    with compiled_parts(supernet_parts(net), compiled):
+        # batches are decoded on a background thread (or by the loader's workers) while a step runs
+        for step, (images, labels) in enumerate(prefetched(loader) if settings.num_workers == 0 else loader, start=start):
+            k = int(schedule[step])
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = torch.nn.functional.cross_entropy(model(images, k), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            pending.append((step, k, loss.detach(), lr))
+            bar.update(1)
+            if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
+                loss_value = read_back()
+                save(step + 1)
     bar.close()
     if not ckpt.is_file():  # steps = 0: the untrained supernet is the result
         save(settings.steps)

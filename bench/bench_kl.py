@@ -14,7 +14,9 @@ logits for every peer of a shape (one group per shape):
 Every peer's Θ is checked against a float64 computation: max |error| is recorded and the test fails
 beyond 1e-4 abs + 1e-4 rel. `floor_s` is the larger of the logits read once at the measured copy
 bandwidth and 2·K²·N·C FLOPs at the measured fp32 matmul rate; the report gives each time's
-fraction of it. The naive peers run after every other peer: on a shared VM, work that ran right
+fraction of it, and `bare_gemm_of_floor` the same fraction for the cross product alone as one
+BLAS matrix product with its operands ready (no softmax, no sums), the most a kernel's product part
+reaches at that shape on the machine. The naive peers run after every other peer: on a shared VM, work that ran right
 after the naive peer's gigabytes of freed tensors was measured up to 2x slower.
 """
 from __future__ import annotations
@@ -82,6 +84,17 @@ def rates(device) -> tuple[float, float]:
     return bandwidth, 2 * 2048 ** 3 / best_seconds(lambda: a @ a, 5, lambda: sync(device))
 
 
+@cache
+def bare_cross_product_s(name: str, device: str, smoke: bool) -> float:
+    """Best seconds of the cross product alone, [K, N·C] @ [N·C, K] in fp32 by torch's BLAS with its
+    operands ready (no softmax, no sums): the most any Θ kernel's product part can hope for."""
+    logits, _ = case(name, device, smoke)
+    k = logits.shape[0]
+    p = torch.softmax(logits, dim=-1).reshape(k, -1)
+    u = torch.log_softmax(logits, dim=-1).reshape(k, -1)
+    return best_seconds(lambda: p @ u.T, ROUNDS, lambda: sync(torch.device(device)))
+
+
 def per_pair(logits: torch.Tensor, kl_sum) -> torch.Tensor:
     """Θ one pair of blocks at a time: `kl_sum(log_q, log_p)` is Σ p (log p − log q) over a pair's
     samples (torch's and Liger's KL-divergence losses in their `log_target`, sum form)."""
@@ -146,6 +159,8 @@ def measure(benchmark, shape, peer, device, smoke, rates):
                      peer=peer, baseline="naive", rounds=1 if smoke else rounds, K=k, N=n, C=c, floor_s=floor)
     err = (theta.double() - want).abs()
     benchmark.extra_info["max_error"] = float(err.max())
+    # the same fraction for the bare matrix product: how near the floor BLAS itself gets at this shape
+    benchmark.extra_info["bare_gemm_of_floor"] = round(floor / bare_cross_product_s(shape, str(device), smoke), 3)
     assert bool((err <= TOL + TOL * want.abs()).all()), f"{peer}: max |Θ - float64 Θ| = {err.max():.2e}"
 
 

@@ -7,14 +7,18 @@ eagerly, on random images (the pixels do not change the work):
 - inference (what extraction, evaluation, the predictions and the recovery test's evaluations run):
   2,000 images in batches of 500 under inference mode;
 - training (what adaptation, finetuning and the recovery test's steps run): 10 steps at batch 64,
-  forward, cross-entropy, backward and AdamW, BatchNorm statistics frozen as in finetuning.
+  forward, cross-entropy, backward and AdamW, BatchNorm statistics frozen as in finetuning;
+- evaluation, the whole stage: `evaluate_routes` of a ResNet-20 -> ResNet-56 supernet with 12
+  stitches (bench_finetune's) over 2,000 images in batches of 500, under `compile_mode("off")` and
+  `compile_mode("on")` (what `compile: auto` picks at an evaluation of that size or more).
 Best of 3 rounds each. The compiled peer records the first call's seconds in a fresh inductor cache
 (`compile_s`, cold) and after `torch._dynamo.reset()` with that cache on disk (`compile_warm_s`, a
 later stage or run), and the break-even work: the images (inference) or steps (training) after
 which the cold compile has paid for itself (`break_even`, "never" when compiled is not faster).
 The compiled values are checked against eager (logits and losses within 1e-3).
 (smoke: ResNet-8, 16 images in batches of 8, 2 training steps at batch 8, dynamo's "eager"
-backend, which traces without compiling: it checks the harness, not the speed.)
+backend, which traces without compiling: it checks the harness, not the speed; the evaluation
+group: bench_finetune's small supernet of 3 stitches, 16 images, eager only.)
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ import torch
 from common import run_peer
 
 from klas.anchors import load_anchor
-from klas.compiling import compiled_parts
+from klas.compiling import compile_mode, compiled_parts, supernet_parts
+from klas.evaluation.evaluate import evaluate_routes
 
 BASELINE = "eager"
 
@@ -154,3 +159,33 @@ def test_training(benchmark, peer, smoke):
         with compiled_parts(net.blocks, enabled=False):
             eager_s = min(_timed(steps) for _ in range(z["rounds"]))
         benchmark.extra_info["break_even"] = _break_even(cold, eager_s, benchmark.stats.stats.min, z["steps"])
+
+
+@pytest.mark.parametrize("peer", [BASELINE, "compiled"])
+def test_evaluation(benchmark, peer, smoke):
+    from bench_finetune import sizes as finetune_sizes
+    from bench_finetune import supernet
+
+    net = supernet(finetune_sizes(smoke)[2])
+    n, batch = (16, 8) if smoke else (2000, 500)
+    images = torch.utils.data.TensorDataset(_images(n, 4), torch.randint(0, 10, (n,), generator=torch.Generator()
+                                                                         .manual_seed(5)))
+    loader = torch.utils.data.DataLoader(images, batch_size=batch)
+    mode = "on" if peer == "compiled" and not smoke else "off"
+
+    def evaluate():
+        with compile_mode(mode):
+            return [r.correct for r in evaluate_routes(net, loader, progress=False)]
+
+    with compile_mode("off"):
+        reference = [r.correct for r in evaluate_routes(net, loader, progress=False)]
+    _, extra = _compile_times(peer if mode == "on" else BASELINE, supernet_parts(net), evaluate, "inductor")
+    counts = run_peer(benchmark, evaluate, group="compile, evaluation", peer=peer, baseline=BASELINE,
+                      rounds=1 if smoke else 3, warmup=True, work=n * len(net), work_unit="route-img", **extra)
+    # rounding may flip an image whose two best logits are within an ulp: at most 1 in 1,000 per route
+    assert all(abs(a - b) <= max(1, n // 1000) for a, b in zip(counts, reference)), (counts, reference)
+    if mode == "on":  # the eager seconds of the same stage, timed beside it, for the break-even
+        with compile_mode("off"):
+            eager_s = min(_timed(lambda: evaluate_routes(net, loader, progress=False)) for _ in range(2))
+        benchmark.extra_info["break_even"] = _break_even(extra["compile_s"], eager_s, benchmark.stats.stats.min,
+                                                         n * len(net))

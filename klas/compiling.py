@@ -12,10 +12,12 @@ When a part is compiled (`should_compile`):
 - ``auto`` (the default): in inference (extraction, evaluation, the predictions, the recovery
   test's forward passes without gradients) when the stage pushes at least `AUTO_MIN_IMAGE_PASSES`
   images through blocks, so that the compile time can pay; training stays eager. Both rules come
-  from bench/bench_compile.py on the 2-core CPU (bench/RESULTS.md): compiled inference of ResNet-56's
-  blocks ran 1.56x the eager speed after a first compile of 45 s (6.5 s from inductor's cache, which
-  persists across stages and runs), paying for itself after about 34,000 images; compiled training
-  steps ran 0.86x the eager speed, so they never pay there.
+  from bench/bench_compile.py on 2-core CPUs (bench/RESULTS.md): compiled inference of ResNet-56's
+  blocks ran 1.32x-1.56x the eager speed and paid for its first compile (18-45 s; inductor's cache
+  persists across stages and runs) after about 35,000 images; a whole evaluation stage (a
+  supernet's 14 routes) ran 1.45x and paid after about 146,000 images times routes, the larger
+  break-even, which the threshold covers; compiled training steps ran 0.68x-0.86x the eager
+  speed, so they never pay there.
 
 A part that cannot be compiled (an operation inductor does not take, no C compiler) runs eagerly:
 one line says so, the results are the eager ones.
@@ -35,7 +37,7 @@ __all__ = ["COMPILE_MODES", "AUTO_MIN_IMAGE_PASSES", "compile_mode", "current_mo
            "compiled_parts", "supernet_parts"]
 
 COMPILE_MODES = ("auto", "on", "off")
-AUTO_MIN_IMAGE_PASSES = 50_000  # images x routes (or anchors) of one stage; below it a cold compile cannot pay
+AUTO_MIN_IMAGE_PASSES = 150_000  # images x routes (or anchors) of one stage; below it a cold compile may not pay
 RECOMPILE_LIMIT = 256  # graphs per forward function (one per block class, grid and batch shape)
 
 _mode: contextvars.ContextVar[str | None] = contextvars.ContextVar("klas_compile_mode", default=None)

@@ -352,3 +352,15 @@ def test_the_reach_tool_counts_each_stitch_against_its_own_supernets_cheaper_anc
     loose = subprocess.run([sys.executable, str(tool), str(pred), str(routes), "--ratio", "3"], capture_output=True,
                            text=True, check=True).stdout
     assert "ratio <= 3: 3 stitches" in loose
+
+
+def test_the_selection_cost_has_no_fraction_where_the_supernet_trained_nothing():
+    from klas.pipeline.run import cost_against_finetuning
+
+    assert cost_against_finetuning(30.0, 120.0, trained_nothing=False)["fraction_of_finetuning"] == pytest.approx(0.25)
+    # no stitch with the anchors frozen: a fraction of ~0 s of finetuning would read as thousands of percent
+    idle = cost_against_finetuning(5.0, 0.35, trained_nothing=True)
+    assert idle["fraction_of_finetuning"] is None and idle["trained_nothing"] and idle["prediction_seconds"] == 5.0
+    for bad in (None, True, -1.0, "5"):
+        assert cost_against_finetuning(bad, 120.0, trained_nothing=False)["fraction_of_finetuning"] is None
+    assert cost_against_finetuning(30.0, None, trained_nothing=False)["fraction_of_finetuning"] is None

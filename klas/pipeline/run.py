@@ -352,6 +352,9 @@ def _run_one(cfg: RunConfig, methods: list[str] | None, *, progress: bool, log) 
                 log(f"[select] {m}: its predictions took {c['prediction_seconds']:.0f} s, "
                     f"{100 * c['fraction_of_finetuning']:.1f}% of its supernet's finetuning under {protocol} "
                     f"({c['finetune_seconds']:.0f} s)")
+            elif c["trained_nothing"] and c["prediction_seconds"] is not None:
+                log(f"[select] {m}: its predictions took {c['prediction_seconds']:.0f} s; its supernet trains "
+                    f"nothing under {protocol} (no stitch, anchors frozen)")
         report = out / "report" / protocol
         if dist.is_main():
             from klas.evaluation.report import write_report
@@ -384,13 +387,22 @@ def _run_one(cfg: RunConfig, methods: list[str] | None, *, progress: bool, log) 
 
 def _selection_cost(out: Path, method: str, protocol: str) -> dict:
     """What a method's own selection cost (its recorded prediction seconds) against the seconds its
-    supernet's finetuning under `protocol` took (the finetune stage's marker)."""
+    supernet's finetuning under `protocol` took (the finetune stage's marker). No fraction where the
+    supernet trained nothing (no stitch, anchors frozen): `trained_nothing` says so."""
     sel_dir, net_dir, _ = _method_dirs(out, method, protocol)
-    predicted = read_selection(sel_dir / "selection.json").notes.get("prediction_seconds")
+    selection = read_selection(sel_dir / "selection.json")
+    predicted = selection.notes.get("prediction_seconds")
     finetuned = next((r["seconds"] for r in stage_times(net_dir) if r["stage"] == "finetune"), None)
+    return cost_against_finetuning(predicted, finetuned, trained_nothing=PROTOCOLS[protocol] and not selection.selected)
+
+
+def cost_against_finetuning(predicted, finetuned: float | None, trained_nothing: bool) -> dict:
+    """A selection's prediction seconds (as recorded: checked here) against its supernet's
+    finetuning seconds; no fraction where either is unknown or the supernet trained nothing."""
     ok = isinstance(predicted, (int, float)) and not isinstance(predicted, bool) and predicted >= 0
     return {"prediction_seconds": predicted if ok else None, "finetune_seconds": finetuned,
-            "fraction_of_finetuning": predicted / finetuned if ok and finetuned else None}
+            "trained_nothing": trained_nothing,
+            "fraction_of_finetuning": predicted / finetuned if ok and finetuned and not trained_nothing else None}
 
 
 def _silent(*args, **kwargs) -> None:

@@ -80,7 +80,8 @@ def test_recovery_evaluates_every_configuration_in_range_and_scores_every_method
     got = {(c["i"], c["j"]) for c in report["configurations"]}
     assert got == want and len(got) >= 10
     assert all(lo <= c["flops"] <= hi and c["total"] == 40 for c in report["configurations"])
-    assert set(report["methods"]) == {"klas", "snnet-nearest", "cka", "random", "klas-budget"}
+    snnet = report["methods"]["snnet-nearest"]["picks"]
+    assert set(report["methods"]) == {"klas", "snnet-nearest", "cka", "random", "klas-budget", f"klas-budget@{snnet}"}
     assert report["wall_seconds"]["training_and_evaluation"] > 0
     # the run's seconds per stage, the recovery's training last, as a run records them
     timings = json.loads((cfg_path.parent / "out/timings.json").read_text())
@@ -116,6 +117,11 @@ def test_klas_budget_picks_from_its_predictions_within_its_budget(recovered):
     flops = {(c["i"], c["j"]): c["flops"] for c in report["configurations"]}
     for c in picks:  # each pick on the predicted frontier: nothing cheaper predicted as accurate
         assert all(table[d] < table[c] for d in evaluated if flops[d] < flops[c])
+    # the same rules with room for SN-Net's picks: the same ranking, so its own picks and maybe more
+    n = report["methods"]["snnet-nearest"]["picks"]
+    sized = {tuple(c) for c in report["methods"][f"klas-budget@{n}"]["picked"]}
+    assert len(sized) <= n and ((picks <= sized) if n >= room else (sized <= picks))
+    assert len(sized) == min(n, len(picks)) or (n > room and len(picks) == room)
 
 
 def test_recovery_resumes_per_configuration(recovered, capsys):

@@ -20,6 +20,7 @@ a rerun trains only what is missing. Under torchrun the source blocks are shared
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -45,6 +46,7 @@ __all__ = ["RecoverySettings", "train_configurations", "combine_repeats", "good_
            "mean_interval", "RANDOM"]
 
 RANDOM = "random"
+SNNET = "snnet-nearest"
 
 
 def _result_path(out: Path, i: int, j: int, repeat: int = 0) -> Path:
@@ -339,6 +341,21 @@ def recovery_report(results: dict[tuple[int, int], dict], methods: dict[str, dic
     }
 
 
+def _budget_at_snnet_size(out: dict, scores, source: str, target: str, evaluated, options) -> None:
+    """With both klas-budget and snnet-nearest in `out`: klas-budget's rules again with room for as
+    many stitches as SN-Net's rules picked, as `klas-budget@N` (its rules may still take fewer)."""
+    from klas.selection.budget import METHOD as BUDGET
+    from klas.selection.methods import get_method
+
+    if BUDGET not in out or SNNET not in out:
+        return
+    n = len([c for c in out[SNNET]["picks"] if c in set(evaluated)])
+    if n == 0:
+        return
+    sized = dataclasses.replace(options, total_steps=(n + 2) * options.budget_min_route_steps)  # room n, two anchors
+    out[f"{BUDGET}@{n}"] = get_method(BUDGET).pair(scores, source, target, sized)
+
+
 def method_picks(scores, source: str, target: str, methods: Sequence[str], *, evaluated: Sequence[tuple[int, int]],
                  options, random_seeds: int = 20) -> dict:
     """Each method's picks on the pair (source, target), in the form `recovery_report` takes.
@@ -347,7 +364,8 @@ def method_picks(scores, source: str, target: str, methods: Sequence[str], *, ev
     (klas.selection.methods.SelectOptions, whose cache the metric methods read): KLAS and the metric
     baselines run KLAS's bucketing, τ and coverage on this pair alone with their own score and report
     it per configuration; snnet-nearest picks SN-Net's fixed configurations. Random draws, per seed,
-    as many evaluated configurations as KLAS picked.
+    as many evaluated configurations as KLAS picked. With klas-budget and snnet-nearest both run,
+    `klas-budget@N` is klas-budget with room for SN-Net's N picks.
     """
     from klas.selection.methods import get_method, recovery_method_names
 
@@ -358,6 +376,7 @@ def method_picks(scores, source: str, target: str, methods: Sequence[str], *, ev
             out[m] = method.pair(scores, source, target, options)
         elif not method.drawn_in_recovery:
             raise UsageError(f"recovery: method {m!r} has no one-pair form (have {', '.join(recovery_method_names())})")
+    _budget_at_snnet_size(out, scores, source, target, evaluated, options)
     if RANDOM in methods:
         size = len([c for c in out.get("klas", {"picks": evaluated[:1]})["picks"] if c in set(evaluated)]) or 1
         draws = []

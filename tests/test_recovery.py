@@ -35,6 +35,23 @@ def test_score_method_counts_hits_losses_and_within_bucket_rank_correlation():
     assert s["spearman_score_top1_within_buckets"] == pytest.approx(-1.0)
 
 
+def test_the_frontier_holds_the_configurations_that_every_cheaper_route_trails():
+    from klas.evaluation.recovery import frontier_of, frontier_scores
+
+    anchors = [{"flops": 10, "top1": 80.0}, {"flops": 100, "top1": 90.0}]
+    acc = {(1, 1): 79.0, (1, 2): 82.0, (2, 2): 81.0, (3, 3): 85.0, (3, 4): 85.0, (4, 4): 95.0}
+    flops = {(1, 1): 20, (1, 2): 30, (2, 2): 40, (3, 3): 50, (3, 4): 60, (4, 4): 90}
+    # (1, 1) trails the cheaper anchor, (2, 2) trails (1, 2), (3, 4) only ties (3, 3): off the frontier
+    assert frontier_of(acc, flops, anchors) == {(1, 2), (3, 3), (4, 4)}
+    assert frontier_of(acc, flops, [{"flops": 10, "top1": 99.0}, anchors[1]]) == set()
+    # a tie at equal FLOPs keeps neither, as neither is better than every route of its cost
+    assert frontier_of({(1, 1): 85.0, (2, 2): 85.0}, {(1, 1): 50, (2, 2): 50}, anchors) == set()
+    s = frontier_scores([(1, 1), (3, 3), (3, 4), (9, 9)], acc, {(1, 2), (3, 3), (4, 4)}, 80.0)
+    assert (s["frontier_found"], s["frontier"], s["above_cheaper_anchor"]) == (1, 3, 2)
+    assert s["frontier_recall"] == pytest.approx(1 / 3)
+    assert frontier_scores([(1, 1)], acc, set(), 80.0)["frontier_recall"] is None
+
+
 def test_mean_interval_uses_the_t_distribution():
     m = mean_interval([1.0, 2.0, 3.0])
     assert m["mean"] == 2.0 and m["n"] == 3
@@ -83,6 +100,20 @@ def test_recovery_evaluates_every_configuration_in_range_and_scores_every_method
     snnet = report["methods"]["snnet-nearest"]["picks"]
     assert set(report["methods"]) == {"klas", "snnet-nearest", "cka", "random", "klas-budget", f"klas-budget@{snnet}"}
     assert report["wall_seconds"]["training_and_evaluation"] > 0
+    # the anchors on the same test images bound the frontier; every method is scored against it
+    assert set(report["anchors"]) == {"cifar-resnet14", "cifar-resnet26"}
+    assert all(a["total"] == 40 and a["top1"] == pytest.approx(100 * a["correct"] / 40) for a in report["anchors"].values())
+    routes = [(c["flops"], c["top1"], (c["i"], c["j"])) for c in report["configurations"]]
+    routes += [(a["flops"], a["top1"], None) for a in report["anchors"].values()]
+    on = {tuple(c) for c in report["frontier"]}
+    for v, a, c in routes:
+        if c is not None:
+            assert (c in on) == all(b < a for w, b, d in routes if d != c and w <= v)
+    for m in ("klas", "snnet-nearest", "cka"):
+        s = report["methods"][m]
+        assert s["frontier"] == len(on) and s["frontier_found"] == len({tuple(p) for p in s["picked"]} & on)
+        share = s["random_sets_at_least_as_much_frontier"]
+        assert share is None if s["picks"] == 0 else 0 < share <= 1
     # the run's seconds per stage, the recovery's training last, as a run records them
     timings = json.loads((cfg_path.parent / "out/timings.json").read_text())
     assert [r["stage"] for r in timings["stages"]] == ["extract", "probes", "score", "recovery"]

@@ -42,7 +42,7 @@ from klas.evaluation.recovery_settings import RecoverySettings
 from klas.evaluation.stats import mean_interval, random_sets_at_least_as_good, within_group_spearman
 
 __all__ = ["RecoverySettings", "train_configurations", "combine_repeats", "good_set", "score_method", "against_random",
-           "recovery_report", "method_picks",
+           "recovery_report", "method_picks", "frontier_of", "frontier_scores",
            "mean_interval", "RANDOM"]
 
 RANDOM = "random"
@@ -267,6 +267,26 @@ def good_set(acc: dict[tuple[int, int], float], bucket: dict[tuple[int, int], in
     return {c for c, a in acc.items() if a >= best[bucket[c]] - delta}
 
 
+def frontier_of(acc: dict[tuple[int, int], float], flops: dict[tuple[int, int], int],
+                anchors: Sequence[dict]) -> set:
+    """The configurations on the accuracy-FLOPs frontier of every route the test measured: the
+    configurations and the two anchors (each {"flops", "top1"}, on the same test images). A
+    configuration is on it when every other route of at most its FLOPs is less accurate."""
+    routes = [(flops[c], a, c) for c, a in acc.items()] + [(x["flops"], x["top1"], None) for x in anchors]
+    return {c for v, a, c in routes if c is not None
+            and all(b < a for w, b, d in routes if d != c and w <= v)}
+
+
+def frontier_scores(picks: Sequence[tuple[int, int]], acc: dict, frontier: set, cheaper_top1: float) -> dict:
+    """How much of a pick set a user would keep: picks on the frontier (of how many), and picks more
+    accurate than the cheaper anchor (a stitch below it is a costlier, worse route)."""
+    inside = [c for c in dict.fromkeys(picks) if c in acc]
+    found = len([c for c in inside if c in frontier])
+    return {"frontier_found": found, "frontier": len(frontier),
+            "frontier_recall": found / len(frontier) if frontier else None,
+            "above_cheaper_anchor": len([c for c in inside if acc[c] > cheaper_top1])}
+
+
 def score_method(picks: Sequence[tuple[int, int]], acc: dict, bucket: dict, good: set,
                  scores: dict | None = None) -> dict:
     """Precision, recall, accuracy lost and within-bucket Spearman(score, accuracy) of one method."""
@@ -307,30 +327,47 @@ def against_random(method: dict, good: int, population: int) -> dict:
 
 
 def recovery_report(results: dict[tuple[int, int], dict], methods: dict[str, dict], settings: RecoverySettings,
-                    lo: float, hi: float, bucket_count: int) -> dict:
+                    lo: float, hi: float, bucket_count: int, anchors: dict[str, dict] | None = None) -> dict:
     """The whole report: ground truth, good set, and every method's scores.
 
     methods: name -> {"picks": [(i, j)], "scores": {(i, j): score} or None}; the name RANDOM maps to
     {"draws": [[(i, j)], ...]} (one pick list per seed), reported as mean and 95% interval.
+    anchors: the pair's two anchors on the same test images, name -> {"flops", "top1", ...}, cheaper
+    first; with them the report also holds the accuracy-FLOPs frontier (`frontier_of`) and each
+    method's `frontier_scores`.
     """
     acc = {c: r["top1"] for c, r in results.items()}
     acc_init = {c: r["top1_init"] for c, r in results.items()}
-    bucket = buckets_of({c: r["flops"] for c, r in results.items()}, lo, hi, bucket_count)
+    flops = {c: r["flops"] for c, r in results.items()}
+    bucket = buckets_of(flops, lo, hi, bucket_count)
     good = good_set(acc, bucket, settings.delta)
+    frontier = frontier_of(acc, flops, list(anchors.values())) if anchors else None
+    cheaper = min(anchors.values(), key=lambda x: x["flops"])["top1"] if anchors else None
+
+    def scored_picks(picks, scores=None) -> dict:
+        out = score_method(picks, acc, bucket, good, scores)
+        if anchors:
+            out.update(frontier_scores(picks, acc, frontier, cheaper))
+        return out
+
     scored = {}
     for name, m in methods.items():
         if name == RANDOM:
-            draws = [score_method(d, acc, bucket, good) for d in m["draws"]]
-            scored[name] = {k: mean_interval([d[k] for d in draws]) for k in
-                            ("precision", "recall", "mean_points_lost_per_pick", "mean_points_lost_per_covered_bucket",
-                             "picks")}
+            draws = [scored_picks(d) for d in m["draws"]]
+            keys = ["precision", "recall", "mean_points_lost_per_pick", "mean_points_lost_per_covered_bucket", "picks"]
+            keys += ["frontier_found", "frontier_recall", "above_cheaper_anchor"] if anchors else []
+            scored[name] = {k: mean_interval([d[k] for d in draws]) for k in keys}
             scored[name]["seeds"] = len(draws)
         else:
-            scored[name] = score_method(m["picks"], acc, bucket, good, m.get("scores"))
+            scored[name] = scored_picks(m["picks"], m.get("scores"))
             scored[name].update(against_random(scored[name], len(good), len(acc)))
+            if anchors:  # the same exact share, for the frontier's configurations
+                scored[name]["random_sets_at_least_as_much_frontier"] = random_sets_at_least_as_good(
+                    scored[name]["frontier_found"], scored[name]["picks"], len(frontier), len(acc))
             scored[name]["picked"] = sorted([list(c) for c in dict.fromkeys(m["picks"])])
     good_init = good_set(acc_init, bucket, settings.delta)
-    return {
+    extra = {"anchors": anchors, "frontier": sorted([list(c) for c in frontier])} if anchors else {}
+    return {**extra, 
         "format": "klas-recovery", "version": 1, "settings": asdict(settings), "flops_unit": FLOPS_UNIT,
         "flops_range": [lo, hi],
         "buckets": bucket_count,

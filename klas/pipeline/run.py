@@ -651,7 +651,8 @@ def _recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool, log, times
         return out
     picks = method_picks(scores, f.name, g.name, r.methods, evaluated=[(c.i, c.j) for c in configs],
                          options=_select_options(cfg), random_seeds=r.random_seeds)
-    report = recovery_report(results, picks, settings, lo, hi, first_bucket_count(scores.anchor(g.name)))
+    report = recovery_report(results, picks, settings, lo, hi, first_bucket_count(scores.anchor(g.name)),
+                             anchors=_anchors_on(test, (f, g), cfg.evaluate.batch_size, device))
     trained_s = {(rep, res["i"]): res["seconds_for_source_block"] for rep, run in enumerate(runs) for res in run.values()}
     report.update(pair={"source": f.name, "target": g.name, "source_spec": f.spec, "target_spec": g.spec},
                   test_images=len(test), train_images=len(train), noise=noise,
@@ -667,6 +668,19 @@ def _recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool, log, times
     return out
 
 
+def _anchors_on(test, anchors, batch_size: int, device) -> dict[str, dict]:
+    """Each anchor's top-1 on the recovery test's images, with its FLOPs (the frontier's ends)."""
+    from klas.evaluation.anchor_eval import anchor_correct
+
+    out = {}
+    for a in anchors:
+        correct, total = anchor_correct(a.to(device).eval(), torch.utils.data.DataLoader(test, batch_size=batch_size),
+                                        device)
+        out[a.name] = {"flops": int(a.flops.total), "top1": 100.0 * correct / max(total, 1), "correct": correct,
+                       "total": total}
+    return out
+
+
 def _write_recovery_csv(report: dict, path: Path) -> None:
     import csv
 
@@ -674,12 +688,27 @@ def _write_recovery_csv(report: dict, path: Path) -> None:
 
     methods = [m for m in report["methods"] if "picked" in report["methods"][m]]
     picked = {m: {tuple(p) for p in report["methods"][m]["picked"]} for m in methods}
+    frontier = {tuple(c) for c in report.get("frontier", [])}
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["i", "j", "flops", "top1_init", "top1", "bucket", "good", *[f"picked_{m}" for m in methods]])
+        w.writerow(["i", "j", "flops", "top1_init", "top1", "bucket", "good", "on_frontier",
+                    *[f"picked_{m}" for m in methods]])
         for c in report["configurations"]:
             w.writerow([c["i"], c["j"], c["flops"], f"{c['top1_init']:.2f}", f"{c['top1']:.2f}", c["bucket"],
-                        int(c["good"]), *[int((c["i"], c["j"]) in picked[m]) for m in methods]])
+                        int(c["good"]), int((c["i"], c["j"]) in frontier),
+                        *[int((c["i"], c["j"]) in picked[m]) for m in methods]])
+
+
+def _frontier_cell(s: dict, fmt) -> str:
+    p = s.get("random_sets_at_least_as_much_frontier")
+    return fmt(s.get("frontier_found"), ".1f") + ("" if p is None else f" ({p:.3f})")
+
+
+def _frontier_line(report: dict) -> str:
+    anchors = ", ".join(f"{name} {a['top1']:.2f}%" for name, a in report["anchors"].items())
+    frontier = ", ".join(f"({i}, {j})" for i, j in report["frontier"]) or "none"
+    return (f"  frontier (the configurations that every route of at most their FLOPs trails; the anchors on "
+            f"the same images: {anchors}): {frontier}")
 
 
 def recovery_table(report: dict) -> str:
@@ -700,15 +729,20 @@ def recovery_table(report: dict) -> str:
                 f"(sd of one configuration); two configurations' means differ at 95% beyond "
                 f"{report['noise']['delta_95']:.2f} points; δ from {report.get('delta_source', 'recovery.delta')}"]
               if report.get("noise") else []),
+             *([_frontier_line(report)] if report.get("anchors") else []),
              f"  {'method':<14} {'picks':>6} {'precision':>22} {'recall':>22} {'pts lost/pick':>20} {'ρ(score,top1)':>14} "
-             f"{'P(random >=)':>13}"]
+             f"{'P(random >=)':>13}" + (f" {'frontier (P)':>15} {'> cheaper':>10}" if report.get("anchors") else "")]
     for m, s in report["methods"].items():
         p = s.get("random_sets_at_least_as_good")
         vs_random = "" if p is None else f"{p:.3f}" + (" beats" if s.get("beats_random") else "")
         lines.append(f"  {m:<14} {fmt(s['picks'], '.1f'):>6} {fmt(s['precision']):>22} {fmt(s['recall']):>22} "
                      f"{fmt(s['mean_points_lost_per_pick']):>20} {fmt(s.get('spearman_score_top1_within_buckets')):>14} "
-                     f"{vs_random:>13}")
+                     f"{vs_random:>13}" + (f" {_frontier_cell(s, fmt):>15} "
+                                            f"{fmt(s.get('above_cheaper_anchor'), '.1f'):>10}" if report.get("anchors") else ""))
     lines.append("  P(random >=): the exact share of random sets of the method's size, among the evaluated "
                  "configurations, with at least as many good ones; 'beats' below 5%. The random row is the mean "
-                 "of its draws with the interval of that mean, a description of random picking, not a test")
+                 "of its draws with the interval of that mean, a description of random picking, not a test"
+                 + ("; frontier: picks on the frontier (P: the same exact share for them); > cheaper: picks more "
+                    "accurate than the cheaper anchor"
+                    if report.get("anchors") else ""))
     return "\n".join(lines)

@@ -19,6 +19,9 @@ The compiled values are checked against eager (logits and losses within 1e-3).
 (smoke: ResNet-8, 16 images in batches of 8, 2 training steps at batch 8, dynamo's "eager"
 backend, which traces without compiling: it checks the harness, not the speed; the evaluation
 group: bench_finetune's small supernet of 3 stitches, 16 images, eager only.)
+With `--bench-device cuda` (bench/gpu_check.sh) the inference and training groups run on the GPU
+with more work per round (20,000 images in batches of 1,000; 50 steps at batch 256), synchronised
+before each time is read; the evaluation group runs on the CPU only and skips there.
 """
 from __future__ import annotations
 
@@ -39,11 +42,19 @@ from klas.evaluation.evaluate import evaluate_routes
 BASELINE = "eager"
 
 
-def sizes(smoke: bool) -> dict:
+def sizes(smoke: bool, device: torch.device | None = None) -> dict:
     if smoke:
         return {"depth": 8, "images": 16, "eval_batch": 8, "steps": 2, "batch": 8, "backend": "eager", "rounds": 1}
+    if device is not None and device.type == "cuda":  # enough work per round for a GPU to be timed
+        return {"depth": 56, "images": 20000, "eval_batch": 1000, "steps": 50, "batch": 256, "backend": "inductor",
+                "rounds": 3}
     return {"depth": 56, "images": 2000, "eval_batch": 500, "steps": 10, "batch": 64, "backend": "inductor",
             "rounds": 3}
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @cache
@@ -93,15 +104,17 @@ def _break_even(compile_s: float, eager_s: float, compiled_s: float, units: int)
 
 
 @pytest.mark.parametrize("peer", [BASELINE, "compiled"])
-def test_inference(benchmark, peer, smoke):
-    z = sizes(smoke)
-    a = anchor(z["depth"])
-    x = _images(z["images"], 0)
+def test_inference(benchmark, peer, smoke, device):
+    z = sizes(smoke, device)
+    a = anchor(z["depth"]).to(device)
+    x = _images(z["images"], 0).to(device)
     batches = x.split(z["eval_batch"])
 
     def forward():
         with torch.inference_mode():
-            return torch.cat([a(b) for b in batches])
+            out = torch.cat([a(b) for b in batches])
+        _synchronize(device)
+        return out
 
     reference = forward()
     cold, extra = _compile_times(peer, a.blocks, forward, z["backend"])
@@ -121,15 +134,15 @@ def _timed(fn) -> float:
 
 
 @pytest.mark.parametrize("peer", [BASELINE, "compiled"])
-def test_training(benchmark, peer, smoke):
-    z = sizes(smoke)
-    net = copy.deepcopy(anchor(z["depth"])).train()
+def test_training(benchmark, peer, smoke, device):
+    z = sizes(smoke, device)
+    net = copy.deepcopy(anchor(z["depth"])).to(device).train()
     for m in net.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.eval()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    x = _images(z["batch"], 1)
-    y = torch.randint(0, 10, (z["batch"],), generator=torch.Generator().manual_seed(2))
+    x = _images(z["batch"], 1).to(device)
+    y = torch.randint(0, 10, (z["batch"],), generator=torch.Generator().manual_seed(2)).to(device)
     start = copy.deepcopy(net.state_dict())
 
     def steps():
@@ -162,7 +175,9 @@ def test_training(benchmark, peer, smoke):
 
 
 @pytest.mark.parametrize("peer", [BASELINE, "compiled"])
-def test_evaluation(benchmark, peer, smoke):
+def test_evaluation(benchmark, peer, smoke, device):
+    if device.type != "cpu":
+        pytest.skip("the evaluation group runs on the CPU (--bench-device cpu)")
     from bench_finetune import sizes as finetune_sizes
     from bench_finetune import supernet
 

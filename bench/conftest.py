@@ -2,7 +2,8 @@
 
     --bench-scale full|smoke   full: the sizes the results are quoted at; smoke: tiny sizes that only
                                check the suites run and their peers agree (the test suite uses it)
-    --bench-device cpu|cuda    where Θ is benchmarked (default: cuda when available)
+    --bench-device cpu|cuda    where Θ and bench_compile's inference and training are benchmarked
+                               (default: cuda when available)
     --bench-data DIR           images for extraction and finetuning (default: the shared CIFAR-10,
                                else the generated shapes shipped in examples/)
     --bench-cache DIR          an extraction output whose train caches the probe benchmark reads
@@ -28,7 +29,8 @@ def pytest_addoption(parser):
     group = parser.getgroup("klas benchmarks")
     group.addoption("--bench-scale", choices=("full", "smoke"), default="full",
                     help="full: the sizes results are quoted at; smoke: tiny sizes (default: full)")
-    group.addoption("--bench-device", default=None, help="device for the Θ benchmark (default: cuda if available)")
+    group.addoption("--bench-device", default=None, help="device for the Θ benchmark and bench_compile's inference and "
+                    "training groups (default: cuda if available)")
     group.addoption("--bench-data", default=None, help="image folder for extraction and finetuning "
                     "(default: the shared CIFAR-10, else examples/shapes.zip)")
     group.addoption("--bench-cache", default=None, help="extraction output with train caches for the probe "

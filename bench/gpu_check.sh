@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One call on a GPU machine (well under 5 minutes): Triton kernels checked against float64 on CUDA,
-# then the Θ benchmark suite on CUDA (naive vs torch vs Triton, Liger-Kernel where installed). The
-# run's JSON goes to $OUT (or /tmp) and its table prints last, with the GPU's name; nothing in the
-# working tree is written.
+# One call on a GPU machine (a few minutes, most of it compiling): Triton kernels checked against float64 on CUDA,
+# then the Θ benchmark suite on CUDA (naive vs torch vs Triton, Liger-Kernel where installed), then
+# torch.compile against eager on CUDA (bench_compile.py). The runs' JSON goes to $OUT (or /tmp) and
+# their tables print, with the GPU's name; nothing in the working tree is written.
 #   bash bench/gpu_check.sh
 # pytest and pytest-benchmark must be importable. On a machine without a package index, install them
 # beside the checkout first (`pip install --target .bench-deps pytest pytest-benchmark`, an ignored
@@ -19,3 +19,8 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 python3 bench/gpu_correctness.py
 python3 -m pytest bench/bench_kl.py --bench-device cuda -p no:cacheprovider -q --benchmark-json="$json"
 python3 bench/report.py "$json" --title "Θ (kl_matrix) on CUDA: naive vs torch vs triton"
+# compiled against eager on the GPU (ResNet-56 inference and training steps), with the compile time
+compiled="${OUT:-/tmp}/bench-compile-cuda.json"
+python3 -m pytest bench/bench_compile.py --bench-device cuda -k "inference or training" -p no:cacheprovider -q \
+    --benchmark-json="$compiled"
+python3 bench/report.py "$compiled" --title "compiled against eager on CUDA (ResNet-56)"

@@ -290,3 +290,4 @@ def test_verdict_says_no_significant_difference_when_the_interval_covers_zero():
     assert verdict({"mean": 0.4, "low": 0.1, "high": 0.7}) == "higher"
     assert verdict({"mean": -0.4, "low": -0.7, "high": -0.1}) == "lower"
     assert verdict({"mean": 0.4, "low": None, "high": None}) == "one seed: no interval"
+    assert verdict({"mean": None, "low": None, "high": None, "n": 0}).startswith("no value in any seed")

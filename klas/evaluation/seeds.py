@@ -21,7 +21,10 @@ __all__ = ["summarise_seeds", "summary_lines", "verdict"]
 
 
 def verdict(interval: dict) -> str:
-    """'no significant difference' when a 95% interval covers 0, else which side leads."""
+    """'no significant difference' when a 95% interval covers 0, else which side leads; what is
+    missing when there is no interval (no value in any seed, or one seed)."""
+    if interval.get("mean") is None:
+        return "no value in any seed (a set without a stitch)"
     if interval.get("low") is None:
         return "one seed: no interval"
     if interval["low"] <= 0.0 <= interval["high"]:

@@ -81,3 +81,16 @@ def test_shared_stitches_compare_the_same_configuration_in_two_supernets():
     # the anchors (71 against 70) and the stitches only one side holds do not count
     assert shared_stitches(ours, theirs) == {"count": 2, "mean_difference": pytest.approx(-0.25),
                                              "min_difference": pytest.approx(-1.0), "max_difference": pytest.approx(0.5)}
+
+
+def test_steps_per_route_counts_only_the_routes_that_train():
+    from klas.evaluation.report import summarise
+
+    anchors = [_route("a", "a", "a", 100, 70.0), _route("b", "b", "b", 200, 80.0)]
+    stitched = anchors + [_route("a:1->b:2", "a", "b", 150, 78.0)]
+    assert summarise(stitched, (100, 200), steps=900)["steps_per_route"] == pytest.approx(300.0)
+    assert summarise(stitched, (100, 200), steps=900, stitches_only=True)["steps_per_route"] == pytest.approx(900.0)
+    # no stitch with the anchors frozen: no route trains
+    assert summarise(anchors, (100, 200), steps=900, stitches_only=True)["steps_per_route"] == 0.0
+    assert summarise(anchors, (100, 200), steps=900)["steps_per_route"] == pytest.approx(450.0)
+    assert summarise(anchors, (100, 200))["steps_per_route"] is None

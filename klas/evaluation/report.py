@@ -40,8 +40,9 @@ def summarise(results: list[RouteResult], flops_range: tuple[float, float], *, b
     out = {
         "routes": len(results), "stitches": sum(r.source != r.target for r in results),
         "anchors": sorted(anchors),
-        # the routes finetuning draws from: the stitches alone when the anchors are frozen
-        "steps_per_route": steps / max(1, len(results) - len(anchors) if stitches_only else len(results)) if steps else None,
+        # the routes finetuning draws from: the stitches alone when the anchors are frozen (none
+        # without a stitch: then no route trains, 0 steps each)
+        "steps_per_route": _steps_per_route(steps, len(results) - len(anchors) if stitches_only else len(results)),
         "auc": frontier_auc(points, flops_range),
         "frontier": frontier, "frontier_anchors": [n for n in frontier if n in anchors],
         "spearman_gamma_top1": None if rho is None or math.isnan(rho) else rho,
@@ -59,6 +60,12 @@ def summarise(results: list[RouteResult], flops_range: tuple[float, float], *, b
             out["spearman_gamma_top1_within_buckets"] = rho_within
             out["spearman_buckets"] = len(per_bucket)
     return out
+
+
+def _steps_per_route(steps: int | None, trained_routes: int) -> float | None:
+    if not steps:
+        return None
+    return steps / trained_routes if trained_routes else 0.0
 
 
 def compare_stitches(ours: list[RouteResult], theirs: list[RouteResult], flops_range: tuple[float, float]) -> dict:

@@ -669,13 +669,17 @@ def _recovery(cfg: RunConfig, pair: Sequence[str], *, progress: bool, log, times
 
 
 def _anchors_on(test, anchors, batch_size: int, device) -> dict[str, dict]:
-    """Each anchor's top-1 on the recovery test's images, with its FLOPs (the frontier's ends)."""
+    """Each anchor's top-1 on the recovery test's images, with its FLOPs (the frontier's ends); the
+    images are decoded once for both anchors."""
     from klas.evaluation.anchor_eval import anchor_correct
+    from klas.extraction.data import DecodedOnce
 
+    image = test[0][0]
+    batches = DecodedOnce(lambda: torch.utils.data.DataLoader(test, batch_size=batch_size),
+                          len(test) * image.numel() * image.element_size())
     out = {}
     for a in anchors:
-        correct, total = anchor_correct(a.to(device).eval(), torch.utils.data.DataLoader(test, batch_size=batch_size),
-                                        device)
+        correct, total = anchor_correct(a.to(device).eval(), batches, device)
         out[a.name] = {"flops": int(a.flops.total), "top1": 100.0 * correct / max(total, 1), "correct": correct,
                        "total": total}
     return out

@@ -20,7 +20,7 @@ def _model_forward(anchor: Anchor, x: torch.Tensor) -> torch.Tensor:
         for block in anchor.model["blocks"]:
             h = block(h)
         return anchor.model["head"](h)
-    if hasattr(anchor, "input_mean"):  # a zoo anchor normalises in its stem; its model takes normalised images
+    if anchor.input_mean is not None:  # an anchor that normalises in its stem (the zoo's); its model takes normalised images
         x = (x - anchor.input_mean) / anchor.input_std
     return anchor.model(x)
 
@@ -197,3 +197,43 @@ def test_parameters_per_part_are_counted_for_every_kind(anchor):
     p = anchor.params
     assert all(b > 0 for b in p.blocks) and p.stem >= 0 and p.head > 0
     assert p.total <= sum(t.numel() for t in anchor.model.parameters())
+
+
+def test_normalisation_moved_into_the_stem_changes_no_output():
+    """An anchor trained on normalised images, after `normalise_in_stem`, takes [0, 1] images and
+    gives exactly the logits, block outputs and FLOPs it gave on the normalised ones."""
+    torch.manual_seed(0)
+    anchor = load_anchor("cifar-resnet:20?pretrained=false").eval()
+    mean, std = torch.tensor(anchor.mean).view(1, 3, 1, 1), torch.tensor(anchor.std).view(1, 3, 1, 1)
+    images = torch.rand(3, *anchor.input_size)
+    with torch.no_grad():
+        before = anchor(((images - mean) / std))
+        front = anchor.forward_front((images - mean) / std, 5)
+    flops = anchor.flops
+    assert anchor.normalise_in_stem()
+    assert anchor.mean == (0.0, 0.0, 0.0) and anchor.std == (1.0, 1.0, 1.0)
+    with torch.no_grad():
+        torch.testing.assert_close(anchor(images), before, rtol=0, atol=0)
+        torch.testing.assert_close(anchor.forward_front(images, 5), front, rtol=0, atol=0)
+    anchor.__dict__.pop("flops")  # counted again, through the normalising stem
+    assert anchor.flops == flops
+    assert not anchor.normalise_in_stem()  # already there: nothing moves twice
+    assert not load_anchor("cifar-zoo:resnet?pretrained=false").normalise_in_stem()  # the zoo's take [0, 1]
+
+
+def test_anchors_of_different_normalisations_share_one_input():
+    from klas.errors import ConfigError
+    from klas.pipeline.run import one_input
+
+    torch.manual_seed(0)
+    resnet, zoo = load_anchor("cifar-resnet:20?pretrained=false"), load_anchor("cifar-zoo:googlenet?pretrained=false")
+    assert resnet.mean != zoo.mean
+    lines = []
+    assert one_input([zoo, resnet], lines.append) == [zoo, resnet]
+    assert {(a.mean, a.std) for a in (zoo, resnet)} == {((0.0,) * 3, (1.0,) * 3)}
+    assert len(lines) == 1 and resnet.name in lines[0] and zoo.name not in lines[0]
+    same = [load_anchor("cifar-resnet:20?pretrained=false"), load_anchor("cifar-resnet:32?pretrained=false")]
+    one_input(same, lines.append)  # one normalisation already: left as it is, nothing logged
+    assert same[0].mean != (0.0, 0.0, 0.0) and len(lines) == 1
+    with pytest.raises(ConfigError, match="different input sizes"):
+        one_input([resnet, small_module_anchor()])

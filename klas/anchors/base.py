@@ -203,6 +203,9 @@ class Anchor(nn.Module):
                              f"('nlc') has prefix tokens, got layouts {sorted(set(self.layouts))}")
         self.prefix_tokens = int(prefix_tokens)
         self.class_names = tuple(class_names)
+        # set by `normalise_in_stem`: the normalisation `stem` applies before `run_stem`
+        self.register_buffer("input_mean", None, persistent=False)
+        self.register_buffer("input_std", None, persistent=False)
 
     def weights_digest(self) -> str:
         """A digest of every parameter and buffer (names, dtypes, shapes, bytes): caches and probes
@@ -216,9 +219,30 @@ class Anchor(nn.Module):
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()[:32]
 
+    def normalise_in_stem(self) -> bool:
+        """Moves this anchor's input normalisation (`mean`, `std`) into its stem: it then takes RGB in
+        [0, 1] (`mean` 0, `std` 1) and normalises inside `stem`, so that one image batch can feed
+        anchors trained with different normalisations. The model's weights are untouched. Returns
+        whether anything moved (False when the anchor already takes [0, 1] images)."""
+        channels = len(self.mean)
+        if self.mean == (0.0,) * channels and self.std == (1.0,) * channels:
+            return False
+        device = self._blank_input().device
+        self.input_mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, channels, 1, 1)
+        self.input_std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, channels, 1, 1)
+        self.mean, self.std = (0.0,) * channels, (1.0,) * channels
+        return True
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, C, H, W]`` as fed (normalised with `mean`, `std`) -> input of block 1: the
+        normalisation moved into the stem, if any (`normalise_in_stem`), then `run_stem`."""
+        if self.input_mean is not None:
+            x = (x - self.input_mean) / self.input_std
+        return self.run_stem(x)
+
     # -- what adapters provide ------------------------------------------------------------
     def run_stem(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``[B, C, H, W]`` (normalised) -> input of block 1."""
+        """Images ``[B, C, H, W]``, normalised as the model expects -> input of block 1 (callers use `stem`)."""
         raise NotImplementedError
 
     def run_head(self, h: torch.Tensor) -> torch.Tensor:
@@ -242,7 +266,7 @@ class Anchor(nn.Module):
     def forward_front(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """Stem and blocks 1..i. x: images ``[B, C, H, W]``."""
         self._check_cut(i)
-        h = self.run_stem(x)
+        h = self.stem(x)
         for block in self._blocks[:i]:
             h = block(h)
         return h
@@ -259,7 +283,7 @@ class Anchor(nn.Module):
 
     def block_outputs(self, x: torch.Tensor):
         """Yields ``(k, output of block k)`` for k = 1..m, then ``(LOGITS, logits)``: one forward."""
-        h = self.run_stem(x)
+        h = self.stem(x)
         for k, block in enumerate(self._blocks, start=1):
             h = block(h)
             yield k, h
@@ -293,7 +317,7 @@ class Anchor(nn.Module):
         into the target's first block (j = 0) maps to."""
         layout = self.layouts[0]
         with torch.no_grad():
-            width, grid = self.width_and_grid(self.run_stem(self._blank_input()), layout)
+            width, grid = self.width_and_grid(self.stem(self._blank_input()), layout)
         return BlockInfo(0, "stem", width, grid, layout)
 
     @property
@@ -311,7 +335,7 @@ class Anchor(nn.Module):
     def flops(self) -> AnchorFlops:
         """FLOPs (multiply-accumulates) per part for one image at `input_size` (`count_macs`)."""
         with torch.no_grad():
-            h, stem = count_macs(self.run_stem, self._blank_input())
+            h, stem = count_macs(self.stem, self._blank_input())
             blocks = []
             for block in self._blocks:
                 h, f = count_macs(block, h)
@@ -340,7 +364,7 @@ class Anchor(nn.Module):
                 x = self._blank_input()
                 with torch.no_grad():
                     h = self.forward_front(x, self.depth)
-            stem, head = used_by(self.run_stem, x), used_by(self.run_head, h.detach())
+            stem, head = used_by(self.stem, x), used_by(self.run_head, h.detach())
         finally:
             self.model.train(was_training)
         blocks = tuple(sum(p.numel() for p in b.parameters()) for b in self._blocks)

@@ -254,18 +254,18 @@ class ResNet20w(nn.Module):
 # ---- the anchors ----
 
 class ZooAnchor(Anchor):
-    """A zoo model: stem = input normalisation + `stem`, then the blocks, then `head`."""
+    """A zoo model: stem = input normalisation + `stem`, then the blocks, then `head`. Each zoo
+    project normalised with its own constants; the anchor normalises in its stem (takes [0, 1])."""
 
     def __init__(self, model: nn.Module, *, spec: str, name: str, stem: nn.Module, blocks, block_names, head,
                  norm: tuple[tuple[float, ...], tuple[float, ...]]):
         super().__init__(spec=spec, name=name, model=model, blocks=blocks, block_names=block_names, layouts="nchw",
-                         input_size=(3, 32, 32), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_classes=10)
+                         input_size=(3, 32, 32), mean=norm[0], std=norm[1], num_classes=10)
         self._stem, self._head = [stem], [head]  # plain lists: the modules belong to `model`
-        self.register_buffer("input_mean", torch.tensor(norm[0]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("input_std", torch.tensor(norm[1]).view(1, 3, 1, 1), persistent=False)
+        self.normalise_in_stem()
 
     def run_stem(self, x):
-        return self._stem[0]((x - self.input_mean) / self.input_std)
+        return self._stem[0](x)
 
     def run_head(self, h):
         return self._head[0](h)

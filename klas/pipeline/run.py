@@ -146,8 +146,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True, log=print) -> tuple[list, 
     from klas.anchors import load_anchor
 
     cache = Path(cfg.out) / "cache"
-    anchors = [load_anchor(spec) for spec in cfg.anchors]
-    _check_preprocessing(anchors)
+    anchors = one_input([load_anchor(spec) for spec in cfg.anchors], log)
     dcfg, seed, device = cfg.data, cfg.seed, dist.rank_device(cfg.device)
     a = cfg.adapt
     if a.steps > 0:
@@ -224,7 +223,7 @@ def load_run_anchors(cfg: RunConfig) -> list:
     anchors = [load_anchor(spec) for spec in cfg.anchors]
     if cfg.adapt.steps > 0:
         anchors = [apply_adapted(a, _adapted_dir(cfg, a)) for a in anchors]
-    return anchors
+    return one_input(anchors)
 
 
 def run(cfg: RunConfig, *, methods: list[str] | None = None, progress: bool = True, log=print) -> Path:
@@ -409,12 +408,22 @@ def _silent(*args, **kwargs) -> None:
     """The log of ranks other than 0."""
 
 
-def _check_preprocessing(anchors) -> None:
+def one_input(anchors: list, log=None) -> list:
+    """The anchors, made to take one image batch: where their input normalisations differ, each moves
+    its own into its stem (`Anchor.normalise_in_stem`; weights and outputs unchanged) and they all take
+    RGB in [0, 1]. Input sizes must agree: a stitched supernet feeds one image to every anchor."""
     first = anchors[0]
     for a in anchors[1:]:
-        if (a.input_size, a.mean, a.std) != (first.input_size, first.mean, first.std):
-            raise ConfigError(f"anchors {first.name} and {a.name} expect different inputs (size or normalisation); "
-                              "a stitched supernet feeds one image to both")
+        if tuple(a.input_size) != tuple(first.input_size):
+            raise ConfigError(f"anchors {first.name} and {a.name} expect different input sizes "
+                              f"({tuple(first.input_size)} against {tuple(a.input_size)}); a stitched supernet "
+                              "feeds one image to both: choose anchors of one input size")
+    if len({(a.mean, a.std) for a in anchors}) > 1:
+        moved = [a.name for a in anchors if a.normalise_in_stem()]
+        if log is not None:
+            log(f"[anchors] {', '.join(moved)} normalise inside their stems: the anchors were trained with "
+                "different input normalisations, so one batch of RGB images in [0, 1] feeds them all")
+    return anchors
 
 
 def _select_options(cfg: RunConfig):

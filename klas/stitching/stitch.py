@@ -190,7 +190,7 @@ class StitchedSupernet(nn.Module):
                 h = self.stitches[p.owner](h)
                 continue
             a = self.anchor(p.owner)
-            h = a.run_stem(h) if p.kind == "stem" else a.run_head(h) if p.kind == "head" else a.blocks[p.index - 1](h)
+            h = a.stem(h) if p.kind == "stem" else a.run_head(h) if p.kind == "head" else a.blocks[p.index - 1](h)
         return h
 
     def route_flops(self, k: int) -> int:
@@ -230,7 +230,7 @@ class StitchedSupernet(nn.Module):
             tokens: dict[tuple[str, int], torch.Tensor] = {}  # (anchor, cut) -> [B, positions, C]
             for name, ks in needed.items():
                 a = self.anchor(name)
-                h = a.run_stem(images)
+                h = a.stem(images)
                 for k in range(0, max(ks) + 1):
                     if k > 0:
                         h = a.blocks[k - 1](h)

@@ -421,8 +421,10 @@ def one_input(anchors: list, log=None) -> list:
     if len({(a.mean, a.std) for a in anchors}) > 1:
         moved = [a.name for a in anchors if a.normalise_in_stem()]
         if log is not None:
-            log(f"[anchors] {', '.join(moved)} normalise inside their stems: the anchors were trained with "
-                "different input normalisations, so one batch of RGB images in [0, 1] feeds them all")
+            which = f"{moved[0]} normalises inside its stem" if len(moved) == 1 else \
+                f"{', '.join(moved)} normalise inside their stems"
+            log(f"[anchors] {which}: the anchors were trained with different input normalisations, so one "
+                "batch of RGB images in [0, 1] feeds them all")
     return anchors
 
 

@@ -20,6 +20,8 @@ from klas.evaluation.report import write_report
 def test_pareto_frontier_keeps_only_unbeaten_points():
     points = [(10, 70.0), (20, 65.0), (15, 72.0), (30, 80.0), (30, 75.0), (25, 80.0)]
     assert pareto_frontier(points) == [0, 2, 5]
+    # an exact twin of a frontier point is on it too; an equal accuracy at higher FLOPs is not
+    assert pareto_frontier([(10, 70.0), (10, 70.0), (12, 70.0), (10, 69.0)]) == [0, 1]
 
 
 def test_auc_of_a_step_curve():

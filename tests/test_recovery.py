@@ -44,8 +44,9 @@ def test_the_frontier_holds_the_configurations_that_every_cheaper_route_trails()
     # (1, 1) trails the cheaper anchor, (2, 2) trails (1, 2), (3, 4) only ties (3, 3): off the frontier
     assert frontier_of(acc, flops, anchors) == {(1, 2), (3, 3), (4, 4)}
     assert frontier_of(acc, flops, [{"flops": 10, "top1": 99.0}, anchors[1]]) == set()
-    # a tie at equal FLOPs keeps neither, as neither is better than every route of its cost
-    assert frontier_of({(1, 1): 85.0, (2, 2): 85.0}, {(1, 1): 50, (2, 2): 50}, anchors) == set()
+    # exact twins (equal FLOPs, equal accuracy) are both on it; a costlier equal is not
+    assert frontier_of({(1, 1): 85.0, (2, 2): 85.0}, {(1, 1): 50, (2, 2): 50}, anchors) == {(1, 1), (2, 2)}
+    assert frontier_of({(1, 1): 85.0, (2, 2): 85.0}, {(1, 1): 50, (2, 2): 51}, anchors) == {(1, 1)}
     s = frontier_scores([(1, 1), (3, 3), (3, 4), (9, 9)], acc, {(1, 2), (3, 3), (4, 4)}, 80.0)
     assert (s["frontier_found"], s["frontier"], s["above_cheaper_anchor"]) == (1, 3, 2)
     assert s["frontier_recall"] == pytest.approx(1 / 3)

@@ -107,11 +107,12 @@ def evaluate_routes(net: StitchedSupernet, loader, *, device: str = "cpu", progr
 
 def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the (FLOPs, accuracy) points on the frontier, cheapest first: each one more
-    accurate than every cheaper-or-equal point."""
+    accurate than every cheaper point and than every other point of its FLOPs, except an exact
+    twin (same FLOPs, same accuracy), which is on it as well."""
     order = sorted(range(len(points)), key=lambda k: (points[k][0], -points[k][1]))
     frontier, best = [], float("-inf")
     for k in order:
-        if points[k][1] > best:
+        if points[k][1] > best or (frontier and points[k] == points[frontier[-1]]):
             frontier.append(k)
             best = points[k][1]
     return frontier

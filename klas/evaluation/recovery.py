@@ -269,12 +269,13 @@ def good_set(acc: dict[tuple[int, int], float], bucket: dict[tuple[int, int], in
 
 def frontier_of(acc: dict[tuple[int, int], float], flops: dict[tuple[int, int], int],
                 anchors: Sequence[dict]) -> set:
-    """The configurations on the accuracy-FLOPs frontier of every route the test measured: the
-    configurations and the two anchors (each {"flops", "top1"}, on the same test images). A
-    configuration is on it when every other route of at most its FLOPs is less accurate."""
-    routes = [(flops[c], a, c) for c, a in acc.items()] + [(x["flops"], x["top1"], None) for x in anchors]
-    return {c for v, a, c in routes if c is not None
-            and all(b < a for w, b, d in routes if d != c and w <= v)}
+    """The configurations on the accuracy-FLOPs frontier (`pareto_frontier`) of every route the test
+    measured: the configurations and the two anchors (each {"flops", "top1"}, on the same test images)."""
+    from klas.evaluation.evaluate import pareto_frontier
+
+    routes = [(c, flops[c], a) for c, a in acc.items()] + [(None, x["flops"], x["top1"]) for x in anchors]
+    on = pareto_frontier([(f, a) for _, f, a in routes])
+    return {routes[k][0] for k in on if routes[k][0] is not None}
 
 
 def frontier_scores(picks: Sequence[tuple[int, int]], acc: dict, frontier: set, cheaper_top1: float) -> dict:

@@ -52,8 +52,8 @@ def test_the_budget_rules_hold(seed, stages, steps, per_route, flat, flops_range
         lo, hi = scores.anchor(pair.source).total_flops, scores.anchor(pair.target).total_flops
         reachable = [c for c in predicted_frontier(pair.configs, table, images)
                      if within_reach(table[(c.i, c.j)], anchors[pair.source], ratio)]
-        if not hop_pays(pair.source, pair.target, anchors):
-            assert pair.selected == []  # a hop whose costlier anchor is no better keeps nothing
+        if not hop_pays(pair.source, pair.target, anchors, images):
+            assert pair.selected == []  # a hop whose cheaper anchor is better beyond the noise keeps nothing
             continue
         for c in pair.selected:
             # predicted error at most `ratio` times the cheaper anchor's
@@ -79,7 +79,7 @@ def test_the_budget_rules_hold(seed, stages, steps, per_route, flat, flops_range
     if not margins_in:  # nothing taken only when no paying hop has a candidate within reach
         assert not margins_out
     if ratio == 1e6 and flops_range == "end-buckets" \
-            and any(hop_pays(f, g, p["anchors"]) for (f, g), p in preds.items()):
+            and any(hop_pays(f, g, p["anchors"], images) for (f, g), p in preds.items()):
         assert sel.selected  # every hop has candidates then, all within reach: a paying hop gets a stitch
 
 
@@ -364,3 +364,16 @@ def test_the_selection_cost_has_no_fraction_where_the_supernet_trained_nothing()
     for bad in (None, True, -1.0, "5"):
         assert cost_against_finetuning(bad, 120.0, trained_nothing=False)["fraction_of_finetuning"] is None
     assert cost_against_finetuning(30.0, None, trained_nothing=False)["fraction_of_finetuning"] is None
+
+
+def test_a_hop_stops_only_when_its_cheaper_anchor_is_better_beyond_the_noise():
+    names = ("cheap", "costly")
+    # 1,000 images near 94%: one top-1 has an SE of 0.75 points, 1.96 SE of a difference 2.1
+    assert hop_pays(*names, {"cheap": 94.1, "costly": 93.9}, 1000)  # within the noise: rule 5 decides
+    assert hop_pays(*names, {"cheap": 95.0, "costly": 95.0}, 1000)
+    assert not hop_pays(*names, {"cheap": 95.0, "costly": 92.0}, 1000)  # 3 points: beyond it
+    assert hop_pays(*names, {"cheap": 95.0, "costly": 92.0}, 10)  # 10 images say nothing
+    # counts not known: strictly more accurate, as exact numbers
+    assert not hop_pays(*names, {"cheap": 94.1, "costly": 93.9})
+    assert not hop_pays(*names, {"cheap": 95.0, "costly": 95.0})
+    assert hop_pays(*names, {"cheap": 95.0, "costly": 95.1})

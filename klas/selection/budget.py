@@ -7,9 +7,11 @@ The rules, in order (docs/METHOD.md §8 gives the evidence for each):
 2. Prediction: each candidate's least-squares stitch's own top-1 on D_v (klas.evaluation.predict),
    the best predictor of finetuned accuracy the recovery test measured; the hop's anchors' top-1 on
    the same images beside it.
-3. A hop whose costlier anchor is not more accurate on D_v than its cheaper one brings no stitch to
-   the accuracy-FLOPs frontier: a stitch between two anchors ends at most near the better of
-   them, and here the cheaper anchor is that one. The hop keeps no stitch, and says so.
+3. A hop whose cheaper anchor is more accurate on D_v than its costlier one, beyond the noise of
+   the two counts (rule 4's 1.96 standard errors of the difference; when the count of images is
+   not known, a costlier anchor not strictly more accurate), brings no stitch to the frontier:
+   a stitch between two anchors ends at most near the better of them, and here the cheaper anchor
+   is that one. The hop keeps no stitch, and says so. Within the noise rule 5 decides.
 4. Dominance: a candidate predicted less accurate than a cheaper candidate of its hop, by more than
    the predictions' own noise (1.96 standard errors of the difference of two top-1s counted on the
    same number of D_v images), brings nothing to the frontier; at equal FLOPs only the best
@@ -92,10 +94,15 @@ def predicted_frontier(configs: list[Config], predicted: Mapping[tuple[int, int]
     return out
 
 
-def hop_pays(source: str, target: str, anchor_top1: Mapping[str, float]) -> bool:
-    """Whether a stitch of the hop can improve on its cheaper anchor: the costlier anchor is more
-    accurate on D_v (rule 3)."""
-    return anchor_top1[target] > anchor_top1[source]
+def hop_pays(source: str, target: str, anchor_top1: Mapping[str, float], images: int | None = None,
+             z: float = FRONTIER_Z) -> bool:
+    """Whether a stitch of the hop can improve on its cheaper anchor (rule 3): the cheaper anchor is
+    not more accurate on D_v beyond `z` standard errors of the difference of two top-1s each counted
+    on `images` images (with `images` None: the costlier anchor is strictly more accurate)."""
+    cheaper, costlier = anchor_top1[source], anchor_top1[target]
+    if images is None:
+        return costlier > cheaper
+    return cheaper - costlier <= z * math.hypot(prediction_noise(cheaper, images), prediction_noise(costlier, images))
 
 
 def reach_floor(cheaper_anchor_top1: float, max_error_ratio: float) -> float:
@@ -167,7 +174,7 @@ def _hop_frontier(source: str, configs: list[Config], pred: PairPredictions,
 def _ranked(source: str, target: str, pred: PairPredictions, reachable: list[Config]) -> list[Config]:
     """The hop's frontier candidates within reach, by predicted margin over the cheaper anchor, best
     first (none when the hop does not pay)."""
-    if not hop_pays(source, target, pred["anchors"]):
+    if not hop_pays(source, target, pred["anchors"], pred.get("images")):
         return []
     table = pred["configurations"]
     return sorted(reachable, key=lambda c: (-table[(c.i, c.j)], -c.flops, c.i, c.j))
@@ -183,12 +190,17 @@ def _pair(scores: Scores, source: str, target: str, configs: list[Config], chose
 def _notes(source: str, target: str, configs: list[Config], pred: PairPredictions, chosen: list[Config],
            max_error_ratio: float, frontier: list[Config], reachable: list[Config]) -> dict:
     table, anchors = pred["configurations"], pred["anchors"]
-    pays = hop_pays(source, target, anchors)
+    pays = hop_pays(source, target, anchors, pred.get("images"))
     in_reach = len(reachable)
     floor = reach_floor(anchors[source], max_error_ratio)
     if not pays:
-        verdict = (f"no stitch is worth training here: {target} is not more accurate than the cheaper {source} "
-                   f"on D_v ({anchors[target]:.2f}% against {anchors[source]:.2f}%)")
+        if pred.get("images") is None:
+            verdict = (f"no stitch is worth training here: {target} is not more accurate than the cheaper "
+                       f"{source} on D_v ({anchors[target]:.2f}% against {anchors[source]:.2f}%)")
+        else:
+            verdict = (f"no stitch is worth training here: the cheaper {source} is more accurate than {target} "
+                       f"on D_v beyond the noise of the two counts ({anchors[source]:.2f}% against "
+                       f"{anchors[target]:.2f}% on {pred['images']} images)")
     elif not in_reach:
         verdict = (f"no stitch is worth training here: none is predicted within reach of the cheaper {source} "
                    f"(at least {floor:.2f}% on D_v, error at most {max_error_ratio:g}x its {100 - anchors[source]:.2f}%)")

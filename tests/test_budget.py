@@ -377,3 +377,22 @@ def test_a_hop_stops_only_when_its_cheaper_anchor_is_better_beyond_the_noise():
     assert not hop_pays(*names, {"cheap": 94.1, "costly": 93.9})
     assert not hop_pays(*names, {"cheap": 95.0, "costly": 95.0})
     assert hop_pays(*names, {"cheap": 95.0, "costly": 95.1})
+
+
+def test_the_rule_3_tool_tells_both_versions_apart(tmp_path):
+    """tools/hops_in_predictions.py on a hand-made predictions file whose anchors are level on D_v."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pred = tmp_path / "a0__a1.json"
+    pred.write_text(json.dumps(_doc(rows=(((1, 2), 850, 1000), ((2, 3), 700, 1000)),
+                                    anchors={"a0": {"top1": 94.1, "correct": 941, "total": 1000},
+                                             "a1": {"top1": 93.9, "correct": 939, "total": 1000}})))
+    tool = Path(__file__).parents[1] / "tools/hops_in_predictions.py"
+    out = subprocess.run([sys.executable, str(tool), str(pred)], capture_output=True, text=True, check=True).stdout
+    # 0.2 points on 1,000 images: the first version stops, the one within the noise pays; floor 88.2%
+    assert "rule 3 first version stops, within the noise pays; 0 of 2 candidates within reach (ratio 2)" in out
+    wide = subprocess.run([sys.executable, str(tool), str(pred), "--ratio", "3"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "1 of 2 candidates within reach (ratio 3)" in wide  # floor 82.3%: (1, 2)'s 85% is in

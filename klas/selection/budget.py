@@ -41,7 +41,7 @@ from klas.selection.options import SelectSection as _Defaults  # each default de
 from klas.selection.select import (Config, PairSelection, Selection, _bucketise, anchor_chain, first_bucket_count,
                                    pair_candidates)
 
-__all__ = ["route_budget", "hop_candidates", "predicted_frontier", "hop_pays", "reach_floor", "within_reach", "prediction_noise",
+__all__ = ["route_budget", "hop_candidates", "predicted_frontier", "ahead_beyond_noise", "hop_pays", "reach_floor", "within_reach", "prediction_noise",
            "MAX_ERROR_RATIO", "FRONTIER_Z", "budget_pair", "select_budget", "describe", "METHOD"]
 
 METHOD = "klas-budget"
@@ -71,6 +71,15 @@ def prediction_noise(top1: float, images: int | None) -> float:
     return 100.0 * math.sqrt(p * (1.0 - p) / images)
 
 
+def ahead_beyond_noise(a: float, b: float, images: int | None, z: float = FRONTIER_Z) -> bool:
+    """Whether top-1 `a` is ahead of top-1 `b` (%): by more than `z` standard errors of the difference
+    of two top-1s each counted on `images` images, or, when the count is not known, at least level
+    (exact numbers: a tie goes to `a`). Rules 3 and 4 compare D_v counts with it."""
+    if images is None:
+        return a >= b
+    return a - b > z * math.hypot(prediction_noise(a, images), prediction_noise(b, images))
+
+
 def predicted_frontier(configs: list[Config], predicted: Mapping[tuple[int, int], float],
                        images: int | None = None, z: float = FRONTIER_Z) -> list[Config]:
     """The configurations no cheaper one is predicted to beat, cheapest first: at each FLOPs value
@@ -84,11 +93,7 @@ def predicted_frontier(configs: list[Config], predicted: Mapping[tuple[int, int]
             continue  # at equal FLOPs the most accurate came first
         last_flops = c.flops
         p = predicted[(c.i, c.j)]
-        if images is None:
-            beaten = p <= best
-        else:
-            beaten = best - p > z * math.hypot(prediction_noise(p, images), prediction_noise(best, images))
-        if not beaten:
+        if not ahead_beyond_noise(best, p, images, z):
             out.append(c)
         best = max(best, p)
     return out
@@ -99,10 +104,7 @@ def hop_pays(source: str, target: str, anchor_top1: Mapping[str, float], images:
     """Whether a stitch of the hop can improve on its cheaper anchor (rule 3): the cheaper anchor is
     not more accurate on D_v beyond `z` standard errors of the difference of two top-1s each counted
     on `images` images (with `images` None: the costlier anchor is strictly more accurate)."""
-    cheaper, costlier = anchor_top1[source], anchor_top1[target]
-    if images is None:
-        return costlier > cheaper
-    return cheaper - costlier <= z * math.hypot(prediction_noise(cheaper, images), prediction_noise(costlier, images))
+    return not ahead_beyond_noise(anchor_top1[source], anchor_top1[target], images, z)
 
 
 def reach_floor(cheaper_anchor_top1: float, max_error_ratio: float) -> float:

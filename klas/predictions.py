@@ -20,7 +20,7 @@ from typing import Sequence
 from klas.errors import CacheError
 from klas.reading import read_json, whole_number
 
-__all__ = ["PREDICTIONS", "FORMAT", "prediction_path", "prediction_problem", "read_predictions"]
+__all__ = ["PREDICTIONS", "FORMAT", "prediction_path", "prediction_problem", "read_predictions", "read_stored_predictions"]
 
 PREDICTIONS = "predictions"  # the folder of a run (or of a recovery test) that holds one file per anchor pair
 FORMAT = {"format": "klas-predictions", "version": 1}
@@ -77,6 +77,26 @@ def read_predictions(path: Path, configs: Sequence[tuple[int, int]], *, inputs: 
     path = Path(path)
     doc = read_json(path, what="predictions file", error=CacheError, inside=path.parent,
                     fix=f"delete {path} to predict again")
+    return _checked(path, doc, source, target, configs, inputs)
+
+
+def read_stored_predictions(path: Path) -> tuple[str, str, dict]:
+    """A stored predictions file for the pair and configurations it records itself (tools reading
+    docs/results): (source, target, what `read_predictions` returns), checked the same way."""
+    path = Path(path)
+    doc = read_json(path, what="predictions file", error=CacheError, fix="give a predictions file of `klas run`")
+    recorded = doc.get("inputs")
+    if not isinstance(recorded, dict) or not all(isinstance(recorded.get(k), str) for k in ("source", "target")):
+        raise CacheError(f"{path}: it names no anchor pair (inputs.source and inputs.target); give a predictions "
+                         "file of `klas run`")
+    rows = doc.get("configurations")
+    configs = [(r.get("i"), r.get("j")) for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    source, target = recorded["source"], recorded["target"]
+    return source, target, _checked(path, doc, source, target, configs, None)
+
+
+def _checked(path: Path, doc: dict, source: str, target: str, configs: Sequence[tuple[int, int]],
+             inputs: dict | None) -> dict:
     problem = prediction_problem(doc, source, target, configs, inputs)
     if problem:
         raise CacheError(f"{path}: {problem}; delete it to predict again")

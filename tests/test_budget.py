@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from helpers import make_scores
 from klas.errors import CacheError, UsageError
-from klas.predictions import FORMAT, prediction_path, read_predictions
+from klas.predictions import FORMAT, prediction_path, read_predictions, read_stored_predictions
 from klas.selection.budget import (FRONTIER_Z, MAX_ERROR_RATIO, hop_candidates, budget_pair, hop_pays,
                                    predicted_frontier, prediction_noise, route_budget, select_budget, within_reach)
 from klas.selection.select import anchor_chain
@@ -237,6 +237,20 @@ def test_a_predictions_file_is_read_only_for_its_own_pair_and_counts(tmp_path):
     path.write_text(json.dumps(_doc()))
     with pytest.raises(CacheError, match="other weights, samples or settings"):
         read_predictions(path, [(1, 1)], inputs={"source": "a0", "target": "a1", "seed": 1})
+
+
+def test_a_stored_predictions_file_is_read_for_the_pair_it_records(tmp_path):
+    path = tmp_path / "stored.json"
+    path.write_text(json.dumps(_doc(rows=(((1, 1), 3, 4), ((2, 3), 1, 4)))))
+    source, target, got = read_stored_predictions(path)
+    assert (source, target) == ("a0", "a1")
+    assert got["configurations"] == {(1, 1): 75.0, (2, 3): 25.0} and got["anchors"] == {"a0": 50.0, "a1": 100.0}
+    for broken, why in (({**_doc(), "inputs": None}, "names no anchor pair"),
+                        ({**_doc(), "inputs": {"source": "a0"}}, "names no anchor pair"),
+                        ({**_doc(), "configurations": [{"i": "1", "j": 1}]}, "malformed")):
+        path.write_text(json.dumps(broken))
+        with pytest.raises(CacheError, match=why):
+            read_stored_predictions(path)
 
 
 def test_predicted_accuracy_is_the_least_squares_stitched_network_counted_on_the_images():

@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import argparse
 
-from klas.errors import CacheError
-from klas.predictions import read_predictions
-from klas.reading import read_json
+from klas.predictions import read_stored_predictions
 from klas.selection.budget import MAX_ERROR_RATIO, hop_pays, within_reach
 
 
 def line(path: str, ratio: float) -> str:
-    doc = read_json(path, what="predictions file", error=CacheError, fix="give a predictions file")
-    source, target = doc["inputs"]["source"], doc["inputs"]["target"]
-    pred = read_predictions(path, [(r["i"], r["j"]) for r in doc["configurations"]], pair=(source, target))
+    source, target, pred = read_stored_predictions(path)
     anchors, images = pred["anchors"], pred["images"]
     first = hop_pays(source, target, anchors)  # no count: strictly more accurate
     now = hop_pays(source, target, anchors, images)

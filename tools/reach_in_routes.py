@@ -16,8 +16,7 @@ import csv
 import math
 
 from klas.errors import CacheError
-from klas.predictions import read_predictions
-from klas.reading import read_json
+from klas.predictions import read_stored_predictions
 
 
 def _number(text: str, where: str) -> float:
@@ -56,10 +55,7 @@ def stitch_gaps(predictions: dict, source: str, target: str, routes_path: str) -
 
 
 def lines(predictions_path: str, routes_paths: list[str], ratio: float) -> list[str]:
-    doc = read_json(predictions_path, what="predictions file", error=CacheError, fix="give a predictions file")
-    source, target = doc["inputs"]["source"], doc["inputs"]["target"]
-    configs = [(r["i"], r["j"]) for r in doc["configurations"]]
-    pred = read_predictions(predictions_path, configs, pair=(source, target))
+    source, target, pred = read_stored_predictions(predictions_path)
     out = [f"{source} -> {target}: cheaper anchor {pred['anchors'][source]:.1f}% on D_v; ratio = predicted "
            f"error / its error; gap = finetuned top-1 - its finetuned top-1 (points)"]
     tally = {True: [], False: []}

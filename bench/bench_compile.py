@@ -52,7 +52,7 @@ def sizes(smoke: bool, device: torch.device | None = None) -> dict:
             "rounds": 3}
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -62,7 +62,7 @@ def anchor(depth: int):
     return load_anchor(f"cifar-resnet:{depth}?pretrained=false&seed=3").eval()
 
 
-def _images(n: int, seed: int) -> torch.Tensor:
+def random_images(n: int, seed: int) -> torch.Tensor:
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
@@ -107,13 +107,13 @@ def _break_even(compile_s: float, eager_s: float, compiled_s: float, units: int)
 def test_inference(benchmark, peer, smoke, device):
     z = sizes(smoke, device)
     a = anchor(z["depth"]).to(device)
-    x = _images(z["images"], 0).to(device)
+    x = random_images(z["images"], 0).to(device)
     batches = x.split(z["eval_batch"])
 
     def forward():
         with torch.inference_mode():
             out = torch.cat([a(b) for b in batches])
-        _synchronize(device)
+        synchronize(device)
         return out
 
     reference = forward()
@@ -133,16 +133,22 @@ def _timed(fn) -> float:
     return time.perf_counter() - began
 
 
-@pytest.mark.parametrize("peer", [BASELINE, "compiled"])
-def test_training(benchmark, peer, smoke, device):
-    z = sizes(smoke, device)
+def training_setup(z: dict, device: torch.device):
+    """(net, AdamW, images [batch, 3, 32, 32], labels [batch]): a fresh copy of the benchmark's anchor in
+    training mode with BatchNorm statistics frozen, as finetuning trains it."""
     net = copy.deepcopy(anchor(z["depth"])).to(device).train()
     for m in net.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.eval()
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    x = _images(z["batch"], 1).to(device)
+    x = random_images(z["batch"], 1).to(device)
     y = torch.randint(0, 10, (z["batch"],), generator=torch.Generator().manual_seed(2)).to(device)
+    return net, torch.optim.AdamW(net.parameters(), lr=1e-4), x, y
+
+
+@pytest.mark.parametrize("peer", [BASELINE, "compiled"])
+def test_training(benchmark, peer, smoke, device):
+    z = sizes(smoke, device)
+    net, opt, x, y = training_setup(z, device)
     start = copy.deepcopy(net.state_dict())
 
     def steps():
@@ -183,7 +189,7 @@ def test_evaluation(benchmark, peer, smoke, device):
 
     net = supernet(finetune_sizes(smoke)[2])
     n, batch = (16, 8) if smoke else (2000, 500)
-    images = torch.utils.data.TensorDataset(_images(n, 4), torch.randint(0, 10, (n,), generator=torch.Generator()
+    images = torch.utils.data.TensorDataset(random_images(n, 4), torch.randint(0, 10, (n,), generator=torch.Generator()
                                                                          .manual_seed(5)))
     loader = torch.utils.data.DataLoader(images, batch_size=batch)
     mode = "on" if peer == "compiled" and not smoke else "off"

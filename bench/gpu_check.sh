@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a GPU machine (a few minutes, most of it compiling): Triton kernels checked against float64 on CUDA,
 # then the Θ benchmark suite on CUDA (naive vs torch vs Triton, Liger-Kernel where installed), then
-# torch.compile against eager on CUDA (bench_compile.py). The runs' JSON goes to $OUT (or /tmp) and
+# torch.compile against eager on CUDA (bench_compile.py), then channels-last against contiguous models
+# on CUDA (bench_memory_format.py: what `memory_format: auto` should pick there). The runs' JSON goes to $OUT (or /tmp) and
 # their tables print, with the GPU's name; nothing in the working tree is written.
 #   bash bench/gpu_check.sh
 # pytest and pytest-benchmark must be importable. On a machine without a package index, install them
@@ -24,3 +25,8 @@ compiled="${OUT:-/tmp}/bench-compile-cuda.json"
 python3 -m pytest bench/bench_compile.py --bench-device cuda -k "inference or training" -p no:cacheprovider -q \
     --benchmark-json="$compiled"
 python3 bench/report.py "$compiled" --title "compiled against eager on CUDA (ResNet-56)"
+# channels last against contiguous on the GPU (ResNet-56 inference, eager and compiled, and training steps)
+layout="${OUT:-/tmp}/bench-memory-format-cuda.json"
+python3 -m pytest bench/bench_memory_format.py --bench-device cuda -k "inference or training" -p no:cacheprovider -q \
+    --benchmark-json="$layout"
+python3 bench/report.py "$layout" --title "channels last against contiguous on CUDA (ResNet-56)"

@@ -1,10 +1,25 @@
-"""Test data builders: learnable synthetic caches."""
+"""Test data builders: learnable synthetic caches, random labelled images."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from klas.cache import BlockEntry, CacheWriter
+
+
+class RandomImages(torch.utils.data.Dataset):
+    """`n` random images ``[3, 32, 32]`` with random labels of 10 classes (seeded): training data for
+    finetuning tests, where the pixels do not matter."""
+
+    def __init__(self, n: int = 40):
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, k):
+        return self.x[k], int(self.y[k])
 
 
 def feature_cache(path, n: int, widths, num_classes: int, *, seed: int = 0, data_seed: int = 0,

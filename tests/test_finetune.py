@@ -9,17 +9,7 @@ from klas.errors import KlasError
 from klas.stitching.finetune import CHECKPOINT, FinetuneSettings, finetune, route_schedule
 from klas.stitching.stitch import StitchedSupernet
 
-
-class Images(torch.utils.data.Dataset):
-    def __init__(self, n: int = 40):
-        g = torch.Generator().manual_seed(0)
-        self.x, self.y = torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, k):
-        return self.x[k], int(self.y[k])
+from helpers import RandomImages as Images
 
 
 def supernet() -> StitchedSupernet:

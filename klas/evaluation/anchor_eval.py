@@ -8,6 +8,7 @@ import torch
 
 from klas.anchors import Anchor, load_anchor
 from klas.extraction.data import make_loader, split_for_anchor
+from klas.memory_format import channels_last_models
 from klas.progress import progress_bar
 
 __all__ = ["AnchorAccuracy", "evaluate_anchor", "anchor_correct"]
@@ -55,7 +56,8 @@ def evaluate_anchor(
     anchor = anchor.to(device).eval()
     source, indices = split_for_anchor(data, split, anchor, val_fraction=val_fraction, seed=seed, limit=limit)
     loader = make_loader(source, indices, anchor, batch_size=batch_size, num_workers=num_workers)
-    n, total = anchor_correct(anchor, progress_bar(loader, disable=not progress, desc=f"eval {anchor.name}/{split}",
-                                                   unit="batch"), device)
+    with channels_last_models([anchor], device):
+        n, total = anchor_correct(anchor, progress_bar(loader, disable=not progress,
+                                                       desc=f"eval {anchor.name}/{split}", unit="batch"), device)
     return AnchorAccuracy(anchor=anchor.spec, split=split, top1=100.0 * n / max(total, 1), correct=n,
                           total=total, gflops=anchor.flops.total / 1e9)

@@ -19,6 +19,7 @@ import torch
 
 from klas import distributed as dist
 from klas.compiling import compiled_parts, should_compile, supernet_parts
+from klas.memory_format import channels_last_models
 from klas.errors import UsageError
 from klas.reading import whole_number
 from klas.extraction.data import prefetched
@@ -90,7 +91,8 @@ def evaluate_routes(net: StitchedSupernet, loader, *, device: str = "cpu", progr
     total = 0
     batches = prefetched(loader) if getattr(loader, "num_workers", 0) == 0 else loader
     images_in = len(loader.dataset) if hasattr(loader, "dataset") else len(loader)
-    with compiled_parts(supernet_parts(net), should_compile(training=False, image_passes=images_in * len(net))):
+    compiled = should_compile(training=False, image_passes=images_in * len(net))
+    with channels_last_models([net], device), compiled_parts(supernet_parts(net), compiled):
         for images, labels in progress_bar(batches, total=len(loader), disable=not progress,
                                            desc=f"evaluate {len(net)} routes", unit="batch"):
             logits = net.forward_many(images.to(device))

@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from klas.compiling import compiled_parts, should_compile
+from klas.memory_format import channels_last_models
 from klas.errors import CacheError
 from klas.evaluation.anchor_eval import anchor_correct
 from klas.extraction.data import DecodedOnce
@@ -79,7 +80,7 @@ def predict_pair(f, g, configs: Sequence[tuple[int, int]], calibration: torch.Te
     loader = DecodedOnce(lambda: torch.utils.data.DataLoader(val, batch_size=eval_batch),
                          len(val) * calibration[0].numel() * calibration.element_size())
     compiled = should_compile(training=False, image_passes=len(val) * (len(configs) + 2))
-    with compiled_parts([*f.blocks, *g.blocks], compiled):
+    with channels_last_models([f, g], device), compiled_parts([*f.blocks, *g.blocks], compiled):
         by_source: dict[int, list[int]] = {}
         for i, j in configs:
             by_source.setdefault(i, []).append(j)

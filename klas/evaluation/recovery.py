@@ -32,6 +32,7 @@ import torch
 
 from klas import distributed as dist
 from klas.compiling import compiled_parts, should_compile
+from klas.memory_format import channels_last_models
 from klas.extraction.data import DecodedOnce
 from klas.limits import FLOPS_UNIT
 from klas.errors import CacheError, UsageError
@@ -153,59 +154,60 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
                                    len(test) * image_bytes)
         step_batches = DecodedOnce(lambda: torch.utils.data.DataLoader(train, batch_sampler=order.tolist()),
                                    order.numel() * image_bytes)
-    for i in blocks:
-        began = time.perf_counter()
-        js = by_source[i]
-        net, back = least_squares_stitches(f, g, i, js, calib, seed=settings.seed, device=device)
-        stitches = list(net.stitches)
-        trained = [p for s in stitches for p in s.parameters()]  # the stitching layers alone: anchors frozen
-        for p in trained:
-            p.requires_grad_(True)
+    with channels_last_models([f, g], device):  # stored channels last where that is faster (klas.memory_format)
+        for i in blocks:
+            began = time.perf_counter()
+            js = by_source[i]
+            net, back = least_squares_stitches(f, g, i, js, calib, seed=settings.seed, device=device)
+            stitches = list(net.stitches)
+            trained = [p for s in stitches for p in s.parameters()]  # the stitching layers alone: anchors frozen
+            for p in trained:
+                p.requires_grad_(True)
 
-        @torch.no_grad()
-        def test_fronts():
-            for x, y in test_batches:
-                yield f.forward_front(x.to(device), i), y.to(device)
+            @torch.no_grad()
+            def test_fronts():
+                for x, y in test_batches:
+                    yield f.forward_front(x.to(device), i), y.to(device)
 
-        parts = [*f.blocks, *g.blocks]  # compiled where the compile mode asks (klas.compiling)
-        inference = should_compile(training=False, image_passes=len(test) * (1 + len(js)))
-        with torch.no_grad(), compiled_parts(parts, inference):
-            init = count_correct(test_fronts, stitches, back)
-        opt, sched = settings.optimizer(trained)  # the same AdamW and schedule as every training
-        bar = progress_bar(total=settings.steps, desc=f"recovery i={i} ({len(js)} stitches)", unit="step",
-                           disable=not progress or not dist.is_main())
-        training = should_compile(training=True, image_passes=settings.steps * settings.batch_size)
-        with compiled_parts(parts, training):
-            losses = []
-            for step, (x, y) in enumerate(step_batches):  # a whole pass, so that the batches are kept for the next block
-                bar.update(1)
-                x, y = x.to(device), y.to(device)
-                with torch.no_grad():
-                    h = f.forward_front(x, i)
-                loss = sum(torch.nn.functional.cross_entropy(back(s, st(h)), y) for s, st in enumerate(stitches))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(loss.detach() / len(stitches))  # read back every 20 steps, not one device sync a step
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
-        bar.close()
-        with torch.no_grad(), compiled_parts(parts, inference):
-            final = count_correct(test_fronts, stitches, back)
-        seconds = time.perf_counter() - began
-        for s, j in enumerate(js):
-            k = len(net.anchor_names) + s
-            result = {
-                "i": i, "j": j, "flops": net.route_flops(k), "top1_init": 100.0 * init[s][0] / max(init[s][1], 1),
-                "top1": 100.0 * final[s][0] / max(final[s][1], 1), "correct": final[s][0], "total": final[s][1],
-                "correct_init": init[s][0], "final_loss": float(losses[-1]) if losses else None,
-                "seconds_for_source_block": seconds, "inputs": inputs,
-            }
-            write_json_atomic(_result_path(out, i, j, repeat), result)
-            done[(i, j)] = result
-        log(f"[recovery] source block {i}: {len(js)} configurations in {seconds:.0f} s, top-1 "
-            f"{min(done[(i, j)]['top1'] for j in js):.2f}..{max(done[(i, j)]['top1'] for j in js):.2f}%")
+            parts = [*f.blocks, *g.blocks]  # compiled where the compile mode asks (klas.compiling)
+            inference = should_compile(training=False, image_passes=len(test) * (1 + len(js)))
+            with torch.no_grad(), compiled_parts(parts, inference):
+                init = count_correct(test_fronts, stitches, back)
+            opt, sched = settings.optimizer(trained)  # the same AdamW and schedule as every training
+            bar = progress_bar(total=settings.steps, desc=f"recovery i={i} ({len(js)} stitches)", unit="step",
+                               disable=not progress or not dist.is_main())
+            training = should_compile(training=True, image_passes=settings.steps * settings.batch_size)
+            with compiled_parts(parts, training):
+                losses = []
+                for step, (x, y) in enumerate(step_batches):  # a whole pass, so that the batches are kept for the next block
+                    bar.update(1)
+                    x, y = x.to(device), y.to(device)
+                    with torch.no_grad():
+                        h = f.forward_front(x, i)
+                    loss = sum(torch.nn.functional.cross_entropy(back(s, st(h)), y) for s, st in enumerate(stitches))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    losses.append(loss.detach() / len(stitches))  # read back every 20 steps, not one device sync a step
+                    if step % 20 == 0:
+                        bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
+            bar.close()
+            with torch.no_grad(), compiled_parts(parts, inference):
+                final = count_correct(test_fronts, stitches, back)
+            seconds = time.perf_counter() - began
+            for s, j in enumerate(js):
+                k = len(net.anchor_names) + s
+                result = {
+                    "i": i, "j": j, "flops": net.route_flops(k), "top1_init": 100.0 * init[s][0] / max(init[s][1], 1),
+                    "top1": 100.0 * final[s][0] / max(final[s][1], 1), "correct": final[s][0], "total": final[s][1],
+                    "correct_init": init[s][0], "final_loss": float(losses[-1]) if losses else None,
+                    "seconds_for_source_block": seconds, "inputs": inputs,
+                }
+                write_json_atomic(_result_path(out, i, j, repeat), result)
+                done[(i, j)] = result
+            log(f"[recovery] source block {i}: {len(js)} configurations in {seconds:.0f} s, top-1 "
+                f"{min(done[(i, j)]['top1'] for j in js):.2f}..{max(done[(i, j)]['top1'] for j in js):.2f}%")
     dist.barrier()
     for i, j in configs:  # other ranks' results
         if (i, j) not in done:

@@ -24,6 +24,7 @@ import torch
 
 from klas import distributed as dist
 from klas.compiling import compiled_parts, should_compile
+from klas.memory_format import channels_last_models
 from klas.anchors import Anchor, load_anchor
 from klas.anchors.registry import check_distinct_names
 from klas.anchors.base import LOGITS
@@ -213,7 +214,7 @@ def _fill(group: list[Anchor], writers: dict, source, indices, pending, *, split
     done = mine - len(todo)
     compiled = should_compile(training=False, image_passes=len(todo) * len(group))
     try:
-        with compiled_parts([b for a in group for b in a.blocks], compiled):
+        with channels_last_models(group, device), compiled_parts([b for a in group for b in a.blocks], compiled):
             for images, labels in (prefetched(loader) if num_workers == 0 else loader):
                 images, labels = images.to(device), labels.numpy()
                 shard = first.mine[min(done // first.shard_rows, len(first.mine) - 1)] if first.mine else 0

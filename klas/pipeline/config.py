@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from klas.compiling import COMPILE_MODES
+from klas.memory_format import MEMORY_FORMATS
 from klas.errors import ConfigError
 from klas.evaluation.recovery_settings import RecoverySection
 from klas.limits import FLOPS_UNIT, MAX_BUCKETS
@@ -97,6 +98,10 @@ class RunConfig(Section):
     compile: str = setting("auto", "torch.compile for the blocks and stitching layers: auto (inference stages "
                                    "with enough images; training stays eager), on (every stage), off", choices=COMPILE_MODES,
                            stage=None)
+    memory_format: str = setting("auto", "how the models' convolution weights and feature maps are stored while a "
+                                         "stage runs: auto (channels last on the CPU, contiguous on CUDA), "
+                                         "channels_last, contiguous; values equal within float rounding",
+                                 choices=MEMORY_FORMATS, stage=None)
     anchors: list[str] = setting([], "anchor specs (two or more)", stage="adapt")
     data: DataSection = field(default_factory=DataSection)
     adapt: AdaptSection = field(default_factory=AdaptSection)

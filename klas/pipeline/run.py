@@ -270,6 +270,7 @@ def _in_run_folder(cfg: RunConfig, log, work: Callable, extra_times: Sequence[di
 
     from klas.compiling import compile_mode
     from klas.devices import check_device
+    from klas.memory_format import memory_format_mode
 
     cfg = dataclasses.replace(cfg, device=check_device(cfg.device))
     dist.init_from_env(cfg.device, timeout_s=cfg.distributed.timeout_s)
@@ -277,7 +278,7 @@ def _in_run_folder(cfg: RunConfig, log, work: Callable, extra_times: Sequence[di
         log = _silent
     if dist.context().distributed:
         log(f"[ranks] {ranks_line(cfg, dist.context().world_size)}")
-    with _one_writer(cfg), compile_mode(cfg.compile):
+    with _one_writer(cfg), compile_mode(cfg.compile), memory_format_mode(cfg.memory_format):
         result = work(cfg, log)
         world = dist.context().world_size
         _record_times(Path(cfg.out), log, ranks_record(cfg, world) if world > 1 else None, extra=extra_times)

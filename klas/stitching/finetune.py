@@ -31,6 +31,7 @@ import torch
 
 from klas import distributed as dist
 from klas.compiling import compiled_parts, should_compile, supernet_parts
+from klas.memory_format import channels_last_models
 from klas.errors import KlasError
 from klas.extraction.data import prefetched
 from klas.files import torch_save_atomic
@@ -209,9 +210,10 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
         bar.set_postfix(loss=f"{values[-1]:.3f}")
         return values[-1]
 
-    # the blocks and stitching layers run compiled when the compile mode asks for it in training (klas.compiling)
+    # the blocks and stitching layers run compiled when the compile mode asks for it in training
+    # (klas.compiling), stored channels last where that is faster (klas.memory_format)
     compiled = should_compile(training=True, image_passes=(settings.steps - start) * settings.batch_size)
-    with compiled_parts(supernet_parts(net), compiled):
+    with channels_last_models([net], device), compiled_parts(supernet_parts(net), compiled):
         # batches are decoded on a background thread (or by the loader's workers) while a step runs
         for step, (images, labels) in enumerate(prefetched(loader) if settings.num_workers == 0 else loader, start=start):
             k = int(schedule[step])

@@ -14,7 +14,7 @@ no result, only speed, file layout or which methods run). From that one declarat
   fingerprints of checkpoints and recovery results are derived.
 
 `TrainingBudget` is the one budget of a training (adaptation, supernet finetuning, the recovery
-test): steps, batch, AdamW, linear warm-up then cosine decay.
+test): steps, batch, AdamW, linear warm-up then cosine decay, and the precision of its steps.
 
 This module is torch-free (the optimizer is built on demand), so that `klas --help` starts fast.
 """
@@ -29,9 +29,10 @@ from typing import Any, ClassVar
 
 from klas.errors import ConfigError
 
-__all__ = ["setting", "Section", "TrainingBudget", "parse_section", "check_value", "check_number", "choices_of",
+__all__ = ["setting", "Section", "TrainingBudget", "PRECISIONS", "parse_section", "check_value", "check_number", "choices_of",
            "describe_range", "is_section", "type_hints", "SECTION_STAGE", "MAX_INTEGER"]
 
+PRECISIONS = ("auto", "float32", "bfloat16")  # of a training's steps (klas.precision)
 MAX_INTEGER = 2**63  # larger integers are refused before they are compared with a float (which would overflow)
 SECTION_STAGE = object()  # a setting's stage is its section's
 
@@ -120,12 +121,16 @@ class Section:
 @dataclass(frozen=True)
 class TrainingBudget(Section):
     """The budget of a training: `steps` steps of `batch_size` images, AdamW at peak `lr` with
-    `weight_decay`, a linear warm-up over `warmup_fraction` of the steps, then a cosine decay to 0."""
+    `weight_decay`, a linear warm-up over `warmup_fraction` of the steps, then a cosine decay to 0;
+    the forward of each step in `precision` (klas.precision)."""
     steps: int = setting(0, "training steps", low=0, high=10**9)
     batch_size: int = setting(64, "images per step", low=1, high=65536)
     lr: float = setting(1e-4, "peak learning rate (AdamW, cosine)", low=0.0, high=100.0, open_low=True)
     weight_decay: float = setting(0.05, "AdamW weight decay", low=0.0, high=100.0)
     warmup_fraction: float = setting(0.05, "part of the steps spent warming up", low=0.0, high=1.0)
+    precision: str = setting("auto", "the training steps' forward: auto (bfloat16 autocast on CUDA, float32 on the "
+                                     "CPU), float32, or bfloat16 autocast on every device", choices=PRECISIONS,
+                             when_moved=True)
 
     def lr_factor(self, step: int) -> float:
         """The learning rate of `step` as a fraction of the peak."""

@@ -53,7 +53,9 @@ def _changed(cfg: RunConfig, dotted: str) -> RunConfig:
                "select.method": "snnet-nearest", "select.compare": ["cka"], "select.tau_mode": "absolute",
                "select.buckets": 5, "select.chain_rule": "nearest", "select.flops_range": "end-buckets",
                "finetune.protocols": ["snnet"], "finetune.anchors": "all", "evaluate.split": "val",
-               "recovery.methods": ["klas"], "name": "other", "out": "elsewhere", "device": "cuda", "compile": "on", "memory_format": "contiguous",
+               "recovery.methods": ["klas"], "adapt.precision": "bfloat16", "finetune.precision": "bfloat16",
+               "recovery.precision": "bfloat16", "name": "other", "out": "elsewhere", "device": "cuda", "compile": "on",
+               "memory_format": "contiguous",
                "anchors": ["cifar-resnet:20", "cifar-resnet:44"], "seeds": [3], "data.root": "/other"}
     if dotted in choices:
         node[name] = choices[dotted]

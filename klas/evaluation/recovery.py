@@ -33,6 +33,7 @@ import torch
 from klas import distributed as dist
 from klas.compiling import compiled_parts, should_compile
 from klas.memory_format import channels_last_models
+from klas.precision import training_autocast
 from klas.extraction.data import DecodedOnce
 from klas.limits import FLOPS_UNIT
 from klas.errors import CacheError, UsageError
@@ -182,9 +183,10 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
                 for step, (x, y) in enumerate(step_batches):  # a whole pass, so that the batches are kept for the next block
                     bar.update(1)
                     x, y = x.to(device), y.to(device)
-                    with torch.no_grad():
+                    with torch.no_grad(), training_autocast(settings.precision, device):
                         h = f.forward_front(x, i)
-                    loss = sum(torch.nn.functional.cross_entropy(back(s, st(h)), y) for s, st in enumerate(stitches))
+                    with training_autocast(settings.precision, device):
+                        loss = sum(torch.nn.functional.cross_entropy(back(s, st(h)), y) for s, st in enumerate(stitches))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

@@ -221,7 +221,8 @@ def stage_fingerprint(cfg: RunConfig, stage: str, method: str | None = None, met
     the settings only that method reads, when it has any: other methods' fingerprints stay as they were).
 
     Top-level settings enter by name, sections as one mapping of their result-changing settings
-    (by setting where the section says so); a section with adaptation off (0 steps) does not
+    (by setting where the section says so; a `when_moved` setting only when not at its default, so
+    that outputs stored before it existed keep their fingerprints); a section with adaptation off (0 steps) does not
     enter, so that a config without adaptation keeps the fingerprints of one without the section. From
     scoring on, the unit of the FLOPs the outputs record enters too (klas.limits.FLOPS_UNIT)."""
     if stage not in STAGES:
@@ -234,6 +235,8 @@ def stage_fingerprint(cfg: RunConfig, stage: str, method: str | None = None, met
             continue
         section = getattr(cfg, top)
         if top == "adapt" and cfg.adapt.steps == 0:
+            continue
+        if key not in section.result_values():  # a setting added later enters only when moved (`when_moved`)
             continue
         if section.FINGERPRINT_BY_SETTING:
             picked[name] = getattr(section, key)

@@ -2,8 +2,8 @@
 
 Each step trains one route drawn uniformly from a seeded `torch.Generator` (the whole schedule is
 drawn up front, so a resumed run draws the same routes); the batch order is a seeded permutation per
-epoch, also a function of the step. AdamW with a linear warm-up and a cosine decay; bf16 autocast on
-CUDA. A checkpoint (weights, optimizer, schedule position) is written every `checkpoint_every`
+epoch, also a function of the step. AdamW with a linear warm-up and a cosine decay; each step's forward
+in the settings' precision (klas.precision: bfloat16 autocast on CUDA by default). A checkpoint (weights, optimizer, schedule position) is written every `checkpoint_every`
 steps, atomically; run again with the same settings, finetuning continues from it.
 
 BatchNorm: every route shares the anchors' BatchNorm layers, and a step of one route would move
@@ -32,6 +32,7 @@ import torch
 from klas import distributed as dist
 from klas.compiling import compiled_parts, should_compile, supernet_parts
 from klas.memory_format import channels_last_models
+from klas.precision import training_autocast
 from klas.errors import KlasError
 from klas.extraction.data import prefetched
 from klas.files import torch_save_atomic
@@ -165,7 +166,6 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
     batches = StepBatches(len(dataset), settings.batch_size, settings.seed, start, settings.steps,
                           ctx.rank, ctx.world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=settings.num_workers)
-    amp = device.type == "cuda"
     model = net
     if ctx.distributed:  # every rank trains the same route at a step; the others' parameters are unused
         from torch.nn.parallel import DistributedDataParallel
@@ -218,7 +218,7 @@ def finetune(net: StitchedSupernet, dataset: torch.utils.data.Dataset, settings:
         for step, (images, labels) in enumerate(prefetched(loader) if settings.num_workers == 0 else loader, start=start):
             k = int(schedule[step])
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with training_autocast(settings.precision, device):
                 loss = torch.nn.functional.cross_entropy(model(images, k), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

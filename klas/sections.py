@@ -192,9 +192,11 @@ def _scalar(value, hint, meta: dict, path: str):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return check_number(value, meta, path)
+    choices = choices_of(meta)
+    if isinstance(value, bool) and choices is not None and {"on", "off"} <= set(choices):
+        value = "on" if value else "off"  # YAML 1.1 reads a bare on / off as true / false
     if not isinstance(value, str):
         raise ConfigError(f"{path}: expected a string, got {value!r}")
-    choices = choices_of(meta)
     if choices is not None and value not in choices:
         raise ConfigError(f"{path}: must be one of {list(choices)}, got {value!r}")
     return value

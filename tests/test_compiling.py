@@ -57,6 +57,9 @@ def test_the_config_takes_the_setting_and_refuses_others():
     base = {"anchors": ["cifar-resnet:8?pretrained=false", "cifar-resnet:14?pretrained=false"], "data": {"root": "x"}}
     assert validate_config(base).compile == "auto"
     assert validate_config({**base, "compile": "off"}).compile == "off"
+    # a bare off / on in YAML (a config file or --set compile=off) arrives as false / true
+    assert validate_config({**base, "compile": False}).compile == "off"
+    assert validate_config({**base, "compile": True}).compile == "on"
     with pytest.raises(ConfigError, match="compile"):
         validate_config({**base, "compile": "fast"})
 

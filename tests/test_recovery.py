@@ -341,3 +341,29 @@ def test_the_images_every_source_block_reads_are_decoded_once_with_the_same_resu
     assert kept[0] == again[0]
     assert kept[1:] == (8 + 3 * 4, 10)  # calibration + one pass of the steps; the test set once
     assert again[1:] == (8 + 3 * 3 * 4, 3 * 2 * 10)  # every block: its steps, the test set before and after
+
+
+def test_the_agreement_tool_compares_runs_and_repeats_against_the_measured_noise(tmp_path):
+    """tools/recovery_runs_agree.py on small reports written here: differences, the noise level, repeats."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def report(path, top1, repeats=None, sd=None):
+        configs = [{"i": 1, "j": k + 2, "top1": t, **({"top1_repeats": repeats[k]} if repeats else {})}
+                   for k, t in enumerate(top1)]
+        path.write_text(json.dumps({"configurations": configs, "noise": None if sd is None else {"sd_points": sd}}))
+        return str(path)
+
+    ref = report(tmp_path / "a.json", [80.0, 81.0, 82.0])
+    same = report(tmp_path / "b.json", [80.1, 80.9, 82.0])
+    seeds = report(tmp_path / "c.json", [80.5, 81.0, 83.0], repeats=[[80.0, 81.0], [81.0, 81.0], [82.0, 84.0]], sd=0.5)
+    tool = Path(__file__).parents[1] / "tools/recovery_runs_agree.py"
+    out = subprocess.run([sys.executable, str(tool), ref, same, seeds + "#1"], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    level = 1.96 * 2 ** 0.5 * 0.5
+    assert out[0] == f"noise: 0.500 points per run, 95% level of a difference {level:.2f}"
+    assert out[1].endswith(f"3 configurations, mean +0.000, sd 0.100, largest |difference| 0.10, 0 beyond {level:.2f}")
+    assert out[2].endswith(f"3 configurations, mean +1.000, sd 1.000, largest |difference| 2.00, 1 beyond {level:.2f}")
+    bad = subprocess.run([sys.executable, str(tool), ref, seeds + "#2"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "has no repeat 2" in bad.stderr and "Traceback" not in bad.stderr

@@ -45,7 +45,8 @@ def _declared_settings(cls) -> list[str]:
 FINETUNE_BASE = FinetuneSettings(steps=4, batch_size=8, lr=1e-2, weight_decay=0.05, warmup_fraction=0.5, seed=0,
                                  checkpoint_every=4)
 FINETUNE_MOVED = {"steps": 5, "batch_size": 6, "lr": 2e-2, "weight_decay": 1.0, "warmup_fraction": 0.0, "seed": 1,
-                  "freeze_bn": False, "stitches_only": True, "checkpoint_every": 1, "num_workers": 1}
+                  "freeze_bn": False, "stitches_only": True, "checkpoint_every": 1, "num_workers": 1,
+                  "precision": "bfloat16"}
 NOT_MOVED = {"device": "the device computes the same result (on the CPU here)"}
 
 
@@ -84,7 +85,7 @@ def test_a_moved_finetuning_setting_changes_the_weights_exactly_when_declared_to
 RECOVERY_BASE = RecoverySettings(steps=3, batch_size=8, lr=1e-2, weight_decay=0.0, warmup_fraction=0.0,
                                  calibration_images=16, seed=0)
 RECOVERY_MOVED = {"steps": 4, "batch_size": 6, "lr": 2e-2, "weight_decay": 0.5, "warmup_fraction": 0.5,
-                  "calibration_images": 24, "seed": 1,
+                  "calibration_images": 24, "seed": 1, "precision": "bfloat16",
                   # the scoring settings: they score the results, never change them (recovery_report reads them)
                   "delta": 1.0, "random_seeds": 3, "repeats": 2, "delta_from_noise": True, "test_limit": 10,
                   "methods": ["klas"]}

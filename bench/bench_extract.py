@@ -3,7 +3,8 @@
     pytest bench/bench_extract.py [--bench-data ROOT] --benchmark-json=RUN.json
 
 - bare (the baseline): the same images, decoded and normalised beforehand (not timed), then for each
-  anchor `torch.inference_mode()` forwards at the same batch size: what the models themselves cost;
+  anchor `torch.inference_mode()` forwards at the same batch size, the models stored as extraction
+  stores them (klas.memory_format: channels last on the CPU by default): what the models themselves cost;
 - klas: `klas.extract` of the same anchors on the same images into a fresh folder: decoding, every
   block's pooled output, the checks, float16 conversion, shards with checksums, the manifest.
 - bare, decoding in the loop: the same forwards over `DataLoader(ImageDataset)` batches, decoded as
@@ -36,6 +37,7 @@ from klas.anchors import load_anchor
 from klas.cache import read_manifest
 from klas.extraction.data import ImageDataset, split_for_anchor
 from klas.extraction.extract import cached_anchors, extract
+from klas.memory_format import channels_last_models
 
 SPECS = ("cifar-resnet:20?pretrained=false", "cifar-resnet:56?pretrained=false")
 GROUP = "extract"
@@ -67,14 +69,14 @@ def decoded(data: Path, images: int) -> torch.Tensor:
 
 
 def bare(x: torch.Tensor, batch_size: int) -> None:
-    with torch.inference_mode():
+    with torch.inference_mode(), channels_last_models(anchors(), "cpu"):  # the layout extraction uses
         for anchor in anchors():
             for start in range(0, len(x), batch_size):
                 anchor(x[start:start + batch_size])
 
 
 def bare_decoding(ds: ImageDataset, batch_size: int) -> None:
-    with torch.inference_mode():
+    with torch.inference_mode(), channels_last_models(anchors(), "cpu"):
         for x, _ in torch.utils.data.DataLoader(ds, batch_size=batch_size):
             for anchor in anchors():
                 anchor(x)

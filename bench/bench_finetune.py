@@ -29,6 +29,7 @@ from common import run_peer
 
 from klas.anchors import load_anchor
 from klas.extraction.data import ImageDataset, split_for_anchor
+from klas.memory_format import channels_last_models
 from klas.stitching.finetune import FinetuneSettings, StepBatches, finetune, training_plan
 from klas.stitching.settings import PROTOCOLS
 from klas.stitching.stitch import StitchedSupernet
@@ -81,13 +82,15 @@ def bare_setup(net, data, settings, predecoded):
 
 
 def bare_steps(net, opt, sched, schedule, loader) -> float:
-    """The training steps alone: same routes, batches, optimiser and schedule as `finetune`; the last loss."""
-    for step, (x, y) in enumerate(loader):
-        loss = torch.nn.functional.cross_entropy(net(x, int(schedule[step])), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+    """The training steps alone: same routes, batches, optimiser, schedule and model layout
+    (klas.memory_format) as `finetune`; the last loss."""
+    with channels_last_models([net], "cpu"):
+        for step, (x, y) in enumerate(loader):
+            loss = torch.nn.functional.cross_entropy(net(x, int(schedule[step])), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
     return loss.item()
 
 

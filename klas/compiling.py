@@ -28,10 +28,10 @@ The mode is set for a block of code with `compile_mode("on")` (klas run sets the
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import os
 import weakref
 from typing import Callable, Iterable, Iterator
+
+from klas.modes import ProcessMode
 
 __all__ = ["COMPILE_MODES", "AUTO_MIN_IMAGE_PASSES", "compile_mode", "current_mode", "should_compile",
            "compiled_parts", "supernet_parts"]
@@ -40,34 +40,18 @@ COMPILE_MODES = ("auto", "on", "off")
 AUTO_MIN_IMAGE_PASSES = 150_000  # images x routes (or anchors) of one stage; below it a cold compile may not pay
 RECOMPILE_LIMIT = 256  # graphs per forward function (one per block class, grid and batch shape)
 
-_mode: contextvars.ContextVar[str | None] = contextvars.ContextVar("klas_compile_mode", default=None)
+_MODE = ProcessMode(COMPILE_MODES, what="compile mode", setting="compile", env="KLAS_COMPILE")
 _failed: "weakref.WeakSet" = weakref.WeakSet()  # modules that could not be compiled: eager from then on
-
-
-def _checked(mode: str, where: str) -> str:
-    if mode not in COMPILE_MODES:
-        from klas.errors import UsageError
-
-        raise UsageError(f"{where}: compile mode {mode!r} is not one of {', '.join(COMPILE_MODES)}")
-    return mode
 
 
 def current_mode() -> str:
     """The compile mode in force: the innermost `compile_mode`, else $KLAS_COMPILE, else auto."""
-    mode = _mode.get()
-    if mode is not None:
-        return mode
-    return _checked(os.environ.get("KLAS_COMPILE", "auto").strip().lower() or "auto", "KLAS_COMPILE")
+    return _MODE.current()
 
 
-@contextlib.contextmanager
-def compile_mode(mode: str) -> Iterator[None]:
-    """Sets the compile mode (auto | on | off) inside the block."""
-    token = _mode.set(_checked(mode, "compile"))
-    try:
-        yield
-    finally:
-        _mode.reset(token)
+def compile_mode(mode: str):
+    """Sets the compile mode (auto | on | off) inside the `with` block."""
+    return _MODE.set(mode)
 
 
 def should_compile(*, training: bool, image_passes: int) -> bool:

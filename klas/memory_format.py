@@ -23,43 +23,26 @@ config's `memory_format`), or per process with the environment variable KLAS_MEM
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import os
 from typing import Iterable, Iterator
+
+from klas.modes import ProcessMode
 
 __all__ = ["MEMORY_FORMATS", "memory_format_mode", "current_memory_format", "uses_channels_last",
            "channels_last_models"]
 
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
-_mode: contextvars.ContextVar[str | None] = contextvars.ContextVar("klas_memory_format", default=None)
-
-
-def _checked(mode: str, where: str) -> str:
-    if mode not in MEMORY_FORMATS:
-        from klas.errors import UsageError
-
-        raise UsageError(f"{where}: memory format {mode!r} is not one of {', '.join(MEMORY_FORMATS)}")
-    return mode
+_MODE = ProcessMode(MEMORY_FORMATS, what="memory format", setting="memory_format", env="KLAS_MEMORY_FORMAT")
 
 
 def current_memory_format() -> str:
     """The mode in force: the innermost `memory_format_mode`, else $KLAS_MEMORY_FORMAT, else auto."""
-    mode = _mode.get()
-    if mode is not None:
-        return mode
-    raw = os.environ.get("KLAS_MEMORY_FORMAT", "auto").strip().lower() or "auto"
-    return _checked(raw, "KLAS_MEMORY_FORMAT")
+    return _MODE.current()
 
 
-@contextlib.contextmanager
-def memory_format_mode(mode: str) -> Iterator[None]:
-    """Sets the memory format mode (auto | channels_last | contiguous) inside the block."""
-    token = _mode.set(_checked(mode, "memory_format"))
-    try:
-        yield
-    finally:
-        _mode.reset(token)
+def memory_format_mode(mode: str):
+    """Sets the memory format mode (auto | channels_last | contiguous) inside the `with` block."""
+    return _MODE.set(mode)
 
 
 def uses_channels_last(device) -> bool:

@@ -88,6 +88,20 @@ def _first_call_seconds(fn) -> tuple[float, float]:
     return times[0], times[1]
 
 
+def inference_pass(model, z: dict, device: torch.device):
+    """A function running `model` over the inference group's random images in batches under inference
+    mode, its logits ``[images, classes]`` back once the device is done."""
+    batches = random_images(z["images"], 0).to(device).split(z["eval_batch"])
+
+    def forward():
+        with torch.inference_mode():
+            out = torch.cat([model(b) for b in batches])
+        synchronize(device)
+        return out
+
+    return forward
+
+
 def _compile_times(peer: str, parts, fn, backend: str) -> tuple[float | None, dict]:
     """For the compiled peer: the cold compile seconds, and the figures the report shows beside it."""
     if peer != "compiled":
@@ -107,14 +121,7 @@ def _break_even(compile_s: float, eager_s: float, compiled_s: float, units: int)
 def test_inference(benchmark, peer, smoke, device):
     z = sizes(smoke, device)
     a = anchor(z["depth"]).to(device)
-    x = random_images(z["images"], 0).to(device)
-    batches = x.split(z["eval_batch"])
-
-    def forward():
-        with torch.inference_mode():
-            out = torch.cat([a(b) for b in batches])
-        synchronize(device)
-        return out
+    forward = inference_pass(a, z, device)
 
     reference = forward()
     cold, extra = _compile_times(peer, a.blocks, forward, z["backend"])

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bench_compile import anchor, random_images, sizes, synchronize, training_setup
+from bench_compile import anchor, inference_pass, sizes, synchronize, training_setup
 from common import run_peer
 
 from klas.compiling import compiled_parts
@@ -48,13 +48,7 @@ TRAINING_PEERS = {**{peer: (layout, "float32") for peer, layout in FORMATS.items
 def test_inference(benchmark, peer, compiled, smoke, device):
     z = sizes(smoke, device)
     a = copy.deepcopy(anchor(z["depth"])).to(device)
-    batches = random_images(z["images"], 0).to(device).split(z["eval_batch"])
-
-    def forward():
-        with torch.inference_mode():
-            out = torch.cat([a(b) for b in batches])
-        synchronize(device)
-        return out
+    forward = inference_pass(a, z, device)
 
     reference = forward()
     with memory_format_mode(FORMATS[peer]), channels_last_models([a], device), \

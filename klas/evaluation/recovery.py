@@ -183,9 +183,9 @@ def train_configurations(f, g, configs: Sequence[tuple[int, int]], train, test, 
                 for step, (x, y) in enumerate(step_batches):  # a whole pass, so that the batches are kept for the next block
                     bar.update(1)
                     x, y = x.to(device), y.to(device)
-                    with torch.no_grad(), training_autocast(settings.precision, device):
-                        h = f.forward_front(x, i)
                     with training_autocast(settings.precision, device):
+                        with torch.no_grad():
+                            h = f.forward_front(x, i)
                         loss = sum(torch.nn.functional.cross_entropy(back(s, st(h)), y) for s, st in enumerate(stitches))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()

@@ -367,3 +367,22 @@ def test_the_agreement_tool_compares_runs_and_repeats_against_the_measured_noise
     assert out[2].endswith(f"3 configurations, mean +1.000, sd 1.000, largest |difference| 2.00, 1 beyond {level:.2f}")
     bad = subprocess.run([sys.executable, str(tool), ref, seeds + "#2"], capture_output=True, text=True)
     assert bad.returncode == 1 and "has no repeat 2" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_agreement_tool_refuses_a_file_that_is_not_a_recovery_report_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).parents[1] / "tools/recovery_runs_agree.py"
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"configurations": [{"i": 1, "j": 2, "top1": 80.0}]}))
+    for name, doc in (("no_top1.json", {"configurations": [{"i": 1, "j": 2}]}),
+                      ("text_top1.json", {"configurations": [{"i": 1, "j": 2, "top1": "80"}]}),
+                      ("no_list.json", {"configurations": 3})):
+        bad = tmp_path / name
+        bad.write_text(json.dumps(doc))
+        done = subprocess.run([sys.executable, str(tool), str(good), str(bad)], capture_output=True, text=True)
+        assert done.returncode == 1 and "not a recovery report" in done.stderr and "Traceback" not in done.stderr, name
+    done = subprocess.run([sys.executable, str(tool), str(good), f"{good}#x"], capture_output=True, text=True)
+    assert done.returncode == 1 and "a repeat is a whole number" in done.stderr

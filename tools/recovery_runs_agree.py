@@ -22,18 +22,36 @@ from klas.reading import read_json
 def read_run(spec: str) -> tuple[dict[tuple[int, int], float], float | None]:
     """({(i, j): top-1}, the measured noise sd or None) of `PATH[#R]`."""
     path, _, repeat = spec.partition("#")
+    if repeat and not repeat.isdigit():
+        raise CacheError(f"{spec}: a repeat is a whole number after '#', e.g. {path}#0")
     doc = read_json(path, what="recovery report", error=CacheError, fix="give a recovery.json of `klas recovery`")
-    noise = (doc.get("noise") or {}).get("sd_points")
-    top1 = {}
-    for c in doc["configurations"]:
-        if repeat:
-            values = c.get("top1_repeats") or []
-            if int(repeat) >= len(values):
-                raise CacheError(f"{path}: configuration ({c['i']}, {c['j']}) has no repeat {repeat}")
-            top1[(c["i"], c["j"])] = float(values[int(repeat)])
-        else:
-            top1[(c["i"], c["j"])] = float(c["top1"])
-    return top1, float(noise) if noise is not None else None
+    try:
+        noise = (doc.get("noise") or {}).get("sd_points")
+        top1 = {}
+        for c in doc["configurations"]:
+            key = (whole(c["i"]), whole(c["j"]))
+            if repeat:
+                values = c.get("top1_repeats") or []
+                if int(repeat) >= len(values):
+                    raise CacheError(f"{path}: configuration {key} has no repeat {repeat}")
+                top1[key] = finite(values[int(repeat)])
+            else:
+                top1[key] = finite(c["top1"])
+        return top1, None if noise is None else finite(noise)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise CacheError(f"{path}: not a recovery report of `klas recovery` ({type(e).__name__}: {e})") from None
+
+
+def whole(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a block index, got {value!r}")
+    return value
+
+
+def finite(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return float(value)
 
 
 def rows(specs: list[str]) -> list[str]:

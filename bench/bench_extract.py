@@ -14,7 +14,13 @@ Best of 3 rounds each, no warm-up round (a round is long enough that first-call 
 matter). The ratio (baseline best / klas best) is the fraction of a plain decode-and-forward loop's speed
 that extraction reaches (target ≥ 0.95); `bare`'s shows what decoding costs.
 
-A second group, `decode`, times the JPEG decoders on the same images' bytes (read beforehand): PIL
+A second group, `extract, interleaved`, times klas and the plain decode-and-forward loop in 6 rounds
+of one run each, taking turns (the order alternating): on a shared machine whose speed drifts by
+more than the gap between the peers, the consecutive rounds of the first group can each fall in
+another phase of the drift. It records the ratio round by round (plain loop seconds / klas seconds:
+median, lowest, highest) beside each peer's median seconds; its `best s` is the whole group's time.
+
+A third group, `decode`, times the JPEG decoders on the same images' bytes (read beforehand): PIL
 (the baseline, what ImageDataset uses), PIL with `draft`, and torchvision's libjpeg-turbo
 `decode_jpeg`, one image a call and in batches; each peer's pixels are compared with PIL's. Anchors: ResNet-20 and ResNet-56 with random weights (the cost does not depend on
 the weights); 5,000 train images at batch 256 (smoke: 64 images at batch 32).
@@ -24,6 +30,7 @@ from __future__ import annotations
 import io
 import shutil
 import tempfile
+import time
 from functools import cache
 from pathlib import Path
 
@@ -31,7 +38,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from common import run_peer
+from common import interleaved_seconds, paired_ratios, run_peer
 
 from klas.anchors import load_anchor
 from klas.cache import read_manifest
@@ -41,6 +48,8 @@ from klas.memory_format import channels_last_models
 
 SPECS = ("cifar-resnet:20?pretrained=false", "cifar-resnet:56?pretrained=false")
 GROUP = "extract"
+PAIRED_GROUP = "extract, interleaved"
+PAIRED_ROUNDS = 6
 BASELINE = "bare, decoding in the loop"
 
 
@@ -99,27 +108,57 @@ def test_bare(benchmark, image_root, smoke):
              work_unit="images", images=len(x), batch=batch_size, data=image_root.name)
 
 
+def fresh_folder() -> Path:
+    return Path(tempfile.mkdtemp(prefix="klas-bench-extract-"))
+
+
+def klas_extract(image_root: Path, images: int, batch_size: int, out: Path) -> None:
+    extract(list(anchors()), image_root, out, splits=("train",), batch_size=batch_size, limit=images, progress=False)
+
+
+def check_and_remove(out: Path, n: int) -> None:
+    """Checks that extraction wrote `n` rows for every anchor, then removes its folder."""
+    try:
+        rows = {name: read_manifest(out / name / "train").num_samples for name in cached_anchors(out, "train")}
+        assert len(rows) == len(SPECS) and set(rows.values()) == {n}, f"extraction wrote {rows}, expected {n} rows each"
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def test_klas(benchmark, image_root, smoke):
     images, batch_size, rounds = sizes(smoke)
     n = len(decoded(image_root, images))
-
-    def fresh_folder():
-        return (Path(tempfile.mkdtemp(prefix="klas-bench-extract-")),), {}
-
-    def run(out):
-        extract(list(anchors()), image_root, out, splits=("train",), batch_size=batch_size, limit=images,
-                progress=False)
-
-    def check_and_remove(out):
-        try:
-            rows = {name: read_manifest(out / name / "train").num_samples for name in cached_anchors(out, "train")}
-            assert len(rows) == len(SPECS) and set(rows.values()) == {n}, f"extraction wrote {rows}, expected {n} rows each"
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
-
-    run_peer(benchmark, run, setup=fresh_folder, teardown=check_and_remove, group=GROUP, peer="klas",
-             baseline=BASELINE, rounds=rounds, warmup=False, work=n * len(SPECS), work_unit="images",
+    run_peer(benchmark, lambda out: klas_extract(image_root, images, batch_size, out),
+             setup=lambda: ((fresh_folder(),), {}), teardown=lambda out: check_and_remove(out, n), group=GROUP,
+             peer="klas", baseline=BASELINE, rounds=rounds, warmup=False, work=n * len(SPECS), work_unit="images",
              images=n, batch=batch_size, data=image_root.name)
+
+
+def test_klas_paired(benchmark, image_root, smoke):
+    """klas against the plain decode-and-forward loop in interleaved rounds (one of each per round,
+    the order alternating): the machine's drift between the groups' consecutive rounds above falls on
+    both alike, and the ratio is taken round by round."""
+    images, batch_size, _ = sizes(smoke)
+    rounds = 2 if smoke else PAIRED_ROUNDS
+    ds = dataset(image_root, images)
+    n = len(ds)
+
+    def timed(fn):
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    def klas_once():
+        out = fresh_folder()
+        seconds = timed(lambda: klas_extract(image_root, images, batch_size, out))
+        check_and_remove(out, n)
+        return seconds
+
+    peers = {BASELINE: lambda: timed(lambda: bare_decoding(ds, batch_size)), "klas": klas_once}
+    seconds = run_peer(benchmark, lambda: interleaved_seconds(peers, rounds), group=PAIRED_GROUP,
+                       peer="klas and the plain loop, interleaved", baseline="klas and the plain loop, interleaved",
+                       rounds=1, warmup=False, images=n, batch=batch_size, data=image_root.name)
+    benchmark.extra_info.update(paired_ratios(seconds[BASELINE], seconds["klas"]))
 
 
 # ---- the JPEG decoders ----------------------------------------------------------------------------

@@ -46,6 +46,30 @@ def best_seconds(fn, repeats: int = 3, sync=lambda: None) -> float:
     return best
 
 
+def interleaved_seconds(peers: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds of every peer in each of `rounds` rounds, the peers taking turns within a round and
+    the order rotated from round to round, so that the machine's drift (a neighbour's load, clock
+    changes) falls on every peer alike. `peers` maps a name to a callable that runs the work once and
+    returns the seconds it measured itself (so that its own setup and checks stay untimed)."""
+    names = list(peers)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            seconds[name].append(float(peers[name]()))
+    return seconds
+
+
+def paired_ratios(baseline: list[float], peer: list[float]) -> dict:
+    """The speed of `peer` relative to `baseline` round by round (baseline seconds / peer seconds of
+    the same round: above 1 is faster): median, lowest and highest, and the rounds."""
+    import statistics
+
+    ratios = [b / p for b, p in zip(baseline, peer, strict=True)]
+    return {"ratio_median": statistics.median(ratios), "ratio_low": min(ratios), "ratio_high": max(ratios),
+            "pairs": len(ratios), "baseline_median_s": statistics.median(baseline),
+            "peer_median_s": statistics.median(peer)}
+
+
 def run_peer(benchmark, fn, *, group: str, peer: str, baseline: str, rounds: int, setup=None, teardown=None,
              warmup: bool = True, **extra):
     """Times `fn` as `peer` of `group` (best and median over `rounds`, after one untimed warm-up run

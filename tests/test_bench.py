@@ -52,7 +52,11 @@ def test_every_suite_runs_and_reports_its_ratios(tmp_path):
     for group, entries in groups.items():
         peers = [e["extra_info"]["peer"] for e in entries]
         assert entries[0]["extra_info"]["baseline"] in peers, f"{group}: its baseline did not run"
-        assert len(peers) >= 2, f"{group}: nothing to compare"
+        paired = len(entries) == 1 and "ratio_median" in entries[0]["extra_info"]  # its peers timed inside one entry
+        assert len(peers) >= 2 or paired, f"{group}: nothing to compare"
+    interleaved = groups["extract, interleaved"][0]["extra_info"]
+    assert interleaved["pairs"] == 2
+    assert interleaved["ratio_low"] <= interleaved["ratio_median"] <= interleaved["ratio_high"]
 
     text = report.render(report.load_run(out))
     assert "scale smoke (not for quoting)" in text
@@ -98,3 +102,26 @@ def test_report_ratios_and_rates(tmp_path):
     assert "commit abcdef1, CPU X, 2 cores" in text
     assert "| slow | 2 | 2.5 | 3 | 1.00x | 5 | 25.0% | - |" in text
     assert "| fast | 0.5 | 0.6 | 3 | 4.00x | 20 | 100.0% | 2.0e-06 |" in text
+
+
+def test_interleaved_rounds_rotate_the_order_and_pair_the_ratios():
+    from common import interleaved_seconds, paired_ratios
+
+    calls = []
+
+    def peer(name, seconds):
+        def run():
+            calls.append(name)
+            return seconds
+        return run
+
+    got = interleaved_seconds({"a": peer("a", 2.0), "b": peer("b", 1.0), "c": peer("c", 4.0)}, rounds=3)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert got == {"a": [2.0] * 3, "b": [1.0] * 3, "c": [4.0] * 3}
+
+    ratios = paired_ratios([2.0, 3.0, 4.0], [1.0, 4.0, 2.0])  # round by round: 2, 0.75, 2
+    assert ratios["ratio_median"] == pytest.approx(2.0)
+    assert (ratios["ratio_low"], ratios["ratio_high"], ratios["pairs"]) == (0.75, 2.0, 3)
+    assert (ratios["baseline_median_s"], ratios["peer_median_s"]) == (3.0, 2.0)
+    with pytest.raises(ValueError):
+        paired_ratios([1.0, 2.0], [1.0])

@@ -291,3 +291,36 @@ def test_verdict_says_no_significant_difference_when_the_interval_covers_zero():
     assert verdict({"mean": -0.4, "low": -0.7, "high": -0.1}) == "lower"
     assert verdict({"mean": 0.4, "low": None, "high": None}) == "one seed: no interval"
     assert verdict({"mean": None, "low": None, "high": None, "n": 0}).startswith("no value in any seed")
+
+
+def test_the_runs_agreement_tool_compares_two_reports_against_the_seed_to_seed_deviation(tmp_path):
+    """tools/runs_agree.py on small reports written here: each figure's difference and its verdict."""
+    import subprocess
+    import sys
+
+    def report(name, auc_a, auc_b, delta, anchor_top1):
+        anchor = {"name": "r20", "source": "r20", "target": "r20", "top1": anchor_top1}
+        stitch = {"name": "r20:1->r56:3", "source": "r20", "target": "r56", "top1": 50.0}
+        doc = {"methods": {"a": {"auc": auc_a}, "b": {"auc": auc_b}}, "results": {"a": [anchor, stitch], "b": [anchor]},
+               "comparisons": [{"ours": "a", "baseline": "b", "delta_auc": auc_a - auc_b,
+                                "stitches_only": {"delta_auc": delta}}]}
+        path = tmp_path / name
+        path.write_text(json.dumps(doc))
+        return str(path)
+
+    ref = report("ref.json", 80.0, 81.0, -0.5, 90.0)
+    other = report("other.json", 80.1, 82.0, -0.4, 90.0)
+    seeds = [report(f"seed{k}.json", 80.0 + k / 10, 81.0 + k / 10, -0.5 + k / 10, 90.0 + k) for k in range(3)]
+    tool = Path(__file__).parents[1] / "tools/runs_agree.py"
+    out = subprocess.run([sys.executable, str(tool), ref, other, "--noise", *seeds], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    level = 1.96 * 2 ** 0.5 * 0.1  # the seeds' sd of every figure but the anchor's top-1 (sd 1)
+    assert out[1] == f"AUC a: 80.00 -> 80.10, difference +0.10 (seed sd 0.10, 95% level {level:.2f}: within)"
+    assert out[2] == f"AUC b: 81.00 -> 82.00, difference +1.00 (seed sd 0.10, 95% level {level:.2f}: BEYOND)"
+    assert out[3].startswith("top-1 a r20: 90.00 -> 90.00, difference +0.00 (seed sd 1.00")
+    assert out[5].startswith("ΔAUC a - b, all routes: -1.00 -> -1.90, difference -0.90") and "BEYOND" in out[5]
+    assert out[6].startswith("ΔAUC a - b, stitches only: -0.50 -> -0.40, difference +0.10") and out[6].endswith("within)")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"methods": {"a": {"auc": "80"}}}))
+    done = subprocess.run([sys.executable, str(tool), ref, str(bad)], capture_output=True, text=True)
+    assert done.returncode == 1 and "not a report of `klas run`" in done.stderr and "Traceback" not in done.stderr

@@ -54,10 +54,15 @@ def finite(value) -> float:
     return float(value)
 
 
+def difference_level(sd: float) -> float:
+    """What two single runs of different seeds differ by at the 95% level, for a run-to-run sd."""
+    return 1.96 * math.sqrt(2) * sd
+
+
 def rows(specs: list[str]) -> list[str]:
     runs = [read_run(s) for s in specs]
     sd = next((noise for _, noise in runs if noise is not None), None)
-    level = None if sd is None else 1.96 * math.sqrt(2) * sd
+    level = None if sd is None else difference_level(sd)
     out = [f"noise: {'not measured in these files' if sd is None else f'{sd:.3f} points per run, 95% level of a difference {level:.2f}'}"]
     reference = runs[0][0]
     for spec, (top1, _) in zip(specs[1:], runs[1:]):

@@ -1,0 +1,77 @@
+"""Whether two runs of one comparison with other execution settings give the same results.
+
+    python tools/runs_agree.py REFERENCE.json OTHER.json [--noise SEED.json SEED.json ...]
+
+REFERENCE and OTHER are report.json files of `klas run` (one protocol each, e.g.
+runs/X/seed-0/report/snnet/report.json). For each figure both hold, every method's AUC and its
+anchors' top-1, and each comparison's ΔAUC over all routes and over the stitches only, it prints
+both values and their difference. With --noise, the reports of the same comparison under other
+seeds: each figure's standard deviation across them, and whether the difference lies within what
+two single runs of different seeds differ by at the 95% level (1.96·√2 times that deviation, as
+tools/recovery_runs_agree.py). Same seed, settings that change only rounding: far inside that.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+from recovery_runs_agree import difference_level, finite
+
+from klas.errors import CacheError
+from klas.reading import read_json
+
+
+def figures(path: str) -> dict[str, float]:
+    """{figure name: value} of one report.json."""
+    doc = read_json(path, what="run report", error=CacheError, fix="give a report.json of `klas run`")
+    try:
+        out = {}
+        for method, facts in doc["methods"].items():
+            out[f"AUC {method}"] = finite(facts["auc"])
+        for method, routes in doc["results"].items():
+            for route in routes:
+                if route["source"] == route["target"]:
+                    out[f"top-1 {method} {route['name']}"] = finite(route["top1"])
+        for c in doc["comparisons"]:
+            pair = f"{c['ours']} - {c['baseline']}"
+            out[f"ΔAUC {pair}, all routes"] = finite(c["delta_auc"])
+            stitches = (c.get("stitches_only") or {}).get("delta_auc")
+            if stitches is not None:
+                out[f"ΔAUC {pair}, stitches only"] = finite(stitches)
+        return out
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise CacheError(f"{path}: not a report of `klas run` ({type(e).__name__}: {e})") from None
+
+
+def rows(reference: str, other: str, noise: list[str]) -> list[str]:
+    ref, new = figures(reference), figures(other)
+    seeds = [figures(p) for p in noise]
+    out = [f"{other} - {reference}" + (f"; seed-to-seed deviation from {len(seeds)} reports" if seeds else "")]
+    for name in [k for k in ref if k in new]:
+        line = f"{name}: {ref[name]:.2f} -> {new[name]:.2f}, difference {new[name] - ref[name]:+.2f}"
+        values = [s[name] for s in seeds if name in s]
+        if len(values) >= 2:
+            level = difference_level(statistics.stdev(values))
+            verdict = "within" if abs(new[name] - ref[name]) <= level else "BEYOND"
+            line += f" (seed sd {statistics.stdev(values):.2f}, 95% level {level:.2f}: {verdict})"
+        out.append(line)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("reference")
+    parser.add_argument("other")
+    parser.add_argument("--noise", nargs="*", default=[], help="reports of the same comparison under other seeds")
+    args = parser.parse_args(argv)
+    try:
+        print("\n".join(rows(args.reference, args.other, args.noise)))
+    except CacheError as e:
+        print(f"runs_agree: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -324,3 +324,30 @@ def test_the_runs_agreement_tool_compares_two_reports_against_the_seed_to_seed_d
     bad.write_text(json.dumps({"methods": {"a": {"auc": "80"}}}))
     done = subprocess.run([sys.executable, str(tool), ref, str(bad)], capture_output=True, text=True)
     assert done.returncode == 1 and "not a report of `klas run`" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_timings_tool_matches_stages_by_folder_and_sums_each_kind(tmp_path):
+    """tools/timings_ratio.py on two small timings.json written here."""
+    import subprocess
+    import sys
+
+    def timings(name, rows):
+        path = tmp_path / name
+        path.write_text(json.dumps({"format": "klas-timings", "version": 1,
+                                    "stages": [{"stage": s, "folder": f, "seconds": t} for s, f, t in rows]}))
+        return str(path)
+
+    before = timings("before.json", [("adapt", "seed-0/adapted", 100.0), ("finetune", "seed-0/a", 300.0),
+                                     ("finetune", "seed-0/b", 100.0), ("evaluate", "seed-0/only-before", 7.0)])
+    after = timings("after.json", [("adapt", "seed-0/adapted", 50.0), ("finetune", "seed-0/a", 150.0),
+                                   ("finetune", "seed-0/b", 100.0)])
+    tool = Path(__file__).parents[1] / "tools/timings_ratio.py"
+    out = subprocess.run([sys.executable, str(tool), before, after], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    finetune = next(line for line in out if line.startswith("finetune") and "(all)" in line).split()
+    assert finetune[-3:] == ["400.0", "250.0", "1.60x"]
+    assert out[-2].split()[-3:] == ["500.0", "300.0", "1.67x"]  # the stage only one ran is left out
+    assert out[-1] == "only before: seed-0/only-before"
+    bad = timings("bad.json", [("adapt", "seed-0/adapted", "100")])
+    done = subprocess.run([sys.executable, str(tool), before, bad], capture_output=True, text=True)
+    assert done.returncode == 1 and "not the timings of a klas run" in done.stderr and "Traceback" not in done.stderr

@@ -320,6 +320,9 @@ def test_the_runs_agreement_tool_compares_two_reports_against_the_seed_to_seed_d
     assert out[3].startswith("top-1 a r20: 90.00 -> 90.00, difference +0.00 (seed sd 1.00")
     assert out[5].startswith("ΔAUC a - b, all routes: -1.00 -> -1.90, difference -0.90") and "BEYOND" in out[5]
     assert out[6].startswith("ΔAUC a - b, stitches only: -0.50 -> -0.40, difference +0.10") and out[6].endswith("within)")
+    pooled = 0.5 ** 0.5  # the anchor's top-1 varies by 1 across the seeds, the stitch's not at all
+    assert out[7] == ("routes of a: 2 in both, mean difference +0.00, largest |difference| 0.00 (per-route seed sd "
+                      f"{pooled:.2f} over 2 routes, 95% level {1.96 * 2 ** 0.5 * pooled:.2f}: 0 beyond)")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"methods": {"a": {"auc": "80"}}}))
     done = subprocess.run([sys.executable, str(tool), ref, str(bad)], capture_output=True, text=True)

@@ -5,10 +5,11 @@
 REFERENCE and OTHER are report.json files of `klas run` (one protocol each, e.g.
 runs/X/seed-0/report/snnet/report.json). For each figure both hold, every method's AUC and its
 anchors' top-1, and each comparison's ΔAUC over all routes and over the stitches only, it prints
-both values and their difference. With --noise, the reports of the same comparison under other
+both values and their difference; then, per method, the top-1 differences of the routes both hold. With --noise, the reports of the same comparison under other
 seeds: each figure's standard deviation across them, and whether the difference lies within what
 two single runs of different seeds differ by at the 95% level (1.96·√2 times that deviation, as
-tools/recovery_runs_agree.py). Same seed, settings that change only rounding: far inside that.
+tools/recovery_runs_agree.py), and for the routes how many lie beyond that level of the per-route
+deviation (pooled over the routes every seed holds). Same seed, settings that change only rounding: far inside that.
 """
 from __future__ import annotations
 
@@ -22,9 +23,13 @@ from klas.errors import CacheError
 from klas.reading import read_json
 
 
+def read_report(path: str) -> dict:
+    return read_json(path, what="run report", error=CacheError, fix="give a report.json of `klas run`")
+
+
 def figures(path: str) -> dict[str, float]:
     """{figure name: value} of one report.json."""
-    doc = read_json(path, what="run report", error=CacheError, fix="give a report.json of `klas run`")
+    doc = read_report(path)
     try:
         out = {}
         for method, facts in doc["methods"].items():
@@ -44,6 +49,38 @@ def figures(path: str) -> dict[str, float]:
         raise CacheError(f"{path}: not a report of `klas run` ({type(e).__name__}: {e})") from None
 
 
+def route_top1(path: str) -> dict[str, dict[str, float]]:
+    """{method: {route name: top-1}} of one report.json."""
+    doc = read_report(path)
+    try:
+        return {method: {str(r["name"]): finite(r["top1"]) for r in routes} for method, routes in doc["results"].items()}
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise CacheError(f"{path}: not a report of `klas run` ({type(e).__name__}: {e})") from None
+
+
+def route_rows(reference: str, other: str, noise: list[str]) -> list[str]:
+    """Per method, the routes both reports hold: their top-1 differences, and with `noise` how many
+    lie beyond the 95% level of the per-route seed-to-seed deviation (pooled over the routes that
+    every noise report holds)."""
+    ref, new = route_top1(reference), route_top1(other)
+    seeds = [route_top1(p) for p in noise]
+    out = []
+    for method in [m for m in ref if m in new]:
+        names = [n for n in ref[method] if n in new[method]]
+        if not names:
+            continue
+        d = [new[method][n] - ref[method][n] for n in names]
+        line = f"routes of {method}: {len(names)} in both, mean difference {statistics.mean(d):+.2f}, largest |difference| {max(map(abs, d)):.2f}"
+        held = [n for n in names if len(seeds) >= 2 and all(n in s.get(method, {}) for s in seeds)]
+        if held:
+            pooled = statistics.mean([statistics.variance([s[method][n] for s in seeds]) for n in held]) ** 0.5
+            level = difference_level(pooled)
+            line += (f" (per-route seed sd {pooled:.2f} over {len(held)} routes, 95% level {level:.2f}: "
+                     f"{sum(abs(x) > level for x in d)} beyond)")
+        out.append(line)
+    return out
+
+
 def rows(reference: str, other: str, noise: list[str]) -> list[str]:
     ref, new = figures(reference), figures(other)
     seeds = [figures(p) for p in noise]
@@ -56,7 +93,7 @@ def rows(reference: str, other: str, noise: list[str]) -> list[str]:
             verdict = "within" if abs(new[name] - ref[name]) <= level else "BEYOND"
             line += f" (seed sd {statistics.stdev(values):.2f}, 95% level {level:.2f}: {verdict})"
         out.append(line)
-    return out
+    return out + route_rows(reference, other, noise)
 
 
 def main(argv: list[str] | None = None) -> int:

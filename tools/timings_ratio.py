@@ -9,8 +9,9 @@ each stage kind and the total: seconds before, after, and before / after (above 
 """
 from __future__ import annotations
 
-import math
 import sys
+
+from recovery_runs_agree import finite
 
 from klas.errors import CacheError
 from klas.reading import read_json
@@ -24,11 +25,10 @@ def read_timings(path: str) -> dict[str, tuple[str, float]]:
             raise ValueError(f"format is {doc['format']!r}")
         out = {}
         for row in doc["stages"]:
-            seconds = row["seconds"]
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
-                    or seconds < 0:
+            seconds = finite(row["seconds"])
+            if seconds < 0:
                 raise ValueError(f"seconds {seconds!r} of {row.get('folder')!r}")
-            out[str(row["folder"])] = (str(row["stage"]), float(seconds))
+            out[str(row["folder"])] = (str(row["stage"]), seconds)
         return out
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise CacheError(f"{path}: not the timings of a klas run ({type(e).__name__}: {e})") from None

@@ -92,7 +92,8 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "theta_sums",
       [](const py::object& src, const py::object& tgt, float inv_temperature, const py::object& self_term,
-         const py::object& cross, const py::object& shift, int threads, int64_t block_bytes, const std::string& isa) {
+         const py::object& cross, const py::object& shift, int threads, int64_t block_bytes, const std::string& isa,
+         float max_abs_logit) {
         const auto chosen = std::find_if(kThetaIsas.begin(), kThetaIsas.end(), [&](const auto& e) { return e.first == isa; });
         if (chosen == kThetaIsas.end()) throw std::invalid_argument("isa must be auto, baseline, avx2 or avx512, got " + isa);
         const klas::LogitRows s = logit_rows(src, "src");
@@ -109,16 +110,21 @@ PYBIND11_MODULE(_C, m) {
         const py::ssize_t kt = tgt.is_none() ? s.probes : t.probes;
         const klas::ThetaSums sums{float64_sums(self_term, "self_term", s.probes),
                                    float64_sums(cross, "cross", s.probes * kt), float64_sums(shift, "shift", kt)};
+        if (std::isnan(max_abs_logit) || max_abs_logit < 0.0f)
+          throw std::invalid_argument("max_abs_logit must be a number >= 0 (inf: no bound)");
         py::gil_scoped_release release;
-        klas::theta_sums(s, tgt.is_none() ? nullptr : &t, inv_temperature, sums, threads, block_bytes, chosen->second);
+        return klas::theta_sums(s, tgt.is_none() ? nullptr : &t, inv_temperature, sums, threads, block_bytes,
+                                chosen->second, max_abs_logit);
       },
       py::arg("src"), py::arg("tgt"), py::arg("inv_temperature"), py::arg("self_term"), py::arg("cross"),
       py::arg("shift"), py::arg("threads") = 1, py::arg("block_bytes") = 0, py::arg("isa") = "auto",
+      py::arg("max_abs_logit") = std::numeric_limits<float>::infinity(),
       "Adds the Θ sums of logits src float32 [Ks, N, C] against tgt [Kt, N, C] (None: src against\n"
       "itself), classes contiguous, to the float64 arrays self_term [Ks] (sum of p log p), cross\n"
       "[Ks, Kt] (sum of p_a u_b) and shift [Kt] (sum of log-sum-exp); see csrc/theta_cpu.h.\n"
       "block_bytes: the per-thread buffer of one block of samples (0: default); isa: auto, baseline,\n"
-      "avx2 or avx512 (one this CPU supports; see THETA_ISAS).");
+      "avx2 or avx512 (one this CPU supports; see THETA_ISAS). Returns the largest |logit| read (inf\n"
+      "if any is NaN or +-Inf); when it exceeds max_abs_logit nothing is added.");
   {
     py::list supported;
     for (const auto& [name, isa] : kThetaIsas)

@@ -12,14 +12,17 @@
 //   bytes: the logits read once from memory, (Ks + Kt)·N·C·4; p and u are written to and read
 //          back from a per-thread block buffer sized to stay in L2, never to memory.
 // So it is compute bound: the cross product runs as 3×3 register tiles of dot products (9 FMAs
-// per 6 loads), the threads take disjoint sample ranges with their own buffers and sums.
+// per 6 loads; 4×4 with AVX-512), the threads take disjoint sample ranges with their own buffers
+// and sums. With few classes (C ≤ 32, where one row fills less than a vector) the softmax runs on
+// one sample per lane, the classes of a vector's samples gathered, instead of one row at a time.
 //
 // Numerics: each block's fp32 tile sums cover a few samples (u is bounded by one sample's logit
-// range), and blocks add up in float64, as in the PyTorch twin. A row holding NaN or ±Inf makes
-// its L NaN, so self_term (a bad source row) or shift (a bad target row) comes out NaN.
+// range), and blocks add up in float64, as in the PyTorch twin. A NaN or ±Inf logit is reported
+// through the returned largest |logit| (+Inf), and without a bound its sums come out NaN.
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 namespace klas {
 
@@ -51,7 +54,11 @@ bool theta_isa_supported(ThetaIsa isa);
 // once, Σ p log p from the product's diagonal). `threads` ≥ 1 threads take disjoint sample ranges.
 // `block_bytes`: the per-thread buffer of p and u for one block of samples (0: the default).
 // `isa`: kAuto takes the widest the CPU supports; an unsupported one throws std::invalid_argument.
-void theta_sums(const LogitRows& src, const LogitRows* tgt, float inv_temperature, const ThetaSums& out,
-                int threads, int64_t block_bytes, ThetaIsa isa = ThetaIsa::kAuto);
+// Returns the largest |logit| read (+Inf if any is NaN or ±Inf); when that is not ≤ max_abs_logit,
+// nothing is added, so a caller's range check costs no pass of its own and a refused chunk leaves
+// the sums as they were.
+float theta_sums(const LogitRows& src, const LogitRows* tgt, float inv_temperature, const ThetaSums& out,
+                 int threads, int64_t block_bytes, ThetaIsa isa = ThetaIsa::kAuto,
+                 float max_abs_logit = std::numeric_limits<float>::infinity());
 
 }  // namespace klas

@@ -125,11 +125,14 @@ def _isas():
 
 
 @native
-@pytest.mark.parametrize("ks,kt,n,c", [(7, 5, 1001, 37), (3, 4, 513, 10), (2, 3, 97, 1000), (5, 1, 3, 8), (1, 2, 2, 1)])
+@pytest.mark.parametrize("ks,kt,n,c", [(7, 5, 1001, 37), (3, 4, 513, 10), (2, 3, 97, 1000), (5, 1, 3, 8), (1, 2, 2, 1),
+                                        (4, 3, 301, 32), (3, 2, 150, 33)])
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 def test_native_kernel_on_every_instruction_set(ks, kt, n, c, temperature):
     """Every code path the CPU has (baseline, AVX2, AVX-512), blocks of one sample and of many,
-    one thread and more threads than blocks, against the float64 oracle and each other."""
+    one thread and more threads than blocks, against the float64 oracle and each other; rows of
+    C <= 32 classes take the per-sample-lane statistics (sample counts not a multiple of a vector,
+    C = 32 the largest), C = 33 and more the per-row ones."""
     gen = torch.Generator().manual_seed(ks * 1000 + n)
     src, tgt = torch.randn(ks, n, c, generator=gen) * 3, torch.randn(kt, n, c, generator=gen) * 3
     want = torch.from_numpy(theta_numpy(src.numpy(), tgt.numpy(), temperature)).float()
@@ -148,6 +151,46 @@ def test_native_kernel_on_every_instruction_set(ks, kt, n, c, temperature):
     for first in (0, 1):  # every path agrees with every other to rounding, on Θ(src, tgt) and Θ(src, src)
         for r in results[first::2]:
             torch.testing.assert_close(r, results[first], atol=2e-6, rtol=1e-5)
+
+
+@native
+@pytest.mark.parametrize("c", [10, 300])
+def test_native_kernel_checks_the_logit_range_and_refuses_without_adding(c):
+    """The kernel returns the largest |logit| it read (inf for NaN or ±Inf) and adds nothing beyond
+    `max_abs_logit`; ThetaAccumulator then names the cause, and its sums stay those of the chunks
+    before."""
+    from klas import _C
+
+    gen = torch.Generator().manual_seed(c)
+    z = torch.randn(3, 101, c, generator=gen) * 4
+    sums = (np.zeros(3), np.zeros((3, 3)), np.zeros(3))
+    top = _C.theta_sums(z.numpy(), None, 1.0, *sums, 2, 0, "auto", float(z.abs().max()))
+    assert top == pytest.approx(float(z.abs().max()), rel=0, abs=0)
+    assert np.abs(sums[1]).sum() > 0
+    refused = tuple(a.copy() for a in sums)
+    assert _C.theta_sums(z.numpy(), None, 1.0, *refused, 2, 0, "auto", top * 0.99) == top
+    for got, before in zip(refused, sums):
+        np.testing.assert_array_equal(got, before)
+    bad = z.clone()
+    bad[1, 57, c // 2] = math.nan
+    assert _C.theta_sums(bad.numpy(), None, 1.0, *refused, 2, 0, "auto", 1e30) == math.inf
+    for got, before in zip(refused, sums):
+        np.testing.assert_array_equal(got, before)
+    with pytest.raises(ValueError, match="max_abs_logit"):
+        _C.theta_sums(z.numpy(), None, 1.0, *refused, 2, 0, "auto", math.nan)
+
+    acc = ThetaAccumulator(3, 3)
+    acc.add_native(z[:, :50], z[:, :50].clone())
+    kept = (acc.self_term.clone(), acc.cross.clone(), acc.shift.clone(), acc.count)
+    for value, message in ((math.inf, "logits_tgt holds NaN or Inf"), (2e6, "logits_tgt reach")):
+        tgt = z[:, 50:].clone()
+        tgt[2, 7, 0] = value
+        with pytest.raises(ValueError, match=message):
+            acc.add_native(z[:, 50:], tgt)
+        torch.testing.assert_close((acc.self_term, acc.cross, acc.shift), kept[:3], atol=0, rtol=0)
+        assert acc.count == kept[3]
+    acc.add_native(z[:, 50:], z[:, 50:].clone())
+    torch.testing.assert_close(acc.result(), kl_matrix(z, z.clone(), backend="reference"), atol=1e-5, rtol=1e-5)
 
 
 @native

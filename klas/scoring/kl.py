@@ -229,12 +229,19 @@ class ThetaAccumulator:
             raise RuntimeError("the native backend needs klas._C; reinstall with `pip install -e .`")
         if z_src.device.type != "cpu" or (z_tgt is not None and z_tgt.device.type != "cpu"):
             raise UsageError("the native backend runs on CPU tensors; use backend='triton' or 'torch' on a GPU")
-        _check_chunk_range(z_src, self.temperature, "logits_src")
-        if z_tgt is not None:
-            _check_chunk_range(z_tgt, self.temperature, "logits_tgt")
-        native.theta_sums(_native_view(z_src), None if z_tgt is None else _native_view(z_tgt), 1.0 / self.temperature,
-                          self.self_term.numpy(), self.cross.numpy(), self.shift.numpy(),
-                          threads or torch.get_num_threads(), block_bytes, isa)
+        # The kernel reads every logit anyway: it checks the range on the way (no torch pass before
+        # it, whose idle OpenMP workers would spin beside the kernel's threads) and adds nothing
+        # when a logit is out of range, so a refused chunk leaves the sums as they were.
+        bound = MAX_SCALED_LOGIT * self.temperature
+        top = native.theta_sums(_native_view(z_src), None if z_tgt is None else _native_view(z_tgt),
+                                1.0 / self.temperature, self.self_term.numpy(), self.cross.numpy(), self.shift.numpy(),
+                                threads or torch.get_num_threads(), block_bytes, isa, bound)
+        if not top <= bound:
+            check_logit_range(z_src, self.temperature, "logits_src")
+            if z_tgt is not None:
+                check_logit_range(z_tgt, self.temperature, "logits_tgt")
+            raise UsageError(f"the logits reach |logit| / temperature = {top / self.temperature:.3g}, beyond the "
+                             f"{MAX_SCALED_LOGIT:g} that Θ is computed for; scale the logits down or raise the temperature")
         self.count += z_src.shape[1]
         # The kernel gives a row with NaN or ±Inf a NaN log-sum-exp (and NaN p, u), so the running
         # sums turn non-finite with the first such row.

@@ -481,9 +481,7 @@ float theta_sums(const LogitRows& src, const LogitRows* tgt, float inv_temperatu
   if (isa == Isa::kAvx2) share = run_share<Avx2Isa>;
 #endif
   const int64_t n = src.samples, cols = src.classes;
-  // Gathers take 32-bit offsets: kGroupSamples samples apart by stride_n must fit.
-  const auto gatherable = [](const LogitRows& r) { return r.stride_n < (int64_t{1} << 31) / kGroupSamples; };
-  const bool grouped = cols <= kMaxGroupClasses && gatherable(src) && (tgt == nullptr || gatherable(*tgt));
+  const bool grouped = cols <= kMaxGroupClasses;
   const int64_t rows_per_sample = src.probes + (tgt ? tgt->probes : src.probes);
   const int64_t bytes = block_bytes > 0 ? block_bytes : kDefaultBlockBytes;
   int64_t block = std::clamp<int64_t>(bytes / (4 * cols * rows_per_sample), 1, std::max<int64_t>(n, 1));

@@ -243,8 +243,7 @@ class ThetaAccumulator:
             raise UsageError(f"the logits reach |logit| / temperature = {top / self.temperature:.3g}, beyond the "
                              f"{MAX_SCALED_LOGIT:g} that Θ is computed for; scale the logits down or raise the temperature")
         self.count += z_src.shape[1]
-        # The kernel gives a row with NaN or ±Inf a NaN log-sum-exp (and NaN p, u), so the running
-        # sums turn non-finite with the first such row.
+        # The net behind the kernel's range check, as in `update`: sums that went non-finite anyway.
         _check_finite_sums(self.self_term, self.shift, self.cross)
 
     def add_partial(self, self_term: torch.Tensor, cross: torch.Tensor, count: int) -> None:

@@ -18,7 +18,7 @@
 //
 // Numerics: each block's fp32 tile sums cover a few samples (u is bounded by one sample's logit
 // range), and blocks add up in float64, as in the PyTorch twin. A NaN or ±Inf logit is reported
-// through the returned largest |logit| (+Inf), and without a bound its sums come out NaN.
+// through the returned largest |logit| (+Inf), and without a bound its sums come out non-finite.
 #pragma once
 
 #include <cstdint>

@@ -100,8 +100,8 @@ def _check_chunk_range(z: torch.Tensor, temperature: float, name: str) -> None:
 
 def _check_finite_sums(self_term: torch.Tensor, shift: torch.Tensor, cross: torch.Tensor) -> None:
     """UsageError naming the side whose sums went non-finite. Each chunk's logits were checked
-    before (`_check_chunk_range`: finite, |z| / τ bounded), so this is the net behind that check: any
-    NaN or ±Inf logit makes these sums non-finite (it spreads through its sample's max and softmax
+    before (`_check_chunk_range`, or the native kernel's own: finite, |z| / τ bounded), so this is
+    the net behind that check: any NaN or ±Inf logit makes these sums non-finite (it spreads through its sample's max and softmax
     into L; a −Inf meets a zero probability, 0 · −Inf, in Σ p u of a source row, or a positive one in
     the product)."""
     if not torch.isfinite(self_term).all():

@@ -8,7 +8,6 @@
 #include <thread>
 #include <vector>
 
-
 // One body per routine, written with GCC/Clang vector types: instantiated for 4-float vectors
 // (baseline, SSE2 on x86-64) and, on x86, inlined into functions compiled for AVX2 + FMA (8 floats)
 // and AVX-512 (16 floats), chosen at run time.
@@ -214,12 +213,13 @@ KLAS_INLINE RowStats row_stats(const float* z, int64_t cols, float inv_t, float*
                                float& max_abs) {
   float max = -kInf, min = kInf, check = 0.0f;
   scan_pass<W>(z, 0, cols, max, min, check);
-  max_abs = check != 0.0f ? kInf : std::max(max_abs, std::max(max, -min));
   if (check != 0.0f) {
+    max_abs = kInf;
     if (kShifted) std::fill(shifted, shifted + cols, kNaN);
     if (kProbs) std::fill(probs, probs + cols, kNaN);
     return {kNaN, kNaN};
   }
+  max_abs = std::max(max_abs, std::max(max, -min));
   float sum = 0.0f, dot = 0.0f;
   exp_pass<W, kShifted, kProbs>(z, 0, cols, max, inv_t, shifted, probs, sum, dot);
   const float inv_sum = 1.0f / sum;

@@ -14,7 +14,8 @@
 // So it is compute bound: the cross product runs as 3×3 register tiles of dot products (9 FMAs
 // per 6 loads; 4×4 with AVX-512), the threads take disjoint sample ranges with their own buffers
 // and sums. With few classes (C ≤ 32, where one row fills less than a vector) the softmax runs on
-// one sample per lane, the classes of a vector's samples gathered, instead of one row at a time.
+// one sample per lane (the classes of a vector's samples transposed into a buffer), not a row at
+// a time.
 //
 // Numerics: each block's fp32 tile sums cover a few samples (u is bounded by one sample's logit
 // range), and blocks add up in float64, as in the PyTorch twin. A NaN or ±Inf logit is reported

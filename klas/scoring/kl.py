@@ -84,9 +84,14 @@ def check_logit_range(z: torch.Tensor, temperature: float, name: str) -> None:
         raise UsageError(f"{name} holds NaN or Inf values")
     top = float(z.detach().abs().max().double()) / temperature if z.numel() else 0.0
     if top > MAX_SCALED_LOGIT:
-        raise UsageError(f"{name} reach |logit| / temperature = {top:.3g}, beyond the {MAX_SCALED_LOGIT:g} that Θ is "
-                         "computed for (the softmax is one-hot long before, and float32 sums would overflow); scale "
-                         "the logits down or raise the temperature")
+        raise _beyond_range(name, top)
+
+
+def _beyond_range(name: str, top: float) -> UsageError:
+    """The error for logits `name` whose largest |logit| / temperature is `top` > MAX_SCALED_LOGIT."""
+    return UsageError(f"{name} reach |logit| / temperature = {top:.3g}, beyond the {MAX_SCALED_LOGIT:g} that Θ is "
+                      "computed for (the softmax is one-hot long before, and float32 sums would overflow); scale "
+                      "the logits down or raise the temperature")
 
 
 def _check_chunk_range(z: torch.Tensor, temperature: float, name: str) -> None:
@@ -101,9 +106,9 @@ def _check_chunk_range(z: torch.Tensor, temperature: float, name: str) -> None:
 def _check_finite_sums(self_term: torch.Tensor, shift: torch.Tensor, cross: torch.Tensor) -> None:
     """UsageError naming the side whose sums went non-finite. Each chunk's logits were checked
     before (`_check_chunk_range`, or the native kernel's own: finite, |z| / τ bounded), so this is
-    the net behind that check: any NaN or ±Inf logit makes these sums non-finite (it spreads through its sample's max and softmax
-    into L; a −Inf meets a zero probability, 0 · −Inf, in Σ p u of a source row, or a positive one in
-    the product)."""
+    the net behind that check: any NaN or ±Inf logit makes these sums non-finite (it spreads through
+    its sample's max and softmax into L; a −Inf meets a zero probability, 0 · −Inf, in Σ p u of a
+    source row, or a positive one in the product)."""
     if not torch.isfinite(self_term).all():
         raise UsageError("logits_src holds NaN or Inf values")
     if not (torch.isfinite(shift).all() and torch.isfinite(cross).all()):
@@ -240,8 +245,7 @@ class ThetaAccumulator:
             check_logit_range(z_src, self.temperature, "logits_src")
             if z_tgt is not None:
                 check_logit_range(z_tgt, self.temperature, "logits_tgt")
-            raise UsageError(f"the logits reach |logit| / temperature = {top / self.temperature:.3g}, beyond the "
-                             f"{MAX_SCALED_LOGIT:g} that Θ is computed for; scale the logits down or raise the temperature")
+            raise _beyond_range("the logits", top / self.temperature)  # the kernel's float32 bound, at the edge
         self.count += z_src.shape[1]
         # The net behind the kernel's range check, as in `update`: sums that went non-finite anyway.
         _check_finite_sums(self.self_term, self.shift, self.cross)

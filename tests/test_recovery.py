@@ -386,3 +386,21 @@ def test_the_agreement_tool_refuses_a_file_that_is_not_a_recovery_report_in_one_
         assert done.returncode == 1 and "not a recovery report" in done.stderr and "Traceback" not in done.stderr, name
     done = subprocess.run([sys.executable, str(tool), str(good), f"{good}#x"], capture_output=True, text=True)
     assert done.returncode == 1 and "a repeat is a whole number" in done.stderr
+
+
+def test_mean_interval_takes_a_level_and_the_sign_test_is_scipys_exact_binomial():
+    from scipy import stats
+
+    from klas.evaluation.stats import sign_test, t_quantile
+
+    values = [0.2, 0.5, 0.1, 0.4]
+    sem = stats.sem(values)
+    for level in (0.9, 0.95, 0.975):
+        m = mean_interval(values, level=level)
+        assert m["high"] - m["mean"] == pytest.approx(stats.t.ppf((1 + level) / 2, 3) * sem, rel=1e-12)
+    assert mean_interval(values, level=0.975)["low"] < mean_interval(values)["low"]
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        t_quantile(3, 1.0)
+    assert sign_test([0.3, 0.1, 0.2]) == (3, 3, pytest.approx(0.25))
+    assert sign_test([0.3, 0.0, -0.2]) == (1, 2, pytest.approx(1.0))
+    assert sign_test([0.0]) == (0, 0, 1.0)

@@ -354,3 +354,47 @@ def test_the_timings_tool_matches_stages_by_folder_and_sums_each_kind(tmp_path):
     bad = timings("bad.json", [("adapt", "seed-0/adapted", "100")])
     done = subprocess.run([sys.executable, str(tool), before, bad], capture_output=True, text=True)
     assert done.returncode == 1 and "not the timings of a klas run" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_seeds_tool_gives_each_comparisons_interval_at_any_level_and_a_sign_test(tmp_path):
+    """tools/seeds_delta.py on small reports written here: the values, the t interval (plain and
+    widened for several looks), the sign count and its exact p, checked against scipy."""
+    import statistics
+    import subprocess
+    import sys
+
+    from scipy import stats
+
+    def report(name, delta, stitches):
+        doc = {"methods": {"a": {"auc": 80.0 + delta}, "b": {"auc": 80.0}}, "results": {"a": [], "b": []},
+               "comparisons": [{"ours": "a", "baseline": "b", "delta_auc": delta,
+                                "stitches_only": {"delta_auc": stitches}}]}
+        path = tmp_path / name
+        path.write_text(json.dumps(doc))
+        return str(path)
+
+    deltas, stitches = [0.1, 0.3, 0.2, 0.4], [0.5, -0.1, 0.2, 0.0]
+    paths = [report(f"seed{k}.json", d, s) for k, (d, s) in enumerate(zip(deltas, stitches))]
+    tool = Path(__file__).parents[1] / "tools/seeds_delta.py"
+
+    def run(*extra):
+        return subprocess.run([sys.executable, str(tool), *paths, *extra], capture_output=True, text=True,
+                              check=True).stdout.splitlines()
+
+    def interval(values, level):
+        half = stats.t.ppf((1 + level) / 2, len(values) - 1) * stats.sem(values)
+        return f"[{statistics.mean(values) - half:+.3f}, {statistics.mean(values) + half:+.3f}]"
+
+    plain, wide = run(), run("--looks", "2")
+    assert plain[0] == (f"a - b, all routes: +0.100 / +0.300 / +0.200 / +0.400; mean +0.250 {interval(deltas, 0.95)} "
+                        f"(95%); 4 of 4 seeds above 0, sign test p = {stats.binomtest(4, 4).pvalue:.3f}")
+    assert wide[0].split("; mean ")[1].startswith(f"+0.250 {interval(deltas, 0.975)} (95%, widened to 97.5% for 2 looks)")
+    assert interval(deltas, 0.975) != interval(deltas, 0.95)
+    # the zero is no sign either way: 2 of the 3 nonzero seeds lie above 0
+    assert plain[1].endswith(f"2 of 3 seeds above 0, sign test p = {stats.binomtest(2, 3).pvalue:.3f}")
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2")
+    done = subprocess.run([sys.executable, str(tool), paths[0], str(bad)], capture_output=True, text=True)
+    assert done.returncode == 1 and "seeds_delta:" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run([sys.executable, str(tool), *paths, "--looks", "0"], capture_output=True, text=True)
+    assert done.returncode == 2 and "--looks" in done.stderr

@@ -6,11 +6,11 @@ import math
 import warnings
 from typing import Sequence
 
-__all__ = ["mean_interval", "t_quantile_975", "spearman_rho", "within_group_spearman", "random_sets_at_least_as_good"]
+__all__ = ["mean_interval", "t_quantile", "sign_test", "spearman_rho", "within_group_spearman", "random_sets_at_least_as_good"]
 
 
-def mean_interval(values: Sequence[float]) -> dict:
-    """Mean and a 95% interval (t distribution) of independent values."""
+def mean_interval(values: Sequence[float], level: float = 0.95) -> dict:
+    """Mean and a two-sided `level` interval (t distribution; 95% unless told) of independent values."""
     vals = [v for v in values if v is not None]
     n = len(vals)
     if n == 0:
@@ -19,15 +19,28 @@ def mean_interval(values: Sequence[float]) -> dict:
     if n == 1:
         return {"mean": mean, "low": None, "high": None, "n": 1}
     sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
-    half = t_quantile_975(n - 1) * sd / math.sqrt(n)
+    half = t_quantile(n - 1, level) * sd / math.sqrt(n)
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
-def t_quantile_975(dof: int) -> float:
-    """The 97.5% quantile of Student's t with `dof` degrees of freedom (for 95% intervals)."""
+def t_quantile(dof: int, level: float = 0.95) -> float:
+    """The quantile of Student's t with `dof` degrees of freedom that bounds a two-sided `level` interval."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"an interval's level lies strictly between 0 and 1, not {level!r}")
     from scipy.stats import t
 
-    return float(t.ppf(0.975, dof))
+    return float(t.ppf((1.0 + level) / 2.0, dof))
+
+
+def sign_test(values: Sequence[float]) -> tuple[int, int, float]:
+    """(values above 0, nonzero values, two-sided exact binomial p of that count under a median of 0)."""
+    nonzero = [v for v in values if v != 0]
+    above = sum(v > 0 for v in nonzero)
+    if not nonzero:
+        return 0, 0, 1.0
+    from scipy.stats import binomtest
+
+    return above, len(nonzero), float(binomtest(above, len(nonzero), 0.5).pvalue)
 
 
 def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:

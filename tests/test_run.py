@@ -392,9 +392,20 @@ def test_the_seeds_tool_gives_each_comparisons_interval_at_any_level_and_a_sign_
     assert interval(deltas, 0.975) != interval(deltas, 0.95)
     # the zero is no sign either way: 2 of the 3 nonzero seeds lie above 0
     assert plain[1].endswith(f"2 of 3 seeds above 0, sign test p = {stats.binomtest(2, 3).pvalue:.3f}")
+    # a seed whose set kept no stitch has no stitches-only figure: shown, and left out of its mean
+    paths.append(report("seed4.json", 0.5, None))
+    with_gap = run()
+    assert with_gap[0].startswith("a - b, all routes: +0.100 / +0.300 / +0.200 / +0.400 / +0.500; mean +0.300 ")
+    assert with_gap[1] == (f"a - b, stitches only: +0.500 / -0.100 / +0.200 / +0.000 / n/a; mean +0.150 "
+                           f"{interval(stitches, 0.95)} (95%); 2 of 3 seeds above 0, sign test p = "
+                           f"{stats.binomtest(2, 3).pvalue:.3f}")
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2")
     done = subprocess.run([sys.executable, str(tool), paths[0], str(bad)], capture_output=True, text=True)
     assert done.returncode == 1 and "seeds_delta:" in done.stderr and "Traceback" not in done.stderr
-    done = subprocess.run([sys.executable, str(tool), *paths, "--looks", "0"], capture_output=True, text=True)
-    assert done.returncode == 2 and "--looks" in done.stderr
+    for looks in ("0", str(len(paths) + 1), "100000000000000000000"):
+        done = subprocess.run([sys.executable, str(tool), *paths, "--looks", looks], capture_output=True, text=True)
+        assert done.returncode == 2 and "--looks" in done.stderr and "Traceback" not in done.stderr, looks
+    for level in ("nan", "inf", "1.0", "0"):
+        done = subprocess.run([sys.executable, str(tool), *paths, "--level", level], capture_output=True, text=True)
+        assert done.returncode == 2 and "--level" in done.stderr and "Traceback" not in done.stderr, level

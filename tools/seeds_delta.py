@@ -6,7 +6,8 @@ Each SEED.json is the report.json of one seed of the same `klas run` comparison 
 (e.g. runs/X/seed-*/report/snnet/report.json). For every comparison (ours − baseline) it prints
 each seed's ΔAUC over all routes and over the stitches only, their mean with a t interval, how
 many seeds lie above 0, and the two-sided exact binomial p of that count (a sign test, which
-assumes nothing of the values' distribution).
+assumes nothing of the values' distribution). A seed without a figure (no stitches-only ΔAUC where
+a set kept no stitch) shows "n/a" and is left out of that figure's mean, as in `klas run`'s summary.
 
 --looks K: the data were looked at K times as seeds were added (e.g. after three seeds and again
 after five); the interval is then widened to level 1 − (1 − LEVEL)/K (Bonferroni over the looks),
@@ -26,20 +27,21 @@ from klas.evaluation.stats import mean_interval, sign_test
 KINDS = ("all routes", "stitches only")
 
 
-def per_seed_deltas(paths: list[str]) -> dict[str, dict[str, list[float]]]:
-    """{"ours - baseline": {kind: [ΔAUC of each seed]}} over the comparisons every report holds."""
+def per_seed_deltas(paths: list[str]) -> dict[str, dict[str, list[float | None]]]:
+    """{"ours - baseline": {kind: [ΔAUC of each seed, None where that seed's report lacks it]}} over
+    the figures any report holds."""
     figures = [read_report(p)[0] for p in paths]
-    out: dict[str, dict[str, list[float]]] = {}
-    for name in figures[0]:
-        if not name.startswith("ΔAUC ") or not all(name in f for f in figures):
-            continue
+    names = dict.fromkeys(n for f in figures for n in f if n.startswith("ΔAUC "))  # in order, once
+    out: dict[str, dict[str, list[float | None]]] = {}
+    for name in names:
         pair, kind = name[len("ΔAUC "):].rsplit(", ", 1)
-        out.setdefault(pair, {})[kind] = [f[name] for f in figures]
+        out.setdefault(pair, {})[kind] = [f.get(name) for f in figures]
     return out
 
 
-def delta_rows(deltas: dict[str, dict[str, list[float]]], level: float, looks: int) -> list[str]:
-    """One line per comparison and kind: the seeds' values, mean [interval], sign count and p."""
+def delta_rows(deltas: dict[str, dict[str, list[float | None]]], level: float, looks: int) -> list[str]:
+    """One line per comparison and kind: the seeds' values, mean [interval] over the seeds that have
+    one, sign count and p."""
     wide = 1.0 - (1.0 - level) / looks
     label = f"{100 * level:g}%" + (f", widened to {100 * wide:.4g}% for {looks} looks" if looks > 1 else "")
     rows = []
@@ -48,9 +50,10 @@ def delta_rows(deltas: dict[str, dict[str, list[float]]], level: float, looks: i
             values = kinds.get(kind)
             if not values:
                 continue
-            m = mean_interval(values, level=wide)
-            above, nonzero, p = sign_test(values)
-            seeds = " / ".join(f"{v:+.3f}" for v in values)
+            present = [v for v in values if v is not None]
+            m = mean_interval(present, level=wide)
+            above, nonzero, p = sign_test(present)
+            seeds = " / ".join("n/a" if v is None else f"{v:+.3f}" for v in values)
             interval = (f"[{m['low']:+.3f}, {m['high']:+.3f}]" if m["low"] is not None else "(one seed: no interval)")
             rows.append(f"{pair}, {kind}: {seeds}; mean {m['mean']:+.3f} {interval} ({label}); "
                         f"{above} of {nonzero} seeds above 0, sign test p = {p:.3f}")
@@ -65,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0.0 < args.level < 1.0:
         parser.error(f"--level lies strictly between 0 and 1, not {args.level}")
-    if args.looks < 1:
-        parser.error(f"--looks is a whole number of at least 1, not {args.looks}")
+    if not 1 <= args.looks <= len(args.reports):
+        parser.error(f"--looks is a whole number from 1 to the number of seeds given ({len(args.reports)}): each "
+                     f"look comes after at least one more seed; not {args.looks}")
     try:
         deltas = per_seed_deltas(args.reports)
     except CacheError as e:
